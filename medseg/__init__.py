@@ -1,0 +1,17 @@
+"""medseg: medical image segmentation with one geometry convention.
+
+Importing this package is cheap: it never imports torch, MONAI, napari or Qt, changes no
+environment variable and downloads nothing. Submodules load their heavy dependencies on use.
+
+Core types are re-exported here; see :mod:`medseg.io` for reading and writing scans.
+"""
+
+from __future__ import annotations
+
+from medseg.errors import MedsegError
+from medseg.labels import Code, Label, LabelTable
+from medseg.segmentation import Segmentation
+from medseg.volume import Volume
+
+__all__ = ["Volume", "Segmentation", "Label", "LabelTable", "Code", "MedsegError", "__version__"]
+__version__ = "0.1.0"

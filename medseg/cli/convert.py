@@ -1,0 +1,35 @@
+"""``medseg convert IN OUT``: convert an image or label map between formats."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert a DICOM series / NIfTI / NRRD / MHA to NIfTI, NRRD or MHA",
+                       description="Convert an image (or, with --labels, a label map) keeping its geometry exactly.")
+    p.add_argument("input", help="DICOM folder or file, .nii[.gz], .nrrd, .mha")
+    p.add_argument("output", help="output .nii[.gz], .nrrd or .mha")
+    p.add_argument("--series", help="SeriesInstanceUID to convert when the folder holds several")
+    p.add_argument("--labels", action="store_true", help="treat the input as a label map (keeps its .labels.json)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medseg.cli._progress import tqdm_progress
+    from medseg.io import read_segmentation, read_volume, write_segmentation, write_volume
+
+    if args.labels:
+        write_segmentation(read_segmentation(args.input), args.output)
+    else:
+        with tqdm_progress("reading") as progress:
+            volume = read_volume(args.input, series_uid=args.series, progress=progress)
+        for w in volume.meta.get("warnings", []):
+            log.warning("%s", w)
+        write_volume(volume, args.output)
+    log.info("wrote %s", args.output)
+    print(args.output)
+    return 0

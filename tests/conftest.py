@@ -1,0 +1,37 @@
+"""Shared fixtures.
+
+Real scans live in ``../shared/data/real`` (relative to the project root; override with
+``MEDSEG_REAL_DATA``). Tests that need them use the ``real_data`` fixture: they skip with a
+visible reason where the folder is absent (a user's clone) and FAIL when
+``MEDSEG_REQUIRE_REAL_DATA=1`` (set by ``.ci/run``), so they can never skip silently in CI.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = Path(os.environ.get("MEDSEG_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """Path of ``shared/data/real``; skip (or fail in CI) when it is absent."""
+    if not (REAL_DATA / "ct_dicom_series").is_dir():
+        msg = f"real scans not found at {REAL_DATA} (set MEDSEG_REAL_DATA to their folder)"
+        if os.environ.get("MEDSEG_REQUIRE_REAL_DATA") == "1":
+            pytest.fail(msg + "; MEDSEG_REQUIRE_REAL_DATA=1 makes them mandatory")
+        pytest.skip(msg)
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def phantom():
+    """One small generated CT phantom ``(image, segmentation)``, seed 0, 32x64x64."""
+    from medseg.phantom import default_phantom_affine, make_phantom
+
+    shape = (32, 64, 64)
+    return make_phantom(shape=shape, affine=default_phantom_affine(shape, (6.0, 5.4, 5.4)), seed=0)
