@@ -1,0 +1,308 @@
+"""Volume ⇄ napari layers, and napari world points ⇄ voxel indices (conversion point 3).
+
+medseg's convention: ``Volume.array`` is ``(Z, Y, X)`` and ``Volume.affine`` maps the voxel
+index ``(k, j, i)`` to LPS millimetres ``(x, y, z)``.
+
+napari world frame used by this plugin
+--------------------------------------
+napari shows the last two world axes of a 3D scene on screen (rows downwards, columns to
+the right) and slides along the first. We place every medseg layer in the world frame::
+
+    world = (w0, w1, w2) = (-z, y, x) in LPS mm  =  (Inferior, Posterior, Left)
+
+so that, with napari's default axis order, the views follow the radiological convention:
+
+* axial (sliding w0): anterior at the top, patient left on the right of the screen;
+* coronal (``viewer.dims.order = (1, 0, 2)``): superior at the top, patient left on the right;
+* sagittal (``viewer.dims.order = (2, 0, 1)``): superior at the top, anterior on the left.
+
+The layer's data → world transform is ``WORLD_FROM_LPS @ volume.affine``; when it is
+axis-aligned it is given to napari as ``scale`` and ``translate`` (negative scales for flipped
+axes), otherwise as ``affine`` (oblique volumes). The full geometry — the LPS affine, the
+volume's provenance ``meta`` and, for labels, the label table — is kept in
+``layer.metadata["medseg"]`` so that a labels layer written back lands on the source grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from medseg.errors import GeometryError, PromptError
+from medseg.geometry import check_affine
+from medseg.labels import Label, LabelTable, default_color
+from medseg.segmentation import Segmentation
+from medseg.volume import Volume
+
+__all__ = [
+    "WORLD_FROM_LPS",
+    "METADATA_KEY",
+    "CT_PRESETS",
+    "world_affine",
+    "layer_transform_kwargs",
+    "image_layer_data",
+    "labels_layer_data",
+    "probability_layer_data",
+    "label_colormap",
+    "label_features",
+    "affine_from_state",
+    "volume_from_layer",
+    "segmentation_from_layer",
+    "labels_from_layer",
+    "world_to_index",
+    "index_to_world",
+    "contrast_limits_for",
+    "window_limits",
+]
+
+METADATA_KEY = "medseg"
+
+#: LPS ``(x, y, z, 1)`` → napari world ``(w0, w1, w2, 1) = (-z, y, x, 1)``.
+WORLD_FROM_LPS = np.array(
+    [[0.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+)
+LPS_FROM_WORLD = np.linalg.inv(WORLD_FROM_LPS)
+
+#: CT window presets: name → (level, width) in HU.
+CT_PRESETS: dict[str, tuple[float, float]] = {
+    "soft tissue": (40.0, 400.0),
+    "lung": (-600.0, 1500.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
+
+
+# -- geometry -------------------------------------------------------------------------------
+def world_affine(affine: np.ndarray) -> np.ndarray:
+    """napari data ``(k, j, i)`` → world ``(w0, w1, w2)`` matrix of a voxel → LPS affine."""
+    return WORLD_FROM_LPS @ check_affine(affine)
+
+
+def layer_transform_kwargs(affine: np.ndarray) -> dict[str, Any]:
+    """``scale``/``translate`` (axis-aligned grids) or ``affine`` (oblique) for napari.
+
+    Parameters
+    ----------
+    affine : (4, 4) ndarray
+        Voxel ``(k, j, i)`` → LPS mm.
+    """
+    w = world_affine(affine)
+    lin = w[:3, :3]
+    if np.allclose(lin, np.diag(np.diag(lin)), atol=1e-9):
+        return {"scale": tuple(float(v) for v in np.diag(lin)), "translate": tuple(float(v) for v in w[:3, 3])}
+    return {"affine": w}
+
+
+def affine_from_state(state: Mapping[str, Any], ndim: int = 3) -> np.ndarray:
+    """Voxel → LPS affine of a layer from its state (``layer.as_layer_data_tuple()[1]``).
+
+    ``metadata["medseg"]["affine"]`` wins when present; otherwise the napari transform
+    (``scale``, ``translate``, ``rotate``, ``shear``, ``affine``) is converted, interpreting
+    world axes as this module's ``(-z, y, x)`` frame.
+    """
+    md = (state.get("metadata") or {}).get(METADATA_KEY) or {}
+    if md.get("affine") is not None:
+        return check_affine(np.asarray(md["affine"], dtype=float))
+    from napari.utils.transforms import Affine
+
+    inner = Affine(
+        scale=state.get("scale", (1.0,) * ndim),
+        translate=state.get("translate", (0.0,) * ndim),
+        rotate=state.get("rotate"),
+        shear=state.get("shear"),
+        ndim=ndim,
+    ).affine_matrix
+    outer = state.get("affine")
+    outer_m = np.eye(ndim + 1) if outer is None else np.asarray(getattr(outer, "affine_matrix", outer), dtype=float)
+    full = outer_m @ inner
+    if full.shape != (4, 4):
+        full = full[-4:, -4:]
+    return check_affine(LPS_FROM_WORLD @ full, name="layer transform")
+
+
+def _layer_state(layer: Any) -> dict[str, Any]:
+    return {
+        "metadata": layer.metadata,
+        "scale": layer.scale,
+        "translate": layer.translate,
+        "rotate": layer.rotate,
+        "shear": layer.shear,
+        "affine": layer.affine,
+    }
+
+
+def world_to_index(layer: Any, world_point: Sequence[float], *, clip: bool = False) -> tuple[int, int, int]:
+    """Nearest voxel index ``(k, j, i)`` of a napari world point on ``layer``.
+
+    Parameters
+    ----------
+    layer : napari layer
+        A 3D layer placed by this module (or any layer with a world transform).
+    world_point : (3,) floats
+        napari world coordinates, e.g. ``event.position`` or ``viewer.cursor.position``.
+    clip : bool
+        Clamp into the array instead of raising for points outside it.
+
+    Raises
+    ------
+    PromptError
+        If the point falls outside the layer's array and ``clip`` is False.
+    """
+    data = np.asarray(layer.world_to_data(tuple(world_point)), dtype=float)[-3:]
+    idx = np.round(data).astype(int)
+    shape = np.asarray(layer.data.shape[-3:])
+    if np.any(idx < 0) or np.any(idx >= shape):
+        if not clip:
+            raise PromptError(
+                f"world point {tuple(np.round(world_point, 2))} maps to voxel {tuple(int(v) for v in idx)}, "
+                f"outside layer {layer.name!r} of shape {tuple(int(s) for s in shape)}; click inside the image"
+            )
+        idx = np.clip(idx, 0, shape - 1)
+    return tuple(int(v) for v in idx)  # type: ignore[return-value]
+
+
+def index_to_world(affine: np.ndarray, index: Sequence[float]) -> np.ndarray:
+    """napari world point ``(w0, w1, w2)`` of a voxel index ``(k, j, i)`` on ``affine``."""
+    w = world_affine(affine)
+    return w[:3, :3] @ np.asarray(index, dtype=float) + w[:3, 3]
+
+
+# -- display --------------------------------------------------------------------------------
+def window_limits(preset: str) -> tuple[float, float]:
+    """Contrast limits (HU) of a CT window preset name (see :data:`CT_PRESETS`)."""
+    if preset not in CT_PRESETS:
+        raise KeyError(f"unknown CT window {preset!r}; choose one of {sorted(CT_PRESETS)}")
+    level, width = CT_PRESETS[preset]
+    return level - width / 2.0, level + width / 2.0
+
+
+def contrast_limits_for(volume: Volume) -> tuple[float, float]:
+    """Soft-tissue window for CT, 0.5–99.5 percentile auto-contrast otherwise (MR...)."""
+    if str(volume.meta.get("Modality", "")).upper() == "CT":
+        return window_limits("soft tissue")
+    arr = volume.array
+    step = max(1, int(np.cbrt(arr.size / 2e6)))
+    sample = np.asarray(arr[..., ::step, ::step, ::step], dtype=float)
+    lo, hi = np.percentile(sample, [0.5, 99.5]) if sample.size else (0.0, 1.0)
+    if hi <= lo:
+        hi = lo + 1.0
+    return float(lo), float(hi)
+
+
+def label_colormap(labels: LabelTable) -> Any:
+    """napari ``DirectLabelColormap`` with each label's colour; unknown values grey."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors: dict[Any, Any] = {0: np.zeros(4), None: np.array([0.6, 0.6, 0.6, 1.0])}
+    for lab in labels:
+        colors[lab.index] = np.array([*(c / 255.0 for c in lab.color), 1.0])
+    return DirectLabelColormap(color_dict=colors)
+
+
+def label_features(labels: LabelTable) -> dict[str, list]:
+    """Features table (``index``, ``name``) that napari's status bar shows on hover."""
+    return {"index": [0, *labels.indices], "name": ["background", *labels.names]}
+
+
+def _medseg_metadata(volume: Volume, kind: str, **extra: Any) -> dict[str, Any]:
+    return {METADATA_KEY: {"kind": kind, "affine": np.array(volume.affine), "meta": dict(volume.meta),
+                           "shape": volume.shape, **extra}}
+
+
+def _name_of(volume: Volume, default: str) -> str:
+    for key in ("SeriesDescription", "name"):
+        if volume.meta.get(key):
+            return str(volume.meta[key])
+    src = volume.meta.get("source")
+    if src:
+        from pathlib import Path
+
+        name = Path(str(src)).name
+        for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+            if name.lower().endswith(suffix):
+                return name[: -len(suffix)]
+        return name
+    return default
+
+
+# -- layer data tuples ----------------------------------------------------------------------
+def image_layer_data(volume: Volume, *, name: Optional[str] = None) -> tuple:
+    """``(data, kwargs, "image")`` for napari; 4D volumes become one layer per channel."""
+    kwargs: dict[str, Any] = {
+        "name": name or _name_of(volume, "image"),
+        "metadata": _medseg_metadata(volume, "image"),
+        "colormap": "gray",
+        "contrast_limits": contrast_limits_for(volume),
+        **layer_transform_kwargs(volume.affine),
+    }
+    if volume.array.ndim == 4:
+        kwargs["channel_axis"] = 0
+        kwargs.pop("contrast_limits")
+    return volume.array, kwargs, "image"
+
+
+def labels_layer_data(segmentation: Segmentation, *, name: Optional[str] = None, opacity: float = 0.5) -> tuple:
+    """``(label_map, kwargs, "labels")`` with label names, colours and full geometry."""
+    vol = segmentation.label_map
+    md = _medseg_metadata(vol, "labels", labels=segmentation.labels.to_dict())
+    kwargs: dict[str, Any] = {
+        "name": name or _name_of(vol, "labels"),
+        "metadata": md,
+        "colormap": label_colormap(segmentation.labels),
+        "features": label_features(segmentation.labels),
+        "opacity": opacity,
+        **layer_transform_kwargs(vol.affine),
+    }
+    return segmentation.array, kwargs, "labels"
+
+
+def probability_layer_data(volume: Volume, *, name: str = "probability", colormap: str = "inferno") -> tuple:
+    """``(array, kwargs, "image")`` for a (Z, Y, X) probability or uncertainty heatmap in [0, 1]."""
+    hi = float(np.nanmax(volume.array)) if volume.array.size else 1.0
+    kwargs = {
+        "name": name,
+        "metadata": _medseg_metadata(volume, "heatmap"),
+        "colormap": colormap,
+        "blending": "additive",
+        "opacity": 0.6,
+        "contrast_limits": (0.0, hi if hi > 0 else 1.0),
+        **layer_transform_kwargs(volume.affine),
+    }
+    return volume.array, kwargs, "image"
+
+
+# -- layers → medseg ------------------------------------------------------------------------
+def volume_from_layer(layer: Any) -> Volume:
+    """The :class:`Volume` shown by a 3D napari layer (geometry from its metadata or transform)."""
+    data = np.asarray(layer.data)
+    if data.ndim != 3:
+        raise GeometryError(f"layer {layer.name!r} has {data.ndim} dimensions {data.shape}; medseg needs (Z, Y, X)")
+    affine = affine_from_state(_layer_state(layer))
+    md = layer.metadata.get(METADATA_KEY) or {}
+    return Volume(data, affine, dict(md.get("meta") or {}))
+
+
+def labels_from_layer(layer: Any, label_map: Optional[np.ndarray] = None) -> LabelTable:
+    """Label table of a labels layer: its medseg metadata, else its features, else generic names.
+
+    Values present in ``label_map`` (default the layer data) but not named get ``label_<n>``.
+    """
+    md = layer.metadata.get(METADATA_KEY) or {}
+    table = LabelTable.from_dict(md["labels"]) if md.get("labels") else LabelTable()
+    feats = getattr(layer, "features", None)
+    if not len(table) and feats is not None and "index" in feats and "name" in feats:
+        items = [(int(i), str(n)) for i, n in zip(feats["index"], feats["name"]) if int(i) != 0]
+        table = LabelTable(tuple(Label(i, n, default_color(i)) for i, n in items))
+    arr = np.asarray(layer.data if label_map is None else label_map)
+    present = np.unique(arr[arr != 0]) if arr.size < 5e7 else np.flatnonzero(np.bincount(arr.ravel()))
+    for v in (int(x) for x in present if int(x) != 0):
+        if v not in table:
+            table = table.with_label(Label(v, f"label_{v}", default_color(v)))
+    return table
+
+
+def segmentation_from_layer(layer: Any) -> Segmentation:
+    """The :class:`Segmentation` of a labels layer, on the grid it was placed on."""
+    vol = volume_from_layer(layer)
+    return Segmentation(vol, labels_from_layer(layer, vol.array))
