@@ -1,0 +1,83 @@
+"""npe2 writers: a labels layer → NIfTI / NRRD (+ ``.labels.json``) or DICOM SEG.
+
+The grid comes from ``metadata["medseg"]["affine"]`` (set by this plugin's readers and
+widgets), so a label map written back lands exactly on the source image's grid; layers made
+elsewhere fall back to their napari transform (see :func:`._layers.affine_from_state`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def segmentation_from_state(data: Any, meta: Mapping[str, Any]):
+    """:class:`~medseg.segmentation.Segmentation` from a labels layer's data and state."""
+    from medseg.segmentation import Segmentation
+    from medseg.volume import Volume
+
+    from medseg_napari._layers import METADATA_KEY, affine_from_state, labels_from_layer
+
+    arr = np.asarray(data)
+    affine = affine_from_state(meta, ndim=arr.ndim)
+    md = (meta.get("metadata") or {}).get(METADATA_KEY) or {}
+    layer = SimpleNamespace(metadata=meta.get("metadata") or {}, features=meta.get("features"), data=arr,
+                            name=meta.get("name", "labels"))
+    table = labels_from_layer(layer, arr)
+    return Segmentation(Volume(arr, affine, dict(md.get("meta") or {})), table)
+
+
+def write_labels(path: str, data: Any, meta: dict) -> list[str]:
+    """Write a labels layer to NIfTI or NRRD with its label-table sidecar; returns the paths."""
+    from medseg.io import sidecar_path, write_segmentation
+
+    seg = segmentation_from_state(data, meta)
+    out = write_segmentation(seg, path)
+    log.info("wrote %s", out)
+    return [str(out), str(sidecar_path(out))]
+
+
+def dicom_source(metadata: Mapping[str, Any]) -> Optional[Any]:
+    """The DICOM source (folder path or file list) recorded in a layer's medseg metadata."""
+    from medseg_napari._layers import METADATA_KEY
+
+    md = (metadata or {}).get(METADATA_KEY) or {}
+    src = md.get("source") or {}
+    for candidate in (md.get("dicom_folder"), src.get("dicom_folder")):
+        if candidate and Path(candidate).exists():
+            return Path(candidate)
+    for m in (md.get("meta") or {}, src.get("meta") or {}):
+        files = m.get("files")
+        if files and str(m.get("SOPClassUID", "")) != "1.2.840.10008.5.1.4.1.1.66.4":
+            return [Path(f) for f in files]
+    return None
+
+
+def write_dicom_seg_layer(path: str, data: Any, meta: dict) -> list[str]:
+    """Write a labels layer as a DICOM SEG referencing its source DICOM series.
+
+    Raises
+    ------
+    InputError
+        When the layer was not derived from a DICOM series (its metadata names no source).
+    """
+    from medseg.errors import InputError
+    from medseg.export import write_dicom_seg
+
+    source = dicom_source(meta.get("metadata") or {})
+    if source is None:
+        raise InputError(
+            f"labels layer {meta.get('name', '')!r} has no DICOM source series; DICOM SEG needs one. "
+            "Segment an image opened from a DICOM folder, or save as NIfTI/NRRD instead"
+        )
+    seg = segmentation_from_state(data, meta)
+    if isinstance(source, list):
+        source = source[0].parent
+    out = write_dicom_seg(seg, path, source=source)
+    return [str(out or path)]
