@@ -54,6 +54,7 @@ __all__ = [
     "index_to_world",
     "contrast_limits_for",
     "window_limits",
+    "add_layer_data",
 ]
 
 METADATA_KEY = "medseg"
@@ -178,13 +179,20 @@ def window_limits(preset: str) -> tuple[float, float]:
 
 
 def contrast_limits_for(volume: Volume) -> tuple[float, float]:
-    """Soft-tissue window for CT, 0.5–99.5 percentile auto-contrast otherwise (MR...)."""
-    if str(volume.meta.get("Modality", "")).upper() == "CT":
+    """Soft-tissue window for CT, 0.5–99.5 percentile auto-contrast otherwise (MR...).
+
+    A volume without ``Modality`` (NIfTI, NRRD) counts as CT when its values look like HU:
+    integers (or integral floats), air near -1000 and water/tissue above 0.
+    """
+    modality = str(volume.meta.get("Modality", "")).upper()
+    if modality == "CT":
         return window_limits("soft tissue")
     arr = volume.array
     step = max(1, int(np.cbrt(arr.size / 2e6)))
     sample = np.asarray(arr[..., ::step, ::step, ::step], dtype=float)
     lo, hi = np.percentile(sample, [0.5, 99.5]) if sample.size else (0.0, 1.0)
+    if not modality and -1100 <= np.percentile(sample, 1) <= -900 and hi > 0 and np.all(np.mod(sample, 1) == 0):
+        return window_limits("soft tissue")
     if hi <= lo:
         hi = lo + 1.0
     return float(lo), float(hi)
@@ -306,3 +314,13 @@ def segmentation_from_layer(layer: Any) -> Segmentation:
     """The :class:`Segmentation` of a labels layer, on the grid it was placed on."""
     vol = volume_from_layer(layer)
     return Segmentation(vol, labels_from_layer(layer, vol.array))
+
+
+def add_layer_data(viewer: Any, layer_data: tuple) -> Any:
+    """Add a ``(data, kwargs, layer_type)`` tuple to ``viewer`` and return the new layer."""
+    from napari.layers import Layer
+
+    data, kwargs, layer_type = layer_data
+    layer = Layer.create(data, dict(kwargs), layer_type)
+    viewer.add_layer(layer)
+    return layer

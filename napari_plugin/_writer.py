@@ -68,7 +68,6 @@ def write_dicom_seg_layer(path: str, data: Any, meta: dict) -> list[str]:
         When the layer was not derived from a DICOM series (its metadata names no source).
     """
     from medseg.errors import InputError
-    from medseg.export import write_dicom_seg
 
     source = dicom_source(meta.get("metadata") or {})
     if source is None:
@@ -76,6 +75,8 @@ def write_dicom_seg_layer(path: str, data: Any, meta: dict) -> list[str]:
             f"labels layer {meta.get('name', '')!r} has no DICOM source series; DICOM SEG needs one. "
             "Segment an image opened from a DICOM folder, or save as NIfTI/NRRD instead"
         )
+    from medseg.export import write_dicom_seg
+
     seg = segmentation_from_state(data, meta)
     if isinstance(source, list):
         source = source[0].parent
