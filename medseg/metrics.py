@@ -514,7 +514,7 @@ def detect_lesions(
         psize = sum(int(pred_sizes[p]) for p in partners)
         d = 2.0 * covered / (ref_sizes[rid] + psize)
         ref_records.append(LesionRecord(int(rid), "reference", int(ref_sizes[rid]), float(ref_sizes[rid]) * vox_ml,
-                                        tuple(float(c) for c in cen), hit, partners, float(d)))
+                                        tuple(float(c) for c in cen), bool(hit), partners, float(d)))
     pred_records = []
     tp_pred = 0
     for pid, cen in zip(pred_ids, pred_centroids):
