@@ -1,0 +1,224 @@
+"""Slice geometry of a DICOM series: order, spacing, gantry tilt, gaps → one affine.
+
+Documented behaviour (also in :func:`medseg.io.dicom.read_dicom`):
+
+* Images are ordered by ``ImagePositionPatient`` projected on the slice normal
+  ``n = row × column`` (the cross product of the two ``ImageOrientationPatient`` vectors),
+  ascending. File names and InstanceNumber are never used for the order.
+* Array axes: ``x`` (index ``i``) runs along the row vector, ``y`` (``j``) along the column
+  vector, ``z`` (``k``) along the stacking direction, so the affine's columns are
+  ``(step, column * PixelSpacing[0], row * PixelSpacing[1])`` with origin the first slice's
+  ``ImagePositionPatient``.
+* Gantry tilt (the slice centres step along a line that is not parallel to ``n``): the
+  voxels are kept untouched and the affine's ``k`` column is the true step vector, so the
+  affine is sheared and every voxel sits at its exact acquired position. Such an affine is
+  valid in medseg and NIfTI (and DICOM SEG, which stores one position per frame) but not in
+  ITK formats; a warning says so.
+* Regular spacing: every slice lies within ``max(0.01 mm, 1 %)`` of a regular grid from the
+  first to the last slice. Otherwise the spacing is irregular: missing slices (a gap that is
+  a whole multiple of the median step) and uneven spacing are reported as warnings and, unless
+  ``strict``, the stack is resampled along the stacking line onto a regular grid at the median
+  step: acquired slices that fall on the grid are copied exactly, the others are linearly
+  interpolated between their two neighbours (their ``files`` entries are ``None``).
+* Repeated positions (two images at the same place: echoes, phases, two series sharing a UID)
+  are an error naming the tag that differs, unless they are copies of one SOP instance, which
+  are dropped with a warning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from medseg.io.dicom._headers import ImageRecord
+
+__all__ = ["StackPlan", "plan_stack"]
+
+_IOP_TOL = 1e-3  # max abs difference between orientation cosines within one series
+_DUP_TOL = 1e-3  # mm: two images closer than this are at the same position
+_LINE_TOL = 0.5  # mm: max distance of a slice centre from the stacking line
+_TILT_TOL_DEG = 0.01
+
+
+@dataclass
+class StackPlan:
+    """How the images of one series become a ``(Z, Y, X)`` array and its affine.
+
+    ``problem`` is set (and the rest may be empty) when the series cannot be loaded.
+    ``sources[z]`` lists ``(image index, weight)`` pairs whose weighted sum is output slice z.
+    """
+
+    problem: Optional[str] = None
+    fix: str = ""
+    images: list[ImageRecord] = field(default_factory=list)
+    sources: list[list[tuple[int, float]]] = field(default_factory=list)
+    affine: Optional[np.ndarray] = None
+    shape: tuple[int, int, int] = (0, 0, 0)
+    warnings: list[str] = field(default_factory=list)
+    tilt_deg: float = 0.0
+    interpolated: list[int] = field(default_factory=list)
+    irregular: bool = False
+
+
+def _fail(problem: str, fix: str) -> StackPlan:
+    return StackPlan(problem=problem, fix=fix)
+
+
+def _dedupe(images: Sequence[ImageRecord], warnings: list[str]) -> list[ImageRecord]:
+    seen: dict[tuple[str, Optional[int]], ImageRecord] = {}
+    copies = 0
+    for im in images:
+        key = (im.sop_uid, im.frame)
+        if im.sop_uid and key in seen:
+            copies += 1
+            continue
+        seen[key] = im
+    if copies:
+        warnings.append(f"{copies} duplicate file(s) of the same SOP instance ignored")
+    return list(seen.values())
+
+
+def _differing_tag(a: ImageRecord, b: ImageRecord) -> str:
+    keys = sorted(set(a.distinguish) | set(b.distinguish))
+    diff = [k for k in keys if a.distinguish.get(k) != b.distinguish.get(k)]
+    return ", ".join(diff) if diff else "no distinguishing tag"
+
+
+def plan_stack(images: Sequence[ImageRecord], *, strict: bool = False, tilt_tag: Optional[float] = None) -> StackPlan:
+    """Order a series' images and derive its grid; see the module docstring for the rules."""
+    warnings: list[str] = []
+    images = _dedupe(images, warnings)
+    if not images:
+        return _fail("the series holds no images", "choose another series")
+    if any(im.position is None or im.orientation is None for im in images):
+        multi = images[0].file.frames > 1
+        what = ("a multi-frame file without per-frame positions (PlanePositionSequence)" if multi
+                else "images without ImagePositionPatient/ImageOrientationPatient")
+        return _fail(f"no patient geometry: {what}; this is a 2D projection, secondary capture or "
+                     "stripped object, not a volume in patient space",
+                     "medseg segments 3D volumes; export the series from the scanner/PACS with its geometry")
+    if any(im.pixel_spacing is None for im in images):
+        return _fail("no PixelSpacing (in-plane voxel size unknown)",
+                     "export the series with PixelSpacing; medseg never guesses a voxel size")
+    sizes = {(im.file.rows, im.file.columns) for im in images}
+    if len(sizes) > 1:
+        return _fail(f"images of different sizes (Rows, Columns) in one series: {sorted(sizes)}",
+                     "split the series by size, e.g. into separate folders, and load each")
+    iop = np.array([im.orientation for im in images], dtype=float)
+    if np.max(np.abs(iop - iop[0])) > _IOP_TOL:
+        n_orient = len({tuple(np.round(r, 3)) for r in iop})
+        return _fail(f"{n_orient} different ImageOrientationPatient values in one series (e.g. a multi-plane "
+                     "localizer)", "load a series with one orientation; pass another series_uid")
+    ps = np.array([im.pixel_spacing for im in images], dtype=float)
+    if np.max(np.abs(ps - ps[0])) > 1e-4 * max(float(ps[0].max()), 1.0):
+        return _fail(f"PixelSpacing varies within the series ({np.unique(ps, axis=0).tolist()})",
+                     "split the series by PixelSpacing and load each")
+    row = iop[0, :3] / np.linalg.norm(iop[0, :3])
+    col = iop[0, 3:] / np.linalg.norm(iop[0, 3:])
+    if abs(float(row @ col)) > 1e-3:
+        return _fail(f"ImageOrientationPatient row and column vectors are not orthogonal ({iop[0].tolist()})",
+                     "the header is corrupt; re-export the series")
+    normal = np.cross(row, col)
+    pos = np.array([im.position for im in images], dtype=float)
+    proj = pos @ normal
+    order = np.lexsort((np.arange(len(images)), proj))
+    images = [images[i] for i in order]
+    pos, proj = pos[order], proj[order]
+    rows, cols = images[0].file.rows, images[0].file.columns
+    ps0 = ps[0]
+    a = np.eye(4)
+    a[:3, 1] = col * ps0[0]
+    a[:3, 2] = row * ps0[1]
+    a[:3, 3] = pos[0]
+
+    n = len(images)
+    if n > 1:
+        gaps = np.linalg.norm(np.diff(pos, axis=0), axis=1)
+        same = np.nonzero(gaps < _DUP_TOL)[0]
+        if same.size:
+            i = int(same[0])
+            n_pos = n - same.size
+            return _fail(
+                f"{n} images at only {n_pos} distinct positions: several images share a position "
+                f"(first at {np.round(pos[i], 3).tolist()} mm; they differ in {_differing_tag(images[i], images[i + 1])}). "
+                "Two acquisitions (echoes, phases, interleaved series) share one SeriesInstanceUID",
+                "separate the images by the tag named above (e.g. into sub-folders) and load each")
+    if n == 1:
+        im = images[0]
+        step = im.spacing_between_slices or im.slice_thickness
+        if not step or step <= 0:
+            step = 1.0
+            warnings.append("single slice without SliceThickness/SpacingBetweenSlices: z spacing set to 1 mm")
+        a[:3, 0] = normal * step
+        return StackPlan(images=images, sources=[[(0, 1.0)]], affine=a, shape=(1, rows, cols), warnings=warnings)
+
+    span = pos[-1] - pos[0]
+    length = float(np.linalg.norm(span))
+    u = span / length
+    off_line = np.linalg.norm(np.cross(pos - pos[0], u), axis=1)
+    if off_line.max() > _LINE_TOL:
+        return _fail(f"slice positions do not lie on one line (up to {off_line.max():.2f} mm off)",
+                     "the series mixes stacks; split it (e.g. by AcquisitionNumber) and load each")
+    t = (pos - pos[0]) @ u
+    steps = np.diff(t)
+    mean_step = length / (n - 1)
+    tol = max(0.01, 0.01 * mean_step)
+    tilt_deg = float(np.degrees(np.arccos(np.clip(abs(u @ normal), 0.0, 1.0))))
+    if tilt_deg > _TILT_TOL_DEG:
+        step_vec = u
+        tag = f", GantryDetectorTilt {tilt_tag:g}°" if tilt_tag else ""
+        warnings.append(
+            f"gantry tilt: slices step {tilt_deg:.2f}° off the slice normal{tag}; voxels kept as acquired with a "
+            "sheared affine (exact positions). NIfTI stores it; NRRD/MHA (ITK) cannot: resample first for those")
+    else:
+        tilt_deg = 0.0
+        step_vec = normal * float(u @ normal)  # remove rounding shear: exactly orthogonal
+    plan = StackPlan(images=images, warnings=warnings, tilt_deg=tilt_deg)
+    deviation = np.abs(t - np.arange(n) * mean_step)
+    if deviation.max() <= tol:
+        a[:3, 0] = step_vec * mean_step
+        plan.sources = [[(i, 1.0)] for i in range(n)]
+        plan.affine, plan.shape = a, (n, rows, cols)
+        return plan
+
+    plan.irregular = True
+    h = float(np.median(steps))
+    ratio = steps / h
+    missing = [(i, int(round(r)) - 1) for i, r in enumerate(ratio) if r > 1.5 and abs(r - round(r)) < 0.1]
+    uneven = [i for i, r in enumerate(ratio) if abs(r - 1) > 0.01 and all(i != m for m, _ in missing)]
+    if missing:
+        n_miss = sum(k for _, k in missing)
+        where = "; ".join(f"{k} after z={t[i]:.2f} mm ({images[i].file.path})" for i, k in missing[:3])
+        warnings.append(f"{n_miss} missing slice(s) (gap of a whole number of {h:.3f} mm steps): {where}")
+    if uneven:
+        warnings.append(f"uneven slice spacing: steps from {steps.min():.3f} to {steps.max():.3f} mm "
+                        f"(median {h:.3f} mm)")
+    if strict:
+        plan.problem = "irregular slice spacing (" + "; ".join(warnings[-2:]) + ") and strict=True"
+        plan.fix = "load without strict to resample onto a regular grid, or find the missing files"
+        return plan
+    m = int(round(length / h)) + 1
+    grid_step = length / (m - 1)
+    grid = np.arange(m) * grid_step
+    sources: list[list[tuple[int, float]]] = []
+    interpolated: list[int] = []
+    for g, tg in enumerate(grid):
+        hi = int(np.searchsorted(t, tg))
+        if hi < n and abs(t[hi] - tg) <= tol:
+            sources.append([(hi, 1.0)])
+            continue
+        if hi > 0 and abs(t[hi - 1] - tg) <= tol:
+            sources.append([(hi - 1, 1.0)])
+            continue
+        lo, hi = max(hi - 1, 0), min(hi, n - 1)
+        w = 0.0 if hi == lo else float((tg - t[lo]) / (t[hi] - t[lo]))
+        sources.append([(lo, 1.0 - w), (hi, w)])
+        interpolated.append(g)
+    warnings.append(f"resampled to a regular grid of {m} slices at {grid_step:.3f} mm: "
+                    f"{len(interpolated)} slice(s) interpolated, {m - len(interpolated)} copied as acquired")
+    a[:3, 0] = (u if tilt_deg else normal * float(u @ normal)) * grid_step
+    plan.sources, plan.interpolated = sources, interpolated
+    plan.affine, plan.shape = a, (m, rows, cols)
+    return plan

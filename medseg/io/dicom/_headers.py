@@ -1,0 +1,342 @@
+"""Read one DICOM file's header (never its pixels) into plain records.
+
+A file yields one :class:`FileRecord` (what the pixel reader needs: transfer syntax, pixel
+layout, where the pixel data starts) and one :class:`ImageRecord` per 2D image it holds
+(a classic single-frame file holds one; an enhanced multi-frame file one per frame, with the
+per-frame functional groups resolved). Files that are not images are reported with a reason
+by raising :class:`Skip`.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+__all__ = ["FileRecord", "ImageRecord", "Skip", "read_header"]
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+
+# SOP classes that hold no image to segment, by UID prefix, with the reason shown to users.
+_NON_IMAGE = [
+    ("1.2.840.10008.1.3.10", "a DICOMDIR (media directory), not an image"),
+    ("1.2.840.10008.5.1.4.1.1.88.59", "a Key Object Selection document, not an image"),
+    ("1.2.840.10008.5.1.4.1.1.88.", "a Structured Report (SR), not an image"),
+    ("1.2.840.10008.5.1.4.1.1.481.3", "an RT Structure Set (RTSTRUCT), not an image; "
+     "it is an export target (medseg.export.write_rtstruct)"),
+    ("1.2.840.10008.5.1.4.1.1.481.2", "an RT Dose grid, not an image to segment"),
+    ("1.2.840.10008.5.1.4.1.1.481.", "an RT object (plan, treatment record or RT image), not a volume"),
+    ("1.2.840.10008.5.1.4.1.1.66.4", "a Segmentation (DICOM SEG), not an image; "
+     "it is an export target (medseg.export.write_dicom_seg)"),
+    ("1.2.840.10008.5.1.4.1.1.66", "a registration / raw-data / fiducials object, not an image"),
+    ("1.2.840.10008.5.1.4.1.1.11.", "a presentation state, not an image"),
+    ("1.2.840.10008.5.1.4.1.1.9.", "a waveform (ECG, audio, ...), not an image"),
+    ("1.2.840.10008.5.1.4.1.1.104.", "an encapsulated document (PDF, CDA, STL, ...), not an image"),
+    ("1.2.840.10008.5.1.4.1.1.67", "a real-world value map, not an image"),
+    ("1.2.840.10008.5.1.4.1.1.68.", "a surface object, not an image"),
+    ("1.2.840.10008.5.1.4.1.1.4.2", "an MR spectroscopy object, not an image"),
+]
+
+
+class Skip(Exception):
+    """The file is not an image this reader loads; ``str(exc)`` is the reason."""
+
+
+@dataclass
+class FileRecord:
+    """Pixel-level facts about one file (shared by all its frames)."""
+
+    path: str
+    transfer_syntax: str
+    rows: int
+    columns: int
+    samples: int
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    photometric: str
+    frames: int
+    little_endian: bool
+    #: offset of the first pixel byte and the byte length of a native, undefined-length-free
+    #: PixelData value; None where pydicom must decode (compressed, deflated, big endian).
+    pixel_offset: Optional[int] = None
+    pixel_length: Optional[int] = None
+    modality_lut: bool = False
+
+    @property
+    def fast(self) -> bool:
+        """True when the pixel bytes can be read straight from disk (native little endian)."""
+        return (
+            self.pixel_offset is not None
+            and self.little_endian
+            and self.samples == 1
+            and self.bits_allocated in (8, 16, 32)
+            and not self.modality_lut
+        )
+
+
+@dataclass
+class ImageRecord:
+    """One 2D image of a series (a single-frame file or one frame of a multi-frame file)."""
+
+    file: FileRecord
+    frame: Optional[int]
+    sop_uid: str
+    position: Optional[tuple[float, float, float]]
+    orientation: Optional[tuple[float, ...]]
+    pixel_spacing: Optional[tuple[float, float]]
+    slope: float
+    intercept: float
+    slice_thickness: Optional[float] = None
+    spacing_between_slices: Optional[float] = None
+    #: tags that tell apart images sharing a position (echoes, phases, acquisitions)
+    distinguish: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HeaderInfo:
+    """Series-level tags of a file plus its images."""
+
+    series_uid: str
+    study_uid: str
+    frame_of_reference_uid: str
+    modality: str
+    description: str
+    series_number: Optional[int]
+    patient_id: str
+    patient_name: str
+    sop_class: str
+    gantry_tilt: Optional[float]
+    images: list[ImageRecord]
+    file: FileRecord
+
+
+def _floats(value: Any, n: int) -> Optional[tuple[float, ...]]:
+    if value is None:
+        return None
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n else None
+
+
+def _float(value: Any, default: Optional[float] = None) -> Optional[float]:
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _first(ds: Optional[Dataset], seq: str) -> Optional[Dataset]:
+    if ds is None:
+        return None
+    items = ds.get(seq)
+    return items[0] if items else None
+
+
+def _pixel_extent(fp: Any, ds: Dataset, size: int, ts: str) -> tuple[Optional[int], Optional[int]]:
+    """Locate PixelData after a ``stop_before_pixels`` read; raise Skip if it is truncated.
+
+    Returns ``(offset, length)`` of a native value, or ``(None, None)`` for encapsulated
+    (compressed) or deflated data, whose fragments are walked to detect truncation.
+    """
+    if ts == _DEFLATED:
+        return None, None
+    start = fp.tell()
+    implicit, little = ds.original_encoding
+    if implicit is None:  # no encoding known (e.g. no meta and nothing parsed)
+        return None, None
+    endian = "<" if little else ">"
+    head = fp.read(8)
+    if len(head) < 8:
+        raise Skip("truncated: the header ends before the pixel data")
+    group, elem = struct.unpack(endian + "HH", head[:4])
+    if (group << 16 | elem) not in _PIXEL_TAGS:
+        raise Skip("no pixel data (an image header without pixels)")
+    if implicit:
+        (length,) = struct.unpack(endian + "I", head[4:8])
+        offset = start + 8
+    else:
+        vr = head[4:6]
+        if vr in (b"OB", b"OW", b"OF", b"OD", b"OL", b"UN", b"OV"):
+            more = fp.read(4)
+            if len(more) < 4:
+                raise Skip("truncated inside the pixel data header")
+            (length,) = struct.unpack(endian + "I", more)
+            offset = start + 12
+        else:
+            (length,) = struct.unpack(endian + "H", head[6:8])
+            offset = start + 8
+    if length == 0xFFFFFFFF:
+        _walk_fragments(fp, offset, size)
+        return None, None
+    if offset + length > size:
+        raise Skip(f"truncated: pixel data needs {length} bytes, the file holds {max(size - offset, 0)}")
+    if (group << 16 | elem) != 0x7FE00010:  # float / double pixel data: let pydicom convert it
+        return None, None
+    return offset, length
+
+
+def _walk_fragments(fp: Any, offset: int, size: int) -> None:
+    """Follow encapsulated items to the sequence delimiter; raise Skip when the file ends first."""
+    pos = offset
+    fp.seek(pos)
+    for _ in range(1_000_000):
+        head = fp.read(8)
+        if len(head) < 8:
+            raise Skip("truncated: compressed pixel data ends before its last fragment")
+        group, elem, length = struct.unpack("<HHI", head)
+        if (group, elem) == (0xFFFE, 0xE0DD):
+            return
+        if (group, elem) != (0xFFFE, 0xE000):
+            raise Skip(f"corrupt compressed pixel data: unexpected item ({group:04X},{elem:04X}) at byte {pos}")
+        pos += 8 + length
+        if pos > size:
+            raise Skip("truncated: compressed pixel data ends before its last fragment")
+        fp.seek(pos)
+    raise Skip("corrupt compressed pixel data: too many fragments")
+
+
+def _looks_like_uid(value: Any) -> bool:
+    s = str(value or "")
+    return bool(s) and all(c.isdigit() or c == "." for c in s)
+
+
+def read_header(path: str) -> HeaderInfo:
+    """Parse one file's header. Raise :class:`Skip` with a reason for non-images."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise Skip(f"cannot open ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise Skip("empty file")
+    try:
+        with open(path, "rb") as fp:
+            pre = fp.read(132)
+            has_preamble = len(pre) == 132 and pre[128:132] == b"DICM"
+            fp.seek(0)
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not has_preamble)
+            if not has_preamble and not _looks_like_uid(ds.get("SOPClassUID")):
+                raise Skip("not a DICOM file (no 'DICM' marker and no SOP Class UID)")
+            meta = getattr(ds, "file_meta", None)
+            ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+            if not ts:
+                implicit, little = ds.original_encoding
+                ts = "1.2.840.10008.1.2" if implicit else ("1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2")
+            sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
+            for prefix, reason in _NON_IMAGE:
+                if sop_class.startswith(prefix):
+                    raise Skip(reason)
+            if "Rows" not in ds or "Columns" not in ds:
+                raise Skip(f"no image (SOP class {UID(sop_class).name if sop_class else 'unknown'} has no Rows/Columns)")
+            offset, length = _pixel_extent(fp, ds, size, ts)
+    except Skip:
+        raise
+    except Exception as exc:  # pydicom raises many types on corrupt input
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise Skip(f"unreadable DICOM header ({type(exc).__name__}: {text[:160]})") from exc
+    return _records(path, ds, ts, sop_class, offset, length)
+
+
+def _records(path: str, ds: Dataset, ts: str, sop_class: str, offset: Optional[int],
+             length: Optional[int]) -> HeaderInfo:
+    series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+    _, little = ds.original_encoding
+    frames = int(_float(ds.get("NumberOfFrames"), 1) or 1)
+    rec = FileRecord(
+        path=path,
+        transfer_syntax=ts,
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        samples=int(ds.get("SamplesPerPixel", 1) or 1),
+        bits_allocated=int(ds.get("BitsAllocated", 16) or 16),
+        bits_stored=int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16),
+        signed=int(ds.get("PixelRepresentation", 0) or 0) == 1,
+        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip(),
+        frames=frames,
+        little_endian=bool(little) and ts != "1.2.840.10008.1.2.2",
+        pixel_offset=offset if ts in _NATIVE else None,
+        pixel_length=length if ts in _NATIVE else None,
+        modality_lut="ModalityLUTSequence" in ds,
+    )
+    if rec.pixel_length is not None:
+        expected = rec.rows * rec.columns * rec.samples * frames * rec.bits_allocated // 8
+        if rec.bits_allocated % 8 or rec.pixel_length < expected:
+            rec.pixel_offset = rec.pixel_length = None  # let pydicom decide (and explain)
+    meta = getattr(ds, "file_meta", None)
+    sop_uid = str(ds.get("SOPInstanceUID", "") or (meta.get("MediaStorageSOPInstanceUID", "") if meta else "") or "")
+    common_dist = {k: ds.get(k) for k in ("AcquisitionNumber", "EchoNumbers", "TemporalPositionIdentifier",
+                                           "TriggerTime", "DiffusionBValue") if ds.get(k) not in (None, "")}
+    if "ImageType" in ds:
+        common_dist["ImageType"] = "\\".join(str(v) for v in ds.ImageType)
+    images: list[ImageRecord] = []
+    shared = _first(ds, "SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and len(per_frame) > 0:
+        for f in range(frames):
+            pf = per_frame[f] if f < len(per_frame) else None
+
+            def group(name: str) -> Optional[Dataset]:
+                return _first(pf, name) or _first(shared, name)
+
+            pos = group("PlanePositionSequence")
+            ori = group("PlaneOrientationSequence")
+            meas = group("PixelMeasuresSequence")
+            pvt = group("PixelValueTransformationSequence")
+            content = _first(pf, "FrameContentSequence")
+            dist = dict(common_dist)
+            if content is not None:
+                for k in ("StackID", "TemporalPositionIndex", "DimensionIndexValues"):
+                    if content.get(k) not in (None, ""):
+                        dist[k] = str(content.get(k))
+            images.append(ImageRecord(
+                file=rec, frame=f, sop_uid=sop_uid,
+                position=_floats(pos.get("ImagePositionPatient") if pos else None, 3),  # type: ignore[arg-type]
+                orientation=_floats(ori.get("ImageOrientationPatient") if ori else None, 6),  # type: ignore[arg-type]
+                pixel_spacing=_floats(meas.get("PixelSpacing") if meas else None, 2),  # type: ignore[arg-type]
+                slope=_float(pvt.get("RescaleSlope") if pvt else ds.get("RescaleSlope"), 1.0) or 1.0,
+                intercept=_float(pvt.get("RescaleIntercept") if pvt else ds.get("RescaleIntercept"), 0.0) or 0.0,
+                slice_thickness=_float(meas.get("SliceThickness") if meas else None),
+                spacing_between_slices=_float(meas.get("SpacingBetweenSlices") if meas else ds.get("SpacingBetweenSlices")),
+                distinguish=dist,
+            ))
+    else:
+        position = _floats(ds.get("ImagePositionPatient"), 3)
+        for f in range(frames):
+            images.append(ImageRecord(
+                file=rec, frame=f if frames > 1 else None, sop_uid=sop_uid,
+                # a legacy multi-frame file has one position for all frames: no per-frame geometry
+                position=position if frames == 1 else None,
+                orientation=_floats(ds.get("ImageOrientationPatient"), 6),
+                pixel_spacing=_floats(ds.get("PixelSpacing"), 2),
+                slope=_float(ds.get("RescaleSlope"), 1.0) or 1.0,
+                intercept=_float(ds.get("RescaleIntercept"), 0.0) or 0.0,
+                slice_thickness=_float(ds.get("SliceThickness")),
+                spacing_between_slices=_float(ds.get("SpacingBetweenSlices")),
+                distinguish=dict(common_dist),
+            ))
+    sn = ds.get("SeriesNumber")
+    return HeaderInfo(
+        series_uid=series_uid,
+        study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
+        modality=str(ds.get("Modality", "") or ""),
+        description=str(ds.get("SeriesDescription", "") or ""),
+        series_number=int(sn) if _float(sn) is not None else None,
+        patient_id=str(ds.get("PatientID", "") or ""),
+        patient_name=str(ds.get("PatientName", "") or ""),
+        sop_class=sop_class,
+        gantry_tilt=_float(ds.get("GantryDetectorTilt")),
+        images=images,
+        file=rec,
+    )
