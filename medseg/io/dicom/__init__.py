@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +167,18 @@ def _header_or_skip(path: str) -> HeaderInfo | SkippedFile:
         return SkippedFile(path, str(exc))
 
 
+def _read_headers(files: list[str], results: list, steps: StepProgress) -> None:
+    if len(files) <= 4 or _WORKERS == 1:
+        for f in files:
+            results.append(_header_or_skip(f))
+            steps.step()
+        return
+    with ThreadPoolExecutor(_WORKERS) as pool:
+        for res in pool.map(_header_or_skip, files):
+            results.append(res)
+            steps.step()
+
+
 def scan_dicom(
     folder: str | Path,
     *,
@@ -198,15 +211,10 @@ def scan_dicom(
     files = _list_files(root)
     steps = StepProgress(len(files), "scanning DICOM headers", progress=progress, cancel=cancel)
     results: list[HeaderInfo | SkippedFile] = []
-    if len(files) <= 4 or _WORKERS == 1:
-        for f in files:
-            results.append(_header_or_skip(f))
-            steps.step()
-    else:
-        with ThreadPoolExecutor(_WORKERS) as pool:
-            for res in pool.map(_header_or_skip, files):
-                results.append(res)
-                steps.step()
+    with warnings.catch_warnings():
+        # pydicom warns about every oddity it repairs; the scan reports what matters itself
+        warnings.simplefilter("ignore")
+        _read_headers(files, results, steps)
     scan = DicomScan(str(root))
     groups: dict[str, list[HeaderInfo]] = {}
     for res in results:

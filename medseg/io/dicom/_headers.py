@@ -163,6 +163,8 @@ def _pixel_extent(fp: Any, ds: Dataset, size: int, ts: str) -> tuple[Optional[in
     group, elem = struct.unpack(endian + "HH", head[:4])
     if (group << 16 | elem) not in _PIXEL_TAGS:
         raise Skip("no pixel data (an image header without pixels)")
+    if not implicit and not (head[4:6].isalpha() and head[4:6].isupper()):
+        implicit = True  # the file says explicit VR but is encoded implicit (pydicom copes too)
     if implicit:
         (length,) = struct.unpack(endian + "I", head[4:8])
         offset = start + 8
