@@ -1,0 +1,132 @@
+"""One call that writes the requested formats for one segmentation."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from medseg.errors import InputError
+from medseg.progress import CancelCallback, ProgressCallback, check_cancel, report
+from medseg.segmentation import Segmentation
+from medseg.volume import Volume
+
+__all__ = ["FORMATS", "DICOM_FORMATS", "parse_formats", "export_segmentation"]
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("nifti", "nrrd", "seg", "rtstruct", "stl", "stats")
+DICOM_FORMATS = ("seg", "rtstruct")
+
+
+def parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
+    """Validate a comma-separated string or list of format names (order kept, duplicates dropped).
+
+    Raises
+    ------
+    InputError
+        An unknown name, or none at all.
+    """
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    out: list[str] = []
+    for f in (s.strip().lower() for s in items):
+        if not f:
+            continue
+        if f not in FORMATS:
+            raise InputError(f"unknown export format {f!r}; choose from {', '.join(FORMATS)}")
+        if f not in out:
+            out.append(f)
+    if not out:
+        raise InputError(f"no export format given; choose from {', '.join(FORMATS)}")
+    return tuple(out)
+
+
+def export_segmentation(
+    segmentation: Segmentation,
+    folder: str | Path,
+    *,
+    formats: str | Sequence[str] = ("nifti", "stats"),
+    image: Optional[Volume] = None,
+    algorithm: Optional[str] = None,
+    seg_type: str = "binary",
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+) -> dict:
+    """Write ``segmentation`` in each requested format into ``folder``.
+
+    Parameters
+    ----------
+    segmentation : Segmentation
+    folder : str or Path
+        Output folder (created).
+    formats : str or list of str
+        Names from :data:`FORMATS`.
+    image : Volume, optional
+        The source image: needed for ``stats`` intensities and, read from DICOM (with
+        ``meta["files"]``), for ``seg`` and ``rtstruct``.
+    algorithm : str, optional
+        Name of the model that produced the labels (recorded in SEG/RTSTRUCT).
+    seg_type : {"binary", "labelmap"}
+        DICOM SEG encoding.
+    progress, cancel : callables, optional
+        One step per format.
+
+    Returns
+    -------
+    dict
+        ``{"files": {format: [relative paths]}, "timings_s": {format: s},
+        "skipped": {format: reason}, "statistics": stats or None}``. SEG, RTSTRUCT and STL
+        are skipped (with the reason) when the label map holds no label.
+
+    Raises
+    ------
+    InputError
+        ``seg``/``rtstruct`` requested without a DICOM source image.
+    """
+    from medseg.export.labelmap import write_label_map
+    from medseg.export.mesh import write_stl
+    from medseg.export.rtstruct import write_rtstruct
+    from medseg.export.seg import write_dicom_seg
+    from medseg.export.stats import label_statistics, write_statistics
+
+    fmts = parse_formats(formats)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    has_dicom = image is not None and bool(image.meta.get("files"))
+    wanted_dicom = [f for f in fmts if f in DICOM_FORMATS]
+    if wanted_dicom and not has_dicom:
+        raise InputError(
+            f"formats {wanted_dicom} need the source DICOM series: pass image= read from DICOM "
+            f"(read_volume on the DICOM folder); the given image has no meta['files']"
+        )
+    files: dict[str, list[str]] = {}
+    timings: dict[str, float] = {}
+    stats = None
+    skipped: dict[str, str] = {}
+    empty = not segmentation.present_indices()
+    for n, fmt in enumerate(fmts):
+        check_cancel(cancel, "export")
+        report(progress, n, len(fmts), f"export {fmt}")
+        if empty and fmt in ("seg", "rtstruct", "stl"):
+            skipped[fmt] = "the label map is empty (no label found)"
+            log.warning("skipping %s: the label map is empty", fmt)
+            continue
+        t0 = time.perf_counter()
+        if fmt in ("nifti", "nrrd"):
+            name = "labels.nii.gz" if fmt == "nifti" else "labels.nrrd"
+            written = list(write_label_map(segmentation, folder / name).values())
+        elif fmt == "seg":
+            written = [write_dicom_seg(segmentation, folder / "seg.dcm", source=image, algorithm=algorithm,
+                                       segmentation_type=seg_type)]  # type: ignore[arg-type]
+        elif fmt == "rtstruct":
+            written = [write_rtstruct(segmentation, folder / "rtstruct.dcm", source=image, algorithm=algorithm)]
+        elif fmt == "stl":
+            written = list(write_stl(segmentation, folder / "meshes").values())
+        else:
+            stats = label_statistics(segmentation, image if image is not None and image.array.ndim == 3 else None)
+            written = list(write_statistics(stats, folder).values())
+        timings[fmt] = round(time.perf_counter() - t0, 4)
+        files[fmt] = sorted(str(Path(p).relative_to(folder)) for p in written)
+    report(progress, len(fmts), len(fmts), "export done")
+    return {"files": files, "timings_s": timings, "skipped": skipped, "statistics": stats}

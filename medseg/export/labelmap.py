@@ -1,0 +1,39 @@
+"""Label map export: NIfTI / NRRD / MHA plus the label-table JSON beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medseg.errors import FileFormatError
+from medseg.io import IMAGE_SUFFIXES, sidecar_path, write_segmentation
+from medseg.io.atomic import full_suffix
+from medseg.segmentation import Segmentation
+
+__all__ = ["write_label_map"]
+
+
+def write_label_map(segmentation: Segmentation, path: str | Path) -> dict[str, Path]:
+    """Write the label map (smallest unsigned dtype) and its ``.labels.json`` table, atomically.
+
+    Parameters
+    ----------
+    segmentation : Segmentation
+    path : str or Path
+        ``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha``; the format follows the suffix.
+
+    Returns
+    -------
+    dict
+        ``{"label_map": path, "labels": sidecar path}``.
+
+    Raises
+    ------
+    FileFormatError
+        Unsupported suffix.
+    """
+    p = Path(path)
+    if full_suffix(p) not in IMAGE_SUFFIXES or full_suffix(p) in (".nhdr", ".mhd"):
+        raise FileFormatError(p, f"cannot write a label map as {full_suffix(p)!r}",
+                              "use .nii.gz, .nii, .nrrd or .mha")
+    write_segmentation(segmentation, p)
+    return {"label_map": p, "labels": sidecar_path(p)}
