@@ -1,0 +1,155 @@
+"""pydicom's and pydicom-data's test files: each loads or fails with a named medseg error.
+
+Compressed transfer syntaxes are checked voxel for voxel against their uncompressed twins
+(JPEG 2000, JPEG-LS, RLE, JPEG lossless, big endian), and enhanced multi-frame objects against
+the classic series they were converted from, in several transfer syntaxes.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file, get_testdata_files
+
+from dicom_helpers import align_to, oblique_direction, ramp_volume, write_series
+from medseg.errors import DicomError, MedsegError, SeriesSelectionError
+from medseg.io.dicom import read_dicom
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    ALL_FILES = sorted(f for f in get_testdata_files() if os.path.isfile(f))
+
+
+def _name(path: str) -> str:
+    return path.split("site-packages/")[-1]
+
+
+def test_both_collections_are_present():
+    names = {os.path.basename(f) for f in ALL_FILES}
+    # pydicom's own files and pydicom-data's compressed-syntax files
+    assert {"CT_small.dcm", "MR_small_RLE.dcm", "emri_small_jpeg_ls_lossless.dcm", "693_J2KR.dcm"} <= names
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=_name)
+def test_loads_or_fails_with_a_named_reason(path):
+    try:
+        vol = read_dicom(path)
+    except (DicomError, SeriesSelectionError) as exc:
+        message = str(exc)
+        assert len(message) > 30 and "Traceback" not in message
+        return
+    assert vol.array.ndim == 3 and np.all(np.isfinite(vol.array.astype(float)))
+    assert vol.meta["files"] and vol.meta["SeriesInstanceUID"] is not None
+
+
+def _read(name: str):
+    return read_dicom(get_testdata_file(name))
+
+
+@pytest.mark.parametrize("compressed, reference", [
+    ("MR_small_jp2klossless.dcm", "MR_small.dcm"),      # JPEG 2000 lossless
+    ("693_J2KR.dcm", "693_UNCR.dcm"),                   # JPEG 2000 lossless (pydicom-data)
+    ("MR2_J2KR.dcm", "MR2_UNCR.dcm"),                   # JPEG 2000 lossless, 1024^2, float rescale
+    ("MR_small_jpeg_ls_lossless.dcm", "MR_small.dcm"),  # JPEG-LS lossless
+    ("MR_small_RLE.dcm", "MR_small.dcm"),               # RLE lossless
+    ("MR_small_bigendian.dcm", "MR_small.dcm"),         # explicit VR big endian
+    ("MR_small_expb.dcm", "MR_small.dcm"),
+    ("MR_small_implicit.dcm", "MR_small.dcm"),          # implicit VR little endian
+])
+def test_compressed_and_big_endian_match_uncompressed(compressed, reference):
+    a, b = _read(compressed), _read(reference)
+    np.testing.assert_array_equal(a.array, b.array)
+    np.testing.assert_allclose(a.affine, b.affine, atol=1e-6)
+
+
+def test_lossy_jpeg2000_decodes_close_to_the_original():
+    a, b = _read("693_J2KI.dcm"), _read("693_UNCI.dcm")
+    assert np.mean(np.abs(a.array.astype(float) - b.array)) < 5.0  # HU; lossy
+
+
+def test_jpeg_lossless_ct_decodes_to_hu():
+    vol = _read("bad_sequence.dcm")  # CT, JPEG lossless process 14
+    assert vol.meta["Modality"] == "CT" and vol.array.dtype == np.int16 and vol.array.min() < -500
+
+
+def test_matches_simpleitk_on_single_files():
+    import SimpleITK as sitk
+
+    from medseg.io.itk import volume_from_sitk
+
+    for name in ("CT_small.dcm", "MR_small.dcm", "693_J2KR.dcm", "MR_small_bigendian.dcm", "MR_small_RLE.dcm"):
+        ours = _read(name)
+        ref = volume_from_sitk(sitk.ReadImage(get_testdata_file(name)))
+        np.testing.assert_array_equal(ours.array, ref.array.reshape(ours.shape), err_msg=name)
+        np.testing.assert_allclose(ours.affine[:3, 1:], ref.affine[:3, 1:], atol=1e-4, err_msg=name)
+
+
+def test_enhanced_ct_rescale_comes_from_functional_groups():
+    path = get_testdata_file("eCT_Supplemental.dcm")
+    vol = read_dicom(path)
+    ds = pydicom.dcmread(path)
+    assert "RescaleIntercept" not in ds  # only in SharedFunctionalGroups/PixelValueTransformation
+    assert vol.shape == (2, 512, 512)
+    np.testing.assert_allclose(vol.spacing, (10.0, 0.388672, 0.388672), atol=1e-6)
+    # IOP rows run to patient right: normal = row x column points inferior, so the frame at
+    # z = -149 mm comes first in array order
+    assert vol.meta["frames"] == [1, 0]
+    np.testing.assert_allclose(vol.affine[:3, 3], [99.5, -301.5, -149.0], atol=1e-6)
+    np.testing.assert_allclose(vol.affine[:3, 0], [0, 0, -10.0], atol=1e-6)
+    np.testing.assert_allclose(vol.affine[:3, 2], [-0.388672, 0, 0], atol=1e-6)
+    np.testing.assert_array_equal(vol.array, ds.pixel_array[[1, 0]].astype(np.int32) - 1024)
+
+
+@pytest.mark.parametrize("name", ["emri_small.dcm", "emri_small_RLE.dcm", "emri_small_big_endian.dcm",
+                                  "emri_small_jpeg_2k_lossless.dcm", "emri_small_jpeg_ls_lossless.dcm"])
+def test_enhanced_mr_without_functional_groups_is_named(name):
+    # these test files had their functional groups stripped: no per-frame positions exist
+    with pytest.raises(DicomError, match="no patient geometry: a multi-frame file without per-frame positions"):
+        _read(name)
+
+
+def test_truncated_and_non_image_files_are_named():
+    with pytest.raises(SeriesSelectionError, match="truncated"):
+        _read("MR_truncated.dcm")
+    with pytest.raises(SeriesSelectionError, match="truncated: compressed pixel data"):
+        _read("emri_small_jpeg_2k_lossless_too_short.dcm")
+    with pytest.raises(SeriesSelectionError, match="Structured Report"):
+        _read("test-SR.dcm")
+    with pytest.raises(SeriesSelectionError, match="RT Structure Set"):
+        _read("rtstruct.dcm")
+    with pytest.raises(SeriesSelectionError, match=r"Segmentation \(DICOM SEG\)"):
+        _read("liver.dcm")
+    with pytest.raises(SeriesSelectionError, match="not a DICOM file"):
+        _read("README.txt")
+    with pytest.raises(DicomError, match="no patient geometry"):
+        _read("SC_rgb_rle.dcm")
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90",
+                                    "1.2.840.10008.1.2.4.80"])
+def test_enhanced_multiframe_in_compressed_syntaxes(tmp_path, syntax):
+    """Enhanced CT (per-frame positions, shared rescale) in RLE / JPEG 2000 / JPEG-LS lossless."""
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+    from pydicom.uid import generate_uid
+
+    vol = ramp_volume(shape=(4, 36, 34), direction=oblique_direction(), seed=4)
+    files = write_series(vol, tmp_path / "classic", seed=11)
+    legacy = [pydicom.dcmread(f) for f in files]
+    for ds in legacy:  # stored values (HU + 1024) are all >= 0: re-declare them unsigned for the codecs
+        assert np.frombuffer(ds.PixelData, "<i2").min() >= 0
+        ds.PixelRepresentation = 0
+    enhanced = LegacyConvertedEnhancedCTImage(legacy, generate_uid(), 3, generate_uid(), 1,
+                                              transfer_syntax_uid=syntax)
+    (tmp_path / "mf").mkdir()
+    enhanced.save_as(tmp_path / "mf" / "ct.dcm")
+    out = read_dicom(tmp_path / "mf")
+    np.testing.assert_array_equal(align_to(vol, out), vol.array)
+    assert str(pydicom.dcmread(tmp_path / "mf" / "ct.dcm", stop_before_pixels=True).file_meta.TransferSyntaxUID) == syntax
+
+
+def test_errors_are_medseg_errors():
+    assert issubclass(DicomError, MedsegError)
