@@ -142,9 +142,7 @@ def write_dicom_series(
         raise GeometryError("the volume's x and y axes are not orthogonal; DICOM slices need a rectangular "
                             "pixel grid: resample the volume first")
     normal = np.cross(row, col)
-    slice_gap = abs(float(a[:3, 0] @ normal))
-    if slice_gap < 1e-6:
-        raise GeometryError("the volume's z axis lies in the slice plane; cannot write it as slices")
+    slice_gap = abs(float(a[:3, 0] @ normal))  # > 0: the Volume's affine is never singular
     spacing_z, spacing_y, spacing_x = volume.spacing
 
     def uid(*what: object) -> str:
