@@ -1,0 +1,233 @@
+"""Find every image series in a nested study folder and decide which ones to run.
+
+DICOM files are grouped by SeriesInstanceUID with :func:`medseg.io.dicom.scan_dicom` (headers
+only); NIfTI, NRRD and MetaImage files are one series each. Files that are not images (reports,
+structure sets, corrupt or non-DICOM files) are listed with the scanner's reason, so a batch
+summary accounts for every file of the study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from medseg.errors import InputError
+from medseg.export._common import safe_name
+from medseg.io import IMAGE_SUFFIXES
+from medseg.io.atomic import full_suffix
+from medseg.progress import CancelCallback, ProgressCallback
+
+__all__ = ["SeriesTask", "SkippedItem", "Discovery", "SelectionRule", "discover_series"]
+
+log = logging.getLogger(__name__)
+
+# data files that belong to a header file (.nhdr/.mhd) and are not series of their own
+_DATA_SUFFIXES = {".raw", ".zraw", ".img", ".gz", ".bz2"}
+_SIDE_SUFFIXES = {".json", ".txt", ".md", ".csv"}
+
+
+@dataclass(frozen=True)
+class SeriesTask:
+    """One series to segment (picklable: sent to workers).
+
+    Attributes
+    ----------
+    id : str
+        Stable, file-system-safe name of the series' output folder.
+    kind : {"dicom", "file"}
+    path : str
+        For DICOM the folder holding the series' files; for a file the file itself.
+    series_uid : str
+        SeriesInstanceUID (the scanner's grouping key for DICOM); "" for files.
+    modality, description : str
+        From the headers (files: modality "", description = file name).
+    n_slices : int or None
+        Images along z (None when the header cannot be read).
+    problem : str or None
+        Why the scanner says the series cannot load, if it does.
+    """
+
+    id: str
+    kind: str
+    path: str
+    series_uid: str = ""
+    modality: str = ""
+    description: str = ""
+    n_slices: Optional[int] = None
+    problem: Optional[str] = None
+
+    def summary(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "path": self.path, "series_uid": self.series_uid,
+                "modality": self.modality, "description": self.description, "n_slices": self.n_slices}
+
+
+@dataclass(frozen=True)
+class SkippedItem:
+    """A file or series that will not be segmented, and why."""
+
+    path: str
+    reason: str
+    status: str = "not_an_image"  # or "excluded" (by the selection rule)
+    series: Optional[dict] = None
+
+
+@dataclass
+class Discovery:
+    """Series found in a study folder."""
+
+    tasks: list[SeriesTask] = field(default_factory=list)
+    skipped: list[SkippedItem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SelectionRule:
+    """Which series a batch runs.
+
+    Attributes
+    ----------
+    modalities : tuple of str
+        Allowed modalities (e.g. ``("CT",)``); empty = all. Files without a modality (NIfTI,
+        NRRD) pass this test.
+    min_slices : int
+        Minimum number of slices (images along z).
+    description : str or None
+        Regular expression searched (case-insensitive) in the SeriesDescription, or in the
+        file name for NIfTI/NRRD files.
+    """
+
+    modalities: tuple[str, ...] = ()
+    min_slices: int = 1
+    description: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.min_slices < 1:
+            raise InputError(f"min_slices must be >= 1, got {self.min_slices}")
+        if self.description is not None:
+            try:
+                re.compile(self.description)
+            except re.error as exc:
+                raise InputError(f"description pattern {self.description!r} is not a valid regular "
+                                 f"expression ({exc})") from exc
+        object.__setattr__(self, "modalities", tuple(m.upper() for m in self.modalities))
+
+    def reason_to_exclude(self, task: SeriesTask) -> Optional[str]:
+        """``None`` when the series is selected, else why not."""
+        if self.modalities and task.modality and task.modality.upper() not in self.modalities:
+            return f"modality {task.modality} not in {list(self.modalities)}"
+        if task.n_slices is not None and task.n_slices < self.min_slices:
+            return f"{task.n_slices} slices < minimum {self.min_slices}"
+        if self.description is not None and not re.search(self.description, task.description or "", re.IGNORECASE):
+            return f"description {task.description!r} does not match {self.description!r}"
+        return None
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def _file_slices(path: Path) -> Optional[int]:
+    """Slices of a NIfTI/NRRD/MHA file from its header, None when unreadable."""
+    try:
+        if full_suffix(path) in (".nii", ".nii.gz"):
+            import nibabel as nib
+
+            shape = nib.load(str(path)).shape
+        else:
+            import SimpleITK as sitk
+
+            r = sitk.ImageFileReader()
+            r.SetFileName(str(path))
+            r.ReadImageInformation()
+            shape = r.GetSize()
+        return int(shape[2]) if len(shape) >= 3 else 1
+    except Exception:  # unreadable headers are reported when the series is processed
+        return None
+
+
+def discover_series(
+    study_dir: str | Path,
+    *,
+    rule: SelectionRule = SelectionRule(),
+    exclude: Optional[str | Path] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+) -> Discovery:
+    """Find the image series of a study folder and apply the selection rule.
+
+    Parameters
+    ----------
+    study_dir : str or Path
+        Folder searched recursively.
+    rule : SelectionRule
+        Series failing it are listed in ``skipped`` with status ``"excluded"``.
+    exclude : str or Path, optional
+        A folder to ignore (the batch output folder when it lies inside the study).
+    progress, cancel : callables, optional
+        Passed to the DICOM scan.
+
+    Returns
+    -------
+    Discovery
+        Tasks sorted by id; skipped files and excluded series with reasons.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``study_dir`` does not exist.
+    """
+    from medseg.io.dicom import scan_dicom
+
+    root = Path(study_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: study folder not found")
+    excluded_root = Path(exclude).resolve() if exclude is not None else None
+
+    def ignored(p: str | Path) -> bool:
+        if excluded_root is None:
+            return False
+        rp = Path(p).resolve()
+        return rp == excluded_root or excluded_root in rp.parents
+
+    scan = scan_dicom(root, progress=progress, cancel=cancel)
+    out = Discovery()
+    for s in scan.series:
+        files = [f for f in s.files if not ignored(f)]
+        if not files:
+            continue
+        folder = os.path.commonpath([str(Path(f).parent) for f in files])
+        sid = safe_name(f"{s.modality or 'XX'}_{s.series_number if s.series_number is not None else 'x'}_"
+                        f"{s.description or 'series'}", 48) + "_" + _short_hash(s.series_uid)
+        n = s.shape[0] if s.shape else s.n_images
+        out.tasks.append(SeriesTask(sid, "dicom", folder, s.series_uid, s.modality or "", s.description or "",
+                                    int(n) if n is not None else None, s.problem))
+    for sk in scan.skipped:
+        p = Path(sk.path)
+        suffix = full_suffix(p)
+        if ignored(p) or suffix in IMAGE_SUFFIXES or suffix in _DATA_SUFFIXES or suffix in _SIDE_SUFFIXES:
+            continue
+        out.skipped.append(SkippedItem(str(p), sk.reason))
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not ignored(Path(dirpath) / d))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if full_suffix(p) not in IMAGE_SUFFIXES or name.endswith(".labels.json"):
+                continue
+            rel = str(p.relative_to(root))
+            stem = name[: len(name) - len(full_suffix(p))]
+            out.tasks.append(SeriesTask(safe_name(stem, 48) + "_" + _short_hash(rel), "file", str(p),
+                                        description=name, n_slices=_file_slices(p)))
+    selected = []
+    for t in sorted(out.tasks, key=lambda t: t.id):
+        why = rule.reason_to_exclude(t)
+        if why is None:
+            selected.append(t)
+        else:
+            out.skipped.append(SkippedItem(t.path, why, "excluded", t.summary()))
+    out.tasks = selected
+    log.info("%s: %d series selected, %d skipped", root, len(out.tasks), len(out.skipped))
+    return out
