@@ -329,3 +329,12 @@ def test_enhanced_multiframe_ct_matches_the_classic_series(tmp_path, kind):
     assert set(out.meta["files"]) == {str(tmp_path / "mf" / "enhanced.dcm")}
     classic = read_dicom(tmp_path / "classic")
     np.testing.assert_allclose(out.affine, classic.affine, atol=1e-5)
+
+
+def test_too_many_missing_slices_are_refused(tmp_path):
+    vol = ramp_volume(shape=(12, 8, 8))
+    files = write_series(vol, tmp_path / "sparse", seed=8)
+    for k in (3, 4, 5):
+        files[k].unlink()
+    with pytest.raises(DicomError, match="3 slices missing between 9 acquired ones: too sparse"):
+        read_dicom(tmp_path / "sparse")

@@ -19,7 +19,8 @@ Documented behaviour (also in :func:`medseg.io.dicom.read_dicom`):
   a whole multiple of the median step) and uneven spacing are reported as warnings and, unless
   ``strict``, the stack is resampled along the stacking line onto a regular grid at the median
   step: acquired slices that fall on the grid are copied exactly, the others are linearly
-  interpolated between their two neighbours (their ``files`` entries are ``None``).
+  interpolated between their two neighbours (their ``files`` entries are ``None``). More
+  missing slices than ``max(2, 10 %)`` of the acquired ones is an error (too sparse to fill).
 * Repeated positions (two images at the same place: echoes, phases, two series sharing a UID)
   are an error naming the tag that differs, unless they are copies of one SOP instance, which
   are dropped with a warning.
@@ -195,6 +196,12 @@ def plan_stack(images: Sequence[ImageRecord], *, strict: bool = False, tilt_tag:
     if uneven:
         warnings.append(f"uneven slice spacing: steps from {steps.min():.3f} to {steps.max():.3f} mm "
                         f"(median {h:.3f} mm)")
+    n_missing = sum(k for _, k in missing)
+    if n_missing > max(2, n // 10):
+        plan.problem = (f"{n_missing} slices missing between {n} acquired ones: too sparse to fill by interpolation "
+                        f"(the limit is max(2, 10 %) of the acquired slices)")
+        plan.fix = "find the missing files, or load a complete series"
+        return plan
     if strict:
         plan.problem = "irregular slice spacing (" + "; ".join(warnings[-2:]) + ") and strict=True"
         plan.fix = "load without strict to resample onto a regular grid, or find the missing files"
