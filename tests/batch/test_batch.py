@@ -1,0 +1,160 @@
+"""Batch runs: fault injection, resume, selection, atomic outputs and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from medseg.batch import BatchConfig, SegmenterSpec, SelectionRule, discover_series, run_batch, threshold_segment
+from medseg.errors import InputError
+
+ALL = ("nifti", "seg", "rtstruct", "stl", "stats")
+THRESHOLD = SegmenterSpec("threshold")
+
+
+def _fault_study(study):
+    """Add a corrupt file, a non-image DICOM object, a series with a missing slice, an unreadable NIfTI."""
+    from pydicom.data import get_testdata_file
+
+    from medseg.io.dicom_write import write_dicom_series
+    from medseg.phantom import default_phantom_affine, make_phantom
+
+    misc = study / "misc"
+    misc.mkdir()
+    good = sorted((study / "patient0" / "study" / "ct").iterdir())[0]
+    (misc / "corrupt.dcm").write_bytes(good.read_bytes()[:400])  # truncated DICOM
+    shutil.copy(get_testdata_file("rtstruct.dcm"), misc / "structures.dcm")  # not an image
+    image, _ = make_phantom(shape=(12, 40, 40), affine=default_phantom_affine((12, 40, 40), (10.0, 8.0, 8.0)), seed=5)
+    files = write_dicom_series(image, study / "patient5" / "gap", seed="gap", series_description="CT with gap")
+    files[5].unlink()  # a missing slice in the middle
+    (study / "nifti" / "broken.nii.gz").write_bytes(b"\x1f\x8b\x08\x00 this is not a NIfTI file")
+    return study
+
+
+def test_fault_injection(study, tmp_path, tree_hashes):
+    _fault_study(study)
+    before = tree_hashes(study)
+    out = tmp_path / "out"
+    summary = run_batch(study, out, config=BatchConfig(formats=ALL, segmenter=THRESHOLD))
+    by_status = {}
+    for r in summary["series"]:
+        by_status.setdefault(r["status"], []).append(r)
+    assert len(by_status["ok"]) == 3  # two DICOM series and the good NIfTI
+    failed = {r["source"]["description"]: r["error"] for r in by_status["failed"]}
+    assert set(failed) == {"CT with gap", "broken.nii.gz"}
+    assert "slice" in failed["CT with gap"].lower()
+    assert "FileFormatError" in failed["broken.nii.gz"]
+    skipped = {s["path"].split("/")[-1]: s for s in summary["skipped"]}
+    assert set(skipped) == {"corrupt.dcm", "structures.dcm"}
+    assert all(s["reason"] and s["status"] == "not_an_image" for s in skipped.values())
+    assert summary["counts"] == {"ok": 3, "failed": 2, "not_an_image": 2}
+    for r in by_status["ok"]:
+        folder = out / r["id"]
+        expected = {"labels.nii.gz", "stats.json"} | ({"seg.dcm", "rtstruct.dcm"} if r["source"]["kind"] == "dicom" else set())
+        assert expected <= {p.name for p in folder.iterdir()}
+        assert (folder / "meshes" / "1_body.stl").is_file()
+        assert json.loads((folder / "record.json").read_text())["status"] == "ok"
+        assert r["label_volumes_ml"]["body"] > 1000
+    for r in by_status["failed"]:
+        assert [p.name for p in (out / r["id"]).iterdir()] == ["record.json"]
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert sorted(r["status"] for r in rows) == ["failed"] * 2 + ["not_an_image"] * 2 + ["ok"] * 3
+    assert all(r["error"] for r in rows if r["status"] != "ok")
+    assert float(next(r for r in rows if r["status"] == "ok")["volume_ml:body"]) > 1000
+    assert tree_hashes(study) == before  # sources untouched
+    assert not [p for p in out.iterdir() if p.name.startswith(".partial")]
+    # rerun: finished series skipped, failures retried (and fail again), same statuses
+    again = run_batch(study, out, config=BatchConfig(formats=ALL, segmenter=THRESHOLD))
+    assert sorted(r["id"] for r in again["series"] if r["resumed"]) == sorted(r["id"] for r in by_status["ok"])
+    assert again["counts"] == summary["counts"]
+    # resampling the gap (non-strict) makes that series succeed, minus the DICOM exports
+    rel = run_batch(study, tmp_path / "out2", config=BatchConfig(
+        formats=("nifti", "seg"), segmenter=THRESHOLD, strict_geometry=False,
+        selection=SelectionRule(description="gap")))
+    (gap,) = rel["series"]
+    assert gap["status"] == "failed" and "interpolated" in gap["error"]
+    rel = run_batch(study, tmp_path / "out3", config=BatchConfig(
+        formats=("nifti",), segmenter=THRESHOLD, strict_geometry=False, selection=SelectionRule(description="gap")))
+    assert rel["series"][0]["status"] == "ok" and rel["series"][0]["warnings"]
+
+
+def test_selection_rule(study):
+    found = discover_series(study, rule=SelectionRule(modalities=("MR",)))
+    assert [t.kind for t in found.tasks] == ["file"]  # files have no modality: they pass
+    assert {s.status for s in found.skipped} == {"excluded"}
+    found = discover_series(study, rule=SelectionRule(min_slices=13))
+    assert found.tasks == [] and all("slices < minimum 13" in s.reason for s in found.skipped)
+    found = discover_series(study, rule=SelectionRule(modalities=("ct",), description="abdomen 1$"))
+    assert [t.description for t in found.tasks] == ["CT abdomen 1"]
+    with pytest.raises(InputError, match="not a valid regular expression"):
+        SelectionRule(description="(")
+    with pytest.raises(InputError, match="min_slices must be"):
+        SelectionRule(min_slices=0)
+
+
+def test_config_and_folder_errors(study, tmp_path):
+    with pytest.raises(InputError, match="workers must be"):
+        BatchConfig(workers=0)
+    with pytest.raises(InputError, match="seg_type must be"):
+        BatchConfig(seg_type="x")
+    with pytest.raises(InputError, match="unknown export format"):
+        BatchConfig(formats=("nifti", "obj"))
+    with pytest.raises(InputError, match="must differ from the study folder"):
+        run_batch(study, study)
+    with pytest.raises(FileNotFoundError, match="study folder not found"):
+        run_batch(tmp_path / "nope", tmp_path / "o")
+    with pytest.raises(InputError, match="only runs in this process"):
+        run_batch(study, tmp_path / "o", config=BatchConfig(workers=2), segmenter=threshold_segment)
+
+
+def test_output_inside_study_is_not_rediscovered_and_lock(study, tmp_path):
+    from medseg.batch.runner import _locked
+
+    out = study / "results"
+    s1 = run_batch(study, out, config=BatchConfig(formats=("nifti",), segmenter=THRESHOLD))
+    s2 = run_batch(study, out, config=BatchConfig(formats=("nifti",), segmenter=THRESHOLD))
+    assert len(s1["series"]) == len(s2["series"]) == 3 and all(r["resumed"] for r in s2["series"])
+    with _locked(out):  # a second batch on the same folder is refused
+        with pytest.raises(InputError, match="another medseg batch"):
+            run_batch(study, out, config=BatchConfig(formats=("nifti",), segmenter=THRESHOLD))
+
+
+def test_changed_formats_rerun_the_series(study, tmp_path):
+    out = tmp_path / "out"
+    run_batch(study, out, config=BatchConfig(formats=("stats",), segmenter=THRESHOLD))
+    s = run_batch(study, out, config=BatchConfig(formats=("stats", "nifti"), segmenter=THRESHOLD))
+    assert not any(r["resumed"] for r in s["series"])
+    assert all((out / r["id"] / "labels.nii.gz").is_file() for r in s["series"])
+
+
+def test_threshold_segmenter_is_deterministic(phantom):
+    image, _ = phantom
+    a, b = threshold_segment(image), threshold_segment(image)
+    assert np.array_equal(a.array, b.array)
+    assert set(np.unique(a.array)) == {0, 1, 2}
+    hu = image.array
+    assert hu[a.array == 2].min() >= 250 and hu[a.array == 0].mean() < -500
+
+
+def test_cli_batch_and_export(study, tmp_path, capsys):
+    from medseg.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["batch", str(study), str(out), "--model", "threshold", "--formats", "nifti,seg,stats",
+               "--modality", "CT", "--min-slices", "5"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "ok: 3" in text
+    series = next(p for p in out.iterdir() if p.name.startswith("CT_"))
+    dicom_dir = json.loads((series / "record.json").read_text())["source"]["path"]
+    rc = main(["export", str(series / "labels.nii.gz"), str(tmp_path / "exp"), "--image", dicom_dir,
+               "--formats", "rtstruct,stl,stats", "--algorithm", "threshold"])
+    assert rc == 0
+    assert (tmp_path / "exp" / "rtstruct.dcm").is_file() and (tmp_path / "exp" / "stats.csv").is_file()
+    # failures give exit code 3
+    (study / "nifti" / "broken.nii.gz").write_bytes(b"broken")
+    assert main(["batch", str(study), str(tmp_path / "out2"), "--model", "threshold"]) == 3
