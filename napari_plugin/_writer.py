@@ -44,18 +44,22 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
 
 
 def dicom_source(metadata: Mapping[str, Any]) -> Optional[Any]:
-    """The DICOM source (folder path or file list) recorded in a layer's medseg metadata."""
+    """The DICOM source of a layer: its slice files in array z order, else its DICOM folder.
+
+    Looks in the layer's own medseg metadata (an image read from DICOM) and in
+    ``metadata["medseg"]["source"]`` (labels derived from such an image by a medseg widget).
+    """
     from medseg_napari._layers import METADATA_KEY
 
     md = (metadata or {}).get(METADATA_KEY) or {}
     src = md.get("source") or {}
+    for m in (md.get("meta") or {}, src.get("meta") or {}):
+        files = m.get("files")
+        if files and str(m.get("format", "dicom")) == "dicom" and all(f is not None for f in files):
+            return [str(f) for f in files]
     for candidate in (md.get("dicom_folder"), src.get("dicom_folder")):
         if candidate and Path(candidate).exists():
             return Path(candidate)
-    for m in (md.get("meta") or {}, src.get("meta") or {}):
-        files = m.get("files")
-        if files and str(m.get("SOPClassUID", "")) != "1.2.840.10008.5.1.4.1.1.66.4":
-            return [Path(f) for f in files]
     return None
 
 
@@ -78,7 +82,5 @@ def write_dicom_seg_layer(path: str, data: Any, meta: dict) -> list[str]:
     from medseg.export import write_dicom_seg
 
     seg = segmentation_from_state(data, meta)
-    if isinstance(source, list):
-        source = source[0].parent
     out = write_dicom_seg(seg, path, source=source)
     return [str(out or path)]

@@ -1,0 +1,215 @@
+"""Correct-boundaries dock widget: label edits from :mod:`medseg.editing`, with undo.
+
+Paint and erase are napari's own tools. This widget adds smoothing, hole filling, island
+removal / keep largest, grow / shrink by a margin in mm, logical operations between labels and
+interpolation between slices, each applied to the selected label of a labels layer, with
+locked labels left untouched. Work happens in a worker thread on the label's bounding box
+(plus the margin the operation needs); the GUI thread only copies the edited box back into the
+layer and keeps the old box for undo.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Optional
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from medseg_napari._layers import volume_from_layer
+from medseg_napari._shortcuts import install_shortcuts
+from medseg_napari._worker import LayerCombo, TaskRunner
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EditorWidget", "edit_region", "OPERATION_NAMES"]
+
+OPERATION_NAMES = ["smooth", "fill holes", "remove small islands", "keep largest", "grow", "shrink",
+                   "interpolate slices", "logical"]
+
+
+def edit_region(
+    label_map: np.ndarray,
+    index: int,
+    operation: str,
+    *,
+    spacing: tuple[float, float, float],
+    params: dict,
+    locked: tuple[int, ...] = (),
+    progress: Any = None,
+    cancel: Any = None,
+) -> Optional[tuple[tuple[slice, ...], np.ndarray, np.ndarray]]:
+    """Apply one operation to label ``index`` on its bounding box.
+
+    Returns ``(box, old, new)`` (slices in array order and the box's old and new contents), or
+    ``None`` when the label (and, for logical operations, the other label) is absent.
+    """
+    from medseg import editing
+    from medseg.errors import InputError
+    from medseg.progress import check_cancel
+
+    if progress:
+        progress(0, 3, f"{operation}: finding label {index}")
+    wanted = [index]
+    other = int(params.get("other", 0))
+    if operation == "logical":
+        wanted.append(other)
+    pad = [1, 1, 1]
+    if operation == "grow":
+        pad = [math.ceil(params.get("margin_mm", 2.0) / s) + 1 for s in spacing]
+    elif operation == "smooth":
+        pad = [math.ceil(3 * params.get("sigma_mm", 1.0) / s) + 1 for s in spacing]
+    box = editing.label_bbox(label_map, wanted, margin_vox=pad)
+    if box is None:
+        return None
+    check_cancel(cancel, operation)
+    old = np.array(label_map[box], copy=True)
+    mask = old == index
+    if progress:
+        progress(1, 3, f"{operation} on a {old.shape} box")
+    if operation == "logical":
+        if other == index:
+            raise InputError(f"logical {params.get('op')}: choose another label than {index}")
+        new_mask = editing.logical(mask, old == other, params.get("op", "union"))
+    elif operation in editing.OPERATIONS:
+        kw = {k: v for k, v in params.items() if k in ("sigma_mm", "min_volume_mm3", "margin_mm", "axis")}
+        fn = editing.OPERATIONS[operation]
+        import inspect
+
+        accepted = set(inspect.signature(fn).parameters)
+        new_mask = fn(mask, spacing, **{k: v for k, v in kw.items() if k in accepted})
+    else:
+        raise InputError(f"unknown operation {operation!r}; choose one of {OPERATION_NAMES}")
+    check_cancel(cancel, operation)
+    new = editing.apply_mask(old, index, new_mask, locked=locked)
+    if progress:
+        progress(3, 3, f"{operation} done")
+    return box, old, new
+
+
+class EditorWidget(QWidget):
+    """Edit the selected label of a labels layer; every edit can be undone."""
+
+    def __init__(self, napari_viewer: Any, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.undo_stack: list[tuple[Any, tuple, np.ndarray]] = []
+        self.labels_combo = LayerCombo(napari_viewer, "labels")
+        self.labels_combo.currentTextChanged.connect(self._follow_layer)
+        self.index = QSpinBox()
+        self.index.setRange(1, 65535)
+        self.operation = QComboBox()
+        self.operation.addItems(OPERATION_NAMES)
+        self.sigma = QDoubleSpinBox(suffix=" mm", minimum=0.0, maximum=50.0, value=1.0, singleStep=0.5)
+        self.margin = QDoubleSpinBox(suffix=" mm", minimum=0.0, maximum=200.0, value=2.0, singleStep=0.5)
+        self.min_volume = QDoubleSpinBox(suffix=" mm³", minimum=0.0, maximum=1e7, value=100.0)
+        self.axis = QComboBox()
+        self.axis.addItems(["0 (slices along z)", "1 (along y)", "2 (along x)"])
+        self.logic_op = QComboBox()
+        self.logic_op.addItems(["union", "intersect", "subtract", "xor"])
+        self.other = QSpinBox()
+        self.other.setRange(1, 65535)
+        self.locked = QLineEdit()
+        self.locked.setPlaceholderText("locked labels, e.g. 1, 3")
+        self.apply_button = QPushButton("Apply (Alt-E)")
+        self.apply_button.clicked.connect(self.apply)
+        self.undo_button = QPushButton("Undo (Alt-U)")
+        self.undo_button.clicked.connect(self.undo)
+        self.runner = TaskRunner()
+        form = QFormLayout()
+        form.addRow("labels layer", self.labels_combo)
+        form.addRow("label", self.index)
+        form.addRow("operation", self.operation)
+        form.addRow("smoothing σ", self.sigma)
+        form.addRow("margin", self.margin)
+        form.addRow("min island", self.min_volume)
+        form.addRow("interpolate across", self.axis)
+        form.addRow("logical op", self.logic_op)
+        form.addRow("with label", self.other)
+        form.addRow("locked", self.locked)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        row = QHBoxLayout()
+        row.addWidget(self.apply_button)
+        row.addWidget(self.undo_button)
+        lay.addLayout(row)
+        lay.addWidget(self.runner)
+        lay.addStretch(1)
+        self._follow_layer()
+        install_shortcuts(napari_viewer, editor=self)
+
+    def _follow_layer(self, *_: Any) -> None:
+        layer = self.labels_combo.layer()
+        if layer is not None:
+            self.index.setValue(max(1, int(layer.selected_label)))
+            layer.events.selected_label.connect(self._on_selected_label)
+
+    def _on_selected_label(self, event: Any) -> None:
+        if event.source is self.labels_combo.layer() and int(event.value) > 0:
+            self.index.setValue(int(event.value))
+
+    def locked_labels(self) -> tuple[int, ...]:
+        """Parse the locked-labels field (comma or space separated indices)."""
+        from medseg.errors import InputError
+
+        text = self.locked.text().replace(",", " ").split()
+        try:
+            return tuple(int(t) for t in text)
+        except ValueError as exc:
+            raise InputError(f"locked labels must be integers separated by commas, got {self.locked.text()!r}") from exc
+
+    def params(self) -> dict:
+        return {"sigma_mm": self.sigma.value(), "margin_mm": self.margin.value(),
+                "min_volume_mm3": self.min_volume.value(), "axis": self.axis.currentIndex(),
+                "op": self.logic_op.currentText(), "other": self.other.value()}
+
+    def apply(self) -> bool:
+        """Run the chosen operation on the chosen label in a worker thread."""
+        layer = self.labels_combo.layer()
+        if layer is None:
+            self.runner.status.setText("no labels layer")
+            return False
+        try:
+            locked = self.locked_labels()
+        except ValueError as exc:
+            self.runner.status.setText(str(exc))
+            return False
+        spacing = volume_from_layer(layer).spacing
+        op, index = self.operation.currentText(), self.index.value()
+        return self.runner.start(
+            edit_region, layer.data, index, op, spacing=spacing, params=self.params(), locked=locked,
+            label=f"{op} on label {index}", on_done=lambda r: self._apply_result(layer, r, op, index))
+
+    def _apply_result(self, layer: Any, result: Any, op: str, index: int) -> None:
+        if result is None:
+            self.runner.status.setText(f"label {index} is not in {layer.name}")
+            return
+        box, old, new = result
+        layer.data[box] = new
+        layer.refresh()
+        self.undo_stack.append((layer, box, old))
+        del self.undo_stack[:-20]  # bounded memory
+        changed = int(np.count_nonzero(old != new))
+        self.runner.status.setText(f"{op} on label {index}: {changed} voxels changed")
+
+    def undo(self) -> bool:
+        """Restore the box changed by the last operation."""
+        if not self.undo_stack or self.runner.busy:
+            self.runner.status.setText("nothing to undo" if not self.undo_stack else "busy")
+            return False
+        layer, box, old = self.undo_stack.pop()
+        layer.data[box] = old
+        layer.refresh()
+        self.runner.status.setText("undone")
+        return True

@@ -1,0 +1,382 @@
+"""Click-to-segment dock widget over :class:`medseg.interactive.Session`.
+
+Prompt mode (Alt-P): a click adds a positive point, Shift-click (or the "negative" toggle,
+Alt-N) a negative one; in box mode a drag draws a box on the current slice, in scribble mode
+a drag draws a scribble. Every prompt is a voxel index ``(k, j, i)`` computed from napari's
+world position by :func:`._layers.world_to_index`. The engine runs in a worker thread, one
+prompt at a time (prompts made meanwhile are queued); the current object's mask updates live
+in a preview layer. "Accept" (Alt-A) writes the object into one label map under a name and
+locks it; undo (Alt-Z) removes the last prompt (or re-opens the last accepted object).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any, Optional
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QRadioButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from medseg_napari._layers import (
+    METADATA_KEY,
+    add_layer_data,
+    label_colormap,
+    label_features,
+    labels_layer_data,
+    segmentation_from_layer,
+    volume_from_layer,
+    world_to_index,
+)
+from medseg_napari._shortcuts import install_shortcuts
+from medseg_napari._worker import LayerCombo, TaskRunner
+
+log = logging.getLogger(__name__)
+
+__all__ = ["InteractiveWidget"]
+
+_POS_COLOR = "lime"
+_NEG_COLOR = "red"
+
+
+def _start(volume: Any, engine: str, segmentation: Any, *, progress: Any = None, cancel: Any = None) -> Any:
+    from medseg.interactive.session import Session
+
+    if progress:
+        progress(0, None, "preparing the image")
+    session = Session(None if engine == "classical" else engine)
+    session.set_image(volume, segmentation=segmentation)
+    return session, session.segmentation
+
+
+def _prompt(session: Any, kind: str, args: tuple, positive: bool, *, progress: Any = None, cancel: Any = None) -> Any:
+    if kind == "point":
+        session.add_point(args[0], positive=positive)
+    elif kind == "box":
+        session.add_box(args[0], args[1])
+    else:
+        session.add_scribble(args[0], positive=positive)
+    return session.mask.astype(np.uint8)
+
+
+def _undo(session: Any, *, progress: Any = None, cancel: Any = None) -> Any:
+    changed = session.undo()
+    return changed, session.mask.astype(np.uint8), session.segmentation
+
+
+def _reset(session: Any, *, progress: Any = None, cancel: Any = None) -> Any:
+    session.reset()
+    return session.mask.astype(np.uint8)
+
+
+def _accept(session: Any, name: Optional[str], *, progress: Any = None, cancel: Any = None) -> Any:
+    index = session.accept(name or None)
+    return index, session.segmentation
+
+
+class InteractiveWidget(QWidget):
+    """Point, box and scribble prompts → one label map of accepted, locked objects."""
+
+    def __init__(self, napari_viewer: Any, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session: Any = None
+        self.image_layer: Any = None
+        self.objects_layer: Any = None
+        self.preview_layer: Any = None
+        self.points_layer: Any = None
+        self._pending: deque = deque()
+        self._drag: list = []
+        self._prompt_mode = False
+        self._camera_state: Optional[tuple[bool, bool]] = None
+
+        self.image_combo = LayerCombo(napari_viewer, "image")
+        self.start_labels_combo = QComboBox()  # existing labels to keep (locked)
+        self.engine_combo = QComboBox()
+        self.engine_combo.addItems(self._engine_names())
+        self.start_button = QPushButton("Start session")
+        self.start_button.clicked.connect(self.start)
+        self.mode_buttons = QButtonGroup(self)
+        mode_row = QHBoxLayout()
+        for i, name in enumerate(("point", "box", "scribble")):
+            b = QRadioButton(name)
+            b.setChecked(i == 0)
+            self.mode_buttons.addButton(b, i)
+            mode_row.addWidget(b)
+        self.negative = QCheckBox("negative (Alt-N, or Shift-click)")
+        self.prompt_button = QPushButton("Prompt mode (Alt-P)")
+        self.prompt_button.setCheckable(True)
+        self.prompt_button.toggled.connect(self._set_prompt_mode)
+        self.name_edit = QLineEdit()
+        self.name_edit.setPlaceholderText("object name, e.g. liver")
+        self.accept_button = QPushButton("Accept (Alt-A)")
+        self.accept_button.clicked.connect(self.accept)
+        self.undo_button = QPushButton("Undo (Alt-Z)")
+        self.undo_button.clicked.connect(self.undo)
+        self.reset_button = QPushButton("Reset (Alt-R)")
+        self.reset_button.clicked.connect(self.reset)
+        self.locked_label = QLabel("locked: –")
+        self.locked_label.setWordWrap(True)
+        self.runner = TaskRunner()
+        self.runner.finished.connect(self._next)
+
+        form = QFormLayout()
+        form.addRow("image", self.image_combo)
+        form.addRow("keep labels", self.start_labels_combo)
+        form.addRow("engine", self.engine_combo)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.start_button)
+        lay.addLayout(mode_row)
+        lay.addWidget(self.negative)
+        lay.addWidget(self.prompt_button)
+        lay.addWidget(self.name_edit)
+        row = QHBoxLayout()
+        for b in (self.accept_button, self.undo_button, self.reset_button):
+            row.addWidget(b)
+        lay.addLayout(row)
+        lay.addWidget(self.locked_label)
+        lay.addWidget(self.runner)
+        lay.addStretch(1)
+        napari_viewer.layers.events.inserted.connect(self._refresh_labels_combo)
+        napari_viewer.layers.events.removed.connect(self._refresh_labels_combo)
+        self._refresh_labels_combo()
+        install_shortcuts(napari_viewer, interactive=self)
+
+    # -- setup ------------------------------------------------------------------------------
+    @staticmethod
+    def _engine_names() -> list[str]:
+        names = ["classical"]
+        try:
+            from medseg.models import list_models
+
+            names += [m.name for m in list_models() if "interactive" in m.name and m.trained]
+        except Exception:  # noqa: BLE001 - the classical engine always works
+            pass
+        return names
+
+    def _refresh_labels_combo(self, *_: Any) -> None:
+        current = self.start_labels_combo.currentText()
+        own = {id(self.objects_layer), id(self.preview_layer)}
+        names = ["(none)"] + [l.name for l in self.viewer.layers if l._type_string == "labels" and id(l) not in own]
+        self.start_labels_combo.clear()
+        self.start_labels_combo.addItems(names)
+        if current in names:
+            self.start_labels_combo.setCurrentText(current)
+
+    @property
+    def mode(self) -> str:
+        return ("point", "box", "scribble")[max(0, self.mode_buttons.checkedId())]
+
+    def set_mode(self, mode: str) -> None:
+        self.mode_buttons.button(("point", "box", "scribble").index(mode)).setChecked(True)
+
+    def start(self) -> bool:
+        """Start a session on the chosen image (existing labels kept and locked)."""
+        image = self.image_combo.layer()
+        if image is None:
+            self.runner.status.setText("open an image first")
+            return False
+        volume = volume_from_layer(image)
+        seg = None
+        name = self.start_labels_combo.currentText()
+        if name and name != "(none)" and name in self.viewer.layers:
+            seg = segmentation_from_layer(self.viewer.layers[name])
+        self._pending.clear()
+        return self.runner.start(_start, volume, self.engine_combo.currentText(), seg,
+                                 label="starting session", on_done=lambda r: self._started(r, image))
+
+    def _started(self, result: Any, image: Any) -> None:
+        from medseg_napari._autoseg import source_metadata
+
+        self.session, seg = result
+        self.image_layer = image
+        for layer in (self.objects_layer, self.preview_layer, self.points_layer):
+            if layer is not None and layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+        data, kwargs, kind = labels_layer_data(seg, name=f"{image.name} objects", opacity=0.5)
+        kwargs["metadata"][METADATA_KEY]["source"] = source_metadata(image)
+        self.objects_layer = add_layer_data(self.viewer, (data, kwargs, kind))
+        from medseg.labels import Label, LabelTable
+
+        preview_table = LabelTable((Label(1, "current object", (255, 255, 0)),))
+        pdata, pkw, pkind = labels_layer_data(
+            type(seg)(seg.label_map.with_array(np.zeros(seg.array.shape, np.uint8)), preview_table),
+            name="current object", opacity=0.6)
+        self.preview_layer = add_layer_data(self.viewer, (pdata, pkw, pkind))
+        self.points_layer = self.viewer.add_points(
+            np.zeros((0, 3)), name="prompts", size=6, face_color=_POS_COLOR, ndim=3)
+        self.viewer.layers.selection.active = image
+        self._refresh_labels_combo()
+        self._update_locked()
+
+    # -- prompt mode and mouse ---------------------------------------------------------------
+    def toggle_prompt_mode(self) -> None:
+        self.prompt_button.setChecked(not self.prompt_button.isChecked())
+
+    def toggle_negative(self) -> None:
+        self.negative.setChecked(not self.negative.isChecked())
+
+    def _set_prompt_mode(self, on: bool) -> None:
+        cam = self.viewer.camera
+        if on and not self._prompt_mode:
+            self._camera_state = (cam.mouse_pan, cam.mouse_zoom)
+            cam.mouse_pan = False
+            self.viewer.mouse_drag_callbacks.append(self._on_mouse)
+        elif not on and self._prompt_mode:
+            if self._on_mouse in self.viewer.mouse_drag_callbacks:
+                self.viewer.mouse_drag_callbacks.remove(self._on_mouse)
+            if self._camera_state is not None:
+                cam.mouse_pan, cam.mouse_zoom = self._camera_state
+        self._prompt_mode = on
+
+    def _on_mouse(self, viewer: Any, event: Any):
+        """napari drag callback: point on press, box / scribble over the drag."""
+        if self.session is None or self.image_layer is None:
+            return
+        positive = not ("Shift" in event.modifiers or self.negative.isChecked())
+        mode = self.mode
+        if mode == "point":
+            self.add_world_point(event.position, positive=positive)
+            return
+        start = tuple(event.position)
+        path = [start]
+        yield
+        while event.type == "mouse_move":
+            path.append(tuple(event.position))
+            yield
+        if mode == "box":
+            self.add_world_box(start, tuple(event.position))
+        else:
+            path.append(tuple(event.position))
+            self.add_world_scribble(path, positive=positive)
+
+    def add_world_point(self, world: Any, *, positive: bool = True) -> tuple[int, int, int]:
+        """Add a point prompt at a napari world position; returns its voxel ``(k, j, i)``."""
+        idx = world_to_index(self.image_layer, world)
+        self._show_point(world, positive)
+        self._queue("point", (idx,), positive)
+        return idx
+
+    def add_world_box(self, world_a: Any, world_b: Any) -> tuple:
+        """Box prompt between two napari world positions (clipped into the image)."""
+        a = world_to_index(self.image_layer, world_a, clip=True)
+        b = world_to_index(self.image_layer, world_b, clip=True)
+        self._show_point(world_a, True)
+        self._show_point(world_b, True)
+        self._queue("box", (a, b), True)
+        return a, b
+
+    def add_world_scribble(self, worlds: Any, *, positive: bool = True) -> list:
+        """Scribble prompt through napari world positions."""
+        pts = []
+        for w in worlds:
+            idx = world_to_index(self.image_layer, w, clip=True)
+            if not pts or pts[-1] != idx:
+                pts.append(idx)
+        for w in worlds[:: max(1, len(worlds) // 20)]:
+            self._show_point(w, positive)
+        self._queue("scribble", (pts,), positive)
+        return pts
+
+    def _show_point(self, world: Any, positive: bool) -> None:
+        if self.points_layer is None or self.points_layer not in self.viewer.layers:
+            return
+        data = self.points_layer.world_to_data(tuple(world))
+        self.points_layer.selected_data = set()  # else the colour change applies to the selection
+        self.points_layer.current_face_color = _POS_COLOR if positive else _NEG_COLOR
+        self.points_layer.add(np.asarray(data)[None, -3:])
+
+    # -- session actions (queued, in worker threads) ---------------------------------------------
+    def _queue(self, kind: str, args: tuple, positive: bool) -> None:
+        self._pending.append((kind, args, positive))
+        self._next()
+
+    def _next(self) -> None:
+        if self.runner.busy or not self._pending or self.session is None:
+            return
+        kind, args, positive = self._pending.popleft()
+        self.runner.start(_prompt, self.session, kind, args, positive, label=f"{kind} prompt",
+                          on_done=self._show_mask)
+
+    def _show_mask(self, mask: np.ndarray) -> None:
+        if self.preview_layer is not None:
+            self.preview_layer.data = mask
+
+    def _show_segmentation(self, seg: Any) -> None:
+        layer = self.objects_layer
+        if layer is None:
+            return
+        layer.data = seg.array
+        layer.colormap = label_colormap(seg.labels)
+        layer.features = label_features(seg.labels)
+        layer.metadata[METADATA_KEY]["labels"] = seg.labels.to_dict()
+        self._update_locked()
+
+    def _update_locked(self) -> None:
+        if self.session is None:
+            return
+        seg_table = self.session.segmentation.labels if self.session is not None else None
+        names = [f"{seg_table[i].name} ({i})" if seg_table is not None and i in seg_table else str(i)
+                 for i in self.session.locked]
+        self.locked_label.setText("locked: " + (", ".join(names) if names else "–"))
+
+    def accept(self) -> bool:
+        """Accept the current object under the typed name (queued after pending prompts)."""
+        if self.session is None:
+            return False
+        if self.runner.busy or self._pending:
+            self.runner.status.setText("wait for the prompts to finish, then accept")
+            return False
+        name = self.name_edit.text().strip() or None
+        return self.runner.start(_accept, self.session, name, label="accepting", on_done=self._accepted)
+
+    def _accepted(self, result: Any) -> None:
+        index, seg = result
+        self._show_segmentation(seg)
+        self._show_mask(np.zeros(seg.array.shape, np.uint8))
+        if self.points_layer is not None:
+            self.points_layer.data = np.zeros((0, 3))
+        self.name_edit.clear()
+        self.runner.status.setText(f"accepted label {index} ({seg.labels[index].name})")
+
+    def undo(self) -> bool:
+        """Undo the last prompt (or re-open the last accepted object)."""
+        if self.session is None or self.runner.busy:
+            return False
+
+        def done(result: Any) -> None:
+            changed, mask, seg = result
+            self._show_mask(mask)
+            self._show_segmentation(seg)
+            if self.points_layer is not None and len(self.points_layer.data):
+                self.points_layer.data = self.points_layer.data[:-1]
+            if not changed:
+                self.runner.status.setText("nothing to undo")
+
+        return self.runner.start(_undo, self.session, label="undo", on_done=done)
+
+    def reset(self) -> bool:
+        """Drop the current object's prompts and mask."""
+        if self.session is None or self.runner.busy:
+            return False
+        self._pending.clear()
+
+        def done(mask: np.ndarray) -> None:
+            self._show_mask(mask)
+            if self.points_layer is not None:
+                self.points_layer.data = np.zeros((0, 3))
+
+        return self.runner.start(_reset, self.session, label="reset", on_done=done)

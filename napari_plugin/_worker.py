@@ -1,0 +1,203 @@
+"""Worker threads with progress and cancel for the dock widgets, plus shared Qt helpers.
+
+Every computation of the plugin runs through :class:`TaskRunner`: the function runs in a
+napari worker thread with medseg's ``progress=`` / ``cancel=`` callbacks, progress reaches the
+GUI thread through a queued Qt signal (throttled), and results are handed to a callback on
+the GUI thread, which only swaps arrays into layers. The GUI thread never computes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TaskRunner", "LayerCombo", "notify_error"]
+
+
+def notify_error(message: str) -> None:
+    """Show an error in napari's notification area (and log it)."""
+    log.error(message)
+    try:
+        from napari.utils.notifications import show_error
+
+        show_error(message)
+    except Exception:  # noqa: BLE001 - no notification manager
+        pass
+
+
+class _Bridge(QObject):
+    progressed = Signal(int, int, str)
+
+
+class TaskRunner(QWidget):
+    """A progress bar, a status line and a Cancel button running one task at a time.
+
+    ``start(fn, *args, on_done=..., **kwargs)`` calls ``fn(*args, progress=..., cancel=...,
+    **kwargs)`` in a worker thread; ``on_done(result)`` then runs on the GUI thread.
+    """
+
+    finished = Signal()
+
+    def __init__(self, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self._bridge = _Bridge()
+        self._bridge.progressed.connect(self._on_progress, Qt.ConnectionType.QueuedConnection)
+        self._cancel = threading.Event()
+        self._worker: Any = None
+        self._last_emit = 0.0
+        self.last_error: Optional[BaseException] = None
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.status = QLabel("ready")
+        self.status.setWordWrap(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        row = QHBoxLayout()
+        row.addWidget(self.bar, 1)
+        row.addWidget(self.cancel_button)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(row)
+        lay.addWidget(self.status)
+
+    @property
+    def busy(self) -> bool:
+        """True while a task runs."""
+        return self._worker is not None
+
+    def cancel(self) -> None:
+        """Ask the running task to stop at its next safe point."""
+        if self._worker is not None:
+            self._cancel.set()
+            self.status.setText("cancelling…")
+
+    def _progress(self, done: int, total: Optional[int], message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_emit < 0.05 and not (total and done >= total):
+            return
+        self._last_emit = now
+        self._bridge.progressed.emit(int(done), int(total or 0), str(message))
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        if total > 0:
+            self.bar.setRange(0, total)
+            self.bar.setValue(min(done, total))
+        else:
+            self.bar.setRange(0, 0)  # busy indicator
+        self.status.setText(message)
+
+    def start(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        label: str = "working",
+        on_done: Optional[Callable[[Any], None]] = None,
+        on_error: Optional[Callable[[BaseException], None]] = None,
+        **kwargs: Any,
+    ) -> bool:
+        """Run ``fn`` in a worker thread; returns False (and does nothing) while busy."""
+        if self._worker is not None:
+            self.status.setText("busy: wait for the running task or cancel it")
+            return False
+        from napari.qt.threading import create_worker
+
+        self._cancel = threading.Event()
+        self.last_error = None
+        worker = create_worker(fn, *args, progress=self._progress, cancel=self._cancel.is_set,
+                               _start_thread=False, _ignore_errors=True, **kwargs)
+        self._worker = worker
+        self.bar.setRange(0, 0)
+        self.status.setText(label + "…")
+        self.cancel_button.setEnabled(True)
+        t0 = time.perf_counter()
+
+        def done(result: Any) -> None:
+            self.status.setText(f"{label}: done in {time.perf_counter() - t0:.1f} s")
+            if on_done is not None:
+                try:
+                    on_done(result)
+                except Exception as exc:  # noqa: BLE001 - report, never crash the GUI
+                    self._report(exc, label, on_error)
+
+        def failed(exc: BaseException) -> None:
+            self._report(exc, label, on_error)
+
+        def finish() -> None:
+            self._worker = None
+            self.bar.setRange(0, 1)
+            self.bar.setValue(1 if self.last_error is None else 0)
+            self.cancel_button.setEnabled(False)
+            self.finished.emit()
+
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+        worker.finished.connect(finish)
+        worker.start()
+        return True
+
+    def _report(self, exc: BaseException, label: str, on_error: Optional[Callable[[BaseException], None]]) -> None:
+        from medseg.errors import CancelledError
+
+        self.last_error = exc
+        if isinstance(exc, CancelledError):
+            self.status.setText(f"{label}: cancelled")
+        else:
+            self.status.setText(f"{label} failed: {exc}")
+            notify_error(f"medseg: {label} failed: {exc}")
+        if on_error is not None:
+            on_error(exc)
+
+
+class LayerCombo(QComboBox):
+    """A combo box of the viewer's layers of one type, kept in sync with the layer list."""
+
+    def __init__(self, viewer: Any, layer_type: str, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.layer_type = layer_type
+        events = viewer.layers.events
+        for ev in (events.inserted, events.removed, events.moved, events.changed):
+            ev.connect(self.refresh)
+        self.refresh()
+
+    def layers(self) -> list:
+        return [l for l in self.viewer.layers if l._type_string == self.layer_type]
+
+    def refresh(self, *_: Any) -> None:
+        current = self.currentText()
+        names = [l.name for l in self.layers()]
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        if current in names:
+            self.setCurrentText(current)
+        elif names:
+            selected = [l.name for l in self.viewer.layers.selection if l.name in names]
+            self.setCurrentText(selected[0] if selected else names[-1])
+        self.blockSignals(False)
+
+    def layer(self) -> Any:
+        """The chosen layer, or None."""
+        name = self.currentText()
+        return next((l for l in self.layers() if l.name == name), None)
+
+    def set_layer(self, layer: Any) -> None:
+        self.refresh()
+        self.setCurrentText(layer.name)
