@@ -1,0 +1,54 @@
+"""``medseg segment IN OUT``: automatic segmentation with a model (default: the bundled one)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="segment a scan with a model (CPU or CUDA)",
+                       description="Segment IN (DICOM folder, NIfTI, NRRD, MHA) and write the label map to OUT "
+                                   "(with a .labels.json sidecar) on the input grid.")
+    p.add_argument("input", help="DICOM folder or file, .nii[.gz], .nrrd, .mha")
+    p.add_argument("output", help="label map .nii[.gz], .nrrd or .mha")
+    p.add_argument("--model", default=None, help="bundled model name (medseg models), model .yaml, training output "
+                                                 "folder, .safetensors checkpoint or MONAI bundle folder")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write per-class probabilities (C, Z, Y, X) beside OUT as <name>.probabilities.nii.gz")
+    p.add_argument("--series", help="SeriesInstanceUID when the DICOM folder holds several")
+    p.add_argument("--no-postprocess", action="store_true", help="skip the model's per-label clean-up")
+    p.add_argument("--allow-code", action="store_true",
+                   help="let a MONAI bundle's config run code ($ expressions, any _target_); only for bundles you trust")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from medseg.cli._progress import tqdm_progress
+    from medseg.inference import segment
+    from medseg.io import read_volume, write_segmentation, write_volume
+    from medseg.io.atomic import full_suffix
+    from medseg.models import load_model
+
+    with tqdm_progress("reading") as progress:
+        volume = read_volume(args.input, series_uid=args.series, progress=progress)
+    model = load_model(args.model, device=args.device, allow_code=args.allow_code)
+    with tqdm_progress("segmenting") as progress:
+        seg = segment(volume, model=model, probabilities=args.probabilities,
+                      postprocess=not args.no_postprocess, progress=progress)
+    write_segmentation(seg, args.output)
+    if seg.probabilities is not None:
+        out = Path(args.output)
+        suffix = full_suffix(out)
+        ppath = out.with_name(out.name[: len(out.name) - len(suffix)] + ".probabilities" + suffix)
+        write_volume(seg.probabilities, ppath)
+        log.info("wrote %s", ppath)
+    vols = seg.volumes_ml()
+    log.info("volumes (mL): %s", ", ".join(f"{seg.labels[i].name} {v:.1f}" for i, v in vols.items()))
+    print(args.output)
+    return 0

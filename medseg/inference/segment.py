@@ -1,0 +1,219 @@
+"""Volume in → Segmentation out: preprocessing, sliding-window inference, exact inverse.
+
+Memory: the network runs on the (coarse) model grid; the class map is built on the input grid
+slab by slab (uint8/uint16); full input-grid probabilities are only allocated when asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+
+from medseg.errors import InputError
+from medseg.inference.postprocess import postprocess_label_map
+from medseg.inference.preprocess import input_slabs, map_to_input_grid, model_axes, preprocess_volume
+from medseg.models.loader import LoadedModel, load_model, resolve_device
+from medseg.progress import CancelCallback, ProgressCallback, check_cancel, report
+from medseg.segmentation import Segmentation, smallest_label_dtype
+from medseg.volume import Volume
+
+__all__ = ["segment", "predict_probabilities", "predict_model_grid", "enable_dropout"]
+
+log = logging.getLogger(__name__)
+
+_SLICE_LETTERS = {"axial": "SI", "coronal": "AP", "sagittal": "RL"}
+
+
+def enable_dropout(network: torch.nn.Module, enabled: bool = True) -> None:
+    """Put only the dropout layers in train mode (MC dropout); everything else stays eval."""
+    for m in network.modules():
+        if isinstance(m, (torch.nn.Dropout, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout)):
+            m.train(enabled)
+
+
+def _roi_and_predictor(model: LoadedModel):
+    cfg = model.config
+    axes = model_axes(cfg.preprocessing)  # model axis -> array axis
+    roi = [int(cfg.inference.patch_size[a]) for a in axes]
+    net = model.network
+    if cfg.network.spatial_dims == 3:
+        return roi, net, None
+    letters = cfg.preprocessing.orientation.upper()
+    slice_dim = next(d for d, c in enumerate(letters) if c in _SLICE_LETTERS[cfg.inference.slice_axis])
+    roi[slice_dim] = 1
+    dim = 2 + slice_dim
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        return net(x.squeeze(dim)).unsqueeze(dim)
+
+    return roi, predictor, slice_dim
+
+
+def _window_count(shape: tuple[int, ...], roi: list[int], overlap: float, batch: int) -> Optional[int]:
+    n = 1
+    for s, r in zip(shape, roi):
+        r = min(r, s)
+        step = max(1, int(r * (1 - overlap))) if r < s else 1
+        n *= 1 if r >= s else math.ceil((s - r) / step) + 1
+    return math.ceil(n / batch)
+
+
+def predict_model_grid(
+    volume: Volume,
+    model: LoadedModel,
+    *,
+    sw_device: Optional[str] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+    mc_dropout: bool = False,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Softmax probabilities on the model grid.
+
+    Returns
+    -------
+    probabilities : (C, I, J, K) float32 tensor
+        Channel 0 background, channel c label c; model grid in MONAI index order, on the
+        stitching device (CPU for large volumes).
+    affine : (4, 4) ndarray
+        Model grid ``(i, j, k)`` → RAS mm.
+    """
+    from monai.inferers import sliding_window_inference
+
+    cfg = model.config
+    if volume.channels != cfg.in_channels:
+        raise InputError(f"model {cfg.name!r} needs {cfg.in_channels} input channel(s), the volume has "
+                         f"{volume.channels}; pass a (C, Z, Y, X) volume with C = {cfg.in_channels}")
+    modality = volume.meta.get("Modality")
+    if cfg.modality != "any" and modality and modality != cfg.modality:
+        log.warning("model %s was trained on %s, the volume is %s: results may be poor", cfg.name, cfg.modality, modality)
+    report(progress, 0, None, "preprocessing")
+    x = preprocess_volume(volume, cfg.preprocessing)
+    affine = np.asarray(x.affine, dtype=float)
+    check_cancel(cancel, "segmentation")
+    dev = model.device
+    data = x.as_tensor()[None]
+    # stitch on the GPU only when the output comfortably fits there
+    out_bytes = data.numel() * cfg.out_channels * 4
+    if sw_device is None:
+        sw_device = "cpu"
+        if dev.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(dev)
+            sw_device = str(dev) if out_bytes < 0.25 * free else "cpu"
+    roi, predictor, _ = _roi_and_predictor(model)
+    total = _window_count(tuple(data.shape[2:]), roi, cfg.inference.overlap, cfg.inference.sw_batch_size)
+    done = [0]
+
+    def counted(patch: torch.Tensor) -> torch.Tensor:
+        check_cancel(cancel, "segmentation")
+        out = predictor(patch)
+        done[0] += 1
+        report(progress, min(done[0], total or done[0]), total, "segmenting")
+        return out
+
+    model.network.eval()
+    if mc_dropout:
+        enable_dropout(model.network)
+    amp = torch.autocast("cuda", dtype=torch.float16) if dev.type == "cuda" else contextlib.nullcontext()
+    try:
+        with torch.inference_mode(), amp:
+            logits = sliding_window_inference(
+                data, roi, cfg.inference.sw_batch_size, counted, overlap=cfg.inference.overlap,
+                mode=cfg.inference.blending, padding_mode="replicate", sw_device=dev, device=sw_device,
+            )
+            probs = torch.softmax(logits[0].float(), dim=0)
+    finally:
+        if mc_dropout:
+            enable_dropout(model.network, False)
+    return probs, affine
+
+
+def predict_probabilities(
+    volume: Volume,
+    model: "LoadedModel | str | None" = None,
+    *,
+    device: str = "auto",
+    mc_dropout: bool = False,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+) -> Volume:
+    """Per-class probabilities on the input grid (preprocessing → network → inverse).
+
+    The building block for test-time augmentation and MC dropout: call it on a transformed
+    volume (and map back), or with ``mc_dropout=True`` several times.
+
+    Returns
+    -------
+    Volume
+        ``(C, Z, Y, X)`` float32 on ``volume``'s grid; channel 0 background, channel c label c.
+    """
+    loaded = load_model(model, device=device)
+    probs, affine = predict_model_grid(volume, loaded, progress=progress, cancel=cancel, mc_dropout=mc_dropout)
+    out = np.empty((probs.shape[0],) + volume.shape, dtype=np.float32)
+    for zs in input_slabs(volume.shape, probs.shape[0]):
+        out[:, zs] = map_to_input_grid(probs, affine, volume, zs).cpu().numpy()
+    return Volume(out, volume.affine, {"source": f"probabilities of {loaded.name}"})
+
+
+def segment(
+    volume: Volume,
+    *,
+    model: "LoadedModel | str | None" = None,
+    device: str = "auto",
+    probabilities: bool = False,
+    postprocess: bool = True,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+) -> Segmentation:
+    """Segment a volume with a model; the result lies on the input grid.
+
+    Parameters
+    ----------
+    volume : Volume
+        ``(Z, Y, X)`` image (HU for CT models), any orientation, spacing or obliquity.
+    model : LoadedModel, str, Path or None
+        ``None`` = bundled default; a name, a path (see :func:`medseg.models.load_model`) or a
+        model already loaded (reused without reloading).
+    device : {"auto", "cpu", "cuda"}
+        Used when ``model`` is not already loaded.
+    probabilities : bool
+        Also return per-class probabilities ``(C, Z, Y, X)`` float32 on the input grid
+        (C = labels + 1): memory grows by ``C × 4`` bytes per voxel.
+    postprocess : bool
+        Apply the config's per-label clean-up.
+    progress, cancel : callables, optional
+        See :mod:`medseg.progress`.
+
+    Returns
+    -------
+    Segmentation
+        uint8 (uint16 for > 255 labels) label map with the model's label table.
+    """
+    loaded = load_model(model, device=device)
+    cfg = loaded.config
+    probs, affine = predict_model_grid(volume, loaded, progress=progress, cancel=cancel)
+    report(progress, 0, None, "mapping to the input grid")
+    dtype = smallest_label_dtype(cfg.out_channels - 1)
+    label_map = np.empty(volume.shape, dtype=dtype)
+    prob_out = np.empty((probs.shape[0],) + volume.shape, dtype=np.float32) if probabilities else None
+    for zs in input_slabs(volume.shape, probs.shape[0]):
+        check_cancel(cancel, "segmentation")
+        p = map_to_input_grid(probs, affine, volume, zs)
+        label_map[zs] = torch.argmax(p, dim=0).to(torch.int32).cpu().numpy().astype(dtype)
+        if prob_out is not None:
+            prob_out[:, zs] = p.cpu().numpy()
+    del probs
+    labels = cfg.label_table
+    if postprocess and cfg.postprocessing:
+        label_map = postprocess_label_map(label_map, cfg.postprocessing, labels,
+                                          voxel_volume_ml=volume.voxel_volume_ml)
+    meta = {"source": f"medseg segment ({cfg.name})", "model": cfg.name}
+    for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "PatientID", "Modality"):
+        if key in volume.meta:
+            meta[f"source_{key}"] = volume.meta[key]
+    prob_vol = Volume(prob_out, volume.affine, {"model": cfg.name}) if prob_out is not None else None
+    return Segmentation(Volume(label_map, volume.affine, meta), labels, prob_vol)

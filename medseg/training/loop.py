@@ -1,0 +1,328 @@
+"""Train or fine-tune a model config on a folder of images and labels."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import numpy as np
+import torch
+import yaml
+
+from medseg.config import from_mapping, load_yaml
+from medseg.errors import CheckpointError, ConfigError, InputError
+from medseg.models.checkpoint import apply_weights, load_state_file, load_weights, save_state_file, save_weights
+from medseg.models.config import ModelConfig, config_to_mapping
+from medseg.models.registry import build_network
+from medseg.progress import CancelCallback, ProgressCallback, check_cancel, report
+from medseg.training.data import dataset_labels, find_cases, load_cases, split_cases
+
+__all__ = ["TrainingConfig", "TrainResult", "train", "load_training_config", "evaluate_cases"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Training settings (YAML ``training:`` data or CLI flags).
+
+    Parameters
+    ----------
+    epochs, iterations_per_epoch : int
+        One iteration = one batch of random patches.
+    batch_size : int
+        Patches per iteration.
+    learning_rate, weight_decay : float
+    class_weights : "auto", "none" or a list
+        Cross-entropy weights per channel (background first); ``auto`` = inverse square root of
+        the class frequencies in the training set, normalised to mean 1.
+    patch_size : (3,) ints, optional
+        Training crop, array order ``(z, y, x)``; default the inference patch.
+    folds, val_fold : int
+        Validation = cases whose id hashes to ``val_fold`` of ``folds`` (stable as cases arrive).
+    val_every : int
+        Validate every N epochs (and after the last).
+    seed : int
+    augment : bool
+        Random affine (small rotation/scale), intensity scale/shift and noise. No flips (they
+        would swap left and right organs).
+    device : str
+        ``auto``, ``cpu`` or ``cuda``.
+    max_minutes : float, optional
+        Stop after the epoch during which this wall time is exceeded (validating then).
+    """
+
+    epochs: int = 50
+    iterations_per_epoch: int = 20
+    batch_size: int = 2
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-5
+    class_weights: Union[Literal["auto", "none"], tuple[float, ...]] = "auto"
+    patch_size: Optional[tuple[int, int, int]] = None
+    folds: int = 5
+    val_fold: int = 0
+    val_every: int = 5
+    seed: int = 0
+    augment: bool = True
+    device: str = "auto"
+    max_minutes: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "iterations_per_epoch", "batch_size", "val_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate}")
+
+
+def load_training_config(path: str | Path) -> TrainingConfig:
+    return from_mapping(TrainingConfig, load_yaml(path) or {}, source=str(path))
+
+
+@dataclass
+class TrainResult:
+    """Paths and metrics of a training run."""
+
+    output: Path
+    best: Path
+    last: Path
+    model_yaml: Path
+    best_score: float
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+    train_cases: list[str] = field(default_factory=list)
+    val_cases: list[str] = field(default_factory=list)
+
+
+def _seed_all(seed: int) -> None:
+    from monai.utils import set_determinism
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    set_determinism(seed=seed)
+
+
+def _auto_weights(items: list[dict], n: int) -> torch.Tensor:
+    counts = torch.zeros(n, dtype=torch.float64)
+    for it in items:
+        counts += torch.bincount(it["label"].flatten().long(), minlength=n)[:n].double()
+    w = 1.0 / torch.sqrt(counts.clamp(min=1.0))
+    return (w / w.mean()).float()
+
+
+def _train_transforms(config: ModelConfig, tc: TrainingConfig, roi: list[int]):
+    from monai import transforms as T
+
+    keys = ["image", "label"]
+    ts = [T.SpatialPadd(keys, spatial_size=roi, mode="edge"),
+          T.RandCropByPosNegLabeld(keys, "label", spatial_size=roi, pos=2, neg=1, num_samples=1, allow_smaller=True)]
+    if tc.augment:
+        dims = config.network.spatial_dims
+        rot = (0.2, 0.2, 0.2) if dims == 3 else (0.2,)
+        ts += [T.RandAffined(keys, prob=0.3, rotate_range=rot, scale_range=0.1, mode=("bilinear", "nearest"),
+                             padding_mode="border"),
+               T.RandScaleIntensityd("image", factors=0.1, prob=0.5),
+               T.RandShiftIntensityd("image", offsets=0.05, prob=0.5),
+               T.RandGaussianNoised("image", prob=0.2, std=0.02)]
+    return T.Compose(ts)
+
+
+def _roi(config: ModelConfig, tc: TrainingConfig) -> tuple[list[int], Optional[int]]:
+    from medseg.inference.preprocess import model_axes
+
+    patch = tc.patch_size or config.inference.patch_size
+    axes = model_axes(config.preprocessing)
+    roi = [int(patch[a]) for a in axes]
+    slice_dim = None
+    if config.network.spatial_dims == 2:
+        letters = {"axial": "SI", "coronal": "AP", "sagittal": "RL"}[config.inference.slice_axis]
+        slice_dim = next(d for d, c in enumerate(config.preprocessing.orientation.upper()) if c in letters)
+        roi[slice_dim] = 1
+    return roi, slice_dim
+
+
+def evaluate_cases(network: torch.nn.Module, config: ModelConfig, items: list[dict], *,
+                   device: torch.device) -> dict:
+    """Per-class Dice and IoU on model-grid cases (sliding window, argmax)."""
+    from medseg.inference.segment import _roi_and_predictor
+    from medseg.models.loader import LoadedModel
+    from monai.inferers import sliding_window_inference
+
+    lm = LoadedModel(config, network, device)
+    roi, predictor, _ = _roi_and_predictor(lm)
+    n = config.out_channels
+    inter = np.zeros(n)
+    sums = np.zeros(n)
+    union = np.zeros(n)
+    network.eval()
+    with torch.inference_mode():
+        for it in items:
+            logits = sliding_window_inference(it["image"][None].to(device), roi, config.inference.sw_batch_size,
+                                              predictor, overlap=config.inference.overlap,
+                                              mode=config.inference.blending, padding_mode="replicate")
+            pred = logits[0].argmax(0).cpu()
+            ref = it["label"][0].long()
+            for c in range(1, n):
+                a, b = pred == c, ref == c
+                i = int((a & b).sum())
+                inter[c] += i
+                sums[c] += int(a.sum()) + int(b.sum())
+                union[c] += int((a | b).sum())
+    names = config.labels
+    dice = {names[c]: float(2 * inter[c] / sums[c]) if sums[c] else float("nan") for c in range(1, n)}
+    iou = {names[c]: float(inter[c] / union[c]) if union[c] else float("nan") for c in range(1, n)}
+    valid = [v for v in dice.values() if v == v]
+    return {"dice": dice, "iou": iou, "mean_dice": float(np.mean(valid)) if valid else 0.0}
+
+
+def _write_outputs(out: Path, network, config: ModelConfig, name: str) -> Path:
+    cfg = replace(config, weights=name)
+    return save_weights(network, out / name, metadata={"medseg_config": config_to_mapping(cfg)})
+
+
+def train(
+    data: str | Path,
+    output: str | Path,
+    *,
+    config: ModelConfig,
+    training: TrainingConfig = TrainingConfig(),
+    resume: bool = False,
+    init: Optional[str | Path] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+) -> TrainResult:
+    """Train ``config``'s network on ``data`` and write checkpoints to ``output``.
+
+    Parameters
+    ----------
+    data : path
+        Decathlon folder (``dataset.json``) or ``imagesTr/`` + ``labelsTr/`` (NIfTI, NRRD, MHA
+        or DICOM series folders).
+    output : path
+        Receives ``best.safetensors``, ``last.safetensors`` (config embedded), ``model.yaml``
+        (loadable with ``medseg segment --model OUTPUT``), ``state.pt`` (resume) and
+        ``history.json`` (per-class validation Dice and IoU per validation).
+    config : ModelConfig
+    training : TrainingConfig
+    resume : bool
+        Continue from ``output/state.pt`` and ``output/last.safetensors``.
+    init : path, optional
+        Fine-tune: start from these weights (a checkpoint of the same network).
+    progress, cancel : callables, optional
+        Progress per iteration; cancel stops after the current iteration (checkpoints of the
+        last finished epoch remain).
+    """
+    from monai.losses import DiceCELoss
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    tc = training
+    _seed_all(tc.seed)
+    ds_labels = dataset_labels(data)
+    if ds_labels is not None and ds_labels != config.labels:
+        raise InputError(f"{data}/dataset.json labels {ds_labels} differ from the config's {config.labels}; "
+                         "make the config's `labels:` match the dataset")
+    cases = find_cases(data)
+    train_cases, val_cases = split_cases(cases, folds=tc.folds, val_fold=tc.val_fold)
+    if not train_cases:
+        raise InputError(f"{data}: all {len(cases)} cases fell into the validation fold; add cases or use more folds")
+    log.info("%d training cases, %d validation cases", len(train_cases), len(val_cases))
+    nl = len(config.labels)
+    train_items = load_cases(train_cases, config.preprocessing, num_labels=nl, progress=progress, cancel=cancel)
+    val_items = load_cases(val_cases, config.preprocessing, num_labels=nl, progress=progress, cancel=cancel)
+
+    from medseg.models.loader import resolve_device
+
+    device = resolve_device(tc.device)
+    network = build_network(config.network, in_channels=config.in_channels, out_channels=config.out_channels)
+    if init is not None:
+        apply_weights(network, load_weights(init), source=str(init))
+        log.info("fine-tuning from %s", init)
+    network.to(device)
+    n = config.out_channels
+    if tc.class_weights == "auto":
+        weights = _auto_weights(train_items, n)
+    elif tc.class_weights == "none":
+        weights = None
+    else:
+        if len(tc.class_weights) != n:
+            raise ConfigError(f"training.class_weights needs {n} values (background + {nl} labels), got {len(tc.class_weights)}")
+        weights = torch.tensor(tc.class_weights, dtype=torch.float32)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, weight=None if weights is None else weights.to(device))
+    opt = torch.optim.AdamW(network.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    total_iters = tc.epochs * tc.iterations_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: (1 - min(it, total_iters - 1) / total_iters) ** 0.9)
+    start_epoch, best_score, best_epoch, history = 0, -1.0, -1, []
+    state_path = out / "state.pt"
+    if resume:
+        if not state_path.is_file() or not (out / "last.safetensors").is_file():
+            raise CheckpointError(f"{out}: nothing to resume (state.pt / last.safetensors missing); train without --resume")
+        apply_weights(network, load_weights(out / "last.safetensors"), source=str(out / "last.safetensors"))
+        st = load_state_file(state_path)
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        start_epoch, best_score, best_epoch = int(st["epoch"]), float(st["best_score"]), int(st["best_epoch"])
+        history = json.loads(st["history"])
+        torch.set_rng_state(st["torch_rng"])
+        log.info("resuming at epoch %d (best %.4f at %d)", start_epoch, best_score, best_epoch)
+
+    roi, slice_dim = _roi(config, tc)
+    tf = _train_transforms(config, tc, roi)
+    rng = random.Random(tc.seed + start_epoch)
+    it_done = start_epoch * tc.iterations_per_epoch
+    t0 = time.time()
+    for epoch in range(start_epoch, tc.epochs):
+        network.train()
+        losses = []
+        for _ in range(tc.iterations_per_epoch):
+            check_cancel(cancel, "training")
+            batch = [tf(train_items[rng.randrange(len(train_items))])[0] for _ in range(tc.batch_size)]
+            x = torch.stack([b["image"].as_tensor() if hasattr(b["image"], "as_tensor") else b["image"] for b in batch]).to(device)
+            y = torch.stack([b["label"].as_tensor() if hasattr(b["label"], "as_tensor") else b["label"] for b in batch]).to(device)
+            if slice_dim is not None:
+                x, y = x.squeeze(2 + slice_dim), y.squeeze(2 + slice_dim)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(network(x), y.round())
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            it_done += 1
+            report(progress, it_done, total_iters, f"epoch {epoch + 1}/{tc.epochs} loss {np.mean(losses):.3f}")
+        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "time_s": round(time.time() - t0, 1)}
+        out_of_time = tc.max_minutes is not None and time.time() - t0 > 60 * tc.max_minutes
+        last_epoch = epoch + 1 == tc.epochs or out_of_time
+        if (epoch + 1) % tc.val_every == 0 or last_epoch:
+            if val_items:
+                metrics = evaluate_cases(network, config, val_items, device=device)
+                record.update(metrics)
+                score = metrics["mean_dice"]
+            else:
+                score = -record["loss"]
+            if score > best_score:
+                best_score, best_epoch = score, epoch + 1
+                _write_outputs(out, network, config, "best.safetensors")
+            log.info("epoch %d: %s", epoch + 1, json.dumps(record))
+        history.append(record)
+        _write_outputs(out, network, config, "last.safetensors")
+        save_state_file({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
+                         "best_score": best_score, "best_epoch": best_epoch, "history": json.dumps(history),
+                         "torch_rng": torch.get_rng_state()}, state_path)
+        if out_of_time:
+            log.warning("stopping after epoch %d: max_minutes=%s reached", epoch + 1, tc.max_minutes)
+            break
+    if not (out / "best.safetensors").is_file():
+        _write_outputs(out, network, config, "best.safetensors")
+    model_yaml = out / "model.yaml"
+    model_yaml.write_text(yaml.safe_dump(config_to_mapping(replace(config, weights="best.safetensors")), sort_keys=False))
+    (out / "history.json").write_text(json.dumps({
+        "train_cases": [c.case_id for c in train_cases], "val_cases": [c.case_id for c in val_cases],
+        "best_epoch": best_epoch, "best_score": best_score, "history": history}, indent=1))
+    return TrainResult(out, out / "best.safetensors", out / "last.safetensors", model_yaml, best_score, best_epoch,
+                       history, [c.case_id for c in train_cases], [c.case_id for c in val_cases])
