@@ -36,7 +36,6 @@ from medseg_napari._layers import (
     label_colormap,
     label_features,
     labels_layer_data,
-    segmentation_from_layer,
     volume_from_layer,
     world_to_index,
 )
@@ -51,11 +50,14 @@ _POS_COLOR = "lime"
 _NEG_COLOR = "red"
 
 
-def _start(volume: Any, engine: str, segmentation: Any, *, progress: Any = None, cancel: Any = None) -> Any:
+def _start(volume: Any, engine: str, labels_state: Any, *, progress: Any = None, cancel: Any = None) -> Any:
     from medseg.interactive.session import Session
+
+    from medseg_napari._writer import segmentation_from_state
 
     if progress:
         progress(0, None, "preparing the image")
+    segmentation = segmentation_from_state(*labels_state) if labels_state is not None else None
     session = Session(None if engine == "classical" else engine)
     session.set_image(volume, segmentation=segmentation)
     return session, session.segmentation
@@ -193,7 +195,8 @@ class InteractiveWidget(QWidget):
         seg = None
         name = self.start_labels_combo.currentText()
         if name and name != "(none)" and name in self.viewer.layers:
-            seg = segmentation_from_layer(self.viewer.layers[name])
+            data, meta, _ = self.viewer.layers[name].as_layer_data_tuple()
+            seg = (data, meta)
         self._pending.clear()
         return self.runner.start(_start, volume, self.engine_combo.currentText(), seg,
                                  label="starting session", on_done=lambda r: self._started(r, image))
