@@ -338,3 +338,18 @@ def test_too_many_missing_slices_are_refused(tmp_path):
         files[k].unlink()
     with pytest.raises(DicomError, match="3 slices missing between 9 acquired ones: too sparse"):
         read_dicom(tmp_path / "sparse")
+
+
+def test_file_without_preamble_or_meta_loads(axial, tmp_path):
+    vol, folder, files = axial
+    ds = pydicom.dcmread(files[1])
+    del ds.file_meta
+    ds.preamble = None
+    raw = tmp_path / "raw_implicit"
+    ds.save_as(raw, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert raw.read_bytes()[128:132] != b"DICM"
+    out = read_dicom(raw)
+    np.testing.assert_array_equal(out.array[0], vol.array[1])
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\x1f\x8b" + bytes(5000))  # a gzip-like blob is rejected before parsing
+    assert "no DICOM tag at the start" in scan_dicom(big).skipped[0].reason

@@ -24,6 +24,7 @@ __all__ = ["FileRecord", "ImageRecord", "Skip", "read_header"]
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+_RAW_START = {b"\x02\x00", b"\x08\x00"}  # group 0002 or 0008, little endian: a file without preamble
 
 # SOP classes that hold no image to segment, by UID prefix, with the reason shown to users.
 _NON_IMAGE = [
@@ -227,6 +228,9 @@ def read_header(path: str) -> HeaderInfo:
         with open(path, "rb") as fp:
             pre = fp.read(132)
             has_preamble = len(pre) == 132 and pre[128:132] == b"DICM"
+            if not has_preamble and (len(pre) < 8 or (pre[:2] not in _RAW_START and pre[:2][::-1] not in _RAW_START)):
+                # never let pydicom's force mode parse an arbitrary (maybe huge) file as DICOM
+                raise Skip("not a DICOM file (no 'DICM' marker and no DICOM tag at the start)")
             fp.seek(0)
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not has_preamble)
             if not has_preamble and not _looks_like_uid(ds.get("SOPClassUID")):
