@@ -108,7 +108,6 @@ def write_stl(
     """
     try:
         from stl import mesh as stl_mesh
-        from stl import Mode
     except ImportError as exc:  # pragma: no cover - declared dependency
         raise DependencyError("STL export needs numpy-stl: pip install 'numpy-stl>=3.1'") from exc
     if space not in ("LPS", "RAS"):
@@ -126,9 +125,12 @@ def write_stl(
         m.vectors[:] = verts[faces]
         m.update_normals()
         path = folder / f"{label.index}_{safe_name(label.name)}.stl"
+        # binary STL written directly: numpy-stl's writer stamps the time into the header,
+        # and identical meshes must give identical files
+        header = f"medseg {label.name} SPACE={space}".encode("ascii", "replace")[:80].ljust(80, b" ")
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
-                m.save(f"{label.name} SPACE={space}"[:80], fh=fh, mode=Mode.BINARY, update_normals=False)
+                fh.write(header + np.uint32(len(m.data)).tobytes() + m.data.astype(m.data.dtype.newbyteorder("<")).tobytes())
         out[label.index] = path
         steps.step()
     log.info("wrote %d STL meshes to %s", len(out), folder)

@@ -140,6 +140,13 @@ def write_dicom_seg(
         content_description="Segmentation exported by medseg"[:64],
         omit_empty_frames=True,
     )
+    # highdicom draws a random Dimension Organization UID; derive it from the content instead
+    # so that the same segmentation always gives the same object
+    dim_uid = content_uid("seg-dimensions", series_uid)
+    old = {str(item.DimensionOrganizationUID) for item in seg.get("DimensionOrganizationSequence", [])}
+    for item in list(seg.get("DimensionOrganizationSequence", [])) + list(seg.get("DimensionIndexSequence", [])):
+        if str(item.get("DimensionOrganizationUID", "")) in old:
+            item.DimensionOrganizationUID = dim_uid
     steps.step()
     with atomic_path(path) as tmp:
         seg.save_as(str(tmp))
