@@ -14,6 +14,7 @@ from dicom_helpers import align_to, flipped_direction, oblique_direction, ramp_v
 from medseg.errors import DicomError, MedsegError, SeriesSelectionError
 from medseg.io import read_volume
 from medseg.io.dicom import read_dicom, scan_dicom, select_series
+from medseg.volume import Volume
 
 
 def _edit(path: Path, **tags) -> None:
@@ -353,3 +354,35 @@ def test_file_without_preamble_or_meta_loads(axial, tmp_path):
     big = tmp_path / "big.bin"
     big.write_bytes(b"\x1f\x8b" + bytes(5000))  # a gzip-like blob is rejected before parsing
     assert "no DICOM tag at the start" in scan_dicom(big).skipped[0].reason
+
+
+def test_orthogonalize_resamples_a_tilted_volume(tmp_path):
+    from medseg.io.dicom import orthogonalize
+    from medseg.io.itk import volume_to_sitk
+
+    vol = ramp_volume(shape=(7, 20, 18), shear=(0.0, 0.5, 0.0))
+    write_series(vol, tmp_path / "tilt", seed=12)
+    tilted = read_dicom(tmp_path / "tilt")
+    with pytest.raises(MedsegError, match="sheared"):
+        volume_to_sitk(tilted)  # ITK cannot store it: the reason to orthogonalize
+    # a field linear in world coordinates is reproduced exactly by linear interpolation
+    k, j, i = np.meshgrid(*(np.arange(n) for n in tilted.shape), indexing="ij")
+    world = tilted.index_to_world(np.stack([k.ravel(), j.ravel(), i.ravel()], 1)).reshape(*tilted.shape, 3)
+    field = (3 * world[..., 0] - 2 * world[..., 1] + world[..., 2]).astype(np.float32)
+    ortho = orthogonalize(tilted.with_array(field), order=1)
+    d = ortho.direction
+    np.testing.assert_allclose(d.T @ d, np.eye(3), atol=1e-9)
+    volume_to_sitk(ortho)  # now representable
+    tk, tj, ti = np.meshgrid(*(np.arange(n) for n in ortho.shape), indexing="ij")
+    tw = ortho.index_to_world(np.stack([tk.ravel(), tj.ravel(), ti.ravel()], 1)).reshape(*ortho.shape, 3)
+    expected = 3 * tw[..., 0] - 2 * tw[..., 1] + tw[..., 2]
+    inside = (tj >= 3) & (tj <= ortho.shape[1] - 4)  # away from the edges shifted out of view
+    np.testing.assert_allclose(ortho.array[inside], expected[inside], atol=1e-3)
+    np.testing.assert_array_equal(ortho.array[3], field[3])  # the middle slice stays in place
+    assert orthogonalize(ramp_volume()) is not None
+    with pytest.raises(MedsegError, match=r"needs a \(Z, Y, X\) volume"):
+        orthogonalize(tilted.with_array(np.stack([field, field])))
+    skew = tilted.affine.copy()
+    skew[:3, 1] += 0.3 * skew[:3, 2]
+    with pytest.raises(MedsegError, match="y and x axes are not orthogonal"):
+        orthogonalize(Volume(field, skew))

@@ -15,7 +15,8 @@ What the reader guarantees (the geometry rules are detailed in
 * RescaleSlope/Intercept are applied (CT → HU), including the per-frame Pixel Value
   Transformation of enhanced multi-frame objects (which ``pydicom.pixels.apply_modality_lut``
   ignores);
-* gantry tilt keeps the voxels with an exact sheared affine; missing slices and uneven spacing
+* gantry tilt keeps the voxels with an exact sheared affine (:func:`orthogonalize` resamples
+  it for ITK formats); missing slices and uneven spacing
   are warned about and resampled onto a regular grid (``strict=True`` refuses instead);
 * MONOCHROME1 images keep their stored modality values (they are not inverted; SimpleITK
   inverts them) and get a warning: the photometric interpretation is a display instruction,
@@ -43,10 +44,11 @@ from medseg.errors import DicomError, SeriesSelectionError
 from medseg.io.dicom._geometry import StackPlan, plan_stack
 from medseg.io.dicom._headers import HeaderInfo, ImageRecord, Skip, read_header
 from medseg.io.dicom._pixels import read_pixels
+from medseg.io.dicom._tilt import orthogonalize
 from medseg.progress import CancelCallback, ProgressCallback, StepProgress
 from medseg.volume import Volume
 
-__all__ = ["DicomScan", "SeriesInfo", "SkippedFile", "scan_dicom", "select_series", "read_dicom"]
+__all__ = ["DicomScan", "SeriesInfo", "SkippedFile", "scan_dicom", "select_series", "read_dicom", "orthogonalize"]
 
 log = logging.getLogger(__name__)
 _WORKERS = max(1, min(4, (os.cpu_count() or 1)))

@@ -172,7 +172,8 @@ def plan_stack(images: Sequence[ImageRecord], *, strict: bool = False, tilt_tag:
         tag = f", GantryDetectorTilt {tilt_tag:g}°" if tilt_tag else ""
         warnings.append(
             f"gantry tilt: slices step {tilt_deg:.2f}° off the slice normal{tag}; voxels kept as acquired with a "
-            "sheared affine (exact positions). NIfTI stores it; NRRD/MHA (ITK) cannot: resample first for those")
+            "sheared affine (exact positions). NIfTI stores it; NRRD/MHA (ITK) cannot: use "
+            "medseg.io.dicom.orthogonalize(volume) first for those")
     else:
         tilt_deg = 0.0
         step_vec = normal * float(u @ normal)  # remove rounding shear: exactly orthogonal
