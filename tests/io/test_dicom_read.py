@@ -386,3 +386,21 @@ def test_orthogonalize_resamples_a_tilted_volume(tmp_path):
     skew[:3, 1] += 0.3 * skew[:3, 2]
     with pytest.raises(MedsegError, match="y and x axes are not orthogonal"):
         orthogonalize(Volume(field, skew))
+
+
+def test_blank_uids_from_deidentification(axial):
+    vol, folder, files = axial
+    for f in files:  # as the real series: SOP, Series and SOP class UIDs blanked in the dataset
+        ds = pydicom.dcmread(f)
+        ds.SOPInstanceUID = ""
+        ds.SeriesInstanceUID = ""
+        ds.file_meta.MediaStorageSOPInstanceUID = ""
+        ds.save_as(f)
+    scan = scan_dicom(folder)
+    (s,) = scan.series
+    assert s.uid_missing and s.series_uid.startswith("nouid-") and s.n_images == vol.shape[0]
+    out = read_dicom(folder, series_uid=s.series_uid)
+    np.testing.assert_array_equal(out.array, vol.array)
+    assert out.meta["SeriesInstanceUID"] == ""
+    assert any("no SeriesInstanceUID" in w for w in scan.series[0].warnings)
+    assert any("no SeriesInstanceUID" in w for w in out.meta["warnings"])

@@ -348,11 +348,11 @@ def read_dicom(
         raise DicomError(where, f"colour image (PhotometricInterpretation {'/'.join(sorted(photometric))}, "
                          f"{f0.samples} samples per pixel)",
                          "medseg segments greyscale CT/MR/PET volumes; convert the series to greyscale")
-    warnings = list(plan.warnings)
+    notes = ([series.warnings[0]] if series.uid_missing else []) + list(plan.warnings)
     if "MONOCHROME1" in photometric:
-        warnings.append("MONOCHROME1: values kept as stored modality values (not inverted); only the display "
+        notes.append("MONOCHROME1: values kept as stored modality values (not inverted); only the display "
                         "convention differs (SimpleITK inverts them)")
-    for w in warnings:
+    for w in notes:
         log.warning("%s: %s", where, w)
     array = read_pixels(plan, progress=progress, cancel=cancel)
     files: list[Optional[str]] = []
@@ -375,7 +375,7 @@ def read_dicom(
         "FrameOfReferenceUID": series.frame_of_reference_uid, "PatientID": series.patient_id,
         "PatientName": series.patient_name, "SeriesDescription": series.description,
         "SeriesNumber": series.series_number, "files": files, "sop_instance_uids": uids, "frames": frames,
-        "warnings": warnings, "interpolated_slices": list(plan.interpolated),
+        "warnings": notes, "interpolated_slices": list(plan.interpolated),
         "gantry_tilt_deg": round(plan.tilt_deg, 4), "PhotometricInterpretation": sorted(photometric)[0],
     }
     return Volume(array, plan.affine, meta)  # type: ignore[arg-type]

@@ -68,17 +68,19 @@ def _fail(problem: str, fix: str) -> StackPlan:
 
 
 def _dedupe(images: Sequence[ImageRecord], warnings: list[str]) -> list[ImageRecord]:
-    seen: dict[tuple[str, Optional[int]], ImageRecord] = {}
+    seen: set[tuple[str, Optional[int]]] = set()
+    out: list[ImageRecord] = []
     copies = 0
     for im in images:
         key = (im.sop_uid, im.frame)
         if im.sop_uid and key in seen:
             copies += 1
             continue
-        seen[key] = im
+        seen.add(key)
+        out.append(im)
     if copies:
         warnings.append(f"{copies} duplicate file(s) of the same SOP instance ignored")
-    return list(seen.values())
+    return out
 
 
 def _differing_tag(a: ImageRecord, b: ImageRecord) -> str:
