@@ -34,6 +34,7 @@ def save_weights(network: nn.Module | Mapping[str, torch.Tensor], path: str | Pa
     p = Path(path)
     with atomic_path(p) as tmp:
         save_file(state, str(tmp), metadata=meta)
+    p.chmod(0o644)
     return p
 
 

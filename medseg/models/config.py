@@ -247,6 +247,9 @@ def config_from_mapping(data: Any, *, source: str = "<config>") -> ModelConfig:
     """Validate a parsed mapping into a :class:`ModelConfig` (errors name ``source``)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: a model config must be a mapping, got {type(data).__name__}")
+    labels = data.get("labels")
+    if isinstance(labels, Mapping) and any(isinstance(k, str) and k.isdigit() for k in labels):
+        data = {**data, "labels": {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in labels.items()}}
     try:
         return from_mapping(ModelConfig, data, source=source)
     except ConfigError as exc:
