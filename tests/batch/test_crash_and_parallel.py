@@ -120,3 +120,17 @@ def test_pool_and_dask_match_the_serial_path(tmp_path):
     assert _comparable(tmp_path / "dask") == ref
     workers = {r["worker"] for r in dask["series"]}
     assert all(":" in w for w in workers)
+
+
+def test_existing_scheduler_address(study, tmp_path):
+    """``scheduler=ADDRESS`` connects to a running cluster (here an in-process one) instead of starting one."""
+    from dask.distributed import LocalCluster
+
+    spec = SegmenterSpec("threshold")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        remote = run_batch(study, tmp_path / "remote", config=BatchConfig(
+            formats=("nifti", "stats"), segmenter=spec, scheduler=cluster.scheduler_address))
+        assert len(cluster.scheduler.workers) == 1  # the cluster survives the batch: it is not ours
+    local = run_batch(study, tmp_path / "local", config=BatchConfig(formats=("nifti", "stats"), segmenter=spec))
+    assert remote["counts"] == local["counts"] == {"ok": 3}
+    assert _comparable(tmp_path / "remote") == _comparable(tmp_path / "local")
