@@ -288,6 +288,11 @@ def test_float_rescale_and_bits_stored(axial, tmp_path):
         ds.save_as(f)
     out2 = read_dicom(tmp_path / "bits")
     np.testing.assert_array_equal(out2.array, ((v2.array.astype(np.int32) + 1000) & 0x0FFF))
+    for f in g:  # unsigned 12-bit CT with intercept -1024 (the usual scanner layout) -> int16 HU
+        _edit(f, RescaleIntercept="-1024")
+    out3 = read_dicom(tmp_path / "bits")
+    assert out3.array.dtype == np.int16
+    np.testing.assert_array_equal(out3.array, ((v2.array.astype(np.int32) + 1000) & 0x0FFF) - 1024)
 
 
 def test_progress_and_cancel(axial):

@@ -192,7 +192,8 @@ def _rescale(raw: np.ndarray, spill: dict[int, np.ndarray], images: list[ImageRe
     if out_dtype == raw.dtype and not spill and not plan.irregular:
         if identity:
             return raw
-        if slopes.min() == slopes.max() == 1 and out_dtype.kind in "iu":
+        info = np.iinfo(out_dtype) if out_dtype.kind in "iu" else None
+        if info is not None and slopes.min() == slopes.max() == 1 and info.min <= inter.min() and inter.max() <= info.max:
             # common CT case (slope 1, integer intercept, result fits the stored dtype): in place
             for i in range(len(images)):
                 if inter[i] != 0:
