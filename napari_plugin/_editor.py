@@ -49,10 +49,11 @@ def edit_region(
     locked: tuple[int, ...] = (),
     progress: Any = None,
     cancel: Any = None,
-) -> Optional[tuple[tuple[slice, ...], np.ndarray, np.ndarray]]:
+) -> Optional[tuple[tuple[slice, ...], np.ndarray, np.ndarray, int]]:
     """Apply one operation to label ``index`` on its bounding box.
 
-    Returns ``(box, old, new)`` (slices in array order and the box's old and new contents), or
+    Returns ``(box, old, new, changed)`` (slices in array order, the box's old and new contents
+    and the number of voxels changed), or
     ``None`` when the label (and, for logical operations, the other label) is absent.
     """
     from medseg import editing
@@ -95,7 +96,8 @@ def edit_region(
     new = editing.apply_mask(old, index, new_mask, locked=locked)
     if progress:
         progress(3, 3, f"{operation} done")
-    return box, old, new
+    changed = int(np.count_nonzero(old != new))
+    return box, old, new, changed
 
 
 class EditorWidget(QWidget):
@@ -195,12 +197,11 @@ class EditorWidget(QWidget):
         if result is None:
             self.runner.status.setText(f"label {index} is not in {layer.name}")
             return
-        box, old, new = result
+        box, old, new, changed = result
         layer.data[box] = new
         layer.refresh()
         self.undo_stack.append((layer, box, old))
         del self.undo_stack[:-20]  # bounded memory
-        changed = int(np.count_nonzero(old != new))
         self.runner.status.setText(f"{op} on label {index}: {changed} voxels changed")
 
     def undo(self) -> bool:

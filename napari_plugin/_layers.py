@@ -303,7 +303,7 @@ def labels_from_layer(layer: Any, label_map: Optional[np.ndarray] = None) -> Lab
         items = [(int(i), str(n)) for i, n in zip(feats["index"], feats["name"]) if int(i) != 0]
         table = LabelTable(tuple(Label(i, n, default_color(i)) for i, n in items))
     arr = np.asarray(layer.data if label_map is None else label_map)
-    present = np.unique(arr[arr != 0]) if arr.size < 5e7 else np.flatnonzero(np.bincount(arr.ravel()))
+    present = np.unique(arr)  # releases the GIL (np.bincount does not)
     for v in (int(x) for x in present if int(x) != 0):
         if v not in table:
             table = table.with_label(Label(v, f"label_{v}", default_color(v)))
