@@ -60,3 +60,13 @@ def test_info_image_and_label_map(tmp_path, capsys):
 def test_info_missing_path(tmp_path, caplog):
     assert main(["info", str(tmp_path / "nope")]) == 1
     assert "no such file" in caplog.text
+
+
+def test_info_single_series_by_uid(tmp_path, capsys):
+    import pydicom
+
+    files = write_series(ramp_volume(shape=(3, 8, 8)), tmp_path / "s", seed=4)
+    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    assert main(["info", "--json", "--series", uid, str(files[0])]) == 0  # a single .dcm file works too
+    info = json.loads(capsys.readouterr().out)
+    assert [s["series_uid"] for s in info["series"]] == [uid] and info["series"][0]["n_images"] == 1

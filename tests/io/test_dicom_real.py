@@ -14,6 +14,8 @@ from medseg.geometry import LPS_TO_RAS, reverse_axes
 from medseg.io.dicom import read_dicom, scan_dicom
 from medseg.volume import Volume
 
+pytestmark = pytest.mark.real_data
+
 
 @pytest.fixture(scope="module")
 def real_ct(real_data):
