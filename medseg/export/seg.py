@@ -176,24 +176,24 @@ def read_dicom_seg(path: str | Path, *, source: SourceLike, segmentation: Segmen
     """
     hd = _hd()
     seg = hd.seg.segread(str(path))
-    if segmentation is not None:
-        uids = load_source(source, segmentation).sop_instance_uids
-    else:
-        files = source.meta.get("files") if hasattr(source, "meta") else None
-        if not files:
-            raise InputError("read_dicom_seg needs a Volume with meta['files'] or a segmentation to check the grid")
-        import pydicom
+    if segmentation is None:
+        from medseg.labels import LabelTable
+        from medseg.volume import Volume
 
-        uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+        if not isinstance(source, Volume):
+            raise InputError("read_dicom_seg needs segmentation= (for the grid) unless source is a Volume "
+                             "read from DICOM")
+        segmentation = Segmentation(Volume(np.zeros(source.shape, np.uint8), source.affine), LabelTable())
+    uids = load_source(source, segmentation).sop_instance_uids
     numbers = list(seg.segment_numbers)
-    out = np.zeros((len(uids), int(seg.Rows), int(seg.Columns)), dtype=np.uint16)
+    lut = np.zeros(max(numbers, default=0) + 1, dtype=np.uint16)
     for number in numbers:
         desc = seg.get_segment_description(number)
         tid = getattr(desc, "tracking_id", None) or ""
-        index = int(tid.split()[-1]) if tid.startswith("label ") else number
-        mask = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=uids, segment_numbers=[number], combine_segments=True, relabel=True,
-            ignore_spatial_locations=True,
-        )
-        out[mask.astype(bool)] = index
+        lut[number] = int(tid.split()[-1]) if tid.startswith("label ") else number
+    combined = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, segment_numbers=numbers, combine_segments=True, relabel=False,
+        ignore_spatial_locations=True, dtype=np.uint16,
+    )
+    out = lut[combined]
     return out

@@ -98,6 +98,9 @@ def test_seg_and_rtstruct_roundtrip_on_written_series(grid, phantom, tmp_path, d
 def test_labelmap_seg_type_roundtrip(real_ct, real_ct_seg, tmp_path):
     path = write_dicom_seg(real_ct_seg, tmp_path / "seg.dcm", source=real_ct, segmentation_type="labelmap")
     assert np.array_equal(read_dicom_seg(path, source=real_ct, segmentation=real_ct_seg), real_ct_seg.array)
+    assert np.array_equal(read_dicom_seg(path, source=real_ct), real_ct_seg.array)  # grid from the source
+    with pytest.raises(InputError, match="needs segmentation="):
+        read_dicom_seg(path, source=real_ct.meta["files"])
 
 
 def test_uids_are_deterministic_and_content_bound(real_ct, real_ct_seg, tmp_path):
