@@ -153,3 +153,29 @@ def test_enhanced_multiframe_in_compressed_syntaxes(tmp_path, syntax):
 
 def test_errors_are_medseg_errors():
     assert issubclass(DicomError, MedsegError)
+
+
+def _to_big_endian(ds: pydicom.Dataset, path) -> None:
+    ds.PixelData = np.frombuffer(ds.PixelData, "<u2").astype(">u2").tobytes()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRBigEndian
+    pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=False, force_encoding=True)
+
+
+@pytest.mark.parametrize("layout", ["classic", "enhanced"])
+def test_big_endian_series(tmp_path, layout):
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+    from pydicom.uid import generate_uid
+
+    vol = ramp_volume(shape=(4, 10, 9), direction=oblique_direction(), seed=6)
+    files = write_series(vol, tmp_path / "le", seed=13)
+    (tmp_path / "be").mkdir()
+    if layout == "classic":
+        for f in files:
+            _to_big_endian(pydicom.dcmread(f), tmp_path / "be" / f.name)
+    else:
+        mf = LegacyConvertedEnhancedCTImage([pydicom.dcmread(f) for f in files], generate_uid(), 3, generate_uid(), 1)
+        _to_big_endian(mf, tmp_path / "be" / "mf.dcm")
+    out = read_dicom(tmp_path / "be")
+    assert {str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+            for f in (tmp_path / "be").iterdir()} == {pydicom.uid.ExplicitVRBigEndian}
+    np.testing.assert_array_equal(align_to(vol, out), vol.array)
