@@ -95,6 +95,11 @@ class SampleAccumulator:
         self.n = 0
         self.volumes: list[np.ndarray] = []
 
+    def _slabs(self, max_elements: int = 2 ** 24) -> list[slice]:
+        z, y, x = self.reference.shape
+        step = max(1, max_elements // max(1, self.channels * y * x))
+        return [slice(k, min(k + step, z)) for k in range(0, z, step)]
+
     def add(self, probabilities: np.ndarray, valid: Optional[np.ndarray] = None) -> None:
         """Add one sample: (C, Z, Y, X) probabilities; ``valid`` (Z, Y, X) bool marks voxels it covers."""
         p = np.asarray(probabilities.array if isinstance(probabilities, Volume) else probabilities, np.float32)
@@ -102,11 +107,14 @@ class SampleAccumulator:
             raise InputError(f"sample {self.n} has shape {p.shape}, expected {self.sum_p.shape} "
                              "(C, Z, Y, X) on the input grid")
         w = np.ones(p.shape[1:], np.float32) if valid is None else np.asarray(valid, bool).astype(np.float32)
-        self.sum_p += p * w
-        self.sum_p2 += p * p * w
-        self.sum_h += _entropy(p) * w
-        self.weight += w
-        counts = np.bincount(np.argmax(p, axis=0)[w > 0].ravel(), minlength=self.channels)
+        counts = np.zeros(self.channels, np.int64)
+        for zs in self._slabs():  # bounded temporaries on large volumes
+            ps, ws = p[:, zs], w[zs]
+            self.sum_p[:, zs] += ps * ws
+            self.sum_p2[:, zs] += ps * ps * ws
+            self.sum_h[zs] += _entropy(ps) * ws
+            self.weight[zs] += ws
+            counts += np.bincount(np.argmax(ps, axis=0)[ws > 0].ravel(), minlength=self.channels)
         self.volumes.append(counts * self.reference.voxel_volume_ml)
         self.n += 1
 
@@ -117,15 +125,25 @@ class SampleAccumulator:
         if len(labels) != self.channels - 1:
             raise InputError(f"label table has {len(labels)} labels for {self.channels} probability channels; "
                              "it needs C - 1 (channel 0 is background)")
-        w = np.maximum(self.weight, 1.0)
-        mean = self.sum_p / w
-        h_mean = _entropy(mean)
-        h_exp = self.sum_h / w
+        shape = self.reference.shape
+        mean = np.empty_like(self.sum_p)
+        entropy = np.empty(shape, np.float32)
+        mi = np.empty(shape, np.float32)
+        var = np.empty(shape, np.float32)
+        winner = np.empty(shape, np.int64)
         norm = math.log(self.channels)
-        winner = np.argmax(mean, axis=0)
-        m_w = np.take_along_axis(mean, winner[None], 0)[0]
-        m2_w = np.take_along_axis(self.sum_p2, winner[None], 0)[0] / w
-        var = np.clip(m2_w - m_w * m_w, 0.0, 0.25)
+        for zs in self._slabs():
+            w = np.maximum(self.weight[zs], 1.0)
+            m = self.sum_p[:, zs] / w
+            h_mean = _entropy(m)
+            win = np.argmax(m, axis=0)
+            m_w = np.take_along_axis(m, win[None], 0)[0]
+            m2_w = np.take_along_axis(self.sum_p2[:, zs], win[None], 0)[0] / w
+            mean[:, zs] = m
+            entropy[zs] = h_mean / norm
+            mi[zs] = np.clip((h_mean - self.sum_h[zs] / w) / norm, 0.0, 1.0)
+            var[zs] = np.clip(m2_w - m_w * m_w, 0.0, 0.25)
+            winner[zs] = win
         idx = [0] + labels.indices
         lut = np.asarray(idx)
         label_map = lut[winner].astype(smallest_label_dtype(max(idx)))
@@ -135,10 +153,9 @@ class SampleAccumulator:
         vols = np.stack(self.volumes)
         return UncertaintyResult(
             seg,
-            Volume((h_mean / norm).astype(np.float32), ref.affine, {**meta, "map": "entropy"}),
-            Volume(np.clip((h_mean - h_exp) / norm, 0.0, 1.0).astype(np.float32), ref.affine,
-                   {**meta, "map": "mutual_information"}),
-            Volume(var.astype(np.float32), ref.affine, {**meta, "map": "variance"}),
+            Volume(entropy, ref.affine, {**meta, "map": "entropy"}),
+            Volume(mi, ref.affine, {**meta, "map": "mutual_information"}),
+            Volume(var, ref.affine, {**meta, "map": "variance"}),
             method,
             self.n,
             {l: vols[:, c + 1].tolist() for c, l in enumerate(labels.indices)},
