@@ -179,3 +179,26 @@ def test_big_endian_series(tmp_path, layout):
     assert {str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID)
             for f in (tmp_path / "be").iterdir()} == {pydicom.uid.ExplicitVRBigEndian}
     np.testing.assert_array_equal(align_to(vol, out), vol.array)
+
+
+def test_jpeg_baseline_enhanced_ct(tmp_path):
+    """8-bit JPEG baseline (lossy) frames with per-frame geometry: decoded, rescaled, close."""
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    vol = ramp_volume(shape=(3, 40, 36), seed=3)
+    legacy = []
+    for f in write_series(vol, tmp_path / "classic", seed=14):
+        ds = pydicom.dcmread(f)
+        stored = np.frombuffer(ds.PixelData, "<i2").astype(np.int32)
+        ds.PixelData = ((stored // 16) % 256).astype(np.uint8).tobytes()
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        legacy.append(ds)
+    mf = LegacyConvertedEnhancedCTImage(legacy, generate_uid(), 3, generate_uid(), 1,
+                                        transfer_syntax_uid=JPEGBaseline8Bit)
+    (tmp_path / "jpeg").mkdir()
+    mf.save_as(tmp_path / "jpeg" / "ct.dcm")
+    out = read_dicom(tmp_path / "jpeg")
+    expected = np.stack([np.frombuffer(ds.PixelData, np.uint8).reshape(40, 36) for ds in legacy]).astype(float) - 1024
+    assert out.array.dtype == np.int16
+    assert np.mean(np.abs(out.array - expected)) < 2.0  # lossy, but the right frames in the right place
