@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -235,8 +236,11 @@ def _run_pool(todo, out, config, options, finished, series_progress, cancel) -> 
 
     ctx = mp.get_context("spawn")  # no fork of a process that may hold threads or torch state
     q = ctx.Queue()
-    with ProcessPoolExecutor(max_workers=min(config.workers, len(todo)), mp_context=ctx,
-                             initializer=_init_worker, initargs=(config.segmenter, q)) as pool:
+    n = min(config.workers, len(todo))
+    spec = config.segmenter
+    if spec.threads is None:  # share the cores between workers instead of oversubscribing them
+        spec = dataclasses.replace(spec, threads=max(1, (os.cpu_count() or 1) // n))
+    with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker, initargs=(spec, q)) as pool:
         pending = {pool.submit(_pool_task, t, str(out), options): t for t in todo}
         try:
             while pending:
