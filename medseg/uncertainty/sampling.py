@@ -17,9 +17,8 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.labels import LabelTable
-from medseg.progress import CancelCallback, ProgressCallback
+from medseg.progress import CancelCallback, ProgressCallback, check_cancel, report
 from medseg.uncertainty.maps import SampleAccumulator, UncertaintyResult
-from medseg.progress import check_cancel, report
 from medseg.volume import Volume
 
 __all__ = [
