@@ -219,6 +219,10 @@ def discover_series(
                 continue
             rel = str(p.relative_to(root))
             stem = name[: len(name) - len(full_suffix(p))]
+            if (p.parent / f"{stem}.labels.json").is_file():
+                out.skipped.append(SkippedItem(str(p), "a label map (it has a .labels.json table), not an image",
+                                               "excluded"))
+                continue
             out.tasks.append(SeriesTask(safe_name(stem, 48) + "_" + _short_hash(rel), "file", str(p),
                                         description=name, n_slices=_file_slices(p)))
     selected = []

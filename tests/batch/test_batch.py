@@ -83,11 +83,20 @@ def test_fault_injection(study, tmp_path, tree_hashes):
 
 
 def test_selection_rule(study):
+    from medseg.io import write_segmentation
+    from medseg.phantom import make_phantom
+
+    _, seg = make_phantom(shape=(8, 16, 16), seed=1)
+    write_segmentation(seg, study / "nifti" / "reference_labels.nii.gz")
+    found = discover_series(study)
+    assert len(found.tasks) == 3
+    assert [s.reason for s in found.skipped] == ["a label map (it has a .labels.json table), not an image"]
     found = discover_series(study, rule=SelectionRule(modalities=("MR",)))
     assert [t.kind for t in found.tasks] == ["file"]  # files have no modality: they pass
     assert {s.status for s in found.skipped} == {"excluded"}
     found = discover_series(study, rule=SelectionRule(min_slices=13))
-    assert found.tasks == [] and all("slices < minimum 13" in s.reason for s in found.skipped)
+    assert found.tasks == [] and all("slices < minimum 13" in s.reason for s in found.skipped if s.series)
+    assert len([s for s in found.skipped if s.series]) == 3
     found = discover_series(study, rule=SelectionRule(modalities=("ct",), description="abdomen 1$"))
     assert [t.description for t in found.tasks] == ["CT abdomen 1"]
     with pytest.raises(InputError, match="not a valid regular expression"):
