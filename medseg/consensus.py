@@ -317,10 +317,12 @@ def disagreement_map(label_maps: Sequence[Rater]) -> np.ndarray:
     Returns a (Z, Y, X) float32 array in ``[0, 1 - 1/R]``: 0 where all R raters agree.
     """
     arrays = _arrays(label_maps)
-    stack = np.stack(arrays)
-    best = np.zeros(arrays[0].shape, np.int32)
-    for l in np.unique(stack):
-        best = np.maximum(best, (stack == l).sum(axis=0, dtype=np.int32))
+    best = np.zeros(arrays[0].shape, np.int16)
+    for a in arrays:  # votes for each rater's own label; the maximum is the modal label's count
+        agree = np.zeros(arrays[0].shape, np.int16)
+        for b in arrays:
+            agree += a == b
+        np.maximum(best, agree, out=best)
     return (1.0 - best / len(arrays)).astype(np.float32)
 
 
@@ -467,7 +469,7 @@ class ConsensusResult:
     Attributes
     ----------
     segmentation : Segmentation
-        Consensus label map with ``probabilities`` (C, Z, Y, X): the STAPLE posterior for a
+        Consensus label map with ``probabilities`` (C, Z, Y, X) (None when not asked): the STAPLE posterior for a
         binary STAPLE, the raters' vote fractions otherwise (channel 0 = background).
     disagreement : Volume
         (Z, Y, X) float32, fraction of raters disagreeing with the majority label.
@@ -487,6 +489,7 @@ def consensus(
     *,
     method: Literal["staple", "majority"] = "staple",
     names: Optional[Sequence[str]] = None,
+    probabilities: bool = True,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCallback] = None,
 ) -> ConsensusResult:
@@ -501,6 +504,13 @@ def consensus(
         ``"majority"``: plurality vote (ties → background).
     names : sequence of str, optional
         Rater names for the per-rater table.
+    probabilities : bool
+        Attach (C, Z, Y, X) float32 probabilities: 4 × C bytes per voxel, C = labels + 1.
+
+    Notes
+    -----
+    Memory: multi-label STAPLE (ITK) holds about 8 × C bytes per voxel; binary STAPLE about
+    20 bytes per voxel for 5 raters (see ``benchmarks/consensus.py``).
     """
     if method not in ("staple", "majority"):
         raise InputError(f"method must be 'staple' or 'majority', got {method!r}")
@@ -539,17 +549,19 @@ def consensus(
                                        "specificity": float(ml.specificity[r, c])}
         else:
             label_map = majority_vote(arrays, progress=progress, cancel=cancel)
-        probs, prob_labels = soft_consensus(arrays, labels=[0] + present)
+        probs, prob_labels = soft_consensus(arrays, labels=[0] + present) if probabilities else (None, [0] + present)
     check_cancel(cancel, "consensus")
     used = [l for l in prob_labels if l]
     table = table.subset(set(used) | set(int(v) for v in np.unique(label_map) if v))
-    # probabilities channels follow the label table order: channel c = c-th label of the table
-    chan = [0] + table.indices
-    full = np.zeros((len(chan),) + ref.shape, np.float32)
-    for c, l in enumerate(chan):
-        if l in prob_labels:
-            full[c] = probs[prob_labels.index(l)]
-    seg = Segmentation(ref.with_array(label_map, source=f"consensus({method})"), table,
-                       Volume(full, ref.affine, {"source": f"consensus({method})"}))
+    prob_vol = None
+    if probabilities and probs is not None:
+        # channels follow the label table order: channel c = c-th label of the table
+        chan = [0] + table.indices
+        full = np.zeros((len(chan),) + ref.shape, np.float32)
+        for c, l in enumerate(chan):
+            if l in prob_labels:
+                full[c] = probs[prob_labels.index(l)]
+        prob_vol = Volume(full, ref.affine, {"source": f"consensus({method})"})
+    seg = Segmentation(ref.with_array(label_map, source=f"consensus({method})"), table, prob_vol)
     dis = Volume(disagreement_map(arrays), ref.affine, {"source": "disagreement"})
     return ConsensusResult(seg, dis, raters, method)

@@ -263,7 +263,7 @@ def _label_map(x: np.ndarray, name: str) -> np.ndarray:
         raise InputError(f"{name} must be an integer label map, got dtype {arr.dtype}")
     if arr.size and arr.min() < 0:
         raise InputError(f"{name} has negative labels (min {arr.min()}); label maps hold 0..65535")
-    return arr.astype(np.int64, copy=False)
+    return arr.view(np.uint8) if arr.dtype == bool else arr
 
 
 def confusion_matrix(
@@ -295,10 +295,15 @@ def confusion_matrix(
     top = max(int(ref.max(initial=0)), int(pred.max(initial=0)), max(labels)) + 1
     lut = np.full(top, -1, dtype=np.int64)
     lut[labels] = np.arange(len(labels))
-    r, p = lut[ref.ravel()], lut[pred.ravel()]
-    keep = (r >= 0) & (p >= 0)
     n = len(labels)
-    m = np.bincount(r[keep] * n + p[keep], minlength=n * n).reshape(n, n)
+    m = np.zeros(n * n, dtype=np.int64)
+    rf, pf = ref.reshape(-1), pred.reshape(-1)
+    step = 1 << 22  # bounded temporaries on large volumes
+    for start in range(0, rf.size, step):
+        r, p = lut[rf[start:start + step]], lut[pf[start:start + step]]
+        keep = (r >= 0) & (p >= 0)
+        m += np.bincount(r[keep] * n + p[keep], minlength=n * n)
+    m = m.reshape(n, n)
     return m.astype(np.int64), labels
 
 

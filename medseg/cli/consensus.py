@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if len(names) != len(segs):
         raise InputError(f"--names has {len(names)} entries for {len(segs)} label maps")
     with tqdm_progress(args.method) as progress:
-        result = consensus(segs, method=args.method, names=names, progress=progress)
+        result = consensus(segs, method=args.method, names=names, probabilities=bool(args.probabilities),
+                           progress=progress)
     write_segmentation(result.segmentation, args.output)
     if args.probabilities:
         write_volume(result.segmentation.probabilities, args.probabilities)

@@ -140,6 +140,10 @@ def test_consensus_one_call_on_segmentations():
                           LabelTable.from_names({1: "left", 2: "right"})) for r in _raters(truth, SENS, SPEC)]
     res2 = cs.consensus(multi)
     assert res2.segmentation.labels.names == ["left", "right"] and "2" in res2.raters[0]
+    assert res2.segmentation.probabilities.array.shape == (3,) + truth.shape
+    lean = cs.consensus(multi, probabilities=False)
+    assert lean.segmentation.probabilities is None
+    np.testing.assert_array_equal(lean.segmentation.array, res2.segmentation.array)
 
 
 def test_consensus_errors_and_cancel():

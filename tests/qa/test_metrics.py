@@ -107,6 +107,8 @@ def test_volume_confusion_and_miou():
     assert labels == [0, 1, 2]
     assert m.sum() == ref.size
     assert m[1, 1] == 48 and m[1, 0] == 12 and m[0, 2] == 12
+    mb, lb = metrics.confusion_matrix(ref == 1, pred == 1)  # boolean masks work too
+    assert lb == [0, 1] and mb[1, 1] == 48 and mb.sum() == ref.size
     # MONAI's MeanIoU agrees per class
     yp = torch.nn.functional.one_hot(torch.from_numpy(pred.astype(np.int64)), 3).permute(3, 0, 1, 2)[None]
     y = torch.nn.functional.one_hot(torch.from_numpy(ref.astype(np.int64)), 3).permute(3, 0, 1, 2)[None]
