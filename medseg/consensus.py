@@ -469,8 +469,9 @@ class ConsensusResult:
     Attributes
     ----------
     segmentation : Segmentation
-        Consensus label map with ``probabilities`` (C, Z, Y, X) (None when not asked): the STAPLE posterior for a
-        binary STAPLE, the raters' vote fractions otherwise (channel 0 = background).
+        Consensus label map with ``probabilities`` (C, Z, Y, X), None when not asked: the
+        STAPLE posterior for a binary STAPLE, the raters' vote fractions otherwise
+        (channel 0 = background).
     disagreement : Volume
         (Z, Y, X) float32, fraction of raters disagreeing with the majority label.
     raters : list of dict
