@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real", type=Path, default=Path(os.environ.get("MEDSEG_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
                    / "ct_dicom_series")
     args = p.parse_args(argv)
+    import logging
+
+    logging.getLogger("medseg").setLevel(logging.ERROR)  # the real series warns about its blank UIDs
     import pydicom
     import SimpleITK as sitk
 
