@@ -409,3 +409,11 @@ def test_blank_uids_from_deidentification(axial):
     assert out.meta["SeriesInstanceUID"] == ""
     assert any("no SeriesInstanceUID" in w for w in scan.series[0].warnings)
     assert any("no SeriesInstanceUID" in w for w in out.meta["warnings"])
+    assert out.meta["series_key"] == s.series_uid
+    # what a caller holding meta["SeriesInstanceUID"] ("") passes back selects the same series
+    np.testing.assert_array_equal(read_dicom(folder, series_uid="").array, vol.array)
+    other = write_series(ramp_volume(shape=(2, 8, 8)), folder / "sub", seed=99)
+    for f in other:
+        _edit(f, SeriesInstanceUID="")
+    with pytest.raises(SeriesSelectionError, match="2 series without SeriesInstanceUID"):
+        read_dicom(folder, series_uid="")

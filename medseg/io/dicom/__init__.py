@@ -275,6 +275,12 @@ def select_series(scan: DicomScan, series_uid: Optional[str] = None) -> SeriesIn
     """
     if not scan.series:
         raise SeriesSelectionError(_listing(scan) + "; point to a folder holding a CT/MR/PET image series")
+    if series_uid == "":  # a blank SeriesInstanceUID (as de-identified files carry): the series without one
+        blank = [s for s in scan.series if s.uid_missing]
+        if len(blank) == 1:
+            return blank[0]
+        raise SeriesSelectionError(f"{len(blank)} series without SeriesInstanceUID in {scan.root}; pass the grouping "
+                                   f"key shown by `medseg info` (meta['series_key']) instead; {_listing(scan)}")
     if series_uid is not None:
         for s in scan.series:
             if s.series_uid == series_uid:
@@ -306,7 +312,8 @@ def read_dicom(
     path : str or Path
         A folder (searched recursively) or a single DICOM file (loaded on its own).
     series_uid : str, optional
-        SeriesInstanceUID to load; default: :func:`select_series`'s rule.
+        SeriesInstanceUID to load (or the ``nouid-...`` key :func:`scan_dicom` gives series whose
+        files lack one; ``""`` selects the only such series); default: :func:`select_series`'s rule.
     strict : bool
         Refuse (DicomError) irregular slice spacing instead of resampling it.
     progress, cancel : callables, optional
@@ -319,6 +326,7 @@ def read_dicom(
         integers, else float32 (stored dtype when there is no rescale). ``meta``: ``source``,
         ``format`` ('dicom'), ``Modality``, ``StudyInstanceUID``, ``SeriesInstanceUID``,
         ``FrameOfReferenceUID``, ``PatientID``, ``PatientName``, ``SeriesDescription``,
+        ``series_key`` (what ``series_uid=`` selects this series by),
         ``SeriesNumber``, ``files`` and ``sop_instance_uids`` in array z order (``None`` for
         interpolated slices), ``frames`` (frame index within a multi-frame file, else None),
         ``warnings`` (list of str, also logged), ``interpolated_slices``, ``gantry_tilt_deg``,
@@ -371,7 +379,7 @@ def read_dicom(
     meta = {
         "source": str(root), "format": "dicom", "Modality": series.modality,
         "StudyInstanceUID": series.study_uid,
-        "SeriesInstanceUID": "" if series.uid_missing else series.series_uid,
+        "SeriesInstanceUID": "" if series.uid_missing else series.series_uid, "series_key": series.series_uid,
         "FrameOfReferenceUID": series.frame_of_reference_uid, "PatientID": series.patient_id,
         "PatientName": series.patient_name, "SeriesDescription": series.description,
         "SeriesNumber": series.series_number, "files": files, "sop_instance_uids": uids, "frames": frames,
