@@ -124,6 +124,9 @@ def map_to_input_grid(
     dev = model_tensor.device
     # input (k, j, i) → RAS → model (i', j', k')
     m = np.linalg.inv(np.asarray(model_affine, float)) @ geometry.LPS_TO_RAS @ volume.affine
+    fast = _permutation_slab(model_tensor, m, volume.shape, zslice)
+    if fast is not None:
+        return fast
     nz = zslice.stop - zslice.start
     _, ny, nx = volume.shape
     k = torch.arange(zslice.start, zslice.stop, dtype=torch.float32, device=dev)
@@ -141,3 +144,33 @@ def map_to_input_grid(
     out = F.grid_sample(model_tensor[None].float(), grid[None], mode=mode, padding_mode="border",
                         align_corners=True)
     return out[0]
+
+
+def _permutation_slab(model_tensor: torch.Tensor, m: np.ndarray, shape: tuple[int, int, int],
+                      zslice: slice) -> Optional[torch.Tensor]:
+    """Exact copy when the grids differ only by axis permutation/flips (no interpolation)."""
+    lin = m[:3, :3]
+    r = np.round(lin)
+    t = np.round(m[:3, 3])
+    if not (np.allclose(lin, r, atol=1e-6) and np.allclose(m[:3, 3], t, atol=1e-4)
+            and np.all(np.abs(r).sum(0) == 1) and np.all(np.abs(r).sum(1) == 1)):
+        return None
+    # model axis a = sign * input axis b + offset; build index tensors per input axis
+    src = model_tensor
+    idx = []
+    out_axes = []
+    for b, size in enumerate(shape):
+        a = int(np.nonzero(r[:, b])[0][0])
+        sign = r[a, b]
+        rng = np.arange(zslice.start, zslice.stop) if b == 0 else np.arange(size)
+        pos = (sign * rng + t[a]).astype(np.int64)
+        if pos.min() < 0 or pos.max() >= src.shape[1 + a]:
+            return None
+        idx.append((a, pos))
+        out_axes.append(a)
+    # gather: permute model axes into input order, then index each axis
+    order = [0] + [1 + a for a, _ in idx]
+    out = src.permute(order)
+    for d, (_, pos) in enumerate(idx):
+        out = out.index_select(1 + d, torch.as_tensor(pos, device=src.device))
+    return out.float()

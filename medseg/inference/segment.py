@@ -125,7 +125,12 @@ def predict_model_grid(
                 data, roi, cfg.inference.sw_batch_size, counted, overlap=cfg.inference.overlap,
                 mode=cfg.inference.blending, padding_mode="replicate", sw_device=dev, device=sw_device,
             )
-            probs = torch.softmax(logits[0].float(), dim=0)
+            probs = logits[0].float()
+            del logits
+            # softmax in place: no second C x grid buffer on large volumes
+            probs -= probs.max(dim=0, keepdim=True).values
+            probs.exp_()
+            probs /= probs.sum(dim=0, keepdim=True)
     finally:
         if mc_dropout:
             enable_dropout(model.network, False)

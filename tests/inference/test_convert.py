@@ -96,3 +96,14 @@ def test_labels_are_resampled_nearest(kind):
     assert set(np.unique(back.numpy())) <= {0, 1, 2, 3, 4}
     with pytest.raises(InputError, match="labels are never interpolated"):
         map_to_input_grid(y.as_tensor(), np.asarray(y.affine), labels, slice(0, 4), mode="bicubic")
+
+
+@pytest.mark.parametrize("kind", ["axial", "flipped"])
+def test_same_spacing_inverse_is_an_exact_copy(kind):
+    """Orientation only (spacing kept): the inverse is the permutation/flip path, bit exact."""
+    vol = _linear_volume(kind)
+    cfg = PreprocessingConfig(target_spacing=(0.0, 0.0, 0.0), intensity=IntensityConfig("none"))
+    x = preprocess_volume(vol, cfg)
+    for zs in (slice(0, vol.shape[0]), slice(3, 7)):
+        back = map_to_input_grid(x.as_tensor(), np.asarray(x.affine), vol, zs)[0].numpy()
+        np.testing.assert_array_equal(back, vol.array[zs])
