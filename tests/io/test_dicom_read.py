@@ -417,3 +417,19 @@ def test_blank_uids_from_deidentification(axial):
         _edit(f, SeriesInstanceUID="")
     with pytest.raises(SeriesSelectionError, match="2 series without SeriesInstanceUID"):
         read_dicom(folder, series_uid="")
+
+
+def test_enhanced_multiframe_mr_with_float_rescale(tmp_path):
+    from highdicom.legacy import LegacyConvertedEnhancedMRImage
+    from pydicom.uid import generate_uid
+
+    rng = np.random.default_rng(1)
+    vol = Volume(rng.normal(300, 80, (5, 10, 12)).astype(np.float32), ramp_volume(direction=flipped_direction()).affine)
+    files = write_series(vol, tmp_path / "classic", seed=15, modality="MR")  # auto rescale: float slope
+    slope = float(pydicom.dcmread(files[0]).RescaleSlope)
+    enhanced = LegacyConvertedEnhancedMRImage([pydicom.dcmread(f) for f in files], generate_uid(), 5, generate_uid(), 1)
+    (tmp_path / "mf").mkdir()
+    enhanced.save_as(tmp_path / "mf" / "mr.dcm")
+    out = read_dicom(tmp_path / "mf")
+    assert out.meta["Modality"] == "MR" and out.array.dtype == np.float32
+    np.testing.assert_allclose(align_to(vol, out), vol.array, atol=slope / 2 + 1e-3)
