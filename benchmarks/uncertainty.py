@@ -42,6 +42,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default=None)
+    ap.add_argument("--tiny", action="store_true", help="use the tests' tiny phantom UNet (trained here)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="auto")
@@ -53,12 +54,14 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     model = args.model
     try:
+        if args.tiny:
+            raise ModelError("--tiny given")
         loaded = load_model(model, device=args.device)
         grid = {}  # default phantom grid (40, 128, 128)
     except ModelError as exc:
         if model is not None:
             raise
-        print(f"bundled model unavailable ({exc}); training the tests' tiny phantom UNet instead")
+        print(f"bundled model not used ({exc}); training the tests' tiny phantom UNet")
         sys.path.insert(0, str(ROOT / "tests"))
         from qa import tiny_model as tm
 
@@ -108,6 +111,21 @@ def main() -> None:
                 print(f"  seed {seed:<8d} {name:11s} {region:7s} {o:12.4f}  {tr:12.4f}  {r:5.1f}x")
                 if region == "volume":
                     ratios[name].append(r)
+    # do the per-structure scores point at the structures that are actually wrong?
+    from medseg import metrics
+    from medseg.uncertainty import review_list, structure_scores
+
+    image, truth = make_phantom(seed=args.seeds[0], **grid)
+    res = tta_uncertainty(image, plain)
+    print(f"seed {args.seeds[0]} TTA structure scores vs the truth (most uncertain first):")
+    for sc in structure_scores(res):
+        d = metrics.dice(res.segmentation.array == sc.index, truth.array == sc.index)
+        print(f"  {sc.name:14s} score {sc.score:5.3f}  volume CV {sc.volume_cv:5.3f}  true Dice {d:5.3f}")
+    items = review_list(res, top=10)
+    err = res.segmentation.array != truth.array
+    on = sum(int(err[it.slice_index].sum()) for it in {it.slice_index: it for it in items}.values())
+    print(f"top-10 review items cover {len({it.slice_index for it in items})} slices of {image.shape[0]} "
+          f"holding {on / max(int(err.sum()), 1):.0%} of the wrong voxels")
     for name, rs in ratios.items():
         print(f"{name}: ratio (whole volume) min {min(rs):.1f}x, median {np.median(rs):.1f}x")
     tmp.cleanup()
