@@ -76,6 +76,7 @@ def write_dicom_series(
     rescale: tuple[float, float] | Literal["auto"] = "auto",
     series_number: int = 1,
     study_date: str = "20260101",
+    overwrite: bool = False,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCallback] = None,
 ) -> list[Path]:
@@ -86,7 +87,9 @@ def write_dicom_series(
     volume : Volume
         ``(Z, Y, X)`` image; CT values in HU. The in-plane axes (y, x) must be orthogonal.
     folder : str or Path
-        Output folder (created). Existing ``IM*.dcm`` files of the same names are replaced.
+        Output folder (created). It must be empty, unless ``overwrite`` is True, in which case
+        the ``*.dcm`` files already in it are deleted first (a stale slice left behind would
+        silently join the new series).
     patient_name, patient_id, series_description, study_description : str
         Written to the matching tags.
     modality : {'CT', 'MR'}
@@ -102,6 +105,8 @@ def write_dicom_series(
     series_number : int
     study_date : str
         ``YYYYMMDD``; fixed by default so output is reproducible.
+    overwrite : bool
+        Replace the ``*.dcm`` files of a non-empty ``folder``.
     progress, cancel : callables, optional
         See :mod:`medseg.progress`.
 
@@ -113,7 +118,8 @@ def write_dicom_series(
     Raises
     ------
     InputError
-        For a 4D volume, values that do not fit int16 with the given rescale, or a bad modality.
+        For a 4D volume, values that do not fit int16 with the given rescale, a bad modality,
+        or a non-empty folder without ``overwrite``.
     GeometryError
         When the row and column axes of the affine are not orthogonal.
     """
@@ -151,6 +157,12 @@ def write_dicom_series(
 
     study_uid, series_uid, for_uid = uid("study"), uid("series", series_number), uid("frame-of-reference")
     out = Path(folder)
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise InputError(f"{out}: folder is not empty; write a DICOM series into an empty folder "
+                             "or pass overwrite=True to replace its .dcm files")
+        for old in out.glob("*.dcm"):
+            old.unlink()
     out.mkdir(parents=True, exist_ok=True)
     width = max(5, len(str(arr.shape[0])))
     steps = StepProgress(arr.shape[0], "writing DICOM series", progress=progress, cancel=cancel)

@@ -102,3 +102,12 @@ def test_writer_errors(tmp_path):
     sheared[:3, 1] += sheared[:3, 2]  # y axis leans towards x: pixels are not rectangles
     with pytest.raises(GeometryError, match="x and y axes are not orthogonal"):
         write_dicom_series(Volume(vol.array, sheared), tmp_path)
+
+
+def test_non_empty_folder_needs_overwrite(tmp_path):
+    write_dicom_series(ramp_volume(shape=(4, 8, 8)), tmp_path, seed=1)
+    with pytest.raises(InputError, match="folder is not empty"):
+        write_dicom_series(ramp_volume(shape=(2, 8, 8)), tmp_path, seed=2)
+    write_dicom_series(ramp_volume(shape=(2, 8, 8)), tmp_path, seed=2, overwrite=True)
+    assert len(list(tmp_path.glob("*.dcm"))) == 2  # no stale slice from the first series
+    assert read_dicom(tmp_path).shape == (2, 8, 8)
