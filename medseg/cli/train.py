@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in OUT")
     p.add_argument("--init", help="fine-tune: start from this checkpoint (.safetensors, or a model folder)")
     p.add_argument("--phantoms", type=int, metavar="N",
-                   help="first write N generated phantoms (varied grids) into DATA, then train on them")
+                   help="first write N generated phantoms (varied grids) into DATA, then train on them "
+                        "(with --interactive: train on N generated phantoms)")
     p.add_argument("--phantom-seed", type=int, default=0)
     p.add_argument("--interactive", action="store_true",
                    help="train the learned click-guided model (medseg.interactive.learned) instead")
@@ -51,9 +52,21 @@ def run(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise DependencyError(f"--interactive needs medseg.interactive.learned.train_interactive, which is not "
                                   f"available in this installation ({exc})") from exc
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        data = None if args.phantoms else (Path(args.data) / "imagesTr", Path(args.data) / "labelsTr")
+        if data is not None and not all(d.is_dir() for d in data):
+            raise InputError(f"{args.data}: --interactive needs imagesTr/ and labelsTr/ (or --phantoms N)")
+        kwargs = {}
+        if args.iterations:
+            kwargs["iterations"] = args.iterations * (args.epochs or 1)
+        if args.phantoms:
+            kwargs["n_phantoms"] = args.phantoms
+        if args.seed is not None:
+            kwargs["seed"] = args.seed
         with tqdm_progress("training") as progress:
-            train_interactive(args.data, args.output, progress=progress)
-        print(args.output)
+            result = train_interactive(data, out / "interactive_model.safetensors", progress=progress, **kwargs)
+        print(result["config"])
         return 0
 
     from medseg.models import load_config

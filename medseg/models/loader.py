@@ -47,12 +47,17 @@ class ModelInfo:
 def list_models() -> list[ModelInfo]:
     """The bundled model configs, sorted by name (no torch import)."""
     out = []
-    for p in sorted(models_dir().glob("*.yaml")):
+    for p in _model_yamls():
         cfg = load_config(p)
         trained = cfg.weights is not None and (p.parent / cfg.weights).is_file()
         out.append(ModelInfo(cfg.name, p, cfg.network.name, cfg.network.spatial_dims,
                              tuple(cfg.labels[i] for i in sorted(cfg.labels)), trained, cfg.description))
     return out
+
+
+def _model_yamls() -> list[Path]:
+    """Bundled segmentation configs (``interactive_*.yaml`` belong to medseg.interactive)."""
+    return [p for p in sorted(models_dir().glob("*.yaml")) if not p.name.startswith("interactive_")]
 
 
 def find_config(name_or_path: str | Path | None) -> Path:
@@ -65,7 +70,7 @@ def find_config(name_or_path: str | Path | None) -> Path:
     cand = models_dir() / f"{name_or_path}.yaml"
     if cand.is_file():
         return cand
-    names = [m.stem for m in sorted(models_dir().glob("*.yaml"))]
+    names = [m.stem for m in _model_yamls()]
     raise ModelError(f"model {str(name_or_path)!r} is neither a file/folder nor a bundled model; "
                      f"bundled models: {names} (see `medseg models`)")
 

@@ -10,7 +10,6 @@ import yaml
 
 from medseg.errors import ConfigError
 from medseg.models import config_from_mapping, config_to_mapping, load_config
-from medseg.models.loader import models_dir
 
 BASE = {
     "name": "t",
@@ -31,7 +30,9 @@ def _with(path: str, value):
 
 
 def test_bundled_configs_round_trip():
-    for p in sorted(models_dir().glob("*.yaml")):
+    from medseg.models.loader import _model_yamls
+
+    for p in _model_yamls():
         cfg = load_config(p)
         assert config_from_mapping(config_to_mapping(cfg)) == cfg
 

@@ -1,0 +1,138 @@
+"""End-to-end ``medseg.inference.segment`` vs raw MONAI ``sliding_window_inference``.
+
+Same network (the bundled default model's), same input, same run. Each measurement runs in a
+fresh subprocess so that peak RSS (``ru_maxrss``) belongs to that measurement only.
+
+* ``same-grid``: the model config's target spacing is set to the input's spacing, so the
+  network sees as many voxels as the raw baseline: the ratio is medseg's overhead
+  (conversion, orientation, in-place softmax, inverse mapping, argmax, postprocessing).
+* ``default``: the bundled model as shipped (4 mm grid) on a 0.8 x 0.8 x 1.5 mm input; the
+  baseline is raw sliding-window inference on the native grid, i.e. what you would run
+  without resampling.
+
+Usage::
+
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python benchmarks/inference.py [--sizes 256x256x128 512x512x300] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+
+def _volume(size, spacing):
+    import numpy as np
+
+    from medseg.phantom import default_phantom_affine, make_phantom
+
+    x, y, z = size
+    shape = (z, y, x)
+    image, _ = make_phantom(shape=shape, affine=default_phantom_affine(shape, spacing), seed=1, noise_hu=10)
+    return image
+
+
+def _model(same_grid_spacing=None):
+    from medseg.models import load_model
+
+    m = load_model(device="cpu")
+    if same_grid_spacing is not None:
+        pre = replace(m.config.preprocessing, target_spacing=tuple(same_grid_spacing))
+        m = replace(m, config=replace(m.config, preprocessing=pre))
+    return m
+
+
+def _spacing(mode):
+    return (4.0, 4.0, 4.0) if mode == "same-grid" else (1.5, 0.8, 0.8)
+
+
+def one(kind: str, size, mode: str, threads: int, path: str) -> dict:
+    import numpy as np
+    import torch
+
+    from medseg.phantom import default_phantom_affine
+    from medseg.volume import Volume
+
+    torch.set_num_threads(threads)
+    spacing = _spacing(mode)
+    arr = np.load(path)
+    image = Volume(arr, default_phantom_affine(arr.shape, spacing), {"Modality": "CT"})
+    model = _model(spacing if mode == "same-grid" else None)
+    cfg = model.config
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    if kind == "medseg":
+        from medseg.inference import segment
+
+        seg = segment(image, model=model)
+        n = int(seg.array.max())
+    else:
+        from monai.inferers import sliding_window_inference
+
+        x = torch.as_tensor(image.array.transpose(2, 1, 0)[None, None].astype(np.float32))
+        x = ((x - cfg.preprocessing.intensity.window[0]) /
+             (cfg.preprocessing.intensity.window[1] - cfg.preprocessing.intensity.window[0])).clamp_(0, 1)
+        roi = list(cfg.inference.patch_size)[::-1]
+        with torch.inference_mode():
+            out = sliding_window_inference(x, roi, cfg.inference.sw_batch_size, model.network,
+                                           overlap=cfg.inference.overlap, mode=cfg.inference.blending)
+            labels = out[0].argmax(0).to(torch.uint8)
+        n = int(labels.max())
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    params = sum(p.numel() * p.element_size() for p in model.network.parameters()) / 2**20
+    return {"kind": kind, "mode": mode, "size": size, "seconds": dt, "peak_rss_mb": peak,
+            "rss_before_mb": base_rss, "input_f32_mb": np.prod(size) * 4 / 2**20, "model_mb": params, "max_label": n}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", nargs="+", default=["256x256x128", "512x512x300"])
+    ap.add_argument("--modes", nargs="+", default=["same-grid", "default"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--one", nargs=4, metavar=("KIND", "SIZE", "MODE", "NPY"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        kind, size, mode, path = args.one
+        print(json.dumps(one(kind, tuple(int(v) for v in size.split("x")), mode, args.threads, path)))
+        return
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    tmp = Path(tempfile.mkdtemp(prefix="medseg-bench-"))
+    print(f"{'mode':10s} {'size (x,y,z)':14s} {'raw s':>8s} {'medseg s':>9s} {'ratio':>6s} "
+          f"{'raw MB':>7s} {'medseg MB':>9s} {'4xin+model MB':>13s}")
+    for mode in args.modes:
+        for size in args.sizes:
+            npy = tmp / f"{size}-{mode}.npy"
+            if not npy.exists():
+                np.save(npy, _volume(tuple(int(v) for v in size.split("x")), _spacing(mode)).array)
+            res = {}
+            for kind in ("raw", "medseg"):
+                runs = []
+                for _ in range(args.repeats):
+                    out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--one", kind, size, mode, str(npy)],
+                                         capture_output=True, text=True)
+                    if out.returncode:
+                        sys.stderr.write(out.stderr[-2000:])
+                        raise SystemExit(1)
+                    runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                res[kind] = {"seconds": statistics.median(r["seconds"] for r in runs),
+                             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), **{k: runs[0][k] for k in ("input_f32_mb", "model_mb")}}
+            r, m = res["raw"], res["medseg"]
+            budget = 4 * m["input_f32_mb"] + m["model_mb"]
+            print(f"{mode:10s} {size:14s} {r['seconds']:8.2f} {m['seconds']:9.2f} {m['seconds'] / r['seconds']:6.2f} "
+                  f"{r['peak_rss_mb']:7.0f} {m['peak_rss_mb']:9.0f} {budget:13.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
