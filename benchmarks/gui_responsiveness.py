@@ -97,14 +97,9 @@ def measure(app, beat, name, action, runner=None, timeout=1800.0):
     return block, wall
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512))
-    p.add_argument("--skip-model", action="store_true")
-    args = p.parse_args(argv)
-
+def run_suite(app, beat, shape, *, skip_model: bool) -> dict:
+    """All widget actions on one volume; returns ``{action: (block s, wall s)}``."""
     import napari
-    from qtpy.QtWidgets import QApplication
 
     from medseg_napari import _layers as L
     from medseg_napari._autoseg import AutoSegmentWidget
@@ -114,30 +109,24 @@ def main(argv=None) -> int:
     from medseg_napari._review import ConsensusWidget, QAWidget
 
     t = time.perf_counter()
-    image, labels = make_volume(tuple(args.shape))
-    print(f"volume {image.shape} {image.array.dtype}, spacing {tuple(round(s, 2) for s in image.spacing)} mm "
+    image, labels = make_volume(tuple(shape))
+    print(f"\n== volume {image.shape} {image.array.dtype}, spacing {tuple(round(s, 2) for s in image.spacing)} mm "
           f"(made in {time.perf_counter() - t:.1f} s)", flush=True)
     viewer = napari.Viewer(show=True)
-    app = QApplication.instance()
-    beat = Heartbeat()
-    results = {}
+    out: dict = {}
+    held: dict = {}
 
-    def add_image():
-        results["img"] = L.add_layer_data(viewer, L.image_layer_data(image, name="ct"))
+    def m(name, action, runner=None):
+        out[name] = measure(app, beat, name, action, runner)
 
-    def add_labels():
-        results["lab"] = L.add_layer_data(viewer, L.labels_layer_data(labels, name="reference"))
+    m("open image (add layer)", lambda: held.update(img=L.add_layer_data(viewer, L.image_layer_data(image, name="ct"))))
+    m("open labels (add layer)", lambda: held.update(lab=L.add_layer_data(
+        viewer, L.labels_layer_data(labels, name="reference"))))
+    img, lab = held["img"], held["lab"]
 
-    results["open image (add layer)"] = measure(app, beat, "open image (add layer)", add_image)
-    results["open labels (add layer)"] = measure(app, beat, "open labels (add layer)", add_labels)
-    img, lab = results["img"], results["lab"]
+    m("move slider (re-slice)", lambda: viewer.dims.set_current_step(0, image.shape[0] // 3))
 
-    def slider():
-        for k in range(0, 300, 30):
-            viewer.dims.set_current_step(0, k)
-    measure(app, beat, "move slider x10 (re-slice)", slider)
-
-    if not args.skip_model:
+    if not skip_model:
         from medseg.models import DEFAULT_MODEL, load_model
 
         auto = AutoSegmentWidget(viewer)
@@ -150,52 +139,80 @@ def main(argv=None) -> int:
                 DEFAULT_MODEL, device="cpu", allow_untrained=True)
             print("(bundled model untrained: timing the untrained network)")
         auto.probabilities.setChecked(True)
-        measure(app, beat, "auto-segment + probability heatmap", auto.run, auto.runner)
+        m("auto-segment + probability heatmap", auto.run, auto.runner)
 
     inter = InteractiveWidget(viewer)
     inter.image_combo.set_layer(img)
-    measure(app, beat, "click-to-segment: start session", inter.start, inter.runner)
-    liver = np.argwhere(labels.array[150] == 1)
-    target = (150, *(int(v) for v in liver[len(liver) // 2]))
-    world = L.index_to_world(image.affine, target)
-    measure(app, beat, "click-to-segment: positive click", lambda: inter.add_world_point(world), inter.runner)
+    m("click-to-segment: start session", inter.start, inter.runner)
+    mid = image.shape[0] // 2
+    liver = np.argwhere(labels.array[mid] == 1)
+    world = L.index_to_world(image.affine, (mid, *(int(v) for v in liver[len(liver) // 2])))
+    m("click-to-segment: positive click", lambda: inter.add_world_point(world), inter.runner)
     inter.name_edit.setText("liver")
-    measure(app, beat, "click-to-segment: accept", inter.accept, inter.runner)
-    measure(app, beat, "click-to-segment: undo", inter.undo, inter.runner)
+    m("click-to-segment: accept", inter.accept, inter.runner)
+    m("click-to-segment: undo", inter.undo, inter.runner)
 
     ed = EditorWidget(viewer)
     ed.labels_combo.set_layer(lab)
     ed.index.setValue(1)
-    for op, kw in (("grow", {"margin": 3.0}), ("shrink", {"margin": 2.0}), ("smooth", {"sigma": 1.0}),
-                   ("fill holes", {}), ("keep largest", {}), ("remove small islands", {}),
-                   ("interpolate slices", {}), ("logical", {})):
+    ed.other.setValue(6)
+    for op in ("grow", "shrink", "smooth", "fill holes", "keep largest", "remove small islands",
+               "interpolate slices", "logical"):
         ed.operation.setCurrentText(op)
-        if "margin" in kw:
-            ed.margin.setValue(kw["margin"])
-        if "sigma" in kw:
-            ed.sigma.setValue(kw["sigma"])
-        ed.other.setValue(6)
-        measure(app, beat, f"edit: {op}", ed.apply, ed.runner)
-    measure(app, beat, "edit: undo", ed.undo, ed.runner)
+        m(f"edit: {op}", ed.apply, ed.runner)
+    m("edit: undo", ed.undo, ed.runner)
 
     ex = ExportWidget(viewer)
     ex.labels_combo.set_layer(lab)
     ex.image_combo.set_layer(img)
     with tempfile.TemporaryDirectory() as tmp:
         ex.path_edit.setText(str(Path(tmp) / "labels.nii.gz"))
-        measure(app, beat, "export NIfTI + statistics", ex.export, ex.runner)
+        m("export NIfTI + statistics", ex.export, ex.runner)
 
+    other = inter.objects_layer
     qa = QAWidget(viewer)
-    names = [l.name for l in viewer.layers if l._type_string == "labels"]
     qa.reference_combo.set_layer(lab)
-    other = next(viewer.layers[n] for n in names if n != "reference" and viewer.layers[n].data.shape == lab.data.shape)
     qa.prediction_combo.set_layer(other)
-    measure(app, beat, "QA report (evaluate)", qa.run, qa.runner)
+    m("QA report (evaluate)", qa.run, qa.runner)
     cons = ConsensusWidget(viewer)
     cons.set_checked(["reference", other.name])
     cons.method.setCurrentText("majority")
-    measure(app, beat, "consensus (majority, 2 raters)", cons.run, cons.runner)
+    m("consensus (majority, 2 raters)", cons.run, cons.runner)
     viewer.close()
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512))
+    p.add_argument("--baseline-shape", type=int, nargs=3, default=(32, 64, 64))
+    p.add_argument("--skip-model", action="store_true")
+    args = p.parse_args(argv)
+
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    # warm-up: napari imports pint and pandas on the first layers (~2-4 s, once per session)
+    warm = napari.Viewer(show=True)
+    warm.add_image(np.zeros((4, 4, 4), np.int16))
+    warm.add_labels(np.zeros((4, 4, 4), np.uint8), features={"index": [0], "name": ["background"]})
+    warm.add_points(np.zeros((0, 3)))
+    app = QApplication.instance()
+    app.processEvents()
+    warm.close()
+    beat = Heartbeat()
+    base = run_suite(app, beat, args.baseline_shape, skip_model=args.skip_model)
+    full = run_suite(app, beat, args.shape, skip_model=args.skip_model)
+    print(f"\nlongest GUI-thread block per action (goal <= 100 ms); baseline = same action on "
+          f"{tuple(args.baseline_shape)} (napari's own per-layer cost), measured in this run")
+    print(f"{'action':<38s} {'full ms':>9s} {'baseline ms':>12s} {'full-baseline':>14s} {'wall s':>8s}")
+    worst = 0.0
+    for name, (block, wall) in full.items():
+        b = base.get(name, (0.0, 0.0))[0]
+        worst = max(worst, block - b)
+        print(f"{name:<38s} {block * 1000:9.1f} {b * 1000:12.1f} {(block - b) * 1000:14.1f} {wall:8.2f}")
+    print(f"worst size-dependent block: {worst * 1000:.1f} ms; worst absolute: "
+          f"{max(v[0] for v in full.values()) * 1000:.1f} ms")
     return 0
 
 

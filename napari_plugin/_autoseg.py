@@ -54,7 +54,7 @@ def _run_segment(volume: Any, model_name: str, device: str, probabilities: bool,
     heat = None
     if probabilities and seg.probabilities is not None:
         p = seg.probabilities.array
-        heat = seg.label_map.with_array((1.0 - p[0]).astype(np.float32))  # foreground probability
+        heat = seg.label_map.with_array(np.clip(1.0 - p[0], 0.0, 1.0).astype(np.float32))  # foreground probability
     return seg, heat
 
 
@@ -95,14 +95,16 @@ class AutoSegmentWidget(QWidget):
 
     @staticmethod
     def _model_names() -> list[str]:
-        try:
-            from medseg.models import DEFAULT_MODEL, list_models
+        from medseg.models import DEFAULT_MODEL
 
-            names = [m.name for m in list_models()]
-            return sorted(names, key=lambda n: n != DEFAULT_MODEL) or [DEFAULT_MODEL]
-        except Exception as exc:  # noqa: BLE001 - shown in the UI, never fatal
+        try:
+            from medseg.models import list_models
+
+            names = [m.name for m in list_models() if "interactive" not in m.name]
+        except Exception as exc:  # noqa: BLE001 - a broken config must not hide the default model
             log.warning("cannot list models: %s", exc)
-            return []
+            names = []
+        return sorted(set(names) | {DEFAULT_MODEL}, key=lambda n: (n != DEFAULT_MODEL, n))
 
     def _set_opacity(self, value: int) -> None:
         if self.result_layer is not None and self.result_layer in self.viewer.layers:

@@ -63,29 +63,63 @@ def _start(volume: Any, engine: str, labels_state: Any, *, progress: Any = None,
     return session, session.segmentation
 
 
-def _prompt(session: Any, kind: str, args: tuple, positive: bool, *, progress: Any = None, cancel: Any = None) -> Any:
+def diff_patch(current: np.ndarray, new: np.ndarray) -> Any:
+    """What changes from ``current`` to ``new``: ``None``, ``("box", slices, values)`` or ``("full", new)``.
+
+    Computed in the worker so that the GUI thread only copies the changed box into the layer.
+    """
+    if current.shape != new.shape or np.iinfo(current.dtype).max < int(new.max(initial=0)):
+        return ("full", np.asarray(new))
+    diff = current != new
+    if not diff.any():
+        return None
+    box = []
+    for ax in range(3):
+        nz = np.flatnonzero(diff.any(axis=tuple(a for a in range(3) if a != ax)))
+        box.append(slice(int(nz[0]), int(nz[-1]) + 1))
+    box = tuple(box)
+    return ("box", box, np.asarray(new[box]).astype(current.dtype))
+
+
+def apply_patch(layer: Any, patch: Any) -> None:
+    """Apply a :func:`diff_patch` to a labels layer (GUI thread; cost ∝ the changed box)."""
+    if patch is None or layer is None:
+        return
+    if patch[0] == "full":
+        layer.data = patch[1]
+        return
+    _, box, values = patch
+    layer.data[box] = values
+    layer.refresh()
+
+
+def _prompt(session: Any, kind: str, args: tuple, positive: bool, preview: np.ndarray, *,
+            progress: Any = None, cancel: Any = None) -> Any:
     if kind == "point":
         session.add_point(args[0], positive=positive)
     elif kind == "box":
         session.add_box(args[0], args[1])
     else:
         session.add_scribble(args[0], positive=positive)
-    return session.mask.astype(np.uint8)
+    return diff_patch(preview, session.mask)
 
 
-def _undo(session: Any, *, progress: Any = None, cancel: Any = None) -> Any:
+def _undo(session: Any, preview: np.ndarray, objects: np.ndarray, *, progress: Any = None, cancel: Any = None) -> Any:
     changed = session.undo()
-    return changed, session.mask.astype(np.uint8), session.segmentation
+    seg = session.segmentation
+    return changed, diff_patch(preview, session.mask), diff_patch(objects, seg.array), seg.labels
 
 
-def _reset(session: Any, *, progress: Any = None, cancel: Any = None) -> Any:
+def _reset(session: Any, preview: np.ndarray, *, progress: Any = None, cancel: Any = None) -> Any:
     session.reset()
-    return session.mask.astype(np.uint8)
+    return diff_patch(preview, session.mask)
 
 
-def _accept(session: Any, name: Optional[str], *, progress: Any = None, cancel: Any = None) -> Any:
+def _accept(session: Any, name: Optional[str], preview: np.ndarray, objects: np.ndarray, *,
+            progress: Any = None, cancel: Any = None) -> Any:
     index = session.accept(name or None)
-    return index, session.segmentation
+    seg = session.segmentation
+    return index, diff_patch(preview, session.mask), diff_patch(objects, seg.array), seg.labels
 
 
 class InteractiveWidget(QWidget):
@@ -103,6 +137,7 @@ class InteractiveWidget(QWidget):
         self._drag: list = []
         self._prompt_mode = False
         self._camera_state: Optional[tuple[bool, bool]] = None
+        self._labels: Any = None
 
         self.image_combo = LayerCombo(napari_viewer, "image")
         self.start_labels_combo = QComboBox()  # existing labels to keep (locked)
@@ -205,6 +240,7 @@ class InteractiveWidget(QWidget):
         from medseg_napari._autoseg import source_metadata
 
         self.session, seg = result
+        self._labels = seg.labels
         self.image_layer = image
         for layer in (self.objects_layer, self.preview_layer, self.points_layer):
             if layer is not None and layer in self.viewer.layers:
@@ -223,7 +259,7 @@ class InteractiveWidget(QWidget):
             np.zeros((0, 3)), name="prompts", size=6, face_color=_POS_COLOR, ndim=3)
         self.viewer.layers.selection.active = image
         self._refresh_labels_combo()
-        self._update_locked()
+        self._update_locked(seg.labels)
 
     # -- prompt mode and mouse ---------------------------------------------------------------
     def toggle_prompt_mode(self) -> None:
@@ -311,29 +347,30 @@ class InteractiveWidget(QWidget):
         if self.runner.busy or not self._pending or self.session is None:
             return
         kind, args, positive = self._pending.popleft()
-        self.runner.start(_prompt, self.session, kind, args, positive, label=f"{kind} prompt",
-                          on_done=self._show_mask)
+        self.runner.start(_prompt, self.session, kind, args, positive, self.preview_layer.data,
+                          label=f"{kind} prompt", on_done=self._show_mask)
 
-    def _show_mask(self, mask: np.ndarray) -> None:
-        if self.preview_layer is not None:
-            self.preview_layer.data = mask
+    def _show_mask(self, patch: Any) -> None:
+        apply_patch(self.preview_layer, patch)
 
-    def _show_segmentation(self, seg: Any) -> None:
+    def _show_segmentation(self, patch: Any, labels: Any) -> None:
         layer = self.objects_layer
         if layer is None:
             return
-        layer.data = seg.array
-        layer.colormap = label_colormap(seg.labels)
-        layer.features = label_features(seg.labels)
-        layer.metadata[METADATA_KEY]["labels"] = seg.labels.to_dict()
-        self._update_locked()
+        apply_patch(layer, patch)
+        layer.colormap = label_colormap(labels)
+        layer.features = label_features(labels)
+        layer.metadata[METADATA_KEY]["labels"] = labels.to_dict()
+        self._update_locked(labels)
 
-    def _update_locked(self) -> None:
-        if self.session is None:
+    def _update_locked(self, labels: Any = None) -> None:
+        """Show the locked labels: every label of the session's table (accepted or pre-existing)."""
+        if labels is not None:
+            self._labels = labels
+        table = self._labels
+        if table is None:
             return
-        seg_table = self.session.segmentation.labels if self.session is not None else None
-        names = [f"{seg_table[i].name} ({i})" if seg_table is not None and i in seg_table else str(i)
-                 for i in self.session.locked]
+        names = [f"{table[i].name} ({i})" if i in table else str(i) for i in table.indices]
         self.locked_label.setText("locked: " + (", ".join(names) if names else "–"))
 
     def accept(self) -> bool:
@@ -344,16 +381,17 @@ class InteractiveWidget(QWidget):
             self.runner.status.setText("wait for the prompts to finish, then accept")
             return False
         name = self.name_edit.text().strip() or None
-        return self.runner.start(_accept, self.session, name, label="accepting", on_done=self._accepted)
+        return self.runner.start(_accept, self.session, name, self.preview_layer.data, self.objects_layer.data,
+                                 label="accepting", on_done=self._accepted)
 
     def _accepted(self, result: Any) -> None:
-        index, seg = result
-        self._show_segmentation(seg)
-        self._show_mask(np.zeros(seg.array.shape, np.uint8))
+        index, preview_patch, objects_patch, labels = result
+        self._show_segmentation(objects_patch, labels)
+        self._show_mask(preview_patch)
         if self.points_layer is not None:
             self.points_layer.data = np.zeros((0, 3))
         self.name_edit.clear()
-        self.runner.status.setText(f"accepted label {index} ({seg.labels[index].name})")
+        self.runner.status.setText(f"accepted label {index} ({labels[index].name})")
 
     def undo(self) -> bool:
         """Undo the last prompt (or re-open the last accepted object)."""
@@ -361,15 +399,16 @@ class InteractiveWidget(QWidget):
             return False
 
         def done(result: Any) -> None:
-            changed, mask, seg = result
-            self._show_mask(mask)
-            self._show_segmentation(seg)
+            changed, preview_patch, objects_patch, labels = result
+            self._show_mask(preview_patch)
+            self._show_segmentation(objects_patch, labels)
             if self.points_layer is not None and len(self.points_layer.data):
                 self.points_layer.data = self.points_layer.data[:-1]
             if not changed:
                 self.runner.status.setText("nothing to undo")
 
-        return self.runner.start(_undo, self.session, label="undo", on_done=done)
+        return self.runner.start(_undo, self.session, self.preview_layer.data, self.objects_layer.data,
+                                 label="undo", on_done=done)
 
     def reset(self) -> bool:
         """Drop the current object's prompts and mask."""
@@ -377,9 +416,9 @@ class InteractiveWidget(QWidget):
             return False
         self._pending.clear()
 
-        def done(mask: np.ndarray) -> None:
-            self._show_mask(mask)
+        def done(patch: Any) -> None:
+            self._show_mask(patch)
             if self.points_layer is not None:
                 self.points_layer.data = np.zeros((0, 3))
 
-        return self.runner.start(_reset, self.session, label="reset", on_done=done)
+        return self.runner.start(_reset, self.session, self.preview_layer.data, label="reset", on_done=done)

@@ -265,16 +265,25 @@ def labels_layer_data(segmentation: Segmentation, *, name: Optional[str] = None,
     return segmentation.array, kwargs, "labels"
 
 
-def probability_layer_data(volume: Volume, *, name: str = "probability", colormap: str = "inferno") -> tuple:
-    """``(array, kwargs, "image")`` for a (Z, Y, X) probability or uncertainty heatmap in [0, 1]."""
-    hi = float(np.nanmax(volume.array)) if volume.array.size else 1.0
+def probability_layer_data(
+    volume: Volume,
+    *,
+    name: str = "probability",
+    colormap: str = "inferno",
+    contrast_limits: tuple[float, float] = (0.0, 1.0),
+) -> tuple:
+    """``(array, kwargs, "image")`` for a (Z, Y, X) probability or uncertainty heatmap.
+
+    ``contrast_limits`` is given (not computed from the data) so that adding a large heatmap
+    costs the GUI thread no pass over the volume.
+    """
     kwargs = {
         "name": name,
         "metadata": _medseg_metadata(volume, "heatmap"),
         "colormap": colormap,
         "blending": "additive",
         "opacity": 0.6,
-        "contrast_limits": (0.0, hi if hi > 0 else 1.0),
+        "contrast_limits": tuple(float(c) for c in contrast_limits),
         **layer_transform_kwargs(volume.affine),
     }
     return volume.array, kwargs, "image"

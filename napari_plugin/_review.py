@@ -249,9 +249,9 @@ class UncertaintyWidget(QWidget):
         res = self.result
         data, kw, kind = labels_layer_data(res.segmentation, name=f"segmentation ({res.method})")
         self.labels_layer = add_layer_data(self.viewer, (data, kw, kind))
+        kind = self.map_combo.currentText()
         self.heatmap_layer = add_layer_data(self.viewer, probability_layer_data(
-            res.map(self.map_combo.currentText()), name="uncertainty"))
-        self.heatmap_layer.contrast_limits = (0.0, 0.25 if self.map_combo.currentText() == "variance" else 1.0)
+            res.map(kind), name="uncertainty", contrast_limits=(0.0, 0.25 if kind == "variance" else 1.0)))
         self.review.blockSignals(True)
         self.review.clear()
         for it in self.items:
