@@ -234,7 +234,7 @@ def _run_pool(todo, out, config, options, finished, series_progress, cancel) -> 
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    ctx = mp.get_context("spawn")  # no fork of a process that may hold threads or torch state
+    ctx = _pool_context(mp)
     q = ctx.Queue()
     n = min(config.workers, len(todo))
     spec = config.segmenter
@@ -257,6 +257,23 @@ def _run_pool(todo, out, config, options, finished, series_progress, cancel) -> 
             for fut in pending:
                 fut.cancel()
             _drain(q, series_progress)
+
+
+#: modules a worker needs, imported once in the fork server instead of once per worker
+_PRELOAD = ["medseg.batch.runner", "medseg.export", "medseg.io.dicom", "highdicom", "highdicom.seg", "pydicom",
+            "highdicom.seg.sop", "pydicom.sr.codedict", "scipy.ndimage", "skimage.measure",
+            "skimage.measure._find_contours", "skimage.measure._marching_cubes_lewiner", "nibabel", "SimpleITK",
+            "stl.mesh"]
+
+
+def _pool_context(mp):
+    """Workers start from a fork server (a clean process that never ran threads or torch) with the
+    I/O and export modules preloaded, so each worker starts warm; spawn where there is no fork."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(_PRELOAD)
+        return ctx
+    return mp.get_context("spawn")  # pragma: no cover - Windows
 
 
 def _drain(q, series_progress) -> None:

@@ -73,17 +73,29 @@ def mask_contours(mask2d: np.ndarray) -> list[np.ndarray]:
         Vertices ``(j, i)`` in continuous voxel indices, without the repeated closing point
         and with collinear vertices removed.
     """
-    from skimage.measure import approximate_polygon, find_contours
+    from skimage.measure import find_contours
 
     padded = np.pad(mask2d.astype(np.float32), 1)
     out = []
     for c in find_contours(padded, 0.5, fully_connected="high"):
-        c = approximate_polygon(c, tolerance=0.0) - 1.0
+        c = c - 1.0
         if len(c) > 1 and np.allclose(c[0], c[-1]):
             c = c[:-1]
+        c = _drop_collinear(c)
         if len(c) >= 3:
             out.append(c)
     return out
+
+
+def _drop_collinear(poly: np.ndarray) -> np.ndarray:
+    """Remove vertices of a closed polygon that lie on the line through their neighbours."""
+    if len(poly) < 4:
+        return poly
+    prev, nxt = np.roll(poly, 1, axis=0), np.roll(poly, -1, axis=0)
+    a, b = poly - prev, nxt - poly
+    cross = a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
+    keep = np.abs(cross) > 1e-9
+    return poly[keep] if keep.sum() >= 3 else poly
 
 
 def write_rtstruct(

@@ -87,12 +87,16 @@ def test_seg_and_rtstruct_roundtrip_on_written_series(grid, phantom, tmp_path, d
     for label in seg.labels:
         if (seg.array == label.index).sum() > 50:  # tiny structures are all edge
             assert dice(masks[label.name], seg.array == label.index) >= 0.95, label.name
-    # contours lie in patient space where the voxels are: their centroid matches the voxels'
+    # contours lie in patient space where the voxels are: every vertex is within half a voxel
+    # (in plane) of a liver voxel centre, on the slice's plane
+    from scipy.spatial import cKDTree
+
     ds = pydicom.dcmread(r)
     liver = [c for rc in ds.ROIContourSequence if rc.ReferencedROINumber == 1 for c in rc.ContourSequence]
     pts = np.concatenate([np.asarray(c.ContourData, float).reshape(-1, 3) for c in liver])
     vox = np.argwhere(seg.array == 1) @ vol.affine[:3, :3].T + vol.affine[:3, 3]
-    assert np.linalg.norm(pts.mean(0) - vox.mean(0)) < 6.0
+    dist, _ = cKDTree(vox).query(pts)
+    assert dist.max() <= 0.5 * np.hypot(sp[1], sp[2]) + 1e-3
 
 
 def test_labelmap_seg_type_roundtrip(real_ct, real_ct_seg, tmp_path):
