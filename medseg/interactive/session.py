@@ -1,0 +1,302 @@
+"""``Session``: click-to-segment many objects into one label map.
+
+A session holds one image, one label map of accepted (locked) objects and the *current*
+object being prompted. Each prompt re-runs the engine on a region of interest (ROI) only, and
+the current mask is stored as that ROI patch, so a click's cost and the undo history's
+memory do not grow with the volume. Accepted objects are locked: later objects never
+overwrite them, and they act as background (negative) for the next object.
+
+Undo is per object: :meth:`Session.undo` removes the last prompt of the current object and
+restores its previous mask exactly; with no prompt left it re-opens the last accepted object
+(unlocking it) with all its prompts.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from medseg.errors import InputError, PromptError
+from medseg.labels import Label, LabelTable, default_color
+from medseg.prompts import Box, Point, Prompt, Scribble
+from medseg.segmentation import Segmentation, smallest_label_dtype
+from medseg.volume import Volume
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Session"]
+
+_Slices = tuple[slice, slice, slice]
+
+
+@dataclass(frozen=True)
+class _Patch:
+    """A bool ROI mask stored packed and compressed (undo history costs ~KB per step)."""
+
+    slices: _Slices
+    shape: tuple[int, int, int]
+    data: bytes
+
+    @staticmethod
+    def pack(slices: _Slices, mask: np.ndarray) -> "_Patch":
+        return _Patch(slices, tuple(mask.shape), zlib.compress(np.packbits(mask, axis=None).tobytes(), 1))  # type: ignore[arg-type]
+
+    def unpack(self) -> np.ndarray:
+        bits = np.frombuffer(zlib.decompress(self.data), np.uint8)
+        n = int(np.prod(self.shape))
+        return np.unpackbits(bits, count=n).astype(bool).reshape(self.shape)
+
+
+_EMPTY = _Patch((slice(0, 0),) * 3, (0, 0, 0), zlib.compress(b""))
+
+
+@dataclass
+class _Object:
+    prompts: list[Prompt] = field(default_factory=list)
+    history: list[_Patch] = field(default_factory=list)  # mask before each prompt
+    patch: _Patch = field(default_factory=lambda: _EMPTY)
+    name: Optional[str] = None
+    index: Optional[int] = None
+
+
+class Session:
+    """A promptable segmentation session on one image.
+
+    Parameters
+    ----------
+    engine : object or str, optional
+        ``None`` or ``"classical"``: the training-free :class:`ClassicalEngine`; a model name or
+        config path (``"interactive_phantom"``): the learned click-guided engine; or any engine
+        object with ``set_image``, ``reset``, ``predict`` and ``prompt_types``.
+
+    Examples
+    --------
+    >>> s = Session()
+    >>> s.set_image(volume)
+    >>> s.add_point((12, 40, 51))            # voxel index (k, j, i)
+    >>> s.add_point((12, 60, 51), positive=False)
+    >>> liver = s.accept("liver")
+    >>> seg = s.segmentation
+    """
+
+    def __init__(self, engine: Any = None) -> None:
+        from medseg.interactive import make_engine
+
+        self.engine = make_engine(engine)
+        self._volume: Optional[Volume] = None
+        self._labels: Optional[np.ndarray] = None
+        self._table = LabelTable(())
+        self._mask: Optional[np.ndarray] = None
+        self._obj = _Object()
+        self._accepted: list[_Object] = []
+        self._roi_cache: Optional[tuple[_Patch, np.ndarray]] = None  # last ROI mask, unpacked
+
+    # -- image ------------------------------------------------------------------------------
+    def set_image(self, volume: Volume, *, segmentation: Optional[Segmentation] = None) -> None:
+        """Start on ``volume``; existing labels (``segmentation``) are kept, locked and negative."""
+        if not isinstance(volume, Volume):
+            raise InputError(f"set_image needs a medseg Volume, got {type(volume).__name__}; "
+                             f"read one with medseg.io.read_volume(path)")
+        self._volume = volume
+        self.engine.set_image(volume)
+        if segmentation is not None:
+            volume.require_same_grid(segmentation.label_map, what="segmentation")
+            self._labels = np.array(segmentation.array, copy=True)
+            self._table = segmentation.labels
+            for idx in segmentation.unknown_indices():
+                self._table = self._table.with_label(Label(idx, f"label_{idx}", default_color(idx)))
+        else:
+            self._labels = np.zeros(volume.shape, np.uint8)
+            self._table = LabelTable(())
+        self._mask = np.zeros(volume.shape, bool)
+        self._obj = _Object()
+        self._accepted = []
+
+    def _need_image(self) -> Volume:
+        if self._volume is None:
+            raise PromptError("no image: call session.set_image(volume) before adding prompts")
+        return self._volume
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self._need_image().shape
+
+    # -- prompts ----------------------------------------------------------------------------
+    def _check_type(self, kind: str) -> None:
+        if kind not in self.engine.prompt_types:
+            raise PromptError(f"the {self.engine.name!r} engine does not take {kind} prompts; "
+                              f"it supports {list(self.engine.prompt_types)}")
+
+    def add_point(self, index_kji: Sequence[int], *, positive: bool = True) -> np.ndarray:
+        """Click at voxel ``index_kji`` ``(k, j, i)``; returns the updated mask."""
+        self._check_type("point")
+        return self._add(Point(tuple(index_kji), bool(positive)).validated(self.shape))  # type: ignore[arg-type]
+
+    def add_box(self, corner_a_kji: Sequence[int], corner_b_kji: Sequence[int]) -> np.ndarray:
+        """Box prompt between two opposite corner voxels ``(k, j, i)`` (inclusive)."""
+        self._check_type("box")
+        return self._add(Box(tuple(corner_a_kji), tuple(corner_b_kji)).validated(self.shape))  # type: ignore[arg-type]
+
+    def add_scribble(self, points_kji: Sequence[Sequence[int]], *, positive: bool = True) -> np.ndarray:
+        """Scribble through voxels ``(k, j, i)`` (joined by lines); returns the updated mask."""
+        self._check_type("scribble")
+        pts = tuple(tuple(p) for p in np.asarray(points_kji).reshape(-1, np.asarray(points_kji).shape[-1]))
+        return self._add(Scribble(pts, bool(positive)).validated(self.shape))  # type: ignore[arg-type]
+
+    def _add(self, prompt: Prompt) -> np.ndarray:
+        obj = self._obj
+        obj.history.append(obj.patch)
+        obj.prompts.append(prompt)
+        try:
+            self._run()
+        except BaseException:
+            obj.prompts.pop()
+            obj.patch = obj.history.pop()
+            raise
+        return self.mask
+
+    def _gather(self):
+        from medseg.interactive.classical import ObjectPrompts
+
+        pos, neg, box = [], [], None
+        for p in self._obj.prompts:
+            if isinstance(p, Point):
+                (pos if p.positive else neg).append(p.index)
+            elif isinstance(p, Scribble):
+                (pos if p.positive else neg).extend(map(tuple, p.voxels()))
+            elif isinstance(p, Box):
+                box = (p.corner_a, p.corner_b)
+        last, last_pos = None, True
+        if len(self._obj.prompts) > 1:
+            p = self._obj.prompts[-1]
+            if isinstance(p, Point):
+                last, last_pos = np.asarray([p.index]), p.positive
+            elif isinstance(p, Scribble):
+                last, last_pos = p.voxels(), p.positive
+        return ObjectPrompts(np.asarray(pos, int).reshape(-1, 3), np.asarray(neg, int).reshape(-1, 3), box,
+                             last, last_pos)
+
+    def _run(self) -> None:
+        prompts = self._gather()
+        prev = self._obj.patch
+        previous = None
+        if prev.shape != (0, 0, 0):
+            cached = self._roi_cache
+            previous = (prev.slices, cached[1] if cached is not None and cached[0] is prev else prev.unpack())
+        if len(prompts.positive) == 0 and prompts.box is None:
+            sl, roi = (slice(0, 0),) * 3, np.zeros((0, 0, 0), bool)
+        else:
+            sl, roi = self.engine.predict(prompts, blocked=self._labels, previous=previous)
+            roi = np.asarray(roi, bool)
+            roi &= self._labels[sl] == 0  # in place: the engine may recognise its own array next time
+        patch = _Patch.pack(sl, roi)
+        self._set_patch(patch, roi)
+        self._roi_cache = (patch, roi)
+
+    def _set_patch(self, patch: _Patch, roi: Optional[np.ndarray] = None) -> None:
+        old = self._obj.patch
+        if old.shape != (0, 0, 0):
+            self._mask[old.slices] = False
+        if patch.shape != (0, 0, 0):
+            self._mask[patch.slices] |= patch.unpack() if roi is None else roi
+        self._obj.patch = patch
+
+    # -- undo / reset -----------------------------------------------------------------------
+    def undo(self) -> bool:
+        """Undo the last prompt of the current object (or re-open the last accepted object).
+
+        Returns False when there is nothing to undo.
+        """
+        self._need_image()
+        obj = self._obj
+        if obj.prompts:
+            obj.prompts.pop()
+            self._set_patch(obj.history.pop())
+            self.engine.reset()
+            return True
+        if self._accepted:
+            last = self._accepted.pop()
+            self._labels[self._labels == last.index] = 0
+            self._table = LabelTable(tuple(l for l in self._table if l.index != last.index))
+            self._obj = _Object(last.prompts, last.history, _EMPTY, last.name, last.index)
+            self._set_patch(last.patch)
+            self.engine.reset()
+            return True
+        return False
+
+    def reset(self) -> None:
+        """Drop the current object's prompts and mask (accepted objects stay)."""
+        self._need_image()
+        self._set_patch(_EMPTY)
+        self._obj = _Object()
+        self.engine.reset()
+
+    # -- results ----------------------------------------------------------------------------
+    @property
+    def mask(self) -> np.ndarray:
+        """Current object's mask, bool (Z, Y, X) on the image grid (read-only view)."""
+        self._need_image()
+        view = self._mask.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def prompts(self) -> list[Prompt]:
+        """Prompts of the current object, oldest first."""
+        return list(self._obj.prompts)
+
+    @property
+    def locked(self) -> list[int]:
+        """Indices of locked labels (accepted or pre-existing); never overwritten."""
+        if self._labels is None:
+            return []
+        return sorted(set(self._table.indices) | {int(v) for v in np.unique(self._labels) if v})
+
+    def accept(self, name: Optional[str] = None, *, index: Optional[int] = None) -> int:
+        """Lock the current object into the label map under ``index`` (default: next free).
+
+        Returns
+        -------
+        int
+            The label index used.
+        """
+        self._need_image()
+        if not self._mask.any():
+            raise PromptError("accept: the current object is empty; add a positive prompt first")
+        if index is None:
+            index = self._obj.index if self._obj.index is not None and self._obj.index not in self.locked \
+                else max(self.locked + [0]) + 1
+        if index in self.locked:
+            raise PromptError(f"accept: label index {index} is already used by a locked object "
+                              f"({self._table[index].name if index in self._table else 'existing label'}); "
+                              f"choose another index or leave index=None")
+        name = name or self._obj.name or f"object_{index}"
+        if name in self._table.names:
+            raise PromptError(f"accept: name {name!r} is already used; choose another name")
+        label = Label(int(index), name, default_color(int(index)))
+        dt = smallest_label_dtype(int(index))
+        if np.iinfo(dt).max > np.iinfo(self._labels.dtype).max:
+            self._labels = self._labels.astype(dt)
+        free = self._labels == 0
+        self._labels[self._mask & free] = index
+        self._table = self._table.with_label(label)
+        obj = self._obj
+        obj.name, obj.index = name, int(index)
+        patch = obj.patch
+        self._set_patch(_EMPTY)
+        obj.patch = patch
+        self._accepted.append(obj)
+        self._obj = _Object()
+        self.engine.reset()
+        return int(index)
+
+    @property
+    def segmentation(self) -> Segmentation:
+        """Accepted objects as one :class:`Segmentation` on the image grid (a copy)."""
+        vol = self._need_image()
+        return Segmentation(Volume(self._labels.copy(), vol.affine, {"source": "medseg.interactive"}),
+                            self._table)

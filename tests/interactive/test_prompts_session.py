@@ -1,0 +1,150 @@
+"""Prompts validation and Session bookkeeping (undo, locking, negatives)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medseg.errors import InputError, PromptError
+from medseg.interactive import Session
+from medseg.prompts import Box, Point, Scribble, to_index
+from medseg.segmentation import Segmentation
+from medseg.labels import Label, LabelTable
+from medseg.volume import Volume
+
+
+def _blobs() -> Volume:
+    """Two bright cubes on a dark, slightly noisy background (CT-like values)."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.0, 5.0, (20, 40, 40)).astype(np.float32)
+    a[5:15, 5:18, 5:18] += 200.0
+    a[5:15, 22:35, 22:35] += 200.0
+    return Volume.from_spacing(a, (2.0, 1.0, 1.0), meta={"Modality": "CT"})
+
+
+def test_to_index_accepts_integral_values():
+    assert to_index((1, 2.0, np.int64(3)), (4, 4, 4)) == (1, 2, 3)
+
+
+@pytest.mark.parametrize("value, match", [
+    ((4, 0, 0), "outside the volume"),
+    ((-1, 0, 0), "outside the volume"),
+    ((1.5, 2.0, 3.0), "world coordinate"),
+    ((1, 2), "3 integers"),
+    ((1, 2, 3, 4), "3 integers"),
+    ((np.nan, 1, 1), "non-finite"),
+    ("abc", "voxel index"),
+])
+def test_bad_prompts_raise(value, match):
+    with pytest.raises(PromptError, match=match):
+        to_index(value, (4, 4, 4))
+
+
+def test_prompt_dataclasses_validate():
+    assert Box((3, 0, 5), (1, 2, 0)).validated((4, 4, 6)) == Box((1, 0, 0), (3, 2, 5))
+    with pytest.raises(PromptError, match="box corner_b"):
+        Box((0, 0, 0), (9, 0, 0)).validated((4, 4, 4))
+    with pytest.raises(PromptError, match="at least one point"):
+        Scribble(()).validated((4, 4, 4))
+    s = Scribble(((0, 0, 0), (0, 0, 3))).validated((4, 4, 4))
+    assert s.voxels().tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 0, 3]]
+    assert Point((1, 1, 1), False).validated((2, 2, 2)).positive is False
+
+
+def test_session_errors():
+    s = Session()
+    with pytest.raises(PromptError, match="set_image"):
+        s.add_point((0, 0, 0))
+    with pytest.raises(InputError, match="medseg Volume"):
+        s.set_image(np.zeros((3, 3, 3)))
+    s.set_image(_blobs())
+    with pytest.raises(PromptError, match="world coordinate"):
+        s.add_point((10.0, -112.5, 7.3))  # mm, not an index
+    with pytest.raises(PromptError, match="outside the volume"):
+        s.add_point((20, 0, 0))
+    with pytest.raises(PromptError, match="empty"):
+        s.accept("nothing")
+    with pytest.raises(InputError, match="lacks"):
+        Session(engine=object())
+
+
+def test_segments_cube_and_undo_restores_exactly():
+    vol = _blobs()
+    truth = np.zeros(vol.shape, bool)
+    truth[5:15, 5:18, 5:18] = True
+    s = Session()
+    s.set_image(vol)
+    m1 = s.add_point((10, 11, 11)).copy()
+    # one click covers the cube's core and never leaks into the second cube
+    assert (m1 & truth).sum() / truth.sum() > 0.5 and (m1 & ~truth).sum() < 0.05 * truth.sum()
+    assert not m1[:, 22:35, 22:35].any()
+    m2 = s.add_point((10, 28, 28)).copy()  # second cube joins the object
+    assert m2[10, 28, 28] and m2.sum() > m1.sum()
+    assert s.undo()
+    np.testing.assert_array_equal(s.mask, m1)
+    assert s.undo()
+    assert not s.mask.any()
+    assert s.undo() is False
+
+
+def test_locked_labels_are_never_overwritten_and_act_as_negatives():
+    vol = _blobs()
+    s = Session()
+    s.set_image(vol)
+    s.add_point((10, 11, 11))
+    first = s.accept("cube_a")
+    assert first == 1 and s.locked == [1]
+    a_mask = s.segmentation.array == 1
+    # a prompt inside the locked object: the new object may not take its voxels
+    s.add_point((10, 28, 28))
+    s.add_point((10, 11, 11))
+    assert not (s.mask & a_mask).any()
+    second = s.accept("cube_b")
+    seg = s.segmentation
+    np.testing.assert_array_equal(seg.array == 1, a_mask)
+    assert second == 2 and (seg.array == 2).any()
+    s.add_point((1, 2, 2))  # background voxel: a new, non-empty object
+    with pytest.raises(PromptError, match="already used"):
+        s.accept("cube_c", index=1)
+    with pytest.raises(PromptError, match="name 'cube_a' is already used"):
+        s.accept("cube_a")
+
+
+def test_existing_labels_act_as_negatives():
+    vol = _blobs()
+    lm = np.zeros(vol.shape, np.uint8)
+    lm[5:15, 5:18, 5:18] = 3
+    existing = Segmentation(Volume(lm, vol.affine), LabelTable((Label(3, "old"),)))
+    s = Session()
+    s.set_image(vol, segmentation=existing)
+    assert s.locked == [3]
+    # bridge the two cubes so that intensity alone would join them
+    s.add_point((10, 28, 28))
+    assert not (s.mask & (lm == 3)).any()
+    assert s.accept() == 4
+
+
+def test_undo_reopens_last_accepted_object():
+    s = Session()
+    s.set_image(_blobs())
+    s.add_point((10, 11, 11))
+    before = s.mask.copy()
+    s.accept("a")
+    assert not s.mask.any()
+    assert s.undo()
+    np.testing.assert_array_equal(s.mask, before)
+    assert s.locked == [] and len(s.prompts) == 1
+    assert s.accept() == 1
+
+
+def test_box_and_scribble_prompts():
+    vol = _blobs()
+    s = Session()
+    s.set_image(vol)
+    m = s.add_box((4, 4, 4), (15, 18, 18))
+    assert m[10, 11, 11] and not m[:, 22:, 22:].any()
+    s.reset()
+    m = s.add_scribble([(8, 8, 8), (12, 14, 14)])
+    assert m[10, 11, 11]
+    m2 = s.add_scribble([(10, 28, 28)], positive=False)
+    assert not m2[10, 28, 28]
