@@ -27,8 +27,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         with tqdm_progress("reading") as progress:
             volume = read_volume(args.input, series_uid=args.series, progress=progress)
-        for w in volume.meta.get("warnings", []):
-            log.warning("%s", w)
         write_volume(volume, args.output)
     log.info("wrote %s", args.output)
     print(args.output)
