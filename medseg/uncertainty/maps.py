@@ -2,7 +2,8 @@
 
 Samples (one ``(C, Z, Y, X)`` probability array per TTA view, dropout pass or ensemble
 member, all on the input grid) are accumulated one at a time in float32, so memory is
-``(2C + 3) × 4`` bytes per voxel however many samples are drawn. No torch here.
+``(C + 4) × 4`` bytes per voxel however many samples are drawn (plus the (C, Z, Y, X)
+mean in the result). No torch here.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class UncertaintyResult:
         (Z, Y, X) float32 H[E p] − E H[p] divided by ln C, in [0, 1]: the share of the
         entropy due to disagreement between samples (epistemic; BALD).
     variance : Volume
-        (Z, Y, X) float32 variance across samples of the probability of the predicted class,
-        in [0, 0.25].
+        (Z, Y, X) float32 half the summed per-class variance across samples,
+        ``½ Σ_c Var_s[p_c]``, in [0, 0.5]; for two classes it is the variance of the
+        foreground probability.
     method : str
         ``"tta"``, ``"mc_dropout"``, ``"ensemble"`` or ``"samples"``.
     n_samples : int
@@ -89,7 +91,7 @@ class SampleAccumulator:
         self.reference = reference
         self.channels = channels
         self.sum_p = np.zeros((channels,) + n, np.float32)
-        self.sum_p2 = np.zeros((channels,) + n, np.float32)
+        self.sum_p2 = np.zeros(n, np.float32)  # Σ_s Σ_c p²
         self.sum_h = np.zeros(n, np.float32)
         self.weight = np.zeros(n, np.float32)
         self.n = 0
@@ -111,7 +113,7 @@ class SampleAccumulator:
         for zs in self._slabs():  # bounded temporaries on large volumes
             ps, ws = p[:, zs], w[zs]
             self.sum_p[:, zs] += ps * ws
-            self.sum_p2[:, zs] += ps * ps * ws
+            self.sum_p2[zs] += (ps * ps).sum(axis=0) * ws
             self.sum_h[zs] += _entropy(ps) * ws
             self.weight[zs] += ws
             counts += np.bincount(np.argmax(ps, axis=0)[ws > 0].ravel(), minlength=self.channels)
@@ -137,12 +139,10 @@ class SampleAccumulator:
             m = self.sum_p[:, zs] / w
             h_mean = _entropy(m)
             win = np.argmax(m, axis=0)
-            m_w = np.take_along_axis(m, win[None], 0)[0]
-            m2_w = np.take_along_axis(self.sum_p2[:, zs], win[None], 0)[0] / w
             mean[:, zs] = m
             entropy[zs] = h_mean / norm
             mi[zs] = np.clip((h_mean - self.sum_h[zs] / w) / norm, 0.0, 1.0)
-            var[zs] = np.clip(m2_w - m_w * m_w, 0.0, 0.25)
+            var[zs] = np.clip(0.5 * (self.sum_p2[zs] / w - (m * m).sum(axis=0)), 0.0, 0.5)
             winner[zs] = win
         idx = [0] + labels.indices
         lut = np.asarray(idx)

@@ -95,6 +95,13 @@ def test_accumulator_matches_closed_form():
     assert res.mutual_information.array[0, 0, 1] == pytest.approx(0.0, abs=1e-5)
     assert res.variance.array[0, 0, 1] == pytest.approx(0.0, abs=1e-6)
     assert res.n_samples == 2 and res.segmentation.probabilities.array.shape == (2, 1, 1, 2)
+    # three classes, three samples: variance = half the summed per-class variance
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet([1, 1, 1], size=(3, 2)).transpose(0, 2, 1).reshape(3, 3, 1, 1, 2).astype(np.float32)
+    res3 = uncertainty_from_samples(list(p), reference=grid, labels=LabelTable.from_names(["a", "b"]))
+    np.testing.assert_allclose(res3.variance.array, 0.5 * p.var(axis=0).sum(axis=0), atol=1e-5)
+    mean = p.mean(0)
+    np.testing.assert_allclose(res3.entropy.array, -(mean * np.log(mean)).sum(0) / math.log(3), atol=1e-5)
 
 
 def _fuzzy_result():
