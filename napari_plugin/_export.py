@@ -147,9 +147,12 @@ class ExportWidget(QWidget):
         if layer is None:
             self.runner.status.setText("no labels layer")
             return False
+        from medseg_napari._writer import portable_state
+
         data, meta, _ = layer.as_layer_data_tuple()
+        meta = portable_state(meta)
         path = self.path_edit.text()
-        return self.runner.start(_export, data, meta, path, self.suffix, self._image_volume(),
+        return self.runner.start(_export, data, meta, path, self.suffix, self._image_volume(), process=True,
                                  label=f"exporting {layer.name}", on_done=self._exported)
 
     def _exported(self, result: Any) -> None:
@@ -161,8 +164,12 @@ class ExportWidget(QWidget):
         layer = self.labels_combo.layer()
         if layer is None:
             return False
+        from medseg_napari._writer import portable_state
+
         data, meta, _ = layer.as_layer_data_tuple()
-        return self.runner.start(_stats, data, meta, self._image_volume(), label="statistics", on_done=self._fill)
+        meta = portable_state(meta)
+        return self.runner.start(_stats, data, meta, self._image_volume(), process=True,
+                                 label="statistics", on_done=self._fill)
 
     def _fill(self, rows: list[dict]) -> None:
         self.rows = rows

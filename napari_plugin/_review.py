@@ -47,8 +47,10 @@ __all__ = ["ConsensusWidget", "UncertaintyWidget", "QAWidget", "jump_to"]
 
 
 def _state(layer: Any) -> tuple:
+    from medseg_napari._writer import portable_state
+
     data, meta, _ = layer.as_layer_data_tuple()
-    return data, meta
+    return data, portable_state(meta)
 
 
 def _seg(state: tuple) -> Any:
@@ -85,8 +87,14 @@ def jump_to(viewer: Any, affine: np.ndarray, index_kji: tuple[int, int, int]) ->
 def _run_consensus(states: list, names: list[str], method: str, *, progress: Any = None, cancel: Any = None) -> Any:
     from medseg.consensus import consensus
 
+    from medseg.segmentation import Segmentation
+
     segs = [_seg(s) for s in states]
-    return consensus(segs, method=method, names=names, progress=progress, cancel=cancel)
+    res = consensus(segs, method=method, names=names, progress=progress, cancel=cancel)
+    # the widget shows the label map and the disagreement; the (C, Z, Y, X) vote fractions
+    # would only cost memory and transfer time
+    slim = Segmentation(res.segmentation.label_map, res.segmentation.labels)
+    return type(res)(slim, res.disagreement, res.raters, res.method)
 
 
 class ConsensusWidget(QWidget):
@@ -145,7 +153,7 @@ class ConsensusWidget(QWidget):
             return False
         layers = [self.viewer.layers[n] for n in names]
         states = [_state(l) for l in layers]
-        return self.runner.start(_run_consensus, states, names, self.method.currentText(),
+        return self.runner.start(_run_consensus, states, names, self.method.currentText(), process=True,
                                  label=f"{self.method.currentText()} consensus", on_done=self._show)
 
     def _show(self, result: Any) -> None:
@@ -331,7 +339,7 @@ class QAWidget(QWidget):
             return False
         folder = self.folder_edit.text().strip() or None
         return self.runner.start(_run_qa, _state(ref), _state(pred), self.tolerance.value(), folder,
-                                 label="evaluating", on_done=self._show)
+                                 process=True, label="evaluating", on_done=self._show)
 
     def _show(self, result: Any) -> None:
         from medseg.labels import Label, LabelTable

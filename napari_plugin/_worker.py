@@ -110,9 +110,15 @@ class TaskRunner(QWidget):
         label: str = "working",
         on_done: Optional[Callable[[Any], None]] = None,
         on_error: Optional[Callable[[BaseException], None]] = None,
+        process: bool = False,
         **kwargs: Any,
     ) -> bool:
-        """Run ``fn`` in a worker thread; returns False (and does nothing) while busy."""
+        """Run ``fn`` in a worker thread; returns False (and does nothing) while busy.
+
+        With ``process=True`` the worker thread hands ``fn`` to a helper process (see
+        :mod:`._process`): for library code that holds the GIL. ``fn`` and its arguments must
+        then be picklable.
+        """
         if self._worker is not None:
             self.status.setText("busy: wait for the running task or cancel it")
             return False
@@ -120,6 +126,11 @@ class TaskRunner(QWidget):
 
         self._cancel = threading.Event()
         self.last_error = None
+        if process:
+            from medseg_napari._process import run_in_process
+
+            args = (fn, *args)
+            fn = run_in_process
         worker = create_worker(fn, *args, progress=self._progress, cancel=self._cancel.is_set,
                                _start_thread=False, _ignore_errors=True, **kwargs)
         self._worker = worker

@@ -33,6 +33,23 @@ def segmentation_from_state(data: Any, meta: Mapping[str, Any]):
     return Segmentation(Volume(arr, affine, dict(md.get("meta") or {})), table)
 
 
+def portable_state(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a layer state that :func:`segmentation_from_state` needs, as plain data.
+
+    No napari objects (colormaps, DataFrames, transforms), so it pickles to a helper process
+    without importing napari there.
+    """
+    out: dict[str, Any] = {"name": meta.get("name", "labels"), "metadata": dict(meta.get("metadata") or {})}
+    for key in ("scale", "translate", "rotate", "shear", "affine"):
+        v = meta.get(key)
+        if v is not None:
+            out[key] = np.asarray(getattr(v, "affine_matrix", v), dtype=float)
+    feats = meta.get("features")
+    if feats is not None and len(feats) and "index" in feats and "name" in feats:
+        out["features"] = {"index": [int(i) for i in feats["index"]], "name": [str(n) for n in feats["name"]]}
+    return out
+
+
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     """Write a labels layer to NIfTI or NRRD with its label-table sidecar; returns the paths."""
     from medseg.io import sidecar_path, write_segmentation

@@ -85,6 +85,9 @@ def test_write_labels_for_a_layer_drawn_on_an_oblique_image(make_napari_viewer, 
     lab.data[2, 3, 4] = 1
     data, meta, _ = lab.as_layer_data_tuple()
     paths = write_labels(str(tmp_path / "drawn.nii.gz"), data, meta)
+    from medseg_napari._writer import portable_state, segmentation_from_state
+
+    assert np.allclose(segmentation_from_state(data, portable_state(meta)).affine, affine, atol=1e-6)
     back = read_segmentation(paths[0])
     assert np.allclose(back.affine, affine, atol=1e-5)
     assert back.array[2, 3, 4] == 1 and back.labels.names == ["label_1"]
