@@ -167,3 +167,30 @@ def test_cli_batch_and_export(study, tmp_path, capsys):
     # failures give exit code 3
     (study / "nifti" / "broken.nii.gz").write_bytes(b"broken")
     assert main(["batch", str(study), str(tmp_path / "out2"), "--model", "threshold"]) == 3
+
+
+def test_progress_and_cancel(study, tmp_path):
+    from medseg.errors import CancelledError
+
+    batch, per_series = [], []
+    run_batch(study, tmp_path / "a", config=BatchConfig(formats=("nifti",), segmenter=THRESHOLD),
+              progress=lambda d, t, m: batch.append((d, t)), series_progress=lambda *a: per_series.append(a))
+    assert batch[0] == (0, 3) and batch[-1] == (3, 3)
+    stages = {}
+    for sid, done, total, message in per_series:
+        stages.setdefault(sid, []).append(message)
+    assert len(stages) == 3 and all(m == ["reading", "segmenting", "exporting", "ok"] for m in stages.values())
+    pooled = []
+    run_batch(study, tmp_path / "b", config=BatchConfig(formats=("nifti",), segmenter=THRESHOLD, workers=2),
+              series_progress=lambda *a: pooled.append(a))
+    assert {a[0] for a in pooled} == set(stages) and {a[3] for a in pooled} >= {"reading", "ok"}
+    def cancel():  # the user cancels once the first series is published
+        out = tmp_path / "c"
+        return out.exists() and any(p.is_dir() and not p.name.startswith(".") for p in out.iterdir())
+
+    with pytest.raises(CancelledError, match="batch cancelled"):
+        run_batch(study, tmp_path / "c", config=BatchConfig(formats=("nifti",), segmenter=THRESHOLD), cancel=cancel)
+    done = [p for p in (tmp_path / "c").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(done) == 1 and (done[0] / "record.json").is_file()
+    resumed = run_batch(study, tmp_path / "c", config=BatchConfig(formats=("nifti",), segmenter=THRESHOLD))
+    assert sum(r["resumed"] for r in resumed["series"]) == 1 and resumed["counts"] == {"ok": 3}
