@@ -172,7 +172,7 @@ def test_import_metrics_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys, medseg.metrics, medseg.consensus, medseg.evaluate, medseg.qa_plots\n"
+    code = ("import sys, medseg.metrics, medseg.consensus, medseg.evaluate, medseg.qa_plots, medseg.uncertainty\n"
             "print(','.join(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
