@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -47,7 +48,10 @@ def _dciodvfy_errors(path) -> list[str]:
     """Error lines dciodvfy reports for a DICOM file (skips when dicom3tools is absent)."""
     exe = shutil.which("dciodvfy")
     if exe is None:
-        pytest.skip("dciodvfy not installed (Debian: apt-get install -y dicom3tools)")
+        msg = "dciodvfy not installed (Debian: apt-get install -y dicom3tools)"
+        if os.environ.get("MEDSEG_REQUIRE_REAL_DATA") == "1":  # CI: the validation must run
+            pytest.fail(msg)
+        pytest.skip(msg)
     out = subprocess.run([exe, str(path)], capture_output=True, text=True)
     text = out.stdout + out.stderr
     return [line for line in text.splitlines() if line.startswith("Error")]
