@@ -36,7 +36,9 @@ def make_study(root: Path, n: int, shape: tuple[int, int, int]) -> None:
 def bench_workers(study: Path, tmp: Path, args) -> None:
     from medseg.batch import BatchConfig, SegmenterSpec, run_batch
 
-    spec = SegmenterSpec(args.model, "cpu", threads=1 if args.model != "threshold" else None)
+    model = None if args.model == "default" else args.model  # "default": the bundled default model
+    # one torch thread per worker in both runs: the ratio measures process parallelism
+    spec = SegmenterSpec(model, "cpu", threads=1 if args.model != "threshold" else None)
     rates = {}
     for workers in (1, 2):
         out = tmp / f"out{workers}"
@@ -92,7 +94,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--series", type=int, default=6)
     ap.add_argument("--shape", type=int, nargs=3, default=(48, 160, 160))
-    ap.add_argument("--model", default="threshold")
+    ap.add_argument("--model", default="threshold", help="'threshold', 'default' (bundled model) or a model name/path")
     ap.add_argument("--formats", default="nifti,seg,rtstruct,stl,stats")
     ap.add_argument("--labels", type=int, nargs="*", default=[10, 50, 100])
     ap.add_argument("--skip-workers", action="store_true")
