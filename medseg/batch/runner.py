@@ -21,11 +21,11 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 from medseg.batch.discovery import Discovery, SelectionRule, SeriesTask, discover_series
 from medseg.batch.segmenters import Segmenter, SegmenterSpec
-from medseg.batch.series import RECORD_NAME, SeriesOptions, SeriesProgress, process_series, read_record
+from medseg.batch.series import SeriesOptions, SeriesProgress, process_series, read_record
 from medseg.errors import InputError
 from medseg.export.api import parse_formats
 from medseg.io.atomic import atomic_path

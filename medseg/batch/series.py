@@ -16,7 +16,7 @@ import socket
 import time
 import traceback
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
@@ -181,7 +181,3 @@ def _read(task: SeriesTask, options: SeriesOptions):
     from medseg.io import read_volume
 
     return read_volume(task.path)
-
-
-def options_dict(options: SeriesOptions) -> dict:
-    return asdict(options)
