@@ -152,7 +152,7 @@ class ExportWidget(QWidget):
         data, meta, _ = layer.as_layer_data_tuple()
         meta = portable_state(meta)
         path = self.path_edit.text()
-        return self.runner.start(_export, data, meta, path, self.suffix, self._image_volume(), process=True,
+        return self.runner.start(_export, data, meta, path, self.suffix, self._image_volume(),
                                  label=f"exporting {layer.name}", on_done=self._exported)
 
     def _exported(self, result: Any) -> None:
@@ -168,7 +168,7 @@ class ExportWidget(QWidget):
 
         data, meta, _ = layer.as_layer_data_tuple()
         meta = portable_state(meta)
-        return self.runner.start(_stats, data, meta, self._image_volume(), process=True,
+        return self.runner.start(_stats, data, meta, self._image_volume(),
                                  label="statistics", on_done=self._fill)
 
     def _fill(self, rows: list[dict]) -> None:
