@@ -143,3 +143,40 @@ def test_real_ct_dicom_click_lands_on_voxel_and_labels_roundtrip(make_napari_vie
     assert np.allclose(back.affine, ref.affine, atol=1e-4)
     assert np.array_equal(np.argwhere(back.array == 1), [target])
     assert back.labels.names == ["lesion"]
+
+
+@pytest.mark.real_data
+def test_folder_with_two_series_opens_the_default_and_offers_the_other(qtbot, make_napari_viewer, real_data, tmp_path):
+    import shutil
+
+    pytest.importorskip("medseg.io.dicom")
+    from medseg.io.dicom import scan_dicom, select_series
+    from medseg.samples import sample_dicom_dir
+
+    from medseg_napari._series import SeriesWidget
+
+    if not any(sample_dicom_dir().glob("*.dcm")):
+        pytest.skip("sample DICOM series not generated")
+    study = tmp_path / "study"
+    shutil.copytree(real_data / "ct_dicom_series", study / "a")
+    shutil.copytree(sample_dicom_dir(), study / "b")
+    default = select_series(scan_dicom(study))
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(study), plugin="medseg")
+    md = layer.metadata[L.METADATA_KEY]
+    assert len(md["series"]) == 2 and md["series_uid"] == default.series_uid
+    assert layer.data.shape == tuple(default.shape)
+    # the picker lists both, pre-selects the default and opens the other one
+    w = SeriesWidget(viewer)
+    w.folder_edit.setText(str(study))
+    w.scan()
+    qtbot.waitUntil(lambda: not w.runner.busy, timeout=60_000)
+    assert w.list.count() == 2 and "[default]" in w.list.currentItem().text()
+    other_row = 1 - w.list.currentRow()
+    w.list.setCurrentRow(other_row)
+    w.open_selected()
+    qtbot.waitUntil(lambda: not w.runner.busy, timeout=60_000)
+    assert w.runner.last_error is None, w.runner.last_error
+    opened = viewer.layers[-1]
+    assert opened.metadata[L.METADATA_KEY]["series_uid"] == w.series[other_row]["uid"] != default.series_uid
+    assert opened.data.shape != layer.data.shape
