@@ -139,3 +139,38 @@ def test_contrast_presets():
     assert 0 < lo < 10 and 989 < hi < 999
     with pytest.raises(KeyError, match="unknown CT window"):
         L.window_limits("liver")
+
+
+def test_rendered_views_follow_the_radiological_convention(qtbot, make_napari_viewer):
+    """Axial: anterior up, patient left on the right; coronal: superior up, left on the right;
+    sagittal: superior up, anterior on the left — checked on rendered pixels."""
+    arr = np.full((20, 40, 40), 100, np.float32)  # body
+    k, j, i = 16, 6, 33  # superior, anterior, patient-left voxel block
+    arr[k - 2:k + 2, j - 3:j + 3, i - 3:i + 3] = 1000
+    vol = Volume(arr, make_affine((2.0, 1.0, 1.0), (0.0, 0.0, 0.0)))  # axial: i->L, j->P, k->S
+    viewer = make_napari_viewer(show=True)
+    data, kw, _ = L.image_layer_data(vol)
+    kw["contrast_limits"] = (0, 1000)
+    layer = viewer.add_image(data, **kw)
+    world = L.index_to_world(vol.affine, (k, j, i))
+
+    def marker_position(order):
+        viewer.dims.order = order
+        for ax in range(3):
+            viewer.dims.set_point(ax, float(world[ax]))
+        viewer.reset_view()
+        qtbot.wait(100)
+        shot = viewer.screenshot(canvas_only=True, flash=False)[..., 0].astype(float)
+        body = np.argwhere(shot > 20)
+        bright = np.argwhere(shot > 200)
+        assert len(bright) and len(body)
+        rel = bright.mean(0) - body.mean(0)  # (row, col) of the marker relative to the body centre
+        return rel
+
+    rows, cols = marker_position((0, 1, 2))  # axial
+    assert rows < 0 and cols > 0, "axial: anterior must be up and patient left on the right"
+    rows, cols = marker_position((1, 0, 2))  # coronal
+    assert rows < 0 and cols > 0, "coronal: superior must be up and patient left on the right"
+    rows, cols = marker_position((2, 0, 1))  # sagittal
+    assert rows < 0 and cols < 0, "sagittal: superior must be up and anterior on the left"
+    assert layer.visible
