@@ -42,7 +42,8 @@ class TrainingConfig:
         Cross-entropy weights per channel (background first); ``auto`` = inverse square root of
         the class frequencies in the training set, normalised to mean 1.
     patch_size : (3,) ints, optional
-        Training crop, array order ``(z, y, x)``; default the inference patch.
+        Training crop, array order ``(z, y, x)``; default (recommended) the inference patch:
+        instance-normalised networks segment poorly with windows larger than their crops.
     folds, val_fold : int
         Validation = cases whose id hashes to ``val_fold`` of ``folds`` (stable as cases arrive).
     val_every : int
@@ -273,6 +274,9 @@ def train(
         log.info("resuming at epoch %d (best %.4f at %d)", start_epoch, best_score, best_epoch)
 
     roi, slice_dim = _roi(config, tc)
+    if tc.patch_size is not None and tuple(tc.patch_size) != tuple(config.inference.patch_size):
+        log.warning("training patch %s differs from the inference patch %s; set inference.patch_size to the "
+                    "training patch before segmenting with this model", tc.patch_size, config.inference.patch_size)
     tf = _train_transforms(config, tc, roi)
     rng = random.Random(tc.seed + start_epoch)
     it_done = start_epoch * tc.iterations_per_epoch
