@@ -53,12 +53,19 @@ class ClassicalConfig:
     max_grow: int = 3
     fill_holes: bool = True
     linear_upsample_voxels: int = 2_000_000
+    cg_rtol: float = 1e-3
+    cg_maxiter: int = 300
+    warm_start: bool = False
+    background_weight: float = 2.0
+    min_radius_vox: float = 2.0
+    reach: float = 0.0
+    reach_level: float = 1.5
     extent: float = 1.0
     plateau: float = 0.0
     support: float = 0.75
     influence: float = 2.0
     otsu_radius_mm: float = 10.0
-    negative_strength: float = 1.0
+    negative_strength: float = 2.0
     smooth: float = 1.0
     otsu_mode: str = 'mix'
     otsu_mode_frac: float = 1.0
@@ -300,18 +307,30 @@ class ClassicalEngine:
                 li = np.exp(-0.5 * ((smooth - mu) / sd) ** 2)
                 d2 = sum((g - float(ci) * s) ** 2 for g, ci, s in zip(grids, c, wsp))
                 r_c = _support_radius(np.sqrt(d2), li > floor, cfg.support)
-                if len(others):
+                if len(others):  # a negative click: never reach over to the positive clicks
                     dmin = float(np.min(np.sqrt((((np.asarray(others) - c) * wsp) ** 2).sum(1))))
-                    r_c = min(r_c, 0.5 * dmin / cfg.extent) if r_c > 0 else 0.5 * dmin / cfg.extent
-                r_c = max(r_c, 2.0 * max(wsp))
+                    r_c = min(max(r_c, min(wsp)), 0.5 * dmin / cfg.extent)
+                else:
+                    r_c = max(r_c, cfg.min_radius_vox * min(wsp))
                 log.debug('support radius %.1f mm', r_c)
                 dd = np.maximum(np.sqrt(d2) - cfg.plateau * r_c, 0.0)
-                out = np.maximum(out, li * np.exp(-0.5 * (dd / (cfg.extent * r_c)) ** 2))
+                spatial = np.exp(-0.5 * (dd / (cfg.extent * r_c)) ** 2)
+                if cfg.reach > 0 and not len(others):
+                    # voxels connected to the click through well-matching intensity (tubes,
+                    # elongated organs) keep a high prior up to ``reach`` support radii
+                    strict = li > np.exp(-0.5 * cfg.reach_level ** 2)
+                    lab_s, _ = ndi.label(strict)
+                    if lab_s[tuple(c)]:
+                        comp = lab_s == lab_s[tuple(c)]
+                        far = np.exp(-0.5 * (dd / (cfg.reach * r_c)) ** 2)
+                        spatial = np.where(comp, np.maximum(spatial, far), spatial)
+                out = np.maximum(out, li * spatial)
             return out
 
         l_fg = local(fg_models, centres, [])
-        l_bg = np.maximum(local(stats(wneg), list(wneg), centres), floor)
-        prior = l_fg / (l_fg + cfg.negative_strength * l_bg + 1e-12)
+        l_bg = np.maximum(cfg.negative_strength * local(stats(wneg), list(wneg), centres),
+                          cfg.background_weight * floor)
+        prior = l_fg / (l_fg + l_bg + 1e-12)
         if previous is not None and prompts is not None and prompts.last is not None and len(prompts.last):
             prev_w = self._previous_on_grid(previous, sl, f, wshape)
             if prev_w is not None:
@@ -322,7 +341,7 @@ class ClassicalEngine:
                 w = np.zeros(wshape, np.float32)
                 for c in np.clip((np.asarray(prompts.last) - off) // f, 0, np.array(wshape) - 1):
                     depth = _depth(region, tuple(c), wsp)
-                    r_inf = cfg.influence * max(depth, 2.0 * max(wsp))
+                    r_inf = cfg.influence * max(depth, cfg.min_radius_vox * min(wsp))
                     d2 = sum((g - float(ci) * sp_) ** 2 for g, ci, sp_ in zip(grids, c, wsp))
                     np.maximum(w, np.exp(-0.5 * d2 / r_inf ** 2), out=w)
                 prior = w * prior + (1.0 - w) * prev_w
@@ -351,8 +370,11 @@ class ClassicalEngine:
 
         weights = edge_weights(smooth[None], wsp, beta=cfg.beta)
         key = (sl, tuple(f))
-        x0 = self._cache.get("x") if self._cache.get("key") == key else None
-        x = solve_walker(weights, prior, gamma=cfg.gamma, seeds=seeds, seed_values=values, x0=x0)
+        x0 = None
+        if cfg.warm_start and self._cache.get("key") == key:
+            x0 = self._cache["x"]
+        x = solve_walker(weights, prior, gamma=cfg.gamma, seeds=seeds, seed_values=values, x0=x0,
+                         rtol=cfg.cg_rtol, maxiter=cfg.cg_maxiter)
         self._cache = {"key": key, "x": x, "work_key": wkey, "work": work}
 
         # post-processing on the working grid: components holding positive clicks, holes
