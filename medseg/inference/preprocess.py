@@ -21,7 +21,7 @@ from medseg.inference.convert import ras_affine, volume_to_metatensor
 from medseg.models.config import IntensityConfig, PreprocessingConfig
 from medseg.volume import Volume
 
-__all__ = ["spatial_transforms", "intensity_transform", "preprocess_volume", "preprocess_labels",
+__all__ = ["is_permutation", "spatial_transforms", "intensity_transform", "preprocess_volume", "preprocess_labels",
            "model_axes", "map_to_input_grid", "input_slabs"]
 
 
@@ -146,6 +146,14 @@ def map_to_input_grid(
     return out[0]
 
 
+def is_permutation(model_affine: np.ndarray, volume: Volume) -> bool:
+    """True when the model grid is the input grid up to axis permutation/flips (no resampling)."""
+    m = np.linalg.inv(np.asarray(model_affine, float)) @ geometry.LPS_TO_RAS @ volume.affine
+    r = np.round(m[:3, :3])
+    return bool(np.allclose(m[:3, :3], r, atol=1e-6) and np.allclose(m[:3, 3], np.round(m[:3, 3]), atol=1e-4)
+                and np.all(np.abs(r).sum(0) == 1) and np.all(np.abs(r).sum(1) == 1))
+
+
 def _permutation_slab(model_tensor: torch.Tensor, m: np.ndarray, shape: tuple[int, int, int],
                       zslice: slice) -> Optional[torch.Tensor]:
     """Exact copy when the grids differ only by axis permutation/flips (no interpolation)."""
@@ -173,4 +181,4 @@ def _permutation_slab(model_tensor: torch.Tensor, m: np.ndarray, shape: tuple[in
     out = src.permute(order)
     for d, (_, pos) in enumerate(idx):
         out = out.index_select(1 + d, torch.as_tensor(pos, device=src.device))
-    return out.float()
+    return out

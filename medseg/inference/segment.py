@@ -16,13 +16,19 @@ import torch
 
 from medseg.errors import InputError
 from medseg.inference.postprocess import postprocess_label_map
-from medseg.inference.preprocess import input_slabs, map_to_input_grid, model_axes, preprocess_volume
+from medseg.inference.preprocess import (
+    input_slabs,
+    is_permutation,
+    map_to_input_grid,
+    model_axes,
+    preprocess_volume,
+)
 from medseg.models.loader import LoadedModel, load_model, resolve_device
 from medseg.progress import CancelCallback, ProgressCallback, check_cancel, report
 from medseg.segmentation import Segmentation, smallest_label_dtype
 from medseg.volume import Volume
 
-__all__ = ["segment", "predict_probabilities", "predict_model_grid", "enable_dropout"]
+__all__ = ["segment", "predict_probabilities", "predict_model_grid", "enable_dropout", "argmax_channels"]
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +77,9 @@ def predict_model_grid(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCallback] = None,
     mc_dropout: bool = False,
+    softmax: bool = True,
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """Softmax probabilities on the model grid.
+    """Softmax probabilities (or, with ``softmax=False``, logits) on the model grid.
 
     Returns
     -------
@@ -127,14 +134,34 @@ def predict_model_grid(
             )
             probs = logits[0].float()
             del logits
-            # softmax in place: no second C x grid buffer on large volumes
-            probs -= probs.max(dim=0, keepdim=True).values
-            probs.exp_()
-            probs /= probs.sum(dim=0, keepdim=True)
+            if softmax:
+                softmax_(probs)
     finally:
         if mc_dropout:
             enable_dropout(model.network, False)
     return probs, affine
+
+
+def softmax_(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over dim 0 in place: no second C x grid buffer on large volumes."""
+    x -= x.max(dim=0, keepdim=True).values
+    x.exp_()
+    x /= x.sum(dim=0, keepdim=True)
+    return x
+
+
+def argmax_channels(x: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """Index of the largest channel of a (C, ...) tensor (first on ties), as ``dtype``.
+
+    A running maximum over channels: C passes over the grid, no int64 temporaries.
+    """
+    best = x[0].clone()
+    out = torch.zeros(x.shape[1:], dtype=dtype, device=x.device)
+    for c in range(1, x.shape[0]):
+        better = x[c] > best
+        out.masked_fill_(better, c)
+        torch.maximum(best, x[c], out=best)
+    return out
 
 
 def predict_probabilities(
@@ -200,18 +227,28 @@ def segment(
     """
     loaded = load_model(model, device=device)
     cfg = loaded.config
-    probs, affine = predict_model_grid(volume, loaded, progress=progress, cancel=cancel)
+    logits, affine = predict_model_grid(volume, loaded, progress=progress, cancel=cancel, softmax=False)
     report(progress, 0, None, "mapping to the input grid")
     dtype = smallest_label_dtype(cfg.out_channels - 1)
-    label_map = np.empty(volume.shape, dtype=dtype)
-    prob_out = np.empty((probs.shape[0],) + volume.shape, dtype=np.float32) if probabilities else None
-    for zs in input_slabs(volume.shape, probs.shape[0]):
-        check_cancel(cancel, "segmentation")
-        p = map_to_input_grid(probs, affine, volume, zs)
-        label_map[zs] = torch.argmax(p, dim=0).to(torch.int32).cpu().numpy().astype(dtype)
-        if prob_out is not None:
-            prob_out[:, zs] = p.cpu().numpy()
-    del probs
+    tdtype = torch.uint8 if dtype == np.uint8 else torch.int32
+    prob_out = None
+    if is_permutation(affine, volume) and not probabilities:
+        # same grid up to flips: argmax on the model grid, then an exact uint8 copy
+        lab = argmax_channels(logits, tdtype)
+        del logits
+        label_map = map_to_input_grid(lab[None], affine, volume, slice(0, volume.shape[0]))[0].cpu().numpy()
+        label_map = label_map.astype(dtype, copy=False)
+    else:
+        probs = softmax_(logits)
+        label_map = np.empty(volume.shape, dtype=dtype)
+        prob_out = np.empty((probs.shape[0],) + volume.shape, dtype=np.float32) if probabilities else None
+        for zs in input_slabs(volume.shape, probs.shape[0]):
+            check_cancel(cancel, "segmentation")
+            p = map_to_input_grid(probs, affine, volume, zs)
+            label_map[zs] = argmax_channels(p, tdtype).cpu().numpy().astype(dtype, copy=False)
+            if prob_out is not None:
+                prob_out[:, zs] = p.cpu().numpy()
+        del probs
     labels = cfg.label_table
     if postprocess and cfg.postprocessing:
         label_map = postprocess_label_map(label_map, cfg.postprocessing, labels,
