@@ -232,23 +232,24 @@ def segment(
     dtype = smallest_label_dtype(cfg.out_channels - 1)
     tdtype = torch.uint8 if dtype == np.uint8 else torch.int32
     prob_out = None
-    if is_permutation(affine, volume) and not probabilities:
-        # same grid up to flips: argmax on the model grid, then an exact uint8 copy
-        lab = argmax_channels(logits, tdtype)
-        del logits
-        label_map = map_to_input_grid(lab[None], affine, volume, slice(0, volume.shape[0]))[0].cpu().numpy()
-        label_map = label_map.astype(dtype, copy=False)
-    else:
-        probs = softmax_(logits)
-        label_map = np.empty(volume.shape, dtype=dtype)
-        prob_out = np.empty((probs.shape[0],) + volume.shape, dtype=np.float32) if probabilities else None
-        for zs in input_slabs(volume.shape, probs.shape[0]):
-            check_cancel(cancel, "segmentation")
-            p = map_to_input_grid(probs, affine, volume, zs)
-            label_map[zs] = argmax_channels(p, tdtype).cpu().numpy().astype(dtype, copy=False)
-            if prob_out is not None:
-                prob_out[:, zs] = p.cpu().numpy()
-        del probs
+    with torch.inference_mode():
+        if is_permutation(affine, volume) and not probabilities:
+            # same grid up to flips: argmax on the model grid, then an exact uint8 copy
+            lab = argmax_channels(logits, tdtype)
+            del logits
+            label_map = map_to_input_grid(lab[None], affine, volume, slice(0, volume.shape[0]))[0].cpu().numpy()
+            label_map = label_map.astype(dtype, copy=False)
+        else:
+            probs = softmax_(logits)
+            label_map = np.empty(volume.shape, dtype=dtype)
+            prob_out = np.empty((probs.shape[0],) + volume.shape, dtype=np.float32) if probabilities else None
+            for zs in input_slabs(volume.shape, probs.shape[0]):
+                check_cancel(cancel, "segmentation")
+                p = map_to_input_grid(probs, affine, volume, zs)
+                label_map[zs] = argmax_channels(p, tdtype).cpu().numpy().astype(dtype, copy=False)
+                if prob_out is not None:
+                    prob_out[:, zs] = p.cpu().numpy()
+            del probs
     labels = cfg.label_table
     if postprocess and cfg.postprocessing:
         label_map = postprocess_label_map(label_map, cfg.postprocessing, labels,

@@ -115,3 +115,13 @@ def test_postprocessing_rules():
     assert out[5, 6, 6] == 0                        # single-voxel tumour below 5 voxels removed
     assert out[8, 17, 17] == 2                      # 9-voxel tumour kept
     assert lm[1, 18, 18] == 1                       # input not mutated
+
+
+@pytest.mark.parametrize("kind", ["axial", "flipped"])
+def test_same_grid_fast_path_matches_probability_path(kind):
+    image = _image(kind, spacing=(5.0, 4.0, 4.0))  # the tiny model's grid, up to flips
+    model = tiny_model()
+    fast = segment(image, model=model)
+    full = segment(image, model=model, probabilities=True)
+    np.testing.assert_array_equal(fast.array, full.array)
+    assert fast.label_map.same_grid(image, atol=1e-9)
