@@ -47,7 +47,7 @@ def spatial_transforms(config: PreprocessingConfig, *, labels: bool = False) -> 
 
     return [Orientation(axcodes=config.orientation.upper(), labels=(("L", "R"), ("P", "A"), ("I", "S"))),
             Spacing(pixdim=monai_pixdim(config), mode="nearest" if labels else "bilinear",
-                    padding_mode="border", dtype=np.float32)]
+                    padding_mode="border", dtype=np.float32, diagonal=config.axis_aligned)]
 
 
 def intensity_transform(config: IntensityConfig) -> Optional[Callable]:

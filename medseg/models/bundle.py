@@ -55,7 +55,7 @@ def _inference_config(config: ModelConfig) -> dict:
         {"_target_": "Orientationd", "keys": "image", "axcodes": pre.orientation.upper(),
          "labels": [["L", "R"], ["P", "A"], ["I", "S"]]},
         {"_target_": "Spacingd", "keys": "image", "pixdim": list(monai_pixdim(pre)), "mode": "bilinear",
-         "padding_mode": "border", "dtype": "$np.float32"},
+         "padding_mode": "border", "dtype": "$np.float32", "diagonal": pre.axis_aligned},
     ]
     if it.kind == "ct_window":
         transforms.append({"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": it.window[0],
@@ -268,13 +268,14 @@ def _transforms(data: Mapping, key: str) -> list[Mapping]:
 def _preprocessing(data: Mapping, where: Path, allow_code: bool) -> tuple[PreprocessingConfig, None]:
     from medseg.inference.preprocess import model_axes
 
-    axcodes, pixdim, intensity = "RAS", None, IntensityConfig(kind="none")
+    axcodes, pixdim, intensity, diagonal = "RAS", None, IntensityConfig(kind="none"), False
     for t in _transforms(data, "preprocessing"):
         name = str(t.get("_target_", "")).split(".")[-1]
         if name == "Orientationd":
             axcodes = _plain(t.get("axcodes", "RAS"), "Orientationd.axcodes", allow_code)
         elif name == "Spacingd":
             pixdim = _plain(t.get("pixdim"), "Spacingd.pixdim", allow_code)
+            diagonal = bool(_plain(t.get("diagonal", False), "Spacingd.diagonal", allow_code))
         elif name == "ScaleIntensityRanged":
             intensity = IntensityConfig("ct_window", (float(_plain(t["a_min"], "a_min", allow_code)),
                                                       float(_plain(t["a_max"], "a_max", allow_code))))
@@ -287,7 +288,7 @@ def _preprocessing(data: Mapping, where: Path, allow_code: bool) -> tuple[Prepro
         axes = model_axes(PreprocessingConfig(orientation=str(axcodes)))
         for d, a in enumerate(axes):
             spacing[a] = float(pixdim[d])
-    return PreprocessingConfig(tuple(spacing), str(axcodes), intensity), None  # type: ignore[arg-type]
+    return PreprocessingConfig(tuple(spacing), str(axcodes), intensity, diagonal), None  # type: ignore[arg-type]
 
 
 def _inferer(data: Mapping, pre: PreprocessingConfig, allow_code: bool) -> InferenceConfig:

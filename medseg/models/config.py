@@ -132,11 +132,16 @@ class PreprocessingConfig:
     orientation : str
         Three-letter MONAI (RAS-style) axis code of the model grid, e.g. ``"RAS"``.
     intensity : IntensityConfig
+    axis_aligned : bool
+        Resample oblique inputs onto a grid aligned with the patient axes (MONAI
+        ``Spacing(diagonal=True)``), so the network always sees an upright body; False keeps
+        the input's rotation.
     """
 
     target_spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)
     orientation: str = "RAS"
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
+    axis_aligned: bool = True
 
     def __post_init__(self) -> None:
         if any(s < 0 for s in self.target_spacing):
