@@ -240,6 +240,7 @@ class ClassicalEngine:
 
     def _predict_roi(self, sl, pos, neg, box, blocked, previous=None, prompts=None) -> np.ndarray:
         cfg = self.config
+        old = (self._cache.get("wkey"), self._cache.get("wmask"), self._cache.get("wprev_src"))
         roi_native = self._image[sl]
         f = self._factors(roi_native.shape)
         wshape = tuple(int(np.ceil(n / k)) for n, k in zip(roi_native.shape, f))
@@ -309,7 +310,7 @@ class ClassicalEngine:
                 r_c = _support_radius(np.sqrt(d2), li > floor, cfg.support)
                 if len(others):  # a negative click: never reach over to the positive clicks
                     dmin = float(np.min(np.sqrt((((np.asarray(others) - c) * wsp) ** 2).sum(1))))
-                    r_c = min(max(r_c, min(wsp)), 0.5 * dmin / cfg.extent)
+                    r_c = max(min(max(r_c, min(wsp)), 0.5 * dmin / cfg.extent), 1e-3)
                 else:
                     r_c = max(r_c, cfg.min_radius_vox * min(wsp))
                 log.debug('support radius %.1f mm', r_c)
@@ -395,17 +396,37 @@ class ClassicalEngine:
                 prob = ndi.zoom(np.where(ndi.binary_dilation(wmask), x, 0.0).astype(np.float32), zoom,
                                 order=1, grid_mode=True, mode="nearest")
                 mask = prob[: roi_native.shape[0], : roi_native.shape[1], : roi_native.shape[2]] > 0.5
+                if blocked_roi is not None:
+                    mask &= ~blocked_roi
+            elif old[0] == wkey and previous is not None and old[2] is previous[1] \
+                    and previous[1].shape == roi_native.shape:
+                # incremental: only the blocks whose working voxel changed are rewritten
+                mask = previous[1]
+                diff = wmask != (old[1] > 0.5)
+                if diff.any():
+                    bb = _bbox(diff)
+                    nsl = tuple(slice(b.start * k, min(b.stop * k, n)) for b, k, n in zip(bb, f, mask.shape))
+                    part = _upsample_nearest(wmask[bb], f, tuple(s_.stop - s_.start for s_ in nsl))
+                    if blocked_roi is not None:
+                        part &= ~blocked_roi[nsl]
+                    mask[nsl] = part
             else:
                 mask = _upsample_nearest(wmask, f, roi_native.shape)
+                if blocked_roi is not None:
+                    mask &= ~blocked_roi
         else:
             mask = wmask
+            if blocked_roi is not None:
+                mask &= ~blocked_roi
         for p in pos - off:
             mask[tuple(p)] = True
         for p in neg - off:
             if np.all((p >= 0) & (p < np.array(mask.shape))):
                 mask[tuple(p)] = False
         if blocked_roi is not None:
-            mask &= ~blocked_roi
+            for p in pos - off:
+                if blocked_roi[tuple(p)]:
+                    mask[tuple(p)] = False
         self._cache.update(wkey=(sl, tuple(f)), wmask=wmask.astype(np.float32), wprev_src=mask)
         return mask
 

@@ -121,8 +121,11 @@ def run_robot(session, target: np.ndarray, *, spacing: Sequence[float], n_clicks
         if cancel is not None and cancel():
             break
         click = next_click(target, pred, spacing)
-        if click is None:
+        if click is None:  # perfect mask: the score stays, no click is needed
             res.dice.append(res.dice[-1] if res.dice else 1.0)
+            if n == metrics_at and pred is not None:
+                res.surface_dice_2mm = float(surface_dice(pred, target, spacing=spacing, tolerance_mm=2.0))
+                res.hd95_mm = float(hausdorff95(pred, target, spacing=spacing))
             continue
         idx, positive = click
         t0 = time.perf_counter()
