@@ -28,9 +28,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--seed", type=int, default=5000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--axis-aligned", choices=["config", "yes", "no"], default="config",
+                    help="override the config's preprocessing.axis_aligned")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model, device="cpu")
+    if args.axis_aligned != "config":
+        from dataclasses import replace
+
+        pre = replace(model.config.preprocessing, axis_aligned=args.axis_aligned == "yes")
+        model = replace(model, config=replace(model.config, preprocessing=pre))
     names = [model.config.labels[i] for i in sorted(model.config.labels)]
     scores = {n: [] for n in names}
     orient, times = [], []
@@ -47,7 +54,7 @@ def main() -> None:
         for i, n in enumerate(names, start=1):
             if (ref.array == i).any():
                 scores[n].append(float(dice(seg.array == i, ref.array == i)))
-    print(f"model {model.name}; {args.n} held-out phantoms (seeds {args.seed}..{args.seed + args.n - 1}); "
+    print(f"model {model.name} (axis_aligned={model.config.preprocessing.axis_aligned}); {args.n} held-out phantoms (seeds {args.seed}..{args.seed + args.n - 1}); "
           f"grids: {', '.join(orient)}; segment time median {np.median(times):.2f} s")
     print("| structure | mean Dice | min Dice |\n| --- | --- | --- |")
     for n in names:

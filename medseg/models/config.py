@@ -134,14 +134,15 @@ class PreprocessingConfig:
     intensity : IntensityConfig
     axis_aligned : bool
         Resample oblique inputs onto a grid aligned with the patient axes (MONAI
-        ``Spacing(diagonal=True)``), so the network always sees an upright body; False keeps
-        the input's rotation.
+        ``Spacing(diagonal=True)``) so the network sees an upright body; the box then grows
+        beyond the scanned field of view, filled by edge replication. False (default) keeps
+        the input's rotation on the model grid.
     """
 
     target_spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)
     orientation: str = "RAS"
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
-    axis_aligned: bool = True
+    axis_aligned: bool = False
 
     def __post_init__(self) -> None:
         if any(s < 0 for s in self.target_spacing):

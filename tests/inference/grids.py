@@ -16,13 +16,13 @@ def rotation(axis, degrees):
     return np.eye(3) + np.sin(t) * k + (1 - np.cos(t)) * k @ k
 
 
-def grid(kind: str, shape, spacing, centre=(0.0, 5.0, 0.0)):
+def grid(kind: str, shape, spacing, centre=(0.0, 5.0, 0.0), degrees=17.0):
     """(shape, affine) of an ``axial``, ``flipped`` (x and z reversed) or ``oblique`` grid."""
     d = AXIAL.copy()
     if kind == "flipped":
         d = d * np.array([-1.0, 1.0, -1.0])[None, :]
     elif kind == "oblique":
-        d = rotation([1.0, 0.5, 0.2], 17.0) @ d
+        d = rotation([1.0, 0.5, 0.2], degrees) @ d
     spacing = np.asarray(spacing, float)
     origin = np.asarray(centre) - d @ (spacing * (np.asarray(shape) - 1) / 2)
     return tuple(shape), make_affine(spacing, origin, d)
