@@ -48,6 +48,15 @@ def _model(same_grid_spacing=None):
     return m
 
 
+def _hwm_mb() -> float:
+    """Peak RSS of this process image (VmHWM; unlike ru_maxrss it is not inherited from the parent)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _spacing(mode):
     return (4.0, 4.0, 4.0) if mode == "same-grid" else (1.5, 0.8, 0.8)
 
@@ -66,7 +75,7 @@ def one(kind: str, size, mode: str, threads: int, path: str) -> dict:
     torch.set_num_threads(threads)
     spacing = _spacing(mode)
     model = _model(spacing if mode == "same-grid" else None)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base_rss = _hwm_mb()
     arr = np.load(path)
     image = Volume(arr, default_phantom_affine(arr.shape, spacing), {"Modality": "CT"})
     cfg = model.config
@@ -89,7 +98,7 @@ def one(kind: str, size, mode: str, threads: int, path: str) -> dict:
             labels = out[0].argmax(0).to(torch.uint8)
         n = int(labels.max())
     dt = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _hwm_mb()
     params = sum(p.numel() * p.element_size() for p in model.network.parameters()) / 2**20
     return {"kind": kind, "mode": mode, "size": size, "seconds": dt, "peak_rss_mb": peak,
             "rss_before_mb": base_rss, "input_f32_mb": np.prod(size) * 4 / 2**20, "model_mb": params, "max_label": n}
@@ -112,7 +121,8 @@ def main() -> None:
 
     import numpy as np
 
-    tmp = Path(tempfile.mkdtemp(prefix="medseg-bench-"))
+    tmp = Path(tempfile.gettempdir()) / "medseg-bench"
+    tmp.mkdir(exist_ok=True)
     print(f"{'mode':10s} {'size (x,y,z)':14s} {'raw s':>8s} {'medseg s':>9s} {'ratio':>6s} "
           f"{'raw MB':>7s} {'medseg MB':>9s} {'4xin+model MB':>13s}")
     print("(MB: peak RSS above the process baseline after imports and model load, before reading the input)")
@@ -120,7 +130,8 @@ def main() -> None:
         for size in args.sizes:
             npy = tmp / f"{size}-{mode}.npy"
             if not npy.exists():
-                np.save(npy, _volume(tuple(int(v) for v in size.split("x")), _spacing(mode)).array)
+                np.save(npy.with_suffix(".partial.npy"), _volume(tuple(int(v) for v in size.split("x")), _spacing(mode)).array)
+                npy.with_suffix(".partial.npy").rename(npy)
             res = {}
             for kind in ("raw", "medseg"):
                 runs = []
