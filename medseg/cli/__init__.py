@@ -47,8 +47,11 @@ def _version() -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # medseg's own messages at INFO by default; other libraries' (highdicom is chatty) only
+    # from -v on; -vv shows debug output everywhere.
+    logging.basicConfig(level=logging.DEBUG if args.verbose >= 2 else logging.WARNING if args.verbose == 0 else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("medseg").setLevel(logging.DEBUG if args.verbose >= 2 else logging.INFO)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
         if label.index in reference.labels:
             scores[label.name] = round(float(dice(seg.array == label.index, reference.array == label.index)), 4)
     (out / "dice_vs_reference.json").write_text(json.dumps(scores, indent=2) + "\n")
-    for kind, path in written.items():
-        print(f"{kind:9s} {path}")
+    for kind, names in written.get("files", {}).items():
+        print(f"{kind:9s} " + ", ".join(str(out / n) for n in names))
+    for row in written.get("statistics", {}).get("labels", []):
+        print(f"  {row['name']:14s} {row['volume_ml']:9.1f} mL  mean {row['mean']:7.1f} HU")
     print("Dice vs reference: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     return 0
