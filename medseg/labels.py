@@ -9,7 +9,7 @@ from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 from medseg.errors import InputError
 
-__all__ = ["Code", "Label", "LabelTable", "default_color"]
+__all__ = ["Code", "Label", "LabelTable", "default_color", "known_codes"]
 
 # A colour cycle with good contrast on grey images (index 1 → first colour).
 _PALETTE = [
@@ -36,6 +36,50 @@ class Code:
 #: SNOMED CT "Anatomical Structure" / "Morphologically Altered Structure" categories.
 ANATOMY = Code("123037004", "SCT", "Anatomical Structure")
 MORPHOLOGY = Code("49755003", "SCT", "Morphologically Altered Structure")
+
+
+# SNOMED CT codes for structure names medseg's models and tools use, so that a label table
+# built from names alone still exports as a standard DICOM SEG / RTSTRUCT. Data only.
+_ANATOMY = {
+    "liver": ("10200004", "Liver"),
+    "spleen": ("78961009", "Spleen"),
+    "kidney_right": ("9846003", "Right kidney"),
+    "kidney_left": ("18639004", "Left kidney"),
+    "kidney": ("64033007", "Kidney"),
+    "aorta": ("15825003", "Aorta"),
+    "pancreas": ("15776009", "Pancreas"),
+    "stomach": ("69695003", "Stomach"),
+    "gallbladder": ("28231008", "Gallbladder"),
+    "inferior_vena_cava": ("64131007", "Inferior vena cava"),
+    "adrenal_gland_right": ("281625004", "Right adrenal gland"),
+    "adrenal_gland_left": ("281624000", "Left adrenal gland"),
+    "esophagus": ("32849002", "Esophagus"),
+    "duodenum": ("38848004", "Duodenum"),
+    "colon": ("71854001", "Colon"),
+    "urinary_bladder": ("89837001", "Urinary bladder"),
+    "prostate": ("41216001", "Prostate"),
+    "brain": ("12738006", "Brain"),
+    "heart": ("80891009", "Heart"),
+    "lung_left": ("44029006", "Left lung"),
+    "lung_right": ("3341006", "Right lung"),
+    "body": ("38266002", "Entire body"),
+}
+_LESIONS = {
+    "tumor": ("108369006", "Neoplasm"),
+    "tumour": ("108369006", "Neoplasm"),
+    "liver_tumor": ("108369006", "Neoplasm"),
+    "lesion": ("52988006", "Lesion"),
+}
+
+
+def known_codes(name: str) -> tuple[Optional["Code"], Optional["Code"]]:
+    """SNOMED CT ``(type, category)`` codes for a common structure name, else ``(None, None)``."""
+    key = name.strip().lower().replace(" ", "_").replace("-", "_")
+    if key in _ANATOMY:
+        return Code(_ANATOMY[key][0], "SCT", _ANATOMY[key][1]), ANATOMY
+    if key in _LESIONS:
+        return Code(_LESIONS[key][0], "SCT", _LESIONS[key][1]), MORPHOLOGY
+    return None, None
 
 
 @dataclass(frozen=True)
@@ -94,7 +138,7 @@ class LabelTable:
     def from_names(cls, names: Sequence[str] | Mapping[int, str]) -> "LabelTable":
         """Table from names (indices 1, 2, ...) or an ``{index: name}`` mapping."""
         items = names.items() if isinstance(names, Mapping) else enumerate(names, start=1)
-        return cls(tuple(Label(int(i), str(n), default_color(int(i))) for i, n in items))
+        return cls(tuple(Label(int(i), str(n), default_color(int(i)), *known_codes(str(n))) for i, n in items))
 
     @classmethod
     def from_dict(cls, data: Mapping | Sequence) -> "LabelTable":

@@ -187,3 +187,11 @@ def test_config_strict_loading(tmp_path):
         load_yaml(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="cannot read config"):
         load_yaml(tmp_path / "missing.yaml")
+
+
+def test_label_table_from_names_carries_snomed_codes():
+    table = LabelTable.from_names(["liver", "Kidney Left", "liver_tumor", "my_structure"])
+    assert table[1].code == Code("10200004", "SCT", "Liver") and table[1].category.value == "123037004"
+    assert table[2].code.meaning == "Left kidney"
+    assert table[3].category.meaning == "Morphologically Altered Structure"
+    assert table[4].code is None and table[4].category is None
