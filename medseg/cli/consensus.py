@@ -61,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
         Path(args.report).write_text(json.dumps(json_ready(
             {"method": result.method, "raters": result.raters, "agreement": agreement.to_dict()}), indent=2) + "\n")
     for row in result.raters:
-        log.info("%s", row)
+        log.info("rater %s", json.dumps(json_ready(row)))
     print(args.output)
     return 0
