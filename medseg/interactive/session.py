@@ -31,6 +31,29 @@ log = logging.getLogger(__name__)
 __all__ = ["Session"]
 
 _Slices = tuple[slice, slice, slice]
+_LIBC: Any = None
+
+
+def _trim_heap() -> bool:
+    """Give freed heap pages back to the OS (glibc ``malloc_trim``); False where unavailable.
+
+    Each click allocates and frees many ROI-sized arrays; glibc keeps the freed, fragmented
+    pages, so without this the resident memory creeps up over hundreds of clicks (measured:
+    +30 MB over 230 clicks on a 512x512x300 volume, reclaimed by one trim). Called when an
+    object ends (accept / reset); costs a few ms.
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim
+        except (OSError, AttributeError):
+            _LIBC = False
+    if not _LIBC:
+        return False
+    return bool(_LIBC.malloc_trim(0))
 
 
 @dataclass(frozen=True)
@@ -234,6 +257,7 @@ class Session:
         self._set_patch(_EMPTY)
         self._obj = _Object()
         self.engine.reset()
+        _trim_heap()
 
     # -- results ----------------------------------------------------------------------------
     @property
@@ -292,6 +316,7 @@ class Session:
         self._accepted.append(obj)
         self._obj = _Object()
         self.engine.reset()
+        _trim_heap()
         return int(index)
 
     @property

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import sys
+
 import numpy as np
 import pytest
 
@@ -148,3 +152,21 @@ def test_box_and_scribble_prompts():
     assert m[10, 11, 11]
     m2 = s.add_scribble([(10, 28, 28)], positive=False)
     assert not m2[10, 28, 28]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="malloc_trim is glibc-only")
+def test_trim_heap_returns_freed_fragmented_pages():
+    from medseg.interactive.session import _trim_heap
+
+    def rss_mb():
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    blocks = [bytearray(64 * 1024) for _ in range(1600)]  # ~100 MB of heap (below the mmap threshold)
+    keep = blocks[-1]
+    del blocks
+    before = rss_mb()
+    assert _trim_heap() is True
+    assert rss_mb() < before - 50
+    assert len(keep) == 64 * 1024
