@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import platform
 import sys
 
@@ -157,16 +158,26 @@ def test_box_and_scribble_prompts():
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
                     reason="malloc_trim is glibc-only")
 def test_trim_heap_returns_freed_fragmented_pages():
-    from medseg.interactive.session import _trim_heap
+    # Run under glibc's own malloc: bootstrap.sh preloads tcmalloc (faster CNN inference),
+    # which keeps its own heap, so the child process drops LD_PRELOAD.
+    code = """
+import os
+from medseg.interactive.session import _trim_heap
 
-    def rss_mb():
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def rss_mb():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
-    blocks = [bytearray(64 * 1024) for _ in range(1600)]  # ~100 MB of heap (below the mmap threshold)
-    keep = blocks[-1]
-    del blocks
-    before = rss_mb()
-    assert _trim_heap() is True
-    assert rss_mb() < before - 50
-    assert len(keep) == 64 * 1024
+blocks = [bytearray(64 * 1024) for _ in range(1600)]  # ~100 MB of heap (below the mmap threshold)
+keep = blocks[-1]
+del blocks
+before = rss_mb()
+assert _trim_heap() is True
+after = rss_mb()
+assert after < before - 50, (before, after)
+assert len(keep) == 64 * 1024
+print("ok", round(before), round(after))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stdout + out.stderr
