@@ -25,6 +25,7 @@ For each prediction (one object, all its prompts):
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -105,6 +106,12 @@ class ClassicalEngine:
         self._spacing = (1.0, 1.0, 1.0)
         self._ct = False
         self._cache: dict = {}
+        self.timings: dict[str, float] = {}  # seconds per stage of the last predict (profiling)
+
+    def _tick(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = self.timings.get(stage, 0.0) + now - self._t_last
+        self._t_last = now
 
     # -- image ------------------------------------------------------------------------------
     def set_image(self, volume: Volume) -> None:
@@ -149,6 +156,8 @@ class ClassicalEngine:
         if self._image is None:
             raise RuntimeError("set_image first")
         cfg = self.config
+        self.timings = {}
+        self._t_last = time.perf_counter()
         shape = self._image.shape
         pos = np.asarray(prompts.positive, int).reshape(-1, 3)
         neg = np.asarray(prompts.negative, int).reshape(-1, 3)
@@ -251,6 +260,7 @@ class ClassicalEngine:
             # mean-pool the raw ROI (cost ~ one pass over it), normalise on the working grid
             work = _pool_mean(roi_native, f, wshape) if np.any(f > 1) else roi_native.astype(np.float32)
             work = self._normalise(work)
+        self._tick("pool")
         wsp = tuple(float(s * k) for s, k in zip(self._spacing, f))
         smooth = ndi.gaussian_filter(work, sigma=[max(0.0, cfg.smooth * min(wsp) / s) for s in wsp])
         off = np.array([s.start for s in sl])
@@ -328,6 +338,7 @@ class ClassicalEngine:
                 out = np.maximum(out, li * spatial)
             return out
 
+        self._tick("smooth")
         l_fg = local(fg_models, centres, [])
         l_bg = np.maximum(cfg.negative_strength * local(stats(wneg), list(wneg), centres),
                           cfg.background_weight * floor)
@@ -346,6 +357,7 @@ class ClassicalEngine:
                     d2 = sum((g - float(ci) * sp_) ** 2 for g, ci, sp_ in zip(grids, c, wsp))
                     np.maximum(w, np.exp(-0.5 * d2 / r_inf ** 2), out=w)
                 prior = w * prior + (1.0 - w) * prev_w
+        self._tick("prior")
         seeds = np.zeros(wshape, bool)
         values = np.zeros(wshape, np.float64)
         for p in wpos:
@@ -369,6 +381,7 @@ class ClassicalEngine:
             seeds |= ~inbox
             values[~inbox] = 0.0
 
+        self._tick("seeds")
         weights = edge_weights(smooth[None], wsp, beta=cfg.beta)
         key = (sl, tuple(f))
         x0 = None
@@ -377,6 +390,7 @@ class ClassicalEngine:
         x = solve_walker(weights, prior, gamma=cfg.gamma, seeds=seeds, seed_values=values, x0=x0,
                          rtol=cfg.cg_rtol, maxiter=cfg.cg_maxiter)
         self._cache = {"key": key, "x": x, "work_key": wkey, "work": work}
+        self._tick("solve")
 
         # post-processing on the working grid: components holding positive clicks, holes
         wmask = x > 0.5
@@ -388,6 +402,7 @@ class ClassicalEngine:
         wmask = np.isin(lab, keep)
         if cfg.fill_holes:
             wmask = ndi.binary_fill_holes(wmask)
+        self._tick("post_grid")
         # back to native resolution: linear interpolation of the probability near the
         # boundary for small ROIs, nearest neighbour for large ones (bounded cost)
         if np.any(f > 1):
@@ -418,6 +433,7 @@ class ClassicalEngine:
             mask = wmask
             if blocked_roi is not None:
                 mask &= ~blocked_roi
+        self._tick("upsample")
         for p in pos - off:
             mask[tuple(p)] = True
         for p in neg - off:
