@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from medseg.errors import InputError
 from medseg.export._common import safe_name
@@ -50,6 +51,9 @@ class SeriesTask:
         Images along z (None when the header cannot be read).
     problem : str or None
         Why the scanner says the series cannot load, if it does.
+    voxels : int or None
+        Voxels of the volume from the headers (a work estimate: parallel runs start the
+        largest series first); None when unknown.
     """
 
     id: str
@@ -60,6 +64,7 @@ class SeriesTask:
     description: str = ""
     n_slices: Optional[int] = None
     problem: Optional[str] = None
+    voxels: Optional[int] = None
 
     def summary(self) -> dict:
         return {"id": self.id, "kind": self.kind, "path": self.path, "series_uid": self.series_uid,
@@ -130,21 +135,19 @@ def _short_hash(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
-def _file_slices(path: Path) -> Optional[int]:
-    """Slices of a NIfTI/NRRD/MHA file from its header, None when unreadable."""
+def _file_shape(path: Path) -> Optional[tuple[int, ...]]:
+    """Array size of a NIfTI/NRRD/MHA file from its header (x, y, z, ...), None when unreadable."""
     try:
         if full_suffix(path) in (".nii", ".nii.gz"):
             import nibabel as nib
 
-            shape = nib.load(str(path)).shape
-        else:
-            import SimpleITK as sitk
+            return tuple(int(n) for n in nib.load(str(path)).shape)
+        import SimpleITK as sitk
 
-            r = sitk.ImageFileReader()
-            r.SetFileName(str(path))
-            r.ReadImageInformation()
-            shape = r.GetSize()
-        return int(shape[2]) if len(shape) >= 3 else 1
+        r = sitk.ImageFileReader()
+        r.SetFileName(str(path))
+        r.ReadImageInformation()
+        return tuple(int(n) for n in r.GetSize())
     except Exception:  # unreadable headers are reported when the series is processed
         return None
 
@@ -156,6 +159,7 @@ def discover_series(
     exclude: Optional[str | Path] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCallback] = None,
+    on_task: Optional[Callable[[SeriesTask], None]] = None,
 ) -> Discovery:
     """Find the image series of a study folder and apply the selection rule.
 
@@ -169,6 +173,10 @@ def discover_series(
         A folder to ignore (the batch output folder when it lies inside the study).
     progress, cancel : callables, optional
         Passed to the DICOM scan.
+    on_task : callable, optional
+        Called with each selected series as soon as it is known, before discovery ends:
+        NIfTI/NRRD/MHA files while the folder is walked, DICOM series once every header is
+        read (a series may span folders). Batch runs use it to start work early.
 
     Returns
     -------
@@ -193,6 +201,36 @@ def discover_series(
         rp = Path(p).resolve()
         return rp == excluded_root or excluded_root in rp.parents
 
+    selected: list[SeriesTask] = []
+    excluded: list[tuple[str, SkippedItem]] = []
+
+    def select(t: SeriesTask) -> None:
+        why = rule.reason_to_exclude(t)
+        if why is not None:
+            excluded.append((t.id, SkippedItem(t.path, why, "excluded", t.summary())))
+            return
+        selected.append(t)
+        if on_task is not None:
+            on_task(t)
+
+    # image files first (cheap, header only): their series can start while the DICOM headers are read
+    label_maps: list[SkippedItem] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not ignored(Path(dirpath) / d))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if full_suffix(p) not in IMAGE_SUFFIXES or name.endswith(".labels.json"):
+                continue
+            rel = str(p.relative_to(root))
+            stem = name[: len(name) - len(full_suffix(p))]
+            if (p.parent / f"{stem}.labels.json").is_file():
+                label_maps.append(SkippedItem(str(p), "a label map (it has a .labels.json table), not an image",
+                                              "excluded"))
+                continue
+            shape = _file_shape(p)
+            select(SeriesTask(safe_name(stem, 48) + "_" + _short_hash(rel), "file", str(p), description=name,
+                              n_slices=(int(shape[2]) if len(shape) >= 3 else 1) if shape else None,
+                              voxels=math.prod(shape[:3]) if shape else None))
     scan = scan_dicom(root, progress=progress, cancel=cancel)
     out = Discovery()
     for s in scan.series:
@@ -203,35 +241,17 @@ def discover_series(
         sid = safe_name(f"{s.modality or 'XX'}_{s.series_number if s.series_number is not None else 'x'}_"
                         f"{s.description or 'series'}", 48) + "_" + _short_hash(s.series_uid)
         n = s.shape[0] if s.shape else s.n_images
-        out.tasks.append(SeriesTask(sid, "dicom", folder, s.series_uid, s.modality or "", s.description or "",
-                                    int(n) if n is not None else None, s.problem))
+        select(SeriesTask(sid, "dicom", folder, s.series_uid, s.modality or "", s.description or "",
+                          int(n) if n is not None else None, s.problem,
+                          voxels=math.prod(s.shape) if s.shape else None))
     for sk in scan.skipped:
         p = Path(sk.path)
         suffix = full_suffix(p)
         if ignored(p) or suffix in IMAGE_SUFFIXES or suffix in _DATA_SUFFIXES or suffix in _SIDE_SUFFIXES:
             continue
         out.skipped.append(SkippedItem(str(p), sk.reason))
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not ignored(Path(dirpath) / d))
-        for name in sorted(filenames):
-            p = Path(dirpath) / name
-            if full_suffix(p) not in IMAGE_SUFFIXES or name.endswith(".labels.json"):
-                continue
-            rel = str(p.relative_to(root))
-            stem = name[: len(name) - len(full_suffix(p))]
-            if (p.parent / f"{stem}.labels.json").is_file():
-                out.skipped.append(SkippedItem(str(p), "a label map (it has a .labels.json table), not an image",
-                                               "excluded"))
-                continue
-            out.tasks.append(SeriesTask(safe_name(stem, 48) + "_" + _short_hash(rel), "file", str(p),
-                                        description=name, n_slices=_file_slices(p)))
-    selected = []
-    for t in sorted(out.tasks, key=lambda t: t.id):
-        why = rule.reason_to_exclude(t)
-        if why is None:
-            selected.append(t)
-        else:
-            out.skipped.append(SkippedItem(t.path, why, "excluded", t.summary()))
-    out.tasks = selected
+    out.skipped.extend(label_maps)
+    out.skipped.extend(item for _, item in sorted(excluded, key=lambda e: e[0]))
+    out.tasks = sorted(selected, key=lambda t: t.id)
     log.info("%s: %d series selected, %d skipped", root, len(out.tasks), len(out.skipped))
     return out

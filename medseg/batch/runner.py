@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import os
-import queue as queue_mod
 import shutil
 import threading
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from medseg.batch.discovery import Discovery, SelectionRule, SeriesTask, discover_series
+from medseg.batch.pool import LocalPool, run_pool
 from medseg.batch.segmenters import Segmenter, SegmenterSpec
 from medseg.batch.series import SeriesOptions, SeriesProgress, process_series, read_record
 from medseg.errors import InputError
@@ -81,26 +81,9 @@ class BatchConfig:
         return SeriesOptions(self.formats, self.segmenter, self.strict_geometry, self.seg_type)
 
 
-# -- worker side ------------------------------------------------------------------------------
+# -- Dask worker side -------------------------------------------------------------------------
 _WORKER: dict = {}
 _CACHE_LOCK = threading.Lock()
-
-
-def _init_worker(spec: SegmenterSpec, progress_queue) -> None:
-    """Process-pool initializer: load the model once per worker process."""
-    _WORKER["segmenter"] = spec.build()
-    _WORKER["queue"] = progress_queue
-
-
-def _pool_task(task: SeriesTask, out_dir: str, options: SeriesOptions) -> dict:
-    q = _WORKER.get("queue")
-
-    def progress(sid: str, done: int, total: Optional[int], message: str) -> None:
-        if q is not None:
-            with contextlib.suppress(Exception):
-                q.put_nowait((sid, done, total, message))
-
-    return process_series(task, out_dir, options, _WORKER["segmenter"], progress=progress)
 
 
 def _cached_segmenter(spec: SegmenterSpec) -> Segmenter:
@@ -198,101 +181,76 @@ def run_batch(
     t0 = time.perf_counter()
     with _locked(out):
         _clean_stale(out)
-        found = discover_series(study, rule=config.selection, exclude=out, cancel=cancel)
-        todo, records = [], {}
-        for task in found.tasks:
-            done = _is_done(out, task, config)
-            if done is not None:
-                records[task.id] = {**done, "resumed": True}
-            else:
-                todo.append(task)
-        total = len(found.tasks)
-        log.info("%d series: %d done before, %d to run", total, len(records), len(todo))
-        report(progress, len(records), total, "series")
-
-        def finished(rec: dict) -> None:
-            records[rec["id"]] = {**rec, "resumed": False}
-            report(progress, len(records), total, f"{rec['id']}: {rec['status']}")
-
         options = config.series_options
-        if todo:
-            if config.scheduler:
+        pool = None
+        if config.workers > 1 and not config.scheduler:
+            # started now: worker start-up and model loading overlap the discovery below
+            pool = LocalPool(config.workers, _pool_spec(config), str(out), options,
+                             threads=max(1, (os.cpu_count() or 1) // config.workers))
+        try:
+            todo, records = [], {}
+
+            def found_one(task: SeriesTask) -> None:
+                done = _is_done(out, task, config)
+                if done is not None:
+                    records[task.id] = {**done, "resumed": True}
+                else:
+                    todo.append(task)
+                    if pool is not None:
+                        pool.submit(task)  # starts while discovery goes on
+
+            found = discover_series(study, rule=config.selection, exclude=out, cancel=cancel, on_task=found_one)
+            if pool is not None:
+                pool.close_inputs()
+            total = len(found.tasks)
+            log.info("%d series: %d done before, %d to run", total, len(records), len(todo))
+            report(progress, len(records), total, "series")
+
+            def finished(rec: dict) -> None:
+                records[rec["id"]] = {**rec, "resumed": False}
+                report(progress, len(records), total, f"{rec['id']}: {rec['status']}")
+
+            if pool is not None:
+                def crashed(task: SeriesTask, why: str) -> None:
+                    finished(_crash_record(task, out, options, why))
+
+                if run_pool(pool, finished, crashed, series_progress, cancel):
+                    check_cancel(lambda: True, "batch")
+            elif todo and config.scheduler:
                 _run_dask(todo, out, config, options, finished, cancel)
-            elif config.workers > 1:
-                _run_pool(todo, out, config, options, finished, series_progress, cancel)
-            else:
+            elif todo:
                 seg_fn = segmenter or config.segmenter.build()
-                for task in todo:
+                for task in sorted(todo, key=lambda t: t.id):
                     check_cancel(cancel, "batch")
                     finished(process_series(task, out, options, seg_fn, progress=series_progress))
+        except BaseException:
+            if pool is not None:
+                pool.shutdown(terminate=True)
+            raise
+        if pool is not None:
+            pool.shutdown()
         summary = _summary(study, out, config, found, records, time.perf_counter() - t0)
         _write_summary(out, summary)
     return summary
 
 
-def _run_pool(todo, out, config, options, finished, series_progress, cancel) -> None:
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    ctx = _pool_context(mp)
-    q = ctx.Queue()
-    n = min(config.workers, len(todo))
+def _pool_spec(config: BatchConfig) -> SegmenterSpec:
     spec = config.segmenter
     if spec.threads is None:  # share the cores between workers instead of oversubscribing them
-        spec = dataclasses.replace(spec, threads=max(1, (os.cpu_count() or 1) // n))
-    with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker, initargs=(spec, q)) as pool:
-        pending = {pool.submit(_pool_task, t, str(out), options): t for t in todo}
-        try:
-            while pending:
-                done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(q, series_progress)
-                for fut in done:
-                    task = pending.pop(fut)
-                    try:
-                        finished(fut.result())
-                    except Exception as exc:  # a worker died (e.g. out of memory): record it
-                        finished(_crash_record(task, out, options, exc))
-                check_cancel(cancel, "batch")
-        finally:
-            for fut in pending:
-                fut.cancel()
-            _drain(q, series_progress)
+        spec = dataclasses.replace(spec, threads=max(1, (os.cpu_count() or 1) // config.workers))
+    return spec
 
 
-#: modules a worker needs, imported once in the fork server instead of once per worker
-_PRELOAD = ["medseg.batch.runner", "medseg.export", "medseg.io.dicom", "highdicom", "highdicom.seg", "pydicom",
-            "highdicom.seg.sop", "pydicom.sr.codedict", "scipy.ndimage", "skimage.measure",
-            "skimage.measure._find_contours", "skimage.measure._marching_cubes_lewiner", "nibabel", "SimpleITK",
-            "stl.mesh"]
+def _crash_record(task: SeriesTask, out: Path, options: SeriesOptions, why: str) -> dict:
+    """Record (and publish) a series whose worker died without writing its own record, and remove the
+    unfinished output it left (no other process works on this series)."""
+    for partial in out.glob(f".partial-{task.id}-*"):
+        shutil.rmtree(partial, ignore_errors=True)
 
-
-def _pool_context(mp):
-    """Workers start from a fork server (a clean process that never ran threads or torch) with the
-    I/O and export modules preloaded, so each worker starts warm; spawn where there is no fork."""
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(_PRELOAD)
-        return ctx
-    return mp.get_context("spawn")  # pragma: no cover - Windows
-
-
-def _drain(q, series_progress) -> None:
-    while True:
-        try:
-            item = q.get_nowait()
-        except (queue_mod.Empty, OSError, ValueError):
-            return
-        if series_progress is not None:
-            series_progress(*item)
-
-
-def _crash_record(task: SeriesTask, out: Path, options: SeriesOptions, exc: BaseException) -> dict:
-    """Record (and publish) a series whose worker died without writing its own record."""
     def failing(_volume):
-        raise RuntimeError(f"the worker processing this series died: {type(exc).__name__}: {exc}")
+        raise RuntimeError(f"the worker processing this series died: {why}")
 
-    return process_series(SeriesTask(**{**asdict(task), "problem": f"worker died: {type(exc).__name__}: {exc}"}),
-                          out, options, failing)
+    return process_series(SeriesTask(**{**asdict(task), "problem": f"worker died: {why}"}), out, options, failing)
 
 
 def _run_dask(todo, out, config, options, finished, cancel) -> None:
@@ -321,7 +279,7 @@ def _run_dask(todo, out, config, options, finished, cancel) -> None:
             try:
                 finished(fut.result())
             except Exception as exc:
-                finished(_crash_record(task, out, options, exc))
+                finished(_crash_record(task, out, options, f"{type(exc).__name__}: {exc}"))
             if cancel is not None and cancel():
                 client.cancel([f for f in futures if not f.done()])
                 check_cancel(cancel, "batch")
