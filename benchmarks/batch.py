@@ -3,13 +3,25 @@
 Usage::
 
     python benchmarks/batch.py [--series 6] [--shape 48 160 160] [--model threshold]
-                               [--formats nifti,seg,rtstruct,stl,stats] [--labels 10 50 100]
+                               [--formats nifti,seg,rtstruct,stl,stats] [--repeat 1]
+                               [--threads-baseline] [--labels 10 50 100]
 
 Generates a study of phantom CT series written as DICOM, runs ``run_batch`` with 1 and then 2
-worker processes (fresh output folders, same study, same run) and prints series/minute and the
-ratio. Then times ``write_dicom_seg`` (binary and labelmap encodings) for label maps with many
-labels (highdicom #202: 98 segments took > 8 min there). The machine is shared: read ratios
-measured in the same run, not absolute times.
+workers (fresh output folders, same study, same run) and prints series/minute and the ratio.
+
+What is compared: *one worker with one thread* against *two workers with one thread each*.
+``workers=1`` runs in the calling process; the threshold model is single-threaded and learned
+models get ``threads=1`` (torch intra-op threads), so the 1-worker run uses one core (measured:
+no CPU time outside its main thread) and the ratio measures process parallelism, the goal of
+the batch issue. ``--threads-baseline`` adds a learned-model run with one worker and torch's
+default thread count (all cores): processes vs threads, what a user choosing ``--workers``
+compares.
+
+Each run also prints where the time went: discovery (until the series count is known), the
+span from then to the last finished series, and the tail (pool shutdown and summary). Then
+``write_dicom_seg`` is timed (binary and labelmap encodings) for label maps with many labels
+(highdicom #202: 98 segments took > 8 min there). The machine is shared: read ratios measured
+in the same run, not absolute times, and check the load average printed with each ratio.
 """
 
 from __future__ import annotations
@@ -33,24 +45,49 @@ def make_study(root: Path, n: int, shape: tuple[int, int, int]) -> None:
         write_dicom_series(image, root / f"p{s}", seed=f"bench{s}", series_description=f"CT {s}")
 
 
+def _timed_run(study: Path, out: Path, args, spec, workers: int) -> dict:
+    from medseg.batch import BatchConfig, run_batch
+
+    marks: dict = {}
+    t0 = time.perf_counter()
+
+    def progress(done, total, message):
+        now = time.perf_counter() - t0
+        marks.setdefault("discovered", now)  # the first call comes when discovery has ended
+        if done:
+            marks["last_series"] = now
+
+    s = run_batch(study, out, config=BatchConfig(formats=tuple(args.formats.split(",")), segmenter=spec,
+                                                 workers=workers), progress=progress)
+    wall = time.perf_counter() - t0
+    assert s["counts"] == {"ok": args.series}, s["counts"]
+    return {"wall": wall, "rate": args.series / wall * 60, **marks}
+
+
 def bench_workers(study: Path, tmp: Path, args) -> None:
-    from medseg.batch import BatchConfig, SegmenterSpec, run_batch
+    from medseg.batch import SegmenterSpec
 
     model = None if args.model == "default" else args.model  # "default": the bundled default model
-    # one torch thread per worker in both runs: the ratio measures process parallelism
+    # one thread per worker in every run: the ratio measures process parallelism
     spec = SegmenterSpec(model, "cpu", threads=1 if args.model != "threshold" else None)
-    rates = {}
-    for workers in (1, 2):
-        out = tmp / f"out{workers}"
-        t0 = time.perf_counter()
-        s = run_batch(study, out, config=BatchConfig(formats=tuple(args.formats.split(",")), segmenter=spec,
-                                                     workers=workers))
-        wall = time.perf_counter() - t0
-        assert s["counts"] == {"ok": args.series}, s["counts"]
-        rates[workers] = args.series / wall * 60
-        print(f"workers={workers}: {args.series} series in {wall:.1f} s -> {rates[workers]:.2f} series/min")
-    print(f"speed-up 2 vs 1 workers: {rates[2] / rates[1]:.2f}x (goal >= 1.8x where CPU-bound; "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
+    runs = [("1 worker, 1 thread", spec, 1), ("2 workers, 1 thread each", spec, 2)]
+    if args.threads_baseline and args.model != "threshold":
+        runs.append((f"1 worker, {os.cpu_count()} threads", SegmenterSpec(model, "cpu", threads=None), 1))
+    print(f"{args.series} series {tuple(args.shape)}, model {args.model}, formats {args.formats}, "
+          f"{os.cpu_count()} CPUs")
+    for rep in range(args.repeat):
+        res = {}
+        load_before = os.getloadavg()
+        for i, (name, sp, workers) in enumerate(runs):
+            r = res[i] = _timed_run(study, tmp / f"out{rep}_{i}", args, sp, workers)
+            print(f"  {name:26s}: {r['wall']:6.1f} s -> {r['rate']:6.2f} series/min  (discovery until "
+                  f"{r['discovered']:.1f} s, last series done at {r['last_series']:.1f} s, end {r['wall']:.1f} s)")
+        load_after = os.getloadavg()
+        line = f"run {rep + 1}: speed-up 2 vs 1 workers: {res[1]['rate'] / res[0]['rate']:.2f}x"
+        if len(runs) > 2:
+            line += f"; 2 workers vs 1 worker with {os.cpu_count()} threads: {res[1]['rate'] / res[2]['rate']:.2f}x"
+        print(f"{line} (goal >= 1.8x where CPU-bound; load average 1 min {load_before[0]:.2f} before, "
+              f"{load_after[0]:.2f} after)")
 
 
 def bench_seg(tmp: Path, args) -> None:
@@ -97,6 +134,9 @@ def main() -> None:
     ap.add_argument("--model", default="threshold", help="'threshold', 'default' (bundled model) or a model name/path")
     ap.add_argument("--formats", default="nifti,seg,rtstruct,stl,stats")
     ap.add_argument("--labels", type=int, nargs="*", default=[10, 50, 100])
+    ap.add_argument("--repeat", type=int, default=1, help="repeat the 1 vs 2 workers comparison")
+    ap.add_argument("--threads-baseline", action="store_true",
+                    help="also run 1 worker with torch's default threads (learned models)")
     ap.add_argument("--skip-workers", action="store_true")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="medseg-bench-batch-"))
