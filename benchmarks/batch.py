@@ -21,7 +21,8 @@ Each run also prints where the time went: discovery (until the series count is k
 span from then to the last finished series, and the tail (pool shutdown and summary). Then
 ``write_dicom_seg`` is timed (binary and labelmap encodings) for label maps with many labels
 (highdicom #202: 98 segments took > 8 min there). The machine is shared: read ratios measured
-in the same run, not absolute times, and check the load average printed with each ratio.
+in the same run, not absolute times, and check the load average printed with each ratio and
+the CPU time other processes used during each run (a quiet run shows ~0 s there).
 """
 
 from __future__ import annotations
@@ -45,10 +46,34 @@ def make_study(root: Path, n: int, shape: tuple[int, int, int]) -> None:
         write_dicom_series(image, root / f"p{s}", seed=f"bench{s}", series_description=f"CT {s}")
 
 
+def _busy_cpu_s() -> float:
+    """CPU seconds all processes of the machine have used (from /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this process, of its reaped children and of the multiprocessing fork server
+    with the workers it has reaped (the fork server is ours but never reaped during a run)."""
+    def stat_cpu(pid) -> float:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(v) for v in f[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+    total = stat_cpu("self")
+    for child in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split():
+        try:
+            if b"forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
+                total += stat_cpu(child)
+        except OSError:
+            pass
+    return total
+
+
 def _timed_run(study: Path, out: Path, args, spec, workers: int) -> dict:
     from medseg.batch import BatchConfig, run_batch
 
     marks: dict = {}
+    busy0, own0 = _busy_cpu_s(), _own_cpu_s()
     t0 = time.perf_counter()
 
     def progress(done, total, message):
@@ -60,32 +85,38 @@ def _timed_run(study: Path, out: Path, args, spec, workers: int) -> dict:
     s = run_batch(study, out, config=BatchConfig(formats=tuple(args.formats.split(",")), segmenter=spec,
                                                  workers=workers), progress=progress)
     wall = time.perf_counter() - t0
+    own = _own_cpu_s() - own0
+    others = max(0.0, _busy_cpu_s() - busy0 - own)
     assert s["counts"] == {"ok": args.series}, s["counts"]
-    return {"wall": wall, "rate": args.series / wall * 60, **marks}
+    return {"wall": wall, "rate": args.series / wall * 60, "own_cpu": own, "others_cpu": others, **marks}
 
 
 def bench_workers(study: Path, tmp: Path, args) -> None:
     from medseg.batch import SegmenterSpec
+    from medseg.batch.pool import available_cores
+
+    cores = available_cores()
 
     model = None if args.model == "default" else args.model  # "default": the bundled default model
     # one thread per worker in every run: the ratio measures process parallelism
     spec = SegmenterSpec(model, "cpu", threads=1 if args.model != "threshold" else None)
     runs = [("1 worker, 1 thread", spec, 1), ("2 workers, 1 thread each", spec, 2)]
     if args.threads_baseline and args.model != "threshold":
-        runs.append((f"1 worker, {os.cpu_count()} threads", SegmenterSpec(model, "cpu", threads=None), 1))
+        runs.append((f"1 worker, {cores} threads", SegmenterSpec(model, "cpu", threads=cores), 1))
     print(f"{args.series} series {tuple(args.shape)}, model {args.model}, formats {args.formats}, "
-          f"{os.cpu_count()} CPUs")
+          f"{cores} cores")
     for rep in range(args.repeat):
         res = {}
         load_before = os.getloadavg()
         for i, (name, sp, workers) in enumerate(runs):
             r = res[i] = _timed_run(study, tmp / f"out{rep}_{i}", args, sp, workers)
             print(f"  {name:26s}: {r['wall']:6.1f} s -> {r['rate']:6.2f} series/min  (discovery until "
-                  f"{r['discovered']:.1f} s, last series done at {r['last_series']:.1f} s, end {r['wall']:.1f} s)")
+                  f"{r['discovered']:.1f} s, last series done at {r['last_series']:.1f} s, end {r['wall']:.1f} s; "
+                  f"CPU: this run {r['own_cpu']:.1f} s, other processes {r['others_cpu']:.1f} s)")
         load_after = os.getloadavg()
         line = f"run {rep + 1}: speed-up 2 vs 1 workers: {res[1]['rate'] / res[0]['rate']:.2f}x"
         if len(runs) > 2:
-            line += f"; 2 workers vs 1 worker with {os.cpu_count()} threads: {res[1]['rate'] / res[2]['rate']:.2f}x"
+            line += f"; 2 workers vs 1 worker with {cores} threads: {res[1]['rate'] / res[2]['rate']:.2f}x"
         print(f"{line} (goal >= 1.8x where CPU-bound; load average 1 min {load_before[0]:.2f} before, "
               f"{load_after[0]:.2f} after)")
 

@@ -31,7 +31,7 @@ from medseg.batch.segmenters import SegmenterSpec
 from medseg.batch.series import SeriesOptions, process_series
 from medseg.errors import MedsegError
 
-__all__ = ["LocalPool", "PoolEvent", "WorkerStartError"]
+__all__ = ["LocalPool", "PoolEvent", "WorkerStartError", "available_cores"]
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 PRELOAD = ["medseg.batch.pool", "medseg.export", "medseg.io.dicom", "highdicom", "highdicom.seg", "pydicom",
            "highdicom.seg.sop", "pydicom.sr.codedict", "scipy.ndimage", "skimage.measure",
            "skimage.measure._find_contours", "skimage.measure._marching_cubes_lewiner", "nibabel", "SimpleITK",
-           "stl.mesh"]
+           "stl.mesh", "medseg.batch._warmup"]
 #: added for learned models: torch and MONAI take seconds to import, model weights milliseconds to load.
 #: Importing them starts no OpenMP threads (only OpenBLAS servers, which are fork-safe), so forking
 #: after the import is safe; torch's thread pool is created in each worker, after its thread count is set.
@@ -67,6 +67,15 @@ class PoolEvent:
     record: Optional[dict] = None
     progress: Optional[tuple] = None
     error: Optional[str] = None
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. under ``taskset`` or a container's cpuset),
+    else ``os.cpu_count()``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - platforms without affinity
+        return max(1, os.cpu_count() or 1)
 
 
 def pool_context(spec: SegmenterSpec):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from medseg.batch.discovery import Discovery, SelectionRule, SeriesTask, discover_series
-from medseg.batch.pool import LocalPool, run_pool
+from medseg.batch.pool import LocalPool, available_cores, run_pool
 from medseg.batch.segmenters import Segmenter, SegmenterSpec
 from medseg.batch.series import SeriesOptions, SeriesProgress, process_series, read_record
 from medseg.errors import InputError
@@ -186,7 +186,7 @@ def run_batch(
         if config.workers > 1 and not config.scheduler:
             # started now: worker start-up and model loading overlap the discovery below
             pool = LocalPool(config.workers, _pool_spec(config), str(out), options,
-                             threads=max(1, (os.cpu_count() or 1) // config.workers))
+                             threads=max(1, available_cores() // config.workers))
         try:
             todo, records = [], {}
 
@@ -237,7 +237,7 @@ def run_batch(
 def _pool_spec(config: BatchConfig) -> SegmenterSpec:
     spec = config.segmenter
     if spec.threads is None:  # share the cores between workers instead of oversubscribing them
-        spec = dataclasses.replace(spec, threads=max(1, (os.cpu_count() or 1) // config.workers))
+        spec = dataclasses.replace(spec, threads=max(1, available_cores() // config.workers))
     return spec
 
 
