@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/batch.py [--series 6] [--shape 48 160 160] [--model threshold]
                                [--formats nifti,seg,rtstruct,stl,stats] [--repeat 1]
-                               [--threads-baseline] [--labels 10 50 100]
+                               [--threads-baseline] [--fresh] [--labels 10 50 100]
 
 Generates a study of phantom CT series written as DICOM, runs ``run_batch`` with 1 and then 2
 workers (fresh output folders, same study, same run) and prints series/minute and the ratio.
@@ -17,6 +17,11 @@ the batch issue. ``--threads-baseline`` adds a learned-model run with one worker
 default thread count (all cores): processes vs threads, what a user choosing ``--workers``
 compares.
 
+By default the runs share this process (the 1-worker run imports the I/O and export libraries,
+which later runs then find imported; the 2-worker pool imports them again in its fork server).
+``--fresh`` runs each batch in a new interpreter timed from its start, as ``medseg batch`` runs:
+every run pays its own interpreter start and imports.
+
 Each run also prints where the time went: discovery (until the series count is known), the
 span from then to the last finished series, and the tail (pool shutdown and summary). Then
 ``write_dicom_seg`` is timed (binary and labelmap encodings) for label maps with many labels
@@ -28,11 +33,15 @@ the CPU time other processes used during each run (a quiet run shows ~0 s there)
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -91,6 +100,40 @@ def _timed_run(study: Path, out: Path, args, spec, workers: int) -> dict:
     return {"wall": wall, "rate": args.series / wall * 60, "own_cpu": own, "others_cpu": others, **marks}
 
 
+def _fresh_run(study: Path, out: Path, args, threads: Optional[int], workers: int) -> dict:
+    """The same run in a new interpreter (as ``medseg batch`` runs): imports and start-up included."""
+    busy0 = _busy_cpu_s()
+    t_abs = time.time()
+    t0 = time.perf_counter()
+    cmd = [sys.executable, __file__, "--run-once", str(study), str(out), "--model", args.model, "--formats",
+           args.formats, "--workers", str(workers), "--threads", str(threads or 0)]
+    res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    child = json.loads(res.stdout.strip().splitlines()[-1])
+    assert child["counts"] == {"ok": args.series}, child["counts"]
+    marks = {k: v - t_abs for k, v in child["marks"].items()}
+    others = max(0.0, _busy_cpu_s() - busy0 - child["own_cpu"])
+    return {"wall": wall, "rate": args.series / wall * 60, "own_cpu": child["own_cpu"], "others_cpu": others, **marks}
+
+
+def _run_once(args) -> None:
+    """Child of :func:`_fresh_run`: one batch, then a JSON line (absolute marks, own CPU, counts)."""
+    from medseg.batch import BatchConfig, SegmenterSpec, run_batch
+
+    marks: dict = {}
+
+    def progress(done, total, message):
+        marks.setdefault("discovered", time.time())
+        if done:
+            marks["last_series"] = time.time()
+
+    spec = SegmenterSpec(None if args.model == "default" else args.model, "cpu", threads=args.threads or None)
+    study, out = args.run_once
+    s = run_batch(study, out, config=BatchConfig(formats=tuple(args.formats.split(",")), segmenter=spec,
+                                                 workers=args.workers), progress=progress)
+    print(json.dumps({"marks": marks, "own_cpu": _own_cpu_s(), "counts": s["counts"]}))
+
+
 def bench_workers(study: Path, tmp: Path, args) -> None:
     from medseg.batch import SegmenterSpec
     from medseg.batch.pool import available_cores
@@ -104,12 +147,16 @@ def bench_workers(study: Path, tmp: Path, args) -> None:
     if args.threads_baseline and args.model != "threshold":
         runs.append((f"1 worker, {cores} threads", SegmenterSpec(model, "cpu", threads=cores), 1))
     print(f"{args.series} series {tuple(args.shape)}, model {args.model}, formats {args.formats}, "
-          f"{cores} cores")
+          f"{cores} cores, " + ("each run in a new interpreter (as `medseg batch`)" if args.fresh else
+                                "runs in this process (later runs find modules imported)"))
     for rep in range(args.repeat):
         res = {}
         load_before = os.getloadavg()
         for i, (name, sp, workers) in enumerate(runs):
-            r = res[i] = _timed_run(study, tmp / f"out{rep}_{i}", args, sp, workers)
+            if args.fresh:
+                r = res[i] = _fresh_run(study, tmp / f"out{rep}_{i}", args, sp.threads, workers)
+            else:
+                r = res[i] = _timed_run(study, tmp / f"out{rep}_{i}", args, sp, workers)
             print(f"  {name:26s}: {r['wall']:6.1f} s -> {r['rate']:6.2f} series/min  (discovery until "
                   f"{r['discovered']:.1f} s, last series done at {r['last_series']:.1f} s, end {r['wall']:.1f} s; "
                   f"CPU: this run {r['own_cpu']:.1f} s, other processes {r['others_cpu']:.1f} s)")
@@ -168,8 +215,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="repeat the 1 vs 2 workers comparison")
     ap.add_argument("--threads-baseline", action="store_true",
                     help="also run 1 worker with torch's default threads (learned models)")
+    ap.add_argument("--fresh", action="store_true",
+                    help="run each batch in a new interpreter, timed from its start (what `medseg batch` users see)")
     ap.add_argument("--skip-workers", action="store_true")
+    ap.add_argument("--run-once", nargs=2, metavar=("STUDY", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.run_once:
+        _run_once(args)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="medseg-bench-batch-"))
     try:
         if not args.skip_workers:
