@@ -42,14 +42,14 @@ def postprocess_label_map(
         index = labels.by_name(name).index
         if not (rule.largest_component or rule.fill_holes or rule.min_size_ml > 0):
             continue
-        objs = ndimage.find_objects((out == index).astype(np.uint8))
+        objs = ndimage.find_objects((out == index).view(np.uint8))  # a bool mask viewed as 0/1, no copy
         if not objs or objs[0] is None:
             continue
         box = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in objs[0])
         sub = out[box]
         mask = sub == index
         if rule.largest_component or rule.min_size_ml > 0:
-            comp, n = ndimage.label(mask, structure=_FULL)
+            comp, n = _components(mask)
             if n > 1 or rule.min_size_ml > 0:
                 sizes = np.bincount(comp.ravel())
                 sizes[0] = 0
@@ -60,11 +60,25 @@ def postprocess_label_map(
                     keep[1:] = True
                 if rule.min_size_ml > 0:
                     keep &= sizes * voxel_volume_ml >= rule.min_size_ml
-                drop = mask & ~keep[comp]
+                remove = ~keep
+                remove[0] = False  # background of the mask
+                drop = remove[comp]
+                del comp
                 sub[drop] = 0
-                mask &= ~drop
+                mask[drop] = False
+                del drop
         if rule.fill_holes:
             filled = ndimage.binary_fill_holes(mask)
             sub[filled & (sub == 0)] = index
         out[box] = sub
     return out
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected components of ``mask``, numbered in uint16 when they fit (half of int32's memory)."""
+    try:
+        comp = np.empty(mask.shape, dtype=np.uint16)
+        n = ndimage.label(mask, structure=_FULL, output=comp)
+    except RuntimeError:  # more than 65535 components
+        comp, n = ndimage.label(mask, structure=_FULL)
+    return comp, int(n)

@@ -18,11 +18,12 @@ from torch.nn import functional as F
 from medseg import geometry
 from medseg.errors import InputError
 from medseg.inference.convert import ras_affine, volume_to_metatensor
+from medseg.inference.stitch import argmax_channels
 from medseg.models.config import IntensityConfig, PreprocessingConfig
 from medseg.volume import Volume
 
 __all__ = ["is_permutation", "spatial_transforms", "intensity_transform", "preprocess_volume", "preprocess_labels",
-           "model_axes", "map_to_input_grid", "input_slabs"]
+           "model_axes", "map_to_input_grid", "input_slabs", "SlabArgmax"]
 
 
 def monai_pixdim(config: PreprocessingConfig) -> tuple[float, float, float]:
@@ -65,14 +66,37 @@ def intensity_transform(config: IntensityConfig) -> Optional[Callable]:
 
 
 def preprocess_volume(volume: Volume, config: PreprocessingConfig) -> MetaTensor:
-    """Input volume → ``(C, I, J, K)`` float32 MetaTensor on the model grid, normalised."""
-    x = volume_to_metatensor(volume)
+    """Input volume → ``(C, I, J, K)`` float32 MetaTensor on the model grid, normalised.
+
+    Memory: small integer images stay in their dtype until ``Spacing`` casts them to float32
+    (the same values as casting first), and a CT window is applied in place, slab by slab; so
+    besides the input, one float32 copy on the model grid is held at the end.
+    """
+    arr = volume.array
+    keep = arr.dtype in (np.int8, np.uint8, np.int16, np.float32)
+    x = volume_to_metatensor(volume, dtype=None if keep else torch.float32)
     for t in spatial_transforms(config):
         x = t(x)
+    x = x.to(torch.float32)
+    if x.device.type == "cpu" and np.may_share_memory(arr, x.as_tensor().numpy()):
+        x = x.clone()  # identity transforms: never normalise the caller's array in place
     it = intensity_transform(config.intensity)
     if it is not None:
-        x = it(x)
+        if config.intensity.kind == "ct_window":
+            _apply_pointwise(it, x)
+        else:
+            x = it(x)
     return x.to(torch.float32)
+
+
+def _apply_pointwise(transform: Callable, x: torch.Tensor, *, max_elements: int = 2**22) -> None:
+    """Apply a voxel-wise intensity transform to ``x`` in place, slab by slab along axis 1."""
+    plain = x.as_tensor() if isinstance(x, MetaTensor) else x
+    per = max(1, plain[:, :1].numel())
+    step = max(1, max_elements // per)
+    for a in range(0, plain.shape[1], step):
+        part = plain[:, a:a + step]
+        part.copy_(torch.as_tensor(transform(part)))
 
 
 def preprocess_labels(label_map: Volume, config: PreprocessingConfig) -> MetaTensor:
@@ -182,3 +206,117 @@ def _permutation_slab(model_tensor: torch.Tensor, m: np.ndarray, shape: tuple[in
     for d, (_, pos) in enumerate(idx):
         out = out.index_select(1 + d, torch.as_tensor(pos, device=src.device))
     return out
+
+
+class SlabArgmax:
+    """Class map on the input grid from model-grid probabilities that arrive slab by slab.
+
+    The slab-wise counterpart of ``argmax(map_to_input_grid(probabilities))``: each input voxel
+    is sampled trilinearly (border clamped, as :func:`map_to_input_grid`) from the slab that
+    holds its two neighbouring model slices along ``axis``, so the full model-grid
+    probabilities are never held. Feed the slabs in order with :meth:`add`; read
+    :attr:`label_map` when the last one is in.
+
+    Parameters
+    ----------
+    volume : Volume
+        The input grid.
+    model_affine : (4, 4) ndarray
+        Model grid ``(i, j, k)`` → RAS mm.
+    model_shape : (I, J, K) tuple of int
+        The model grid.
+    axis : int
+        Model-grid axis (0, 1 or 2) along which the slabs are cut.
+    dtype : numpy dtype
+        Label dtype.
+    max_points : int
+        Input voxels handled per step (bounds the temporaries).
+    """
+
+    def __init__(self, volume: Volume, model_affine: np.ndarray, model_shape: tuple[int, int, int], axis: int,
+                 dtype, *, max_points: int = 2**20) -> None:
+        self.m = np.linalg.inv(np.asarray(model_affine, float)) @ geometry.LPS_TO_RAS @ volume.affine
+        self.shape = tuple(int(s) for s in model_shape)
+        self.axis = int(axis)
+        self.label_map = np.zeros(volume.shape, dtype=dtype)
+        self._tail: Optional[torch.Tensor] = None
+        self._next = 0
+        # cut the input along the input axis that moves fastest along the model axis, so that
+        # each input chunk meets few slabs
+        self._in_axis = int(np.argmax(np.abs(self.m[self.axis, :3])))
+        per = max(1, int(np.prod(volume.shape)) // volume.shape[self._in_axis])
+        self._step = max(1, max_points // per)
+
+    def add(self, slab: slice, probabilities: torch.Tensor) -> None:
+        """Label the input voxels whose model coordinate along ``axis`` lies in ``(start - 1, stop - 1]``.
+
+        Parameters
+        ----------
+        slab : slice
+            Model-grid range along ``axis``; slabs must arrive in order and without gaps.
+        probabilities : (C, ...) tensor
+            Per-class probabilities of that slab (full extent along the other model axes).
+        """
+        a, b = int(slab.start), int(slab.stop)
+        if a != self._next:
+            raise InputError(f"slabs must arrive in order: expected one starting at {self._next}, got {a}")
+        first = probabilities.narrow(1 + self.axis, 0, 1)
+        if a > 0 and self._tail is not None:
+            # between the previous slab's last slice and this one's first: c in (a - 1, a)
+            self._label(torch.cat([self._tail, first], dim=1 + self.axis), a - 1, a - 1, a, closed=False)
+        self._label(probabilities, a, a, b - 1, closed=True)  # c in [a, b - 1]
+        self._tail = probabilities.narrow(1 + self.axis, probabilities.shape[1 + self.axis] - 1, 1).clone()
+        self._next = b
+
+    def _label(self, src: torch.Tensor, offset: int, lo: float, hi: float, *, closed: bool) -> None:
+        """Sample ``src`` (model slices from ``offset``) at the voxels with ``lo <= c <= hi`` (``closed``) or ``lo < c < hi``."""
+        dev = src.device
+        n = self.shape[self.axis]
+        shape = self.label_map.shape
+        # after clamping to the grid (border padding) c lies in [0, n - 1]: open the outer ends
+        lo_ = -np.inf if closed and lo <= 0 else lo
+        hi_ = np.inf if closed and hi >= n - 1 else hi
+        row = self.m[self.axis]
+        mt = torch.as_tensor(self.m, dtype=torch.float32, device=dev)
+        for c0 in range(0, shape[self._in_axis], self._step):
+            c1 = min(shape[self._in_axis], c0 + self._step)
+            box = [(0, s - 1) for s in shape]
+            box[self._in_axis] = (c0, c1 - 1)
+            # c is affine in the input index: its extremes lie at the corners of the chunk
+            corners = np.array(np.meshgrid(*box, indexing="ij")).reshape(3, -1)
+            cs = np.clip(row[:3] @ corners + row[3], 0, n - 1)
+            if cs.max() < lo_ - 1e-3 or cs.min() > hi_ + 1e-3:
+                continue
+            inside = cs.min() > lo_ + 1e-3 and cs.max() < hi_ - 1e-3
+            index = [slice(None)] * 3
+            index[self._in_axis] = slice(c0, c1)
+            k, j, i = (torch.arange(b[0], b[1] + 1, dtype=torch.float32, device=dev) for b in box)
+
+            def model_coordinate(a: int) -> torch.Tensor:  # as map_to_input_grid computes it
+                r = mt[a]
+                return r[0] * k[:, None, None] + r[1] * j[None, :, None] + r[2] * i[None, None, :] + r[3]
+
+            c = model_coordinate(self.axis).clamp_(0, n - 1)
+            mask = None
+            if not inside:
+                mask = ((c >= lo_) & (c <= hi_)) if closed else ((c > lo_) & (c < hi_))
+                if not bool(mask.any()):
+                    continue
+            # grid_sample's last axis is (W, H, D) = model (k', j', i'), normalised with align_corners=True
+            grid = torch.empty(c.shape + (3,), dtype=torch.float32, device=dev)
+            for a in range(3):
+                size = src.shape[1 + a]
+                coord = (c - offset) if a == self.axis else model_coordinate(a)
+                grid[..., 2 - a] = coord * (2.0 / (size - 1)) - 1.0 if size > 1 else coord * 0.0
+            del c
+            pts = grid.reshape(-1, 3) if mask is None else grid[mask]
+            del grid
+            out = F.grid_sample(src[None].float(), pts[None, None, None], mode="bilinear", padding_mode="border",
+                                align_corners=True)[0, :, 0, 0]
+            del pts
+            labels = argmax_channels(out, torch.int32).cpu().numpy().astype(self.label_map.dtype, copy=False)
+            view = self.label_map[tuple(index)]
+            if mask is None:
+                view[...] = labels.reshape(view.shape)
+            else:
+                view[mask.cpu().numpy()] = labels

@@ -1,7 +1,9 @@
 """Volume in → Segmentation out: preprocessing, sliding-window inference, exact inverse.
 
-Memory: the network runs on the (coarse) model grid; the class map is built on the input grid
-slab by slab (uint8/uint16); full input-grid probabilities are only allocated when asked.
+Memory: the network runs on the (coarse) model grid. For a class map alone, the windows are
+stitched slab by slab (:mod:`medseg.inference.stitch`) and each slab is reduced to labels on the
+input grid at once, so neither model-grid nor input-grid probabilities of the whole volume are
+held; those are only allocated when probabilities are asked for.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import torch
 from medseg.errors import InputError
 from medseg.inference.postprocess import postprocess_label_map
 from medseg.inference.preprocess import (
+    SlabArgmax,
     input_slabs,
     is_permutation,
     map_to_input_grid,
     model_axes,
     preprocess_volume,
 )
+from medseg.inference.stitch import argmax_channels, slab_axis, sliding_window_slabs
 from medseg.models.loader import LoadedModel, load_model, resolve_device
 from medseg.progress import CancelCallback, ProgressCallback, check_cancel, report
 from medseg.segmentation import Segmentation, smallest_label_dtype
@@ -69,6 +73,52 @@ def _window_count(shape: tuple[int, ...], roi: list[int], overlap: float, batch:
     return math.ceil(n / batch)
 
 
+def _model_input(volume: Volume, model: LoadedModel, progress, cancel) -> tuple[torch.Tensor, np.ndarray]:
+    """Check the volume against the model and preprocess it: ``(1, C, I, J, K)`` tensor and its RAS affine."""
+    cfg = model.config
+    if volume.channels != cfg.in_channels:
+        raise InputError(f"model {cfg.name!r} needs {cfg.in_channels} input channel(s), the volume has "
+                         f"{volume.channels}; pass a (C, Z, Y, X) volume with C = {cfg.in_channels}")
+    modality = volume.meta.get("Modality")
+    if cfg.modality != "any" and modality and modality != cfg.modality:
+        log.warning("model %s was trained on %s, the volume is %s: results may be poor", cfg.name, cfg.modality, modality)
+    report(progress, 0, None, "preprocessing")
+    x = preprocess_volume(volume, cfg.preprocessing)
+    affine = np.asarray(x.affine, dtype=float)
+    check_cancel(cancel, "segmentation")
+    return x.as_tensor()[None], affine
+
+
+def _counted_predictor(model: LoadedModel, shape: tuple[int, ...], progress, cancel):
+    """Window size and a predictor that reports progress and checks ``cancel`` on every window."""
+    cfg = model.config
+    roi, predictor, _ = _roi_and_predictor(model)
+    total = _window_count(shape, roi, cfg.inference.overlap, cfg.inference.sw_batch_size)
+    done = [0]
+
+    def counted(patch: torch.Tensor) -> torch.Tensor:
+        check_cancel(cancel, "segmentation")
+        out = predictor(patch)
+        done[0] += 1
+        report(progress, min(done[0], total or done[0]), total, "segmenting")
+        return out
+
+    return roi, counted
+
+
+def _stitch_device(model: LoadedModel, nbytes: int) -> str:
+    """Accumulate on the GPU only when ``nbytes`` comfortably fits there."""
+    dev = model.device
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return str(dev) if nbytes < 0.25 * free else "cpu"
+    return "cpu"
+
+
+def _amp(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def predict_model_grid(
     volume: Volume,
     model: LoadedModel,
@@ -92,42 +142,16 @@ def predict_model_grid(
     from monai.inferers import sliding_window_inference
 
     cfg = model.config
-    if volume.channels != cfg.in_channels:
-        raise InputError(f"model {cfg.name!r} needs {cfg.in_channels} input channel(s), the volume has "
-                         f"{volume.channels}; pass a (C, Z, Y, X) volume with C = {cfg.in_channels}")
-    modality = volume.meta.get("Modality")
-    if cfg.modality != "any" and modality and modality != cfg.modality:
-        log.warning("model %s was trained on %s, the volume is %s: results may be poor", cfg.name, cfg.modality, modality)
-    report(progress, 0, None, "preprocessing")
-    x = preprocess_volume(volume, cfg.preprocessing)
-    affine = np.asarray(x.affine, dtype=float)
-    check_cancel(cancel, "segmentation")
+    data, affine = _model_input(volume, model, progress, cancel)
     dev = model.device
-    data = x.as_tensor()[None]
-    # stitch on the GPU only when the output comfortably fits there
-    out_bytes = data.numel() * cfg.out_channels * 4
     if sw_device is None:
-        sw_device = "cpu"
-        if dev.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(dev)
-            sw_device = str(dev) if out_bytes < 0.25 * free else "cpu"
-    roi, predictor, _ = _roi_and_predictor(model)
-    total = _window_count(tuple(data.shape[2:]), roi, cfg.inference.overlap, cfg.inference.sw_batch_size)
-    done = [0]
-
-    def counted(patch: torch.Tensor) -> torch.Tensor:
-        check_cancel(cancel, "segmentation")
-        out = predictor(patch)
-        done[0] += 1
-        report(progress, min(done[0], total or done[0]), total, "segmenting")
-        return out
-
+        sw_device = _stitch_device(model, data[0, 0].numel() * cfg.out_channels * 4)
+    roi, counted = _counted_predictor(model, tuple(data.shape[2:]), progress, cancel)
     model.network.eval()
     if mc_dropout:
         enable_dropout(model.network)
-    amp = torch.autocast("cuda", dtype=torch.float16) if dev.type == "cuda" else contextlib.nullcontext()
     try:
-        with torch.inference_mode(), amp:
+        with torch.inference_mode(), _amp(dev):
             logits = sliding_window_inference(
                 data, roi, cfg.inference.sw_batch_size, counted, overlap=cfg.inference.overlap,
                 mode=cfg.inference.blending, padding_mode="replicate", sw_device=dev, device=sw_device,
@@ -142,26 +166,55 @@ def predict_model_grid(
     return probs, affine
 
 
+def _label_map_by_slabs(volume: Volume, model: LoadedModel, dtype, *, progress=None, cancel=None,
+                        _axis: Optional[int] = None) -> np.ndarray:
+    """Class map on the input grid without ever holding model-grid probabilities of the whole volume.
+
+    The network runs as in :func:`predict_model_grid` (same windows and weights, see
+    :mod:`medseg.inference.stitch`); each finished slab is reduced at once: an argmax on the
+    model grid when the grids differ only by flips (then an exact copy), otherwise softmax,
+    trilinear sampling at the input voxels it holds and argmax (:class:`SlabArgmax`).
+    """
+    cfg = model.config
+    data, affine = _model_input(volume, model, progress, cancel)
+    shape = tuple(int(s) for s in data.shape[2:])
+    roi, counted = _counted_predictor(model, shape, progress, cancel)
+    axis = slab_axis(shape, roi) if _axis is None else _axis
+    span = data[0, 0].numel() // shape[axis] * min(roi[axis], shape[axis])
+    device = _stitch_device(model, span * (cfg.out_channels + 1) * 4)
+    log.debug("stitching along model axis %d: %.0f MB of accumulators", axis, span * (cfg.out_channels + 1) * 4 / 2**20)
+    tdtype = torch.uint8 if dtype == np.uint8 else torch.int32
+    exact = is_permutation(affine, volume)
+    lab = torch.empty(shape, dtype=tdtype) if exact else None
+    inverse = None if exact else SlabArgmax(volume, affine, shape, axis, dtype)
+    model.network.eval()
+    with torch.inference_mode(), _amp(model.device):
+        slabs = sliding_window_slabs(data, roi, counted, overlap=cfg.inference.overlap, mode=cfg.inference.blending,
+                                     sw_batch_size=cfg.inference.sw_batch_size, padding_mode="replicate",
+                                     sw_device=model.device, device=device, axis=axis)
+        del data
+        for slab, logits in slabs:
+            if lab is not None:
+                index = [slice(None)] * 3
+                index[axis] = slab
+                lab[tuple(index)] = argmax_channels(logits, tdtype).cpu()
+            else:
+                inverse.add(slab, softmax_(logits))
+            del logits
+        del slabs
+    report(progress, 0, None, "mapping to the input grid")
+    if lab is None:
+        return inverse.label_map
+    out = map_to_input_grid(lab[None], affine, volume, slice(0, volume.shape[0]), mode="nearest")[0]
+    return out.numpy().astype(dtype, copy=False)
+
+
 def softmax_(x: torch.Tensor) -> torch.Tensor:
     """Softmax over dim 0 in place: no second C x grid buffer on large volumes."""
     x -= x.max(dim=0, keepdim=True).values
     x.exp_()
     x /= x.sum(dim=0, keepdim=True)
     return x
-
-
-def argmax_channels(x: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
-    """Index of the largest channel of a (C, ...) tensor (first on ties), as ``dtype``.
-
-    A running maximum over channels: C passes over the grid, no int64 temporaries.
-    """
-    best = x[0].clone()
-    out = torch.zeros(x.shape[1:], dtype=dtype, device=x.device)
-    for c in range(1, x.shape[0]):
-        better = x[c] > best
-        out.masked_fill_(better, c)
-        torch.maximum(best, x[c], out=best)
-    return out
 
 
 def predict_probabilities(
@@ -214,7 +267,8 @@ def segment(
         Used when ``model`` is not already loaded.
     probabilities : bool
         Also return per-class probabilities ``(C, Z, Y, X)`` float32 on the input grid
-        (C = labels + 1): memory grows by ``C × 4`` bytes per voxel.
+        (C = labels + 1): memory grows by ``C × 4`` bytes per voxel of the input and of the
+        model grid. Without them the class map is the same (up to float rounding at ties).
     postprocess : bool
         Apply the config's per-label clean-up.
     progress, cancel : callables, optional
@@ -227,29 +281,23 @@ def segment(
     """
     loaded = load_model(model, device=device)
     cfg = loaded.config
-    logits, affine = predict_model_grid(volume, loaded, progress=progress, cancel=cancel, softmax=False)
-    report(progress, 0, None, "mapping to the input grid")
     dtype = smallest_label_dtype(cfg.out_channels - 1)
     tdtype = torch.uint8 if dtype == np.uint8 else torch.int32
     prob_out = None
-    with torch.inference_mode():
-        if is_permutation(affine, volume) and not probabilities:
-            # same grid up to flips: argmax on the model grid, then an exact uint8 copy
-            lab = argmax_channels(logits, tdtype)
-            del logits
-            label_map = map_to_input_grid(lab[None], affine, volume, slice(0, volume.shape[0]))[0].cpu().numpy()
-            label_map = label_map.astype(dtype, copy=False)
-        else:
-            probs = softmax_(logits)
-            label_map = np.empty(volume.shape, dtype=dtype)
-            prob_out = np.empty((probs.shape[0],) + volume.shape, dtype=np.float32) if probabilities else None
+    if not probabilities:
+        label_map = _label_map_by_slabs(volume, loaded, dtype, progress=progress, cancel=cancel)
+    else:
+        probs, affine = predict_model_grid(volume, loaded, progress=progress, cancel=cancel)
+        report(progress, 0, None, "mapping to the input grid")
+        label_map = np.empty(volume.shape, dtype=dtype)
+        prob_out = np.empty((probs.shape[0],) + volume.shape, dtype=np.float32)
+        with torch.inference_mode():
             for zs in input_slabs(volume.shape, probs.shape[0]):
                 check_cancel(cancel, "segmentation")
                 p = map_to_input_grid(probs, affine, volume, zs)
                 label_map[zs] = argmax_channels(p, tdtype).cpu().numpy().astype(dtype, copy=False)
-                if prob_out is not None:
-                    prob_out[:, zs] = p.cpu().numpy()
-            del probs
+                prob_out[:, zs] = p.cpu().numpy()
+        del probs
     labels = cfg.label_table
     if postprocess and cfg.postprocessing:
         label_map = postprocess_label_map(label_map, cfg.postprocessing, labels,
