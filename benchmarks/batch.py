@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/batch.py [--series 6] [--shape 48 160 160] [--model threshold]
                                [--formats nifti,seg,rtstruct,stl,stats] [--repeat 1]
-                               [--threads-baseline] [--fresh] [--labels 10 50 100]
+                               [--threads-baseline] [--fresh] [--ceiling] [--labels 10 50 100]
 
 Generates a study of phantom CT series written as DICOM, runs ``run_batch`` with 1 and then 2
 workers (fresh output folders, same study, same run) and prints series/minute and the ratio.
@@ -21,6 +21,11 @@ By default the runs share this process (the 1-worker run imports the I/O and exp
 which later runs then find imported; the 2-worker pool imports them again in its fork server).
 ``--fresh`` runs each batch in a new interpreter timed from its start, as ``medseg batch`` runs:
 every run pays its own interpreter start and imports.
+
+``--ceiling`` first measures what two processes can gain on this machine at all: the same warm
+series processed by one process alone, then by two processes at once (no pool, start-up or
+discovery). Shared caches, memory bandwidth and virtual CPUs keep this below 2.0x; a 2-worker
+batch cannot beat it.
 
 Each run also prints where the time went: discovery (until the series count is known), the
 span from then to the last finished series, and the tail (pool shutdown and summary). Then
@@ -134,6 +139,49 @@ def _run_once(args) -> None:
     print(json.dumps({"marks": marks, "own_cpu": _own_cpu_s(), "counts": s["counts"]}))
 
 
+def _ceiling_worker(study: str, out: str, args_model: str, formats: str, n: int, barrier, results) -> None:
+    """Process ``n`` series of the study serially in this process, after the others are ready."""
+    from medseg.batch import BatchConfig, SegmenterSpec, discover_series
+    from medseg.batch.series import process_series
+
+    spec = SegmenterSpec(None if args_model == "default" else args_model, "cpu",
+                         threads=1 if args_model != "threshold" else None)
+    seg = spec.build()
+    options = BatchConfig(formats=tuple(formats.split(",")), segmenter=spec).series_options
+    tasks = discover_series(study).tasks
+    Path(out).mkdir(parents=True)
+    process_series(tasks[0], out, options, seg)  # warm: imports and first-call caches
+    barrier.wait()
+    t0 = time.perf_counter()
+    for i in range(n):
+        process_series(tasks[i % len(tasks)], out, options, seg)
+    results.put(time.perf_counter() - t0)
+
+
+def bench_ceiling(study: Path, tmp: Path, args) -> float:
+    """What two processes can gain on this machine: the same series, warm, in 1 process alone vs in
+    2 processes at once (no pool, no start-up, no discovery): the best ratio a 2-worker batch can reach."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    n = max(2, args.series // 2)
+    times = {}
+    for procs in (1, 2):
+        barrier, results = ctx.Barrier(procs), ctx.Queue()
+        ps = [ctx.Process(target=_ceiling_worker, args=(str(study), str(tmp / f"ceil{procs}_{i}"), args.model,
+                                                        args.formats, n, barrier, results)) for i in range(procs)]
+        for p in ps:
+            p.start()
+        times[procs] = [results.get() for _ in ps]
+        for p in ps:
+            p.join()
+    alone, together = times[1][0], max(times[2])
+    ceiling = 2 * alone / together
+    print(f"machine ceiling: {n} warm series in {alone:.1f} s alone, in {together:.1f} s each with 2 processes at once "
+          f"-> at most {ceiling:.2f}x for 2 workers (load average 1 min {os.getloadavg()[0]:.2f})")
+    return ceiling
+
+
 def bench_workers(study: Path, tmp: Path, args) -> None:
     from medseg.batch import SegmenterSpec
     from medseg.batch.pool import available_cores
@@ -217,6 +265,8 @@ def main() -> None:
                     help="also run 1 worker with torch's default threads (learned models)")
     ap.add_argument("--fresh", action="store_true",
                     help="run each batch in a new interpreter, timed from its start (what `medseg batch` users see)")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="first measure what 2 processes gain on this machine (same warm series, 1 vs 2 at once)")
     ap.add_argument("--skip-workers", action="store_true")
     ap.add_argument("--run-once", nargs=2, metavar=("STUDY", "OUT"), help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
@@ -229,6 +279,8 @@ def main() -> None:
     try:
         if not args.skip_workers:
             make_study(tmp / "study", args.series, tuple(args.shape))
+            if args.ceiling:
+                bench_ceiling(tmp / "study", tmp, args)
             bench_workers(tmp / "study", tmp, args)
         if args.labels:
             bench_seg(tmp, args)
