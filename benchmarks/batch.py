@@ -95,6 +95,7 @@ def _timed_run(study: Path, out: Path, args, spec, workers: int) -> dict:
         marks.setdefault("discovered", now)  # the first call comes when discovery has ended
         if done:
             marks["last_series"] = now
+            marks.setdefault("done_times", []).append(now)
 
     s = run_batch(study, out, config=BatchConfig(formats=tuple(args.formats.split(",")), segmenter=spec,
                                                  workers=workers), progress=progress)
@@ -116,7 +117,7 @@ def _fresh_run(study: Path, out: Path, args, threads: Optional[int], workers: in
     wall = time.perf_counter() - t0
     child = json.loads(res.stdout.strip().splitlines()[-1])
     assert child["counts"] == {"ok": args.series}, child["counts"]
-    marks = {k: v - t_abs for k, v in child["marks"].items()}
+    marks = {k: ([t - t_abs for t in v] if isinstance(v, list) else v - t_abs) for k, v in child["marks"].items()}
     others = max(0.0, _busy_cpu_s() - busy0 - child["own_cpu"])
     return {"wall": wall, "rate": args.series / wall * 60, "own_cpu": child["own_cpu"], "others_cpu": others, **marks}
 
@@ -131,6 +132,7 @@ def _run_once(args) -> None:
         marks.setdefault("discovered", time.time())
         if done:
             marks["last_series"] = time.time()
+            marks.setdefault("done_times", []).append(time.time())
 
     spec = SegmenterSpec(None if args.model == "default" else args.model, "cpu", threads=args.threads or None)
     study, out = args.run_once
@@ -182,6 +184,14 @@ def bench_ceiling(study: Path, tmp: Path, args) -> float:
     return ceiling
 
 
+def _steady_rate(done_times: list, workers: int) -> float:
+    """Series per minute between the ``workers``-th finished series and the last one."""
+    t = sorted(done_times)
+    if len(t) <= workers or t[-1] <= t[workers - 1]:
+        return float("nan")
+    return (len(t) - workers) / (t[-1] - t[workers - 1]) * 60
+
+
 def bench_workers(study: Path, tmp: Path, args) -> None:
     from medseg.batch import SegmenterSpec
     from medseg.batch.pool import available_cores
@@ -209,6 +219,11 @@ def bench_workers(study: Path, tmp: Path, args) -> None:
                   f"{r['discovered']:.1f} s, last series done at {r['last_series']:.1f} s, end {r['wall']:.1f} s; "
                   f"CPU: this run {r['own_cpu']:.1f} s, other processes {r['others_cpu']:.1f} s)")
         load_after = os.getloadavg()
+        steady = {i: _steady_rate(r["done_times"], workers) for i, (r, (_, _, workers)) in
+                  enumerate(zip(res.values(), runs))}
+        print(f"  steady state (after each worker's first series, start-up excluded): "
+              + ", ".join(f"{runs[i][0]} {v:.2f}" for i, v in steady.items()) + " series/min -> "
+              f"{steady[1] / steady[0]:.2f}x")
         line = f"run {rep + 1}: speed-up 2 vs 1 workers: {res[1]['rate'] / res[0]['rate']:.2f}x"
         if len(runs) > 2:
             line += f"; 2 workers vs 1 worker with {cores} threads: {res[1]['rate'] / res[2]['rate']:.2f}x"
