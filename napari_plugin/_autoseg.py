@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 from qtpy.QtCore import Qt
@@ -123,13 +123,15 @@ class AutoSegmentWidget(QWidget):
             on_done=lambda result: self._show(result, image),
         )
 
-    def _show(self, result: Any, image: Any) -> None:
+    def _show(self, result: Any, image: Any) -> Iterator[None]:
+        """GUI steps (one layer each, see :class:`TaskRunner`): class map, then heatmap."""
         seg, heat = result
         data, kwargs, kind = labels_layer_data(seg, name=f"{image.name} segmentation",
                                                opacity=self.opacity.value() / 100.0)
         kwargs["metadata"][METADATA_KEY]["source"] = source_metadata(image)
         self.result_layer = add_layer_data(self.viewer, (data, kwargs, kind))
         if heat is not None:
+            yield
             self.heatmap_layer = add_layer_data(self.viewer, probability_layer_data(
                 heat, name=f"{image.name} probability"))
         self.viewer.layers.selection.active = self.result_layer

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 from qtpy.QtWidgets import (
@@ -236,7 +236,8 @@ class InteractiveWidget(QWidget):
         return self.runner.start(_start, volume, self.engine_combo.currentText(), seg,
                                  label="starting session", on_done=lambda r: self._started(r, image))
 
-    def _started(self, result: Any, image: Any) -> None:
+    def _started(self, result: Any, image: Any) -> Iterator[None]:
+        """GUI steps (one layer each, see :class:`TaskRunner`): objects, preview, prompts."""
         from medseg_napari._autoseg import source_metadata
 
         self.session, seg = result
@@ -245,9 +246,11 @@ class InteractiveWidget(QWidget):
         for layer in (self.objects_layer, self.preview_layer, self.points_layer):
             if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
+                yield
         data, kwargs, kind = labels_layer_data(seg, name=f"{image.name} objects", opacity=0.5)
         kwargs["metadata"][METADATA_KEY]["source"] = source_metadata(image)
         self.objects_layer = add_layer_data(self.viewer, (data, kwargs, kind))
+        yield
         from medseg.labels import Label, LabelTable
 
         preview_table = LabelTable((Label(1, "current object", (255, 255, 0)),))
@@ -255,8 +258,10 @@ class InteractiveWidget(QWidget):
             type(seg)(seg.label_map.with_array(np.zeros(seg.array.shape, np.uint8)), preview_table),
             name="current object", opacity=0.6)
         self.preview_layer = add_layer_data(self.viewer, (pdata, pkw, pkind))
+        yield
         self.points_layer = self.viewer.add_points(
             np.zeros((0, 3)), name="prompts", size=6, face_color=_POS_COLOR, ndim=3)
+        yield
         self.viewer.layers.selection.active = image
         self._refresh_labels_combo()
         self._update_locked(seg.labels)
@@ -353,14 +358,17 @@ class InteractiveWidget(QWidget):
     def _show_mask(self, patch: Any) -> None:
         apply_patch(self.preview_layer, patch)
 
-    def _show_segmentation(self, patch: Any, labels: Any) -> None:
+    def _show_segmentation(self, patch: Any, labels: Any) -> Iterator[None]:
+        """GUI steps: the changed box of the objects layer, then (if the table changed) its colours."""
         layer = self.objects_layer
         if layer is None:
             return
         apply_patch(layer, patch)
-        layer.colormap = label_colormap(labels)
-        layer.features = label_features(labels)
-        layer.metadata[METADATA_KEY]["labels"] = labels.to_dict()
+        if labels != self._labels:  # a new colormap re-maps the whole slice: only when needed
+            yield
+            layer.colormap = label_colormap(labels)
+            layer.features = label_features(labels)
+            layer.metadata[METADATA_KEY]["labels"] = labels.to_dict()
         self._update_locked(labels)
 
     def _update_locked(self, labels: Any = None) -> None:
@@ -384,9 +392,11 @@ class InteractiveWidget(QWidget):
         return self.runner.start(_accept, self.session, name, self.preview_layer.data, self.objects_layer.data,
                                  label="accepting", on_done=self._accepted)
 
-    def _accepted(self, result: Any) -> None:
+    def _accepted(self, result: Any) -> Iterator[None]:
+        """GUI steps (see :class:`TaskRunner`): objects layer, its colours, preview and prompts."""
         index, preview_patch, objects_patch, labels = result
-        self._show_segmentation(objects_patch, labels)
+        yield from self._show_segmentation(objects_patch, labels)
+        yield
         self._show_mask(preview_patch)
         if self.points_layer is not None:
             self.points_layer.data = np.zeros((0, 3))
@@ -398,10 +408,12 @@ class InteractiveWidget(QWidget):
         if self.session is None or self.runner.busy:
             return False
 
-        def done(result: Any) -> None:
+        def done(result: Any) -> Iterator[None]:
             changed, preview_patch, objects_patch, labels = result
             self._show_mask(preview_patch)
-            self._show_segmentation(objects_patch, labels)
+            yield
+            yield from self._show_segmentation(objects_patch, labels)
+            yield
             if self.points_layer is not None and len(self.points_layer.data):
                 self.points_layer.data = self.points_layer.data[:-1]
             if not changed:

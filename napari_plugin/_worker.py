@@ -8,12 +8,13 @@ the GUI thread, which only swaps arrays into layers. The GUI thread never comput
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -59,6 +60,8 @@ class TaskRunner(QWidget):
         self._bridge.progressed.connect(self._on_progress, Qt.ConnectionType.QueuedConnection)
         self._cancel = threading.Event()
         self._worker: Any = None
+        self._steps: Optional[Iterator[Any]] = None  # GUI steps of an on_done generator
+        self._finish_pending: Optional[Callable[[], None]] = None
         self._last_emit = 0.0
         self.last_error: Optional[BaseException] = None
         self.bar = QProgressBar()
@@ -79,8 +82,8 @@ class TaskRunner(QWidget):
 
     @property
     def busy(self) -> bool:
-        """True while a task runs."""
-        return self._worker is not None
+        """True while a task runs (its worker, or the GUI steps of its ``on_done``)."""
+        return self._worker is not None or self._steps is not None
 
     def cancel(self) -> None:
         """Ask the running task to stop at its next safe point."""
@@ -119,7 +122,7 @@ class TaskRunner(QWidget):
         :mod:`._process`): for library code that holds the GIL. ``fn`` and its arguments must
         then be picklable.
         """
-        if self._worker is not None:
+        if self.busy:
             self.status.setText("busy: wait for the running task or cancel it")
             return False
         from napari.qt.threading import create_worker
@@ -143,15 +146,23 @@ class TaskRunner(QWidget):
             self.status.setText(f"{label}: done in {time.perf_counter() - t0:.1f} s")
             if on_done is not None:
                 try:
-                    on_done(result)
+                    out = on_done(result)
                 except Exception as exc:  # noqa: BLE001 - report, never crash the GUI
                     self._report(exc, label, on_error)
+                    return
+                if inspect.isgenerator(out):
+                    self._steps = out
+                    self._step_later(label, on_error)
 
         def failed(exc: BaseException) -> None:
             self._report(exc, label, on_error)
 
         def finish() -> None:
             self._worker = None
+            if self._steps is not None:  # GUI steps still to run: finish after the last one
+                self._finish_pending = finish
+                return
+            self._finish_pending = None
             self.bar.setRange(0, 1)
             self.bar.setValue(1 if self.last_error is None else 0)
             self.cancel_button.setEnabled(False)
@@ -162,6 +173,28 @@ class TaskRunner(QWidget):
         worker.finished.connect(finish)
         worker.start()
         return True
+
+    def _step_later(self, label: str, on_error: Optional[Callable[[BaseException], None]]) -> None:
+        # a 0 ms timer runs after the events already queued (repaints, heartbeat timers, input)
+        QTimer.singleShot(0, lambda: self._step(label, on_error))
+
+    def _step(self, label: str, on_error: Optional[Callable[[BaseException], None]]) -> None:
+        """Run the next GUI step of an ``on_done`` generator."""
+        steps = self._steps
+        if steps is None:
+            return
+        try:
+            next(steps)
+        except StopIteration:
+            self._steps = None
+        except Exception as exc:  # noqa: BLE001 - report, never crash the GUI
+            self._steps = None
+            self._report(exc, label, on_error)
+        else:
+            self._step_later(label, on_error)
+            return
+        if self._finish_pending is not None:
+            self._finish_pending()
 
     def _report(self, exc: BaseException, label: str, on_error: Optional[Callable[[BaseException], None]]) -> None:
         from medseg.errors import CancelledError
