@@ -42,7 +42,7 @@ def edge_weights(features: np.ndarray, spacing: Sequence[float], *, beta: float)
 
 def solve_walker(weights: list[np.ndarray], prior: np.ndarray, *, gamma: float,
                  seeds: np.ndarray, seed_values: np.ndarray, x0: Optional[np.ndarray] = None,
-                 rtol: float = 1e-2, maxiter: int = 100) -> np.ndarray:
+                 rtol: float = 1e-2, maxiter: int = 100, free_norm: bool = True) -> np.ndarray:
     """Solve the random walker with priors.
 
     Parameters
@@ -88,7 +88,14 @@ def solve_walker(weights: list[np.ndarray], prior: np.ndarray, *, gamma: float,
     rhs = gamma * prior.astype(np.float64) + big * s * seed_values
     a_mat = sparse.diags([d.ravel()] + bands, [0] + offsets, shape=(n, n), format="csr")
     start = (x0 if x0 is not None else prior).astype(np.float64).ravel()
-    x = _pcg(a_mat, rhs.ravel(), 1.0 / d.ravel(), start, rtol=rtol, maxiter=maxiter)
+    # convergence is judged on the free voxels: the seed rows (scaled by ``big``) would
+    # otherwise dominate ||b|| and stop the iteration before the prior and edges are felt
+    if free_norm:
+        free = ~seeds.ravel()
+        bref = float(np.sqrt(_dot(rhs.ravel()[free], rhs.ravel()[free]))) if free.any() else 1.0
+    else:
+        bref = None
+    x = _pcg(a_mat, rhs.ravel(), 1.0 / d.ravel(), start, rtol=rtol, maxiter=maxiter, bnorm=bref)
     return np.clip(x, 0.0, 1.0).reshape(shape).astype(np.float32)
 
 
@@ -99,10 +106,13 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _pcg(a_mat, b: np.ndarray, inv_diag: np.ndarray, x: np.ndarray, *, rtol: float,
-         maxiter: int) -> np.ndarray:
-    """Jacobi-preconditioned conjugate gradients on ``a_mat x = b`` (SPD), from ``x``."""
+         maxiter: int, bnorm: Optional[float] = None) -> np.ndarray:
+    """Jacobi-preconditioned conjugate gradients on ``a_mat x = b`` (SPD), from ``x``.
+
+    Stops when ``||r|| <= rtol * bnorm`` (``bnorm`` defaults to ``||b||``) or after ``maxiter``.
+    """
     r = b - a_mat @ x
-    bnorm = max(np.sqrt(_dot(b, b)), 1e-30)
+    bnorm = max(np.sqrt(_dot(b, b)) if bnorm is None else bnorm, 1e-30)
     z = inv_diag * r
     p = z.copy()
     rz = _dot(r, z)

@@ -70,6 +70,10 @@ class ClassicalConfig:
     smooth: float = 1.0
     otsu_mode: str = 'mix'
     otsu_mode_frac: float = 1.0
+    free_norm: bool = False
+    open_frac: float = 0.5
+    aniso: float = 2.0
+    aniso_reach: float = 4.0
 
 
 @dataclass
@@ -107,6 +111,7 @@ class ClassicalEngine:
         self._ct = False
         self._cache: dict = {}
         self.timings: dict[str, float] = {}  # seconds per stage of the last predict (profiling)
+        self._ell: dict = {}  # elongated spatial priors of positive clicks, per ROI grid and click
 
     def _tick(self, stage: str) -> None:
         now = time.perf_counter()
@@ -130,6 +135,7 @@ class ClassicalEngine:
     def reset(self) -> None:
         """Forget warm-start state (a new object begins)."""
         self._cache = {}
+        self._ell = {}
 
     # -- prediction -------------------------------------------------------------------------
     def predict(self, prompts: ObjectPrompts, *, blocked: Optional[np.ndarray] = None,
@@ -193,7 +199,12 @@ class ClassicalEngine:
                 else:
                     lo, hi = np.minimum(lo, plo), np.maximum(hi, phi)
             sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-            mask = self._predict_roi(sl, pos, neg, prompts.box, blocked, previous, prompts)
+            may_grow = attempt < cfg.max_grow and prompts.box is None
+            mask = self._predict_roi(sl, pos, neg, prompts.box, blocked, previous, prompts,
+                                     grow_faces=(lo > 0, hi < np.asarray(shape)) if may_grow else None)
+            if mask is None:  # the working-grid mask touches an inner ROI face: grow first
+                margin *= 2.0
+                continue
             touching = False
             for ax in range(3):
                 if lo[ax] > 0 and np.take(mask, 0, axis=ax).any():
@@ -247,7 +258,8 @@ class ClassicalEngine:
         scale = max(noise * 1.4826, spread / 100.0, 1e-6)
         return x / scale
 
-    def _predict_roi(self, sl, pos, neg, box, blocked, previous=None, prompts=None) -> np.ndarray:
+    def _predict_roi(self, sl, pos, neg, box, blocked, previous=None, prompts=None,
+                     grow_faces=None) -> Optional[np.ndarray]:
         cfg = self.config
         old = (self._cache.get("wkey"), self._cache.get("wmask"), self._cache.get("wprev_src"))
         roi_native = self._image[sl]
@@ -326,6 +338,14 @@ class ClassicalEngine:
                 log.debug('support radius %.1f mm', r_c)
                 dd = np.maximum(np.sqrt(d2) - cfg.plateau * r_c, 0.0)
                 spatial = np.exp(-0.5 * (dd / (cfg.extent * r_c)) ** 2)
+                if cfg.aniso > 1 and not len(others):
+                    ekey = (tuple((a.start, a.stop) for a in sl), tuple(f), tuple(int(v) for v in c), round(r_c, 6), mu, sd)
+                    if ekey not in self._ell:
+                        if len(self._ell) > 64:
+                            self._ell.clear()
+                        self._ell[ekey] = _elongated_spatial(li > floor, c, r_c, wsp, grids, cfg)
+                    if self._ell[ekey] is not None:
+                        spatial = self._ell[ekey]
                 if cfg.reach > 0 and not len(others):
                     # voxels connected to the click through well-matching intensity (tubes,
                     # elongated organs) keep a high prior up to ``reach`` support radii
@@ -340,9 +360,10 @@ class ClassicalEngine:
 
         self._tick("smooth")
         l_fg = local(fg_models, centres, [])
-        l_bg = np.maximum(cfg.negative_strength * local(stats(wneg), list(wneg), centres),
-                          cfg.background_weight * floor)
+        l_neg = cfg.negative_strength * local(stats(wneg), list(wneg), centres)
+        l_bg = np.maximum(l_neg, cfg.background_weight * floor)
         prior = l_fg / (l_fg + l_bg + 1e-12)
+        zone = None
         if previous is not None and prompts is not None and prompts.last is not None and len(prompts.last):
             prev_w = self._previous_on_grid(previous, sl, f, wshape)
             if prev_w is not None:
@@ -357,6 +378,7 @@ class ClassicalEngine:
                     d2 = sum((g - float(ci) * sp_) ** 2 for g, ci, sp_ in zip(grids, c, wsp))
                     np.maximum(w, np.exp(-0.5 * d2 / r_inf ** 2), out=w)
                 prior = w * prior + (1.0 - w) * prev_w
+                zone = (w, prev_w)
         self._tick("prior")
         seeds = np.zeros(wshape, bool)
         values = np.zeros(wshape, np.float64)
@@ -388,7 +410,7 @@ class ClassicalEngine:
         if cfg.warm_start and self._cache.get("key") == key:
             x0 = self._cache["x"]
         x = solve_walker(weights, prior, gamma=cfg.gamma, seeds=seeds, seed_values=values, x0=x0,
-                         rtol=cfg.cg_rtol, maxiter=cfg.cg_maxiter)
+                         rtol=cfg.cg_rtol, maxiter=cfg.cg_maxiter, free_norm=cfg.free_norm)
         self._cache = {"key": key, "x": x, "work_key": wkey, "work": work}
         self._tick("solve")
 
@@ -400,9 +422,18 @@ class ClassicalEngine:
         keep = np.unique([lab[tuple(p)] for p in wpos]) if len(wpos) else np.unique(lab[wmask])
         keep = keep[keep > 0]
         wmask = np.isin(lab, keep)
+        if cfg.open_frac > 0 and len(wpos) and wmask.any():
+            wmask = _cut_thin_leaks(wmask, wpos, wsp, cfg.open_frac)
         if cfg.fill_holes:
             wmask = ndi.binary_fill_holes(wmask)
         self._tick("post_grid")
+        if grow_faces is not None:
+            # the ROI will grow when the object reaches an inner face: decide on the working
+            # grid, before any native-resolution work
+            for ax in range(3):
+                if (grow_faces[0][ax] and np.take(wmask, 0, axis=ax).any()) or \
+                        (grow_faces[1][ax] and np.take(wmask, -1, axis=ax).any()):
+                    return None
         # back to native resolution: linear interpolation of the probability near the
         # boundary for small ROIs, nearest neighbour for large ones (bounded cost)
         if np.any(f > 1):
@@ -445,6 +476,68 @@ class ClassicalEngine:
                     mask[tuple(p)] = False
         self._cache.update(wkey=(sl, tuple(f)), wmask=wmask.astype(np.float32), wprev_src=mask)
         return mask
+
+def _cut_thin_leaks(wmask: np.ndarray, wpos: np.ndarray, wsp: Sequence[float], frac: float) -> np.ndarray:
+    """Cut thin appendages of the object (leaks along thin tissue of the same intensity).
+
+    An opening with a ball of radius ``frac`` x the object's depth at its deepest click (mm),
+    computed with distance transforms; the parts of the opening that hold a click are kept,
+    and the object's own boundary layer next to them is given back (``wmask`` within the
+    radius of the kept body), so only appendages thinner than the ball and farther than its
+    radius from the body are removed.
+    """
+    dist_in = ndi.distance_transform_edt(np.pad(wmask, 1), sampling=wsp)[1:-1, 1:-1, 1:-1]
+    depth = max(float(dist_in[tuple(p)]) for p in wpos)
+    r_mm = frac * depth
+    if r_mm < min(wsp):
+        return wmask
+    core = dist_in > r_mm
+    if not core.any():
+        return wmask
+    opened = ndi.distance_transform_edt(~core, sampling=wsp) <= r_mm
+    for p in wpos:
+        opened[tuple(p)] = True
+    lab, _ = ndi.label(opened)
+    keep = np.unique([lab[tuple(p)] for p in wpos])
+    main = np.isin(lab, keep[keep > 0])
+    return wmask & (ndi.distance_transform_edt(~main, sampling=wsp) <= r_mm)
+
+
+def _elongated_spatial(match, c, r_c, wsp, grids, cfg) -> Optional[np.ndarray]:
+    """Spatial prior of a click shaped by the matching tissue around it (tubes, long organs).
+
+    The voxels that match the click's intensity and connect to it within ``aniso_reach``
+    support radii give a second-moment ellipsoid about the click; the Gaussian's shortest
+    axis keeps the support radius, the others stretch by the ellipsoid's axis ratios (at most
+    ``aniso``). A compact target gives a near-sphere, i.e. the isotropic prior.
+    """
+    reach = cfg.aniso_reach * r_c
+    half = [max(1, int(np.ceil(reach / s_))) for s_ in wsp]
+    lo = [max(0, int(ci) - h) for ci, h in zip(c, half)]
+    hi = [min(n, int(ci) + h + 1) for ci, n, h in zip(c, match.shape, half)]
+    sub = match[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    cc = tuple(int(ci) - l for ci, l in zip(c, lo))
+    if not sub[cc]:
+        return None
+    lab, _ = ndi.label(sub)
+    pts = np.argwhere(lab == lab[cc]).astype(np.float64)
+    if len(pts) < 10:
+        return None
+    d = (pts - np.asarray(cc, float)) * np.asarray(wsp)
+    d = d[np.sum(d ** 2, axis=1) <= reach ** 2]
+    if len(d) < 10:
+        return None
+    evals, evecs = np.linalg.eigh(np.einsum("ni,nj->ij", d, d) / len(d))  # no BLAS (see _walker)
+    evals = np.maximum(evals, 1e-6)
+    ratio = np.minimum(np.sqrt(evals / evals[0]), cfg.aniso)
+    sig = cfg.extent * r_c * ratio
+    dz, dy, dx = (g - float(ci) * s_ for g, ci, s_ in zip(grids, c, wsp))
+    m2 = 0.0
+    for k in range(3):
+        e = evecs[:, k]
+        m2 = m2 + ((e[0] * dz + e[1] * dy + e[2] * dx) / sig[k]) ** 2
+    return np.exp(-0.5 * m2).astype(np.float32)
+
 
 def _otsu(values: np.ndarray) -> Optional[float]:
     """Otsu threshold of a 1D sample (None when it is constant)."""

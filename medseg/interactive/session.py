@@ -112,6 +112,7 @@ class Session:
         self.engine = make_engine(engine)
         self._volume: Optional[Volume] = None
         self._labels: Optional[np.ndarray] = None
+        self._any_locked = False  # whether _labels holds any voxel (else no blocking work per click)
         self._table = LabelTable(())
         self._mask: Optional[np.ndarray] = None
         self._obj = _Object()
@@ -129,11 +130,13 @@ class Session:
         if segmentation is not None:
             volume.require_same_grid(segmentation.label_map, what="segmentation")
             self._labels = np.array(segmentation.array, copy=True)
+            self._any_locked = bool(self._labels.any())
             self._table = segmentation.labels
             for idx in segmentation.unknown_indices():
                 self._table = self._table.with_label(Label(idx, f"label_{idx}", default_color(idx)))
         else:
             self._labels = np.zeros(volume.shape, np.uint8)
+            self._any_locked = False
             self._table = LabelTable(())
         self._mask = np.zeros(volume.shape, bool)
         self._obj = _Object()
@@ -213,19 +216,24 @@ class Session:
         if len(prompts.positive) == 0 and prompts.box is None:
             sl, roi = (slice(0, 0),) * 3, np.zeros((0, 0, 0), bool)
         else:
-            sl, roi = self.engine.predict(prompts, blocked=self._labels, previous=previous)
+            blocked = self._labels if self._any_locked else None
+            sl, roi = self.engine.predict(prompts, blocked=blocked, previous=previous)
             roi = np.asarray(roi, bool)
-            roi &= self._labels[sl] == 0  # in place: the engine may recognise its own array next time
+            if self._any_locked:
+                roi &= self._labels[sl] == 0  # in place: the engine may recognise its own array next time
         patch = _Patch.pack(sl, roi)
         self._set_patch(patch, roi)
         self._roi_cache = (patch, roi)
 
     def _set_patch(self, patch: _Patch, roi: Optional[np.ndarray] = None) -> None:
         old = self._obj.patch
-        if old.shape != (0, 0, 0):
-            self._mask[old.slices] = False
-        if patch.shape != (0, 0, 0):
-            self._mask[patch.slices] |= patch.unpack() if roi is None else roi
+        if old.shape != (0, 0, 0) and patch.shape != (0, 0, 0) and old.slices == patch.slices:
+            self._mask[patch.slices] = patch.unpack() if roi is None else roi  # same ROI: one pass
+        else:
+            if old.shape != (0, 0, 0):
+                self._mask[old.slices] = False
+            if patch.shape != (0, 0, 0):
+                self._mask[patch.slices] |= patch.unpack() if roi is None else roi
         self._obj.patch = patch
 
     # -- undo / reset -----------------------------------------------------------------------
@@ -244,6 +252,7 @@ class Session:
         if self._accepted:
             last = self._accepted.pop()
             self._labels[self._labels == last.index] = 0
+            self._any_locked = bool(self._labels.any())
             self._table = LabelTable(tuple(l for l in self._table if l.index != last.index))
             self._obj = _Object(last.prompts, last.history, _EMPTY, last.name, last.index)
             self._set_patch(last.patch)
@@ -307,6 +316,7 @@ class Session:
             self._labels = self._labels.astype(dt)
         free = self._labels == 0
         self._labels[self._mask & free] = index
+        self._any_locked = True
         self._table = self._table.with_label(label)
         obj = self._obj
         obj.name, obj.index = name, int(index)
