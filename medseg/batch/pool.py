@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 #: modules every worker needs, imported once in the fork server instead of once per worker
 PRELOAD = ["medseg.batch.pool", "medseg.export", "medseg.io.dicom", "highdicom", "highdicom.seg", "pydicom",
            "highdicom.seg.sop", "pydicom.sr.codedict", "scipy.ndimage", "skimage.measure",
-           "skimage.measure._find_contours", "skimage.measure._marching_cubes_lewiner", "nibabel", "SimpleITK",
-           "stl.mesh", "medseg.batch._warmup"]
+           "skimage.measure._find_contours", "skimage.measure._marching_cubes_lewiner", "nibabel", "stl.mesh",
+           "medseg.batch._warmup"]  # not SimpleITK (0.5 s): only NRRD/MHA series need it, they import it
 #: added for learned models: torch and MONAI take seconds to import, model weights milliseconds to load.
 #: Importing them starts no OpenMP threads (only OpenBLAS servers, which are fork-safe), so forking
 #: after the import is safe; torch's thread pool is created in each worker, after its thread count is set.
