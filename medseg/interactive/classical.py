@@ -1,25 +1,42 @@
-"""The training-free default engine: ROI random walker with click-learned intensity priors.
+"""The training-free default engine: ROI random walker with click-learned, shape-aware priors.
 
 For each prediction (one object, all its prompts):
 
 1. **ROI**: a box around the positive prompts (and the current mask) plus a margin in mm; it
-   grows (x2) when the mask touches an ROI face that is not the volume border. Work outside the
-   ROI is never done, so a click's cost does not grow with the volume.
+   grows (x2 margin) while the object touches an ROI face that is not the volume border. The
+   touch test runs on the working grid, before any native-resolution work, so a growing first
+   click pays the native upsampling once. Work outside the ROI is never done.
 2. **Working grid**: the ROI is mean-pooled by integer factors so that it holds at most
-   ``max_voxels`` voxels, as isotropic as the native spacing allows.
-3. **Modality-aware normalisation**: CT (``meta["Modality"] == "CT"`` or HU-like range) is
-   clipped to [-1024, 3071] HU; other images to their 0.5–99.5 percentiles in the ROI; both
-   are scaled by a robust noise estimate, so that priors and edge weights are unit-free.
+   ``max_voxels`` voxels, as isotropic as the native spacing allows (cached while the ROI stays).
+3. **Modality-aware normalisation**: CT is clipped to [-1024, 3071] HU; other images to their
+   0.5-99.5 percentiles in the ROI; both are scaled by a robust noise estimate, so that priors
+   and edge weights are unit-free.
 4. **Intensity model learned from the clicks**: each positive prompt contributes a Gaussian
-   (mean and spread of the smoothed image in a small ball around it), each negative prompt
-   likewise; a heterogeneous target gets one mode per click. The foreground prior of a voxel
-   is the best positive likelihood against the best negative likelihood and a fixed "anything
-   else" level.
-5. **Random walker with priors** (:mod:`._walker`): clicks are hard seeds, locked labels and
-   negative clicks background seeds; warm-started from the previous solution.
-6. **Post-processing** at native resolution: the probability is upsampled linearly, thresholded
-   at 0.5, restricted to the connected components that hold positive clicks, holes filled,
-   clicked voxels honoured exactly.
+   (value of the smoothed image at the click; spread from a small ball around it, bounded by
+   the local Otsu threshold), each negative prompt likewise; a heterogeneous target gets one
+   mode per click. A click's spatial support is the largest ball in which most voxels match.
+5. **Shape of a click's support** (``aniso``): the matching voxels connected to the click within
+   ``aniso_reach`` support radii give a second-moment ellipsoid; the spatial Gaussian keeps the
+   support radius on its shortest axis and stretches up to ``aniso`` times along the others, so
+   tubes and long organs (aorta, stomach, kidneys) are followed; compact targets stay isotropic.
+   Cached per click while the ROI stays. Negative clicks reach at most half way to the
+   nearest positive click.
+6. **Corrections stay local**: after a correction the prior is the previous mask outside the
+   new click's zone of influence (a few times its depth in the error region).
+7. **Random walker with priors** (:mod:`._walker`): clicks are hard seeds, locked labels and
+   negative clicks background seeds; conjugate gradients start from the prior. With the default
+   stopping rule (relative to the seeded right-hand side, ``free_norm=False``) the solve is a
+   few iterations of edge-aware smoothing of the prior; a fully converged solve
+   (``free_norm=True``) was measured worse on the real scans (organs 0.73 vs 0.78 Dice@5).
+8. **Post-processing on the working grid**: threshold 0.5, components holding positive clicks,
+   thin leaks cut (``open_frac``: an opening by a ball of ``open_frac`` x the object's depth at
+   its deepest click, keeping the clicked parts and giving back the body's own boundary layer),
+   holes filled.
+9. **Native resolution**: linear interpolation of the probability for ROIs up to
+   ``linear_upsample_voxels``, nearest neighbour above, rewriting only the changed blocks when
+   the ROI is unchanged; clicked voxels honoured exactly; locked labels never written.
+
+``timings`` holds the seconds spent per stage in the last :meth:`ClassicalEngine.predict`.
 """
 
 from __future__ import annotations
