@@ -17,7 +17,6 @@ bit for bit MONAI's; otherwise it differs by float rounding.
 
 from __future__ import annotations
 
-import bisect
 import math
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -89,8 +88,9 @@ def sliding_window_slabs(
 
     Notes
     -----
-    Memory: ``(C + 1) × 4`` bytes per voxel of ``roi[axis]`` slices, instead of the whole
-    volume. The number of network calls equals MONAI's.
+    Memory: ``(C + 1) × 4`` bytes per voxel of ``roi[axis]`` slices (a ring allocated once),
+    instead of the whole volume. The number of network calls equals MONAI's. A yielded
+    tensor is a view into the ring: use it (in place if you like) before the next one.
     """
     from monai.data.utils import compute_importance_map, dense_patch_slices
 
@@ -118,23 +118,26 @@ def sliding_window_slabs(
     # rows of windows along the axis, in MONAI's order within each row
     starts = sorted({w[axis].start for w in windows})
     rows = {s: [w for w in windows if w[axis].start == s] for s in starts}
-    # blocks between consecutive window borders: each window covers whole blocks
-    edges = sorted({0, size[axis]} | {s for s in starts} | {s + roi[axis] for s in starts})
-    acc: dict[int, torch.Tensor] = {}    # block start -> (C, ...) weighted sum
-    count: dict[int, torch.Tensor] = {}  # block start -> (1, ...) sum of weights
-    channels = None
-    emitted = 0
+    # accumulators: a ring of one window's depth along the axis, allocated once; global slice g
+    # lives at g % depth (the slices in use, [row start, row start + roi), never collide)
+    depth = roi[axis]
+    acc: Optional[torch.Tensor] = None  # (C, ...) weighted sums
+    count: Optional[torch.Tensor] = None  # (1, ...) sums of weights
+    final = 0     # slices before this one (padded coordinates) are finished
+    emitted = 0   # the same, in input coordinates
 
-    def crop(t: torch.Tensor, lo: int, hi: int) -> tuple[slice, torch.Tensor]:
-        index: list[slice] = [slice(None)]
-        for d in range(nd):
-            if d == axis:
-                a, b = max(lo, before[d]), min(hi, before[d] + size0[d])
-                index.append(slice(a - lo, b - lo))
-            else:
-                index.append(slice(before[d], before[d] + size0[d]))
-        return slice(max(lo, before[axis]) - before[axis], min(hi, before[axis] + size0[axis]) - before[axis]), \
-            t[tuple(index)]
+    def ring(lo: int, hi: int) -> Iterator[tuple[int, int, int]]:
+        """Global range [lo, hi) as (global start, global stop, ring start) pieces."""
+        while lo < hi:
+            r0 = lo % depth
+            n = min(hi - lo, depth - r0)
+            yield lo, lo + n, r0
+            lo += n
+
+    def along(t: torch.Tensor, sl: slice, other: Optional[Sequence[slice]] = None) -> tuple[slice, ...]:
+        index = [slice(None)] + [slice(None) if other is None else other[d] for d in range(nd)]
+        index[1 + axis] = sl
+        return tuple(index)
 
     for r, s in enumerate(starts):
         row = rows[s]
@@ -144,37 +147,32 @@ def sliding_window_slabs(
             out = predictor(win)
             for p, w in zip(out, batch):
                 p = (p[None].to(inputs.dtype) * weight)[0].to(device)
-                if channels is None:
-                    channels = p.shape[0]
-                lo = bisect.bisect_left(edges, w[axis].start)
-                hi = bisect.bisect_left(edges, w[axis].stop)
-                for e in range(lo, hi):
-                    a, b = edges[e], edges[e + 1]
-                    if a not in acc:
-                        shape = list(size)
-                        shape[axis] = b - a
-                        acc[a] = torch.zeros([channels] + shape, dtype=inputs.dtype, device=device)
-                        count[a] = torch.zeros([1] + shape, dtype=inputs.dtype, device=device)
-                    dst: list[slice] = [slice(None)] + [slice(None)] * nd
-                    src: list[slice] = [slice(None)] + [slice(None)] * nd
-                    for d in range(nd):
-                        if d == axis:
-                            src[1 + d] = slice(a - w[d].start, b - w[d].start)
-                        else:
-                            dst[1 + d] = w[d]
-                    acc[a][tuple(dst)] += p[tuple(src)]
-                    count[a][tuple(dst)] += weight_out[tuple(src)]
+                if acc is None:
+                    shape = list(size)
+                    shape[axis] = depth
+                    acc = torch.zeros([p.shape[0]] + shape, dtype=inputs.dtype, device=device)
+                    count = torch.zeros([1] + shape, dtype=inputs.dtype, device=device)
+                for g0, g1, r0 in ring(w[axis].start, w[axis].stop):
+                    dst = along(acc, slice(r0, r0 + g1 - g0), w)
+                    src = along(p, slice(g0 - w[axis].start, g1 - w[axis].start))
+                    acc[dst] += p[src]
+                    count[dst] += weight_out[src]
         done_to = starts[r + 1] if r + 1 < len(starts) else size[axis]
-        for a in sorted(acc):
-            if a >= done_to:
-                break
-            total = acc.pop(a)
-            total /= count.pop(a)
-            slab, part = crop(total, a, a + total.shape[1 + axis])
-            if slab.stop > slab.start:
-                emitted = slab.stop
-                yield slab, part
-            del total, part
+        for g0, g1, r0 in ring(final, done_to):
+            index = along(acc, slice(r0, r0 + g1 - g0))
+            part = acc[index]
+            part /= count[index]
+            # crop MONAI's padding
+            lo, hi = max(g0, before[axis]), min(g1, before[axis] + size0[axis])
+            if hi > lo:
+                crop = [slice(b, b + n) for b, n in zip(before, size0)]
+                crop[axis] = slice(lo - g0, hi - g0)
+                emitted = hi - before[axis]
+                yield slice(lo - before[axis], emitted), part[(slice(None),) + tuple(crop)]
+            del part
+            acc[index] = 0
+            count[index] = 0
+        final = done_to
     if emitted != size0[axis]:  # pragma: no cover - guards the block bookkeeping
         raise RuntimeError(f"stitching covered {emitted} of {size0[axis]} slices along axis {axis}")
 
