@@ -187,9 +187,13 @@ class ClassicalEngine:
         anchor = [pos]
         if prompts.box is not None:
             anchor.append(np.asarray(prompts.box, int))
-        if previous is not None and previous[1].any():
-            sl, m = previous
-            bb = _bbox(m)
+        bb = None
+        if previous is not None and self._cache.get("bbox_src") is previous[1]:
+            bb = self._cache["bbox"]  # large ROI: box of our own last mask, from its working grid
+        elif previous is not None and previous[1].any():
+            bb = _bbox(previous[1])
+        if bb is not None:
+            sl = previous[0]
             anchor.append(np.array([[s.start + b.start for s, b in zip(sl, bb)],
                                     [s.start + b.stop - 1 for s, b in zip(sl, bb)]]))
         pts = np.concatenate(anchor)
@@ -492,6 +496,14 @@ class ClassicalEngine:
                 if blocked_roi[tuple(p)]:
                     mask[tuple(p)] = False
         self._cache.update(wkey=(sl, tuple(f)), wmask=wmask.astype(np.float32), wprev_src=mask)
+        if np.any(f > 1) and roi_native.size > cfg.linear_upsample_voxels and wmask.any():
+            # nearest-neighbour path: the native mask is the upsampled working mask (clicks
+            # aside), so its box comes from the working grid instead of a pass over the ROI
+            bw = _bbox(wmask)
+            box = [slice(b.start * k, min(b.stop * k, n)) for b, k, n in zip(bw, f, mask.shape)]
+            for p in pos - off:
+                box = [slice(min(b.start, int(c)), max(b.stop, int(c) + 1)) for b, c in zip(box, p)]
+            self._cache.update(bbox_src=mask, bbox=tuple(box))
         return mask
 
 def _cut_thin_leaks(wmask: np.ndarray, wpos: np.ndarray, wsp: Sequence[float], frac: float) -> np.ndarray:
