@@ -113,9 +113,18 @@ def _fresh_run(study: Path, out: Path, args, threads: Optional[int], workers: in
     t0 = time.perf_counter()
     cmd = [sys.executable, __file__, "--run-once", str(study), str(out), "--model", args.model, "--formats",
            args.formats, "--workers", str(workers), "--threads", str(threads or 0)]
-    res = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    child = json.loads(res.stdout.strip().splitlines()[-1])
+    # timed until the command returns (as a shell sees it), not until every process holding its output
+    # ends: the multiprocessing fork server finishes its own exit after the batch process has gone
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc.wait()
+        wall = time.perf_counter() - t0
+        time.sleep(1.0)  # let the fork server exit before the next run
+        log.seek(0)
+        text = log.read()
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{text}")
+    child = json.loads(next(line for line in reversed(text.splitlines()) if line.startswith('{"marks"')))
     assert child["counts"] == {"ok": args.series}, child["counts"]
     marks = {k: ([t - t_abs for t in v] if isinstance(v, list) else v - t_abs) for k, v in child["marks"].items()}
     others = max(0.0, _busy_cpu_s() - busy0 - child["own_cpu"])
