@@ -51,7 +51,7 @@ def postprocess_label_map(
         if rule.largest_component or rule.min_size_ml > 0:
             comp, n = _components(mask)
             if n > 1 or rule.min_size_ml > 0:
-                sizes = np.bincount(comp.ravel())
+                sizes = _sizes(comp, n)
                 sizes[0] = 0
                 keep = np.zeros(n + 1, dtype=bool)
                 if rule.largest_component:
@@ -76,9 +76,19 @@ def postprocess_label_map(
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """26-connected components of ``mask``, numbered in uint16 when they fit (half of int32's memory)."""
+    comp = np.empty(mask.shape, dtype=np.uint16)
     try:
-        comp = np.empty(mask.shape, dtype=np.uint16)
         n = ndimage.label(mask, structure=_FULL, output=comp)
     except RuntimeError:  # more than 65535 components
+        del comp
         comp, n = ndimage.label(mask, structure=_FULL)
     return comp, int(n)
+
+
+def _sizes(comp: np.ndarray, n: int, *, chunk: int = 2**22) -> np.ndarray:
+    """Voxels per component (index 0: background); chunked, as bincount casts to int64."""
+    flat = comp.reshape(-1)
+    sizes = np.zeros(n + 1, dtype=np.int64)
+    for a in range(0, flat.size, chunk):
+        sizes += np.bincount(flat[a:a + chunk], minlength=n + 1)
+    return sizes
