@@ -176,7 +176,11 @@ def bench_ceiling(study: Path, tmp: Path, args) -> float:
 
     ctx = mp.get_context("spawn")
     n = max(2, args.series // 2)
+    import resource
+
     times = {}
+    busy0 = _busy_cpu_s()
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     for procs in (1, 2):
         barrier, results = ctx.Barrier(procs), ctx.Queue()
         ps = [ctx.Process(target=_ceiling_worker, args=(str(study), str(tmp / f"ceil{procs}_{i}"), args.model,
@@ -186,10 +190,14 @@ def bench_ceiling(study: Path, tmp: Path, args) -> float:
         times[procs] = [results.get() for _ in ps]
         for p in ps:
             p.join()
+    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
+    others = max(0.0, _busy_cpu_s() - busy0 - own)
     alone, together = times[1][0], max(times[2])
     ceiling = 2 * alone / together
     print(f"machine ceiling: {n} warm series in {alone:.1f} s alone, in {together:.1f} s each with 2 processes at once "
-          f"-> at most {ceiling:.2f}x for 2 workers (load average 1 min {os.getloadavg()[0]:.2f})")
+          f"-> at most {ceiling:.2f}x for 2 workers (load average 1 min {os.getloadavg()[0]:.2f}; other processes "
+          f"used {others:.1f} CPU s meanwhile)")
     return ceiling
 
 
