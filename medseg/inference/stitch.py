@@ -23,6 +23,8 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 from torch.nn import functional as F
 
+from medseg.errors import InputError
+
 __all__ = ["sliding_window_slabs", "scan_interval", "slab_axis", "argmax_channels"]
 
 
@@ -95,7 +97,8 @@ def sliding_window_slabs(
     from monai.data.utils import compute_importance_map, dense_patch_slices
 
     if inputs.ndim < 3 or inputs.shape[0] != 1:
-        raise ValueError(f"inputs must be (1, C, *spatial), got {tuple(inputs.shape)}")
+        raise InputError(f"inputs must be one image (1, C, *spatial), got shape {tuple(inputs.shape)}; "
+                         "run the images of a batch one by one")
     nd = inputs.ndim - 2
     roi = [int(r) for r in roi]
     sw_device = torch.device(sw_device) if sw_device is not None else inputs.device
@@ -134,7 +137,7 @@ def sliding_window_slabs(
             yield lo, lo + n, r0
             lo += n
 
-    def along(t: torch.Tensor, sl: slice, other: Optional[Sequence[slice]] = None) -> tuple[slice, ...]:
+    def along(sl: slice, other: Optional[Sequence[slice]] = None) -> tuple[slice, ...]:
         index = [slice(None)] + [slice(None) if other is None else other[d] for d in range(nd)]
         index[1 + axis] = sl
         return tuple(index)
@@ -153,13 +156,13 @@ def sliding_window_slabs(
                     acc = torch.zeros([p.shape[0]] + shape, dtype=inputs.dtype, device=device)
                     count = torch.zeros([1] + shape, dtype=inputs.dtype, device=device)
                 for g0, g1, r0 in ring(w[axis].start, w[axis].stop):
-                    dst = along(acc, slice(r0, r0 + g1 - g0), w)
-                    src = along(p, slice(g0 - w[axis].start, g1 - w[axis].start))
+                    dst = along(slice(r0, r0 + g1 - g0), w)
+                    src = along(slice(g0 - w[axis].start, g1 - w[axis].start))
                     acc[dst] += p[src]
                     count[dst] += weight_out[src]
         done_to = starts[r + 1] if r + 1 < len(starts) else size[axis]
         for g0, g1, r0 in ring(final, done_to):
-            index = along(acc, slice(r0, r0 + g1 - g0))
+            index = along(slice(r0, r0 + g1 - g0))
             part = acc[index]
             part /= count[index]
             # crop MONAI's padding

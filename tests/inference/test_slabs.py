@@ -190,3 +190,8 @@ def test_postprocessing_with_more_components_than_uint16_holds():
     expected[2, 100:200, 100:200] = 1
     expected[2, 400:402, 400:402] = 2
     np.testing.assert_array_equal(out, expected)
+
+
+def test_stitching_takes_one_image():
+    with pytest.raises(InputError, match=r"one image \(1, C, \*spatial\)"):
+        next(sliding_window_slabs(torch.zeros(2, 1, 8, 8, 8), (4, 4, 4), _net(), overlap=0.25))
