@@ -36,6 +36,7 @@ from medseg_napari._layers import (
     label_colormap,
     label_features,
     labels_layer_data,
+    viewer_camera,
     volume_from_layer,
     world_to_index,
 )
@@ -274,7 +275,7 @@ class InteractiveWidget(QWidget):
         self.negative.setChecked(not self.negative.isChecked())
 
     def _set_prompt_mode(self, on: bool) -> None:
-        cam = self.viewer.camera
+        cam = viewer_camera(self.viewer)
         if on and not self._prompt_mode:
             self._camera_state = (cam.mouse_pan, cam.mouse_zoom)
             cam.mouse_pan = False

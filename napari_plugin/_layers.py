@@ -55,6 +55,7 @@ __all__ = [
     "contrast_limits_for",
     "window_limits",
     "add_layer_data",
+    "viewer_camera",
 ]
 
 METADATA_KEY = "medseg"
@@ -333,3 +334,10 @@ def add_layer_data(viewer: Any, layer_data: tuple) -> Any:
     layer = Layer.create(data, dict(kwargs), layer_type)
     viewer.add_layer(layer)
     return layer
+
+
+def viewer_camera(viewer: Any) -> Any:
+    """The viewer's camera: ``viewer.scene.camera`` (napari >= 0.9), else ``viewer.camera``."""
+    scene = getattr(viewer, "scene", None)
+    camera = getattr(scene, "camera", None)
+    return camera if camera is not None else viewer.camera

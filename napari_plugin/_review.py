@@ -37,6 +37,7 @@ from medseg_napari._layers import (
     index_to_world,
     labels_layer_data,
     probability_layer_data,
+    viewer_camera,
     volume_from_layer,
 )
 from medseg_napari._worker import LayerCombo, TaskRunner
@@ -79,7 +80,7 @@ def jump_to(viewer: Any, affine: np.ndarray, index_kji: tuple[int, int, int]) ->
     for axis in range(ndim - 3, ndim):
         viewer.dims.set_point(axis, float(point[axis]))
     displayed = list(viewer.dims.displayed)
-    viewer.camera.center = tuple(float(point[a]) for a in displayed)
+    viewer_camera(viewer).center = tuple(float(point[a]) for a in displayed)
     return world
 
 

@@ -110,4 +110,4 @@ def test_uncertainty_widget_review_list_jumps_to_slice(qtbot, make_napari_viewer
         assert k == item.slice_index
         # the slider counts world steps along (-z): step 0 is the most superior slice
         assert viewer.dims.current_step[0] == image.shape[0] - 1 - item.slice_index
-        assert np.allclose(viewer.camera.center[-2:], L.index_to_world(image.affine, item.centre_kji)[1:])
+        assert np.allclose(L.viewer_camera(viewer).center[-2:], L.index_to_world(image.affine, item.centre_kji)[1:])

@@ -118,7 +118,7 @@ def test_interactive_widget_click_accept_undo(qtbot, viewer_with_phantom):
     world = L.index_to_world(image.affine, target)
     # a click through the mouse handler (prompt mode on)
     w.toggle_prompt_mode()
-    assert w._on_mouse in viewer.mouse_drag_callbacks and not viewer.camera.mouse_pan
+    assert w._on_mouse in viewer.mouse_drag_callbacks and not L.viewer_camera(viewer).mouse_pan
     gen = w._on_mouse(viewer, SimpleNamespace(position=tuple(world), modifiers=set(), type="mouse_press"))
     assert gen is None or next(gen, None) is None
     _wait(qtbot, w)
@@ -151,7 +151,7 @@ def test_interactive_widget_click_accept_undo(qtbot, viewer_with_phantom):
     assert "liver (1)" in w.locked_label.text()
     assert not w.preview_layer.data.any()
     w.toggle_prompt_mode()
-    assert w._on_mouse not in viewer.mouse_drag_callbacks and viewer.camera.mouse_pan
+    assert w._on_mouse not in viewer.mouse_drag_callbacks and L.viewer_camera(viewer).mouse_pan
 
 
 def test_interactive_widget_box_and_scribble_drag(qtbot, viewer_with_phantom):
