@@ -24,7 +24,11 @@ For each prediction (one object, all its prompts):
 6. **Corrections stay local**: after a correction the prior is the previous mask outside the
    new click's zone of influence (a few times its depth in the error region).
 7. **Random walker with priors** (:mod:`._walker`): clicks are hard seeds, locked labels and
-   negative clicks background seeds; conjugate gradients start from the prior. With the default
+   negative clicks background seeds; conjugate gradients start from the prior. Edge weights
+   come from a copy smoothed half as much as the click models' image (``edge_smooth``), so
+   that thin planes between touching organs (fat, chemical-shift rims) stay walls: organs
+   Dice@5 0.793 -> 0.827 and 12 held-out MR structures 0.718 -> 0.750 (with beta 6, gamma
+   0.04, aniso 2.5, open_frac 0.6 chosen with it). With the default
    stopping rule (relative to the seeded right-hand side, ``free_norm=False``) the solve is a
    few iterations of edge-aware smoothing of the prior; a fully converged solve
    (``free_norm=True``) was measured worse on the real scans (organs 0.73 vs 0.78 Dice@5).
@@ -63,8 +67,8 @@ class ClassicalConfig:
 
     margin_mm: float = 40.0
     max_voxels: int = 60_000
-    beta: float = 4.0
-    gamma: float = 0.05
+    beta: float = 6.0
+    gamma: float = 0.04
     click_radius_mm: float = 2.5
     sigma_floor: float = 1.0
     other_level: float = 2.0
@@ -88,9 +92,10 @@ class ClassicalConfig:
     otsu_mode: str = 'mix'
     otsu_mode_frac: float = 1.0
     free_norm: bool = False
-    open_frac: float = 0.5
-    aniso: float = 2.0
+    open_frac: float = 0.6
+    aniso: float = 2.5
     aniso_reach: float = 4.0
+    edge_smooth: float = 0.5
 
 
 @dataclass
@@ -425,7 +430,11 @@ class ClassicalEngine:
             values[~inbox] = 0.0
 
         self._tick("seeds")
-        weights = edge_weights(smooth[None], wsp, beta=cfg.beta)
+        # edges from a lightly smoothed copy: the click models need the smoothing, but it would
+        # blur away the thin planes (fat, chemical-shift rims) that separate touching organs
+        edge_img = smooth if cfg.edge_smooth == cfg.smooth else ndi.gaussian_filter(
+            work, sigma=[max(0.0, cfg.edge_smooth * min(wsp) / s_) for s_ in wsp])
+        weights = edge_weights(edge_img[None], wsp, beta=cfg.beta)
         key = (sl, tuple(f))
         x0 = None
         if cfg.warm_start and self._cache.get("key") == key:
