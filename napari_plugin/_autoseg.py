@@ -1,4 +1,9 @@
-"""Auto-segment dock widget: pick a model and a device, run, get a labels layer (and heatmap)."""
+"""Auto-segment dock widget: pick a model and a device, run, get a labels layer (and heatmap).
+
+The output layers are built in the worker thread; re-running on the same image updates the
+previous result (and heatmap) layer in place. Rename a result layer to keep it: the next run
+then adds a new one.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +24,10 @@ from qtpy.QtWidgets import (
 
 from medseg_napari._layers import (
     METADATA_KEY,
-    add_layer_data,
     labels_layer_data,
+    make_layer,
     probability_layer_data,
+    show_layer,
     volume_from_layer,
 )
 from medseg_napari._shortcuts import install_shortcuts
@@ -117,21 +123,29 @@ class AutoSegmentWidget(QWidget):
             self.runner.status.setText("open an image first")
             return False
         volume = volume_from_layer(image)
+        name, opacity, source = image.name, self.opacity.value() / 100.0, source_metadata(image)
+
+        def prepare(result: Any) -> tuple:  # worker thread: layer data and layer objects
+            seg, heat = result
+            labels = labels_layer_data(seg, name=f"{name} segmentation", opacity=opacity)
+            labels[1]["metadata"][METADATA_KEY]["source"] = source
+            out = [labels, make_layer(labels), None, None]
+            if heat is not None:
+                out[2] = probability_layer_data(heat, name=f"{name} probability")
+                out[3] = make_layer(out[2])
+            return tuple(out)
+
         return self.runner.start(
             _run_segment, volume, self.model_combo.currentText(), self.device_combo.currentText(),
             self.probabilities.isChecked(), self._models, label=f"segmenting {image.name}",
-            on_done=lambda result: self._show(result, image),
+            prepare=prepare, on_done=self._show,
         )
 
-    def _show(self, result: Any, image: Any) -> Iterator[None]:
+    def _show(self, prepared: tuple) -> Iterator[None]:
         """GUI steps (one layer each, see :class:`TaskRunner`): class map, then heatmap."""
-        seg, heat = result
-        data, kwargs, kind = labels_layer_data(seg, name=f"{image.name} segmentation",
-                                               opacity=self.opacity.value() / 100.0)
-        kwargs["metadata"][METADATA_KEY]["source"] = source_metadata(image)
-        self.result_layer = add_layer_data(self.viewer, (data, kwargs, kind))
+        labels, labels_layer, heat, heat_layer = prepared
+        self.result_layer = show_layer(self.viewer, self.result_layer, labels, labels_layer)
         if heat is not None:
             yield
-            self.heatmap_layer = add_layer_data(self.viewer, probability_layer_data(
-                heat, name=f"{image.name} probability"))
+            self.heatmap_layer = show_layer(self.viewer, self.heatmap_layer, heat, heat_layer)
         self.viewer.layers.selection.active = self.result_layer

@@ -32,10 +32,13 @@ from qtpy.QtWidgets import (
 
 from medseg_napari._layers import (
     METADATA_KEY,
-    add_layer_data,
     label_colormap,
     label_features,
     labels_layer_data,
+    make_layer,
+    reusable_layer,
+    show_layer,
+    update_layer,
     viewer_camera,
     volume_from_layer,
     world_to_index,
@@ -62,6 +65,25 @@ def _start(volume: Any, engine: str, labels_state: Any, *, progress: Any = None,
     session = Session(None if engine == "classical" else engine)
     session.set_image(volume, segmentation=segmentation)
     return session, session.segmentation
+
+
+PREVIEW_NAME = "current object"
+PROMPTS_NAME = "prompts"
+
+
+def session_layers(seg: Any, image_name: str, source: dict) -> dict:
+    """Worker thread: layer data and layer objects of a new session (objects, preview, prompts)."""
+    from medseg.labels import Label, LabelTable
+
+    objects = labels_layer_data(seg, name=f"{image_name} objects", opacity=0.5)
+    objects[1]["metadata"][METADATA_KEY]["source"] = source
+    preview_table = LabelTable((Label(1, PREVIEW_NAME, (255, 255, 0)),))
+    preview = labels_layer_data(
+        type(seg)(seg.label_map.with_array(np.zeros(seg.array.shape, np.uint8)), preview_table),
+        name=PREVIEW_NAME, opacity=0.6)
+    prompts = (np.zeros((0, 3)), {"name": PROMPTS_NAME, "size": 6, "face_color": _POS_COLOR, "ndim": 3}, "points")
+    return {key: (ld, make_layer(ld)) for key, ld in
+            (("objects", objects), ("preview", preview), ("points", prompts))}
 
 
 def diff_patch(current: np.ndarray, new: np.ndarray) -> Any:
@@ -234,35 +256,36 @@ class InteractiveWidget(QWidget):
             data, meta, _ = self.viewer.layers[name].as_layer_data_tuple()
             seg = (data, meta)
         self._pending.clear()
+        from medseg_napari._autoseg import source_metadata
+
+        name, source = image.name, source_metadata(image)
         return self.runner.start(_start, volume, self.engine_combo.currentText(), seg,
+                                 prepare=lambda r: (*r, session_layers(r[1], name, source)),
                                  label="starting session", on_done=lambda r: self._started(r, image))
 
     def _started(self, result: Any, image: Any) -> Iterator[None]:
-        """GUI steps (one layer each, see :class:`TaskRunner`): objects, preview, prompts."""
-        from medseg_napari._autoseg import source_metadata
+        """GUI steps (one layer each, see :class:`TaskRunner`): objects, preview, prompts.
 
-        self.session, seg = result
+        A new session on the same image reuses the previous session's layers (new data in
+        place); otherwise they are removed and new ones added.
+        """
+        self.session, seg, layers = result
         self._labels = seg.labels
         self.image_layer = image
-        for layer in (self.objects_layer, self.preview_layer, self.points_layer):
-            if layer is not None and layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
-                yield
-        data, kwargs, kind = labels_layer_data(seg, name=f"{image.name} objects", opacity=0.5)
-        kwargs["metadata"][METADATA_KEY]["source"] = source_metadata(image)
-        self.objects_layer = add_layer_data(self.viewer, (data, kwargs, kind))
-        yield
-        from medseg.labels import Label, LabelTable
-
-        preview_table = LabelTable((Label(1, "current object", (255, 255, 0)),))
-        pdata, pkw, pkind = labels_layer_data(
-            type(seg)(seg.label_map.with_array(np.zeros(seg.array.shape, np.uint8)), preview_table),
-            name="current object", opacity=0.6)
-        self.preview_layer = add_layer_data(self.viewer, (pdata, pkw, pkind))
-        yield
-        self.points_layer = self.viewer.add_points(
-            np.zeros((0, 3)), name="prompts", size=6, face_color=_POS_COLOR, ndim=3)
-        yield
+        for attr, key in (("objects_layer", "objects"), ("preview_layer", "preview"), ("points_layer", "points")):
+            previous = getattr(self, attr)
+            layer_data, layer = layers[key]
+            if key == "points" and previous is not None and previous in self.viewer.layers \
+                    and previous.name == PROMPTS_NAME:
+                previous.data = layer_data[0]
+            elif key != "points" and reusable_layer(self.viewer, previous, layer_data):
+                update_layer(previous, layer_data)
+            else:
+                if previous is not None and previous in self.viewer.layers:
+                    self.viewer.layers.remove(previous)
+                    yield
+                setattr(self, attr, show_layer(self.viewer, None, layer_data, layer))
+            yield
         self.viewer.layers.selection.active = image
         self._refresh_labels_combo()
         self._update_locked(seg.labels)

@@ -2,7 +2,9 @@
 
 Thin UIs over :func:`medseg.consensus.consensus`, :func:`medseg.uncertainty.estimate_uncertainty`
 / :func:`medseg.uncertainty.review_list` and :func:`medseg.evaluate.evaluate`; all compute runs
-in worker threads (layers are converted to medseg objects there too).
+in worker threads (layers are converted to medseg objects there too, and the output layers are
+built there). A re-run updates the widget's previous output layers in place (same name, same
+grid; see :func:`._layers.show_layer`).
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ from qtpy.QtWidgets import (
 
 from medseg_napari._layers import (
     METADATA_KEY,
-    add_layer_data,
     index_to_world,
     labels_layer_data,
+    make_layer,
     probability_layer_data,
+    show_layer,
     viewer_camera,
     volume_from_layer,
 )
@@ -155,32 +158,38 @@ class ConsensusWidget(QWidget):
         layers = [self.viewer.layers[n] for n in names]
         states = [_state(l) for l in layers]
         return self.runner.start(_run_consensus, states, names, self.method.currentText(), process=True,
-                                 label=f"{self.method.currentText()} consensus", on_done=self._show)
+                                 prepare=_consensus_layers, label=f"{self.method.currentText()} consensus",
+                                 on_done=self._show)
 
-    def _show(self, result: Any) -> Iterator[None]:
+    def _show(self, prepared: tuple) -> Iterator[None]:
         """GUI steps (one layer each, see :class:`TaskRunner`): consensus, disagreement, table."""
+        result, cons, cons_layer, dis, dis_layer, rows = prepared
         self.result = result
-        data, kw, kind = labels_layer_data(result.segmentation, name=f"consensus ({result.method})")
-        self.consensus_layer = add_layer_data(self.viewer, (data, kw, kind))
+        self.consensus_layer = show_layer(self.viewer, self.consensus_layer, cons, cons_layer)
         yield
-        self.disagreement_layer = add_layer_data(self.viewer, probability_layer_data(
-            result.disagreement, name="disagreement", colormap="magma"))
+        self.disagreement_layer = show_layer(self.viewer, self.disagreement_layer, dis, dis_layer)
         yield
-        rows = []
-        for r in result.raters:
-            row = {"rater": r["name"]}
-            for key, val in r.items():
-                if isinstance(val, dict):
-                    name = key
-                    for lab in result.segmentation.labels:
-                        if str(lab.index) == key:
-                            name = lab.name
-                    row[f"{name} sens"] = val.get("sensitivity")
-                    row[f"{name} spec"] = val.get("specificity")
-            rows.append(row)
-        cols = list(dict.fromkeys(k for row in rows for k in row))
-        _fill_table(self.table, rows, cols)
+        _fill_table(self.table, rows, list(dict.fromkeys(k for row in rows for k in row)))
         self._refresh()
+
+
+def _consensus_layers(result: Any) -> tuple:
+    """Worker thread: layer data, layer objects and table rows of a consensus result."""
+    cons = labels_layer_data(result.segmentation, name=f"consensus ({result.method})")
+    dis = probability_layer_data(result.disagreement, name="disagreement", colormap="magma")
+    rows = []
+    for r in result.raters:
+        row = {"rater": r["name"]}
+        for key, val in r.items():
+            if isinstance(val, dict):
+                name = key
+                for lab in result.segmentation.labels:
+                    if str(lab.index) == key:
+                        name = lab.name
+                row[f"{name} sens"] = val.get("sensitivity")
+                row[f"{name} spec"] = val.get("specificity")
+        rows.append(row)
+    return result, cons, make_layer(cons), dis, make_layer(dis), rows
 
 
 # -- uncertainty ---------------------------------------------------------------------------------
@@ -252,20 +261,26 @@ class UncertaintyWidget(QWidget):
             self.runner.status.setText("open an image first")
             return False
         volume = volume_from_layer(image)
+        kind = self.map_combo.currentText()
+
+        def prepare(result: Any) -> tuple:  # worker thread
+            res = result[0]
+            labels = labels_layer_data(res.segmentation, name=f"segmentation ({res.method})")
+            heat = probability_layer_data(res.map(kind), name="uncertainty",
+                                          contrast_limits=(0.0, 0.25 if kind == "variance" else 1.0))
+            return result, labels, make_layer(labels), heat, make_layer(heat)
+
         return self.runner.start(_run_uncertainty, volume, self.method.currentText(), self.samples.value(),
-                                 self.model_combo.currentText(), self._models,
+                                 self.model_combo.currentText(), self._models, prepare=prepare,
                                  label=f"{self.method.currentText()} uncertainty", on_done=self._show)
 
-    def _show(self, result: Any) -> Iterator[None]:
+    def _show(self, prepared: tuple) -> Iterator[None]:
         """GUI steps (one layer each, see :class:`TaskRunner`): labels, heatmap, review list."""
+        result, labels, labels_layer, heat, heat_layer = prepared
         self.result, self.items = result
-        res = self.result
-        data, kw, kind = labels_layer_data(res.segmentation, name=f"segmentation ({res.method})")
-        self.labels_layer = add_layer_data(self.viewer, (data, kw, kind))
+        self.labels_layer = show_layer(self.viewer, self.labels_layer, labels, labels_layer)
         yield
-        kind = self.map_combo.currentText()
-        self.heatmap_layer = add_layer_data(self.viewer, probability_layer_data(
-            res.map(kind), name="uncertainty", contrast_limits=(0.0, 0.25 if kind == "variance" else 1.0)))
+        self.heatmap_layer = show_layer(self.viewer, self.heatmap_layer, heat, heat_layer)
         yield
         self.review.blockSignals(True)
         self.review.clear()
@@ -346,33 +361,28 @@ class QAWidget(QWidget):
             return False
         folder = self.folder_edit.text().strip() or None
         return self.runner.start(_run_qa, _state(ref), _state(pred), self.tolerance.value(), folder,
-                                 process=True, label="evaluating", on_done=self._show)
+                                 process=True, prepare=_qa_layers, label="evaluating", on_done=self._show)
 
-    def _show(self, result: Any) -> Iterator[None]:
+    def _show(self, prepared: tuple) -> Iterator[None]:
         """GUI steps (see :class:`TaskRunner`): table and summary, then the error layer."""
-        from medseg.labels import Label, LabelTable
-        from medseg.segmentation import Segmentation
-
-        self.report, errors, self.paths = result
+        self.report, self.paths, errors, layer = prepared
         _fill_table(self.table, self.report.per_class, _QA_COLUMNS)
         lesions = "; ".join(f"{k}: {v.summary()}" for k, v in self.report.lesions.items())
         self.summary.setText(f"mean Dice {self.report.mean_dice:.3f}, mIoU {self.report.mean_iou:.3f}"
                              + (f"\nlesions {lesions}" if lesions else ""))
         yield
-        table = LabelTable((Label(1, "missed", (255, 60, 60)), Label(2, "false positive", (60, 140, 255))))
-        data, kw, kind = labels_layer_data(Segmentation(errors, table), name="QA errors", opacity=0.7)
-        kw["metadata"][METADATA_KEY]["report"] = {k: str(v) for k, v in self.paths.items()}
-        layer = self.error_layer
-        same_grid = (layer is not None and layer in self.viewer.layers and layer.data.shape == data.shape
-                     and np.allclose((layer.metadata.get(METADATA_KEY) or {}).get("affine", np.eye(4)), errors.affine))
-        if same_grid:
-            # a re-run: swap the array into the existing layer (napari's ~0.2 s per new layer)
-            layer.metadata = kw["metadata"]
-            layer.data = data
-        else:
-            if layer is not None and layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
-            yield
-            self.error_layer = add_layer_data(self.viewer, (data, kw, kind))
+        self.error_layer = show_layer(self.viewer, self.error_layer, errors, layer)
         if self.paths:
             self.runner.status.setText(f"report written to {Path(next(iter(self.paths.values()))).parent}")
+
+
+def _qa_layers(result: Any) -> tuple:
+    """Worker thread: the error labels layer (missed / false positive) of a QA result."""
+    from medseg.labels import Label, LabelTable
+    from medseg.segmentation import Segmentation
+
+    report, errors, paths = result
+    table = LabelTable((Label(1, "missed", (255, 60, 60)), Label(2, "false positive", (60, 140, 255))))
+    data, kw, kind = labels_layer_data(Segmentation(errors, table), name="QA errors", opacity=0.7)
+    kw["metadata"][METADATA_KEY]["report"] = {k: str(v) for k, v in paths.items()}
+    return report, paths, (data, kw, kind), make_layer((data, kw, kind))

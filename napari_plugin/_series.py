@@ -8,7 +8,7 @@ or MR auto-contrast on the selected image layer (also Alt-1..4 / Alt-0).
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from qtpy.QtWidgets import (
     QComboBox,
@@ -114,17 +114,24 @@ class SeriesWidget(QWidget):
         if row < 0 or row >= len(self.series):
             self.runner.status.setText("scan a folder and pick a series")
             return False
-        from medseg_napari._layers import METADATA_KEY, add_layer_data
+        from medseg_napari._layers import METADATA_KEY, add_layer_data, make_layer
 
         uid = self.series[row]["uid"]
         series = self.series
 
-        def done(layers: list) -> None:
+        def prepare(layers: list) -> list:  # worker thread: the napari layers, ready to add
             for ld in layers:
                 ld[1]["metadata"][METADATA_KEY].update(series=series, series_uid=uid)
-                add_layer_data(self.viewer, ld)
+            return [make_layer(ld) for ld in layers]
 
-        return self.runner.start(_open, self.folder_edit.text().strip(), uid, label="opening series", on_done=done)
+        def done(layers: list) -> Iterator[None]:  # one layer per event-loop turn
+            for i, layer in enumerate(layers):
+                if i:
+                    yield
+                add_layer_data(self.viewer, layer)
+
+        return self.runner.start(_open, self.folder_edit.text().strip(), uid, prepare=prepare,
+                                 label="opening series", on_done=done)
 
     def apply_window(self) -> Optional[tuple[float, float]]:
         layer = self.image_combo.layer()

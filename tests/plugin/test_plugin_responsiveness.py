@@ -1,4 +1,5 @@
-"""What keeps the GUI thread free: staged GUI steps of a task, shared-memory transport to the helper.
+"""What keeps the GUI thread free: staged GUI steps of a task, shared-memory transport to the helper,
+layers built in the worker thread and output layers updated in place when an action is re-run.
 
 No timings here (those are in benchmarks/gui_responsiveness.py); these tests check the behaviour
 that the figures rely on.
@@ -142,3 +143,210 @@ def test_qa_rerun_reuses_the_error_layer(qtbot, make_napari_viewer, phantom):
     assert w.runner.last_error is None, w.runner.last_error
     assert w.error_layer is first and len(viewer.layers) == n_layers
     assert not first.data.any()
+
+
+def test_task_runner_prepare_runs_in_the_worker_thread(qtbot):
+    import threading
+
+    from medseg_napari._worker import TaskRunner
+
+    r = TaskRunner()
+    qtbot.addWidget(r)
+    seen: dict = {}
+
+    def prepare(result):
+        seen["thread"] = threading.get_ident()
+        return ("prepared", result)
+
+    r.start(lambda x, progress=None, cancel=None: x + 1, 1, prepare=prepare, on_done=lambda v: seen.update(value=v))
+    qtbot.waitUntil(lambda: not r.busy, timeout=10_000)
+    assert r.last_error is None, r.last_error
+    assert seen["value"] == ("prepared", 2)
+    assert seen["thread"] != threading.main_thread().ident
+
+
+def test_task_runner_serves_due_timers_between_steps(qtbot):
+    """Each GUI step is its own event-loop turn: a timer that fell due during a step fires
+    before the next step (a 0 ms single shot, a posted event, would run first)."""
+    import time
+
+    from qtpy.QtCore import Qt, QTimer
+
+    from medseg_napari._worker import TaskRunner
+
+    r = TaskRunner()
+    qtbot.addWidget(r)
+    ticks = [0]
+    timer = QTimer()
+    timer.setTimerType(Qt.TimerType.PreciseTimer)
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.__setitem__(0, ticks[0] + 1))
+    at_step: list[int] = []
+
+    def steps(_):
+        for _ in range(4):
+            at_step.append(ticks[0])
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < 0.03:  # a step longer than the timer interval
+                pass
+            yield
+
+    timer.start()
+    assert r.start(lambda progress=None, cancel=None: None, on_done=steps)
+    qtbot.waitUntil(lambda: not r.busy, timeout=10_000)
+    timer.stop()
+    assert len(at_step) == 4
+    assert all(b > a for a, b in zip(at_step, at_step[1:])), at_step
+
+
+def _grid_seg(seg, shape=None):
+    from medseg.segmentation import Segmentation
+    from medseg.volume import Volume
+
+    if shape is None:
+        return seg
+    return Segmentation(Volume(np.zeros(shape, np.uint8), seg.affine), seg.labels)
+
+
+def test_show_layer_updates_in_place_or_adds(make_napari_viewer, phantom):
+    from medseg.labels import Label, LabelTable
+    from medseg.segmentation import Segmentation
+
+    _, seg = phantom
+    viewer = make_napari_viewer()
+    first = L.show_layer(viewer, None, L.labels_layer_data(seg, name="result"))
+    assert first in viewer.layers and len(viewer.layers) == 1
+    # same name, same grid: new voxels and a new label table in the same layer
+    table = LabelTable((Label(1, "tumour", (10, 200, 30)),))
+    other = Segmentation(seg.label_map.with_array((seg.array == 2).astype(np.uint8)), table)
+    data = L.labels_layer_data(other, name="result")
+    assert L.reusable_layer(viewer, first, data)
+    assert L.show_layer(viewer, first, data) is first and len(viewer.layers) == 1
+    assert np.array_equal(first.data, other.array)
+    assert L.labels_from_layer(first).names == ["tumour"]
+    assert np.allclose(first.colormap.map(np.array([1]))[0, :3], np.array([10, 200, 30]) / 255.0, atol=0.01)
+    # another grid under the same name: the stale layer is replaced
+    small = _grid_seg(seg, (8, 16, 16))
+    second = L.show_layer(viewer, first, L.labels_layer_data(small, name="result"))
+    assert second is not first and first not in viewer.layers and len(viewer.layers) == 1
+    assert second.name == "result" and second.data.shape == (8, 16, 16)
+    # a renamed result is kept: the next result gets a layer of its own
+    second.name = "result v1"
+    third = L.show_layer(viewer, second, L.labels_layer_data(small, name="result"))
+    assert third is not second and second in viewer.layers and len(viewer.layers) == 2
+    # an image heatmap keeps its contrast limits from the layer data
+    heat = L.show_layer(viewer, None, L.probability_layer_data(
+        seg.label_map.with_array(np.zeros(seg.array.shape, np.float32)), name="heat"))
+    again = L.show_layer(viewer, heat, L.probability_layer_data(
+        seg.label_map.with_array(np.ones(seg.array.shape, np.float32)), name="heat", contrast_limits=(0.0, 0.5)))
+    assert again is heat and tuple(heat.contrast_limits) == (0.0, 0.5) and heat.data.min() == 1
+
+
+def test_make_layer_in_a_worker_thread_then_add(make_napari_viewer, phantom):
+    import threading
+
+    _, seg = phantom
+    viewer = make_napari_viewer()
+    made: dict = {}
+    t = threading.Thread(target=lambda: made.update(layer=L.make_layer(L.labels_layer_data(seg, name="made"))))
+    t.start()
+    t.join()
+    layer = L.add_layer_data(viewer, made["layer"])
+    assert layer is made["layer"] and layer in viewer.layers
+    assert np.allclose(L.volume_from_layer(layer).affine, seg.affine)
+    assert L.labels_from_layer(layer).names == seg.labels.names
+
+
+def test_consensus_rerun_updates_its_layers(qtbot, make_napari_viewer, phantom):
+    from medseg.segmentation import Segmentation
+
+    from medseg_napari._review import ConsensusWidget
+
+    _, seg = phantom
+    viewer = make_napari_viewer()
+    r1 = L.add_layer_data(viewer, L.labels_layer_data(seg, name="r1"))
+    arr = seg.array.copy()
+    arr[seg.array == 2] = 0
+    L.add_layer_data(viewer, L.labels_layer_data(Segmentation(seg.label_map.with_array(arr), seg.labels), name="r2"))
+    w = ConsensusWidget(viewer)
+    w.set_checked(["r1", "r2"])
+    w.method.setCurrentText("majority")
+    assert w.run()
+    qtbot.waitUntil(lambda: not w.runner.busy, timeout=180_000)
+    assert w.runner.last_error is None, w.runner.last_error
+    cons, dis, n = w.consensus_layer, w.disagreement_layer, len(viewer.layers)
+    assert dis.data[seg.array == 2].max() > 0
+    r1.data = arr  # the raters now agree
+    assert w.run()
+    qtbot.waitUntil(lambda: not w.runner.busy, timeout=180_000)
+    assert w.runner.last_error is None, w.runner.last_error
+    assert w.consensus_layer is cons and w.disagreement_layer is dis and len(viewer.layers) == n
+    assert not dis.data.any() and np.array_equal(cons.data, arr)
+
+
+def test_autoseg_rerun_updates_its_layers(qtbot, make_napari_viewer, phantom):
+    from medseg.models import load_model
+
+    from medseg_napari._autoseg import AutoSegmentWidget
+
+    image, _ = phantom
+    viewer = make_napari_viewer()
+    img = L.add_layer_data(viewer, L.image_layer_data(image.with_array(image.array, Modality="CT"), name="ct"))
+    w = AutoSegmentWidget(viewer)
+    w.image_combo.set_layer(img)
+    w.device_combo.setCurrentText("cpu")
+    w.probabilities.setChecked(True)
+    name = w.model_combo.currentText()
+    try:
+        load_model(name, device="cpu")
+    except Exception:
+        w._models[(name, "cpu")] = load_model(name, device="cpu", allow_untrained=True)
+
+    def run():
+        assert w.run()
+        qtbot.waitUntil(lambda: not w.runner.busy, timeout=180_000)
+        assert w.runner.last_error is None, w.runner.last_error
+
+    run()
+    result, heat, n = w.result_layer, w.heatmap_layer, len(viewer.layers)
+    result.data = np.zeros_like(result.data)  # e.g. a user edit, replaced by the re-run
+    run()
+    assert w.result_layer is result and w.heatmap_layer is heat and len(viewer.layers) == n
+    assert result.data.any() and result.name == "ct segmentation"
+    result.name = "ct segmentation (kept)"  # renamed: kept, the next run adds a new layer
+    run()
+    assert w.result_layer is not result and result in viewer.layers
+    assert w.result_layer.name == "ct segmentation" and len(viewer.layers) == n + 1
+
+
+def test_interactive_restart_reuses_the_session_layers(qtbot, make_napari_viewer, phantom):
+    from medseg_napari._interactive import InteractiveWidget
+
+    image, seg = phantom
+    viewer = make_napari_viewer()
+    img = L.add_layer_data(viewer, L.image_layer_data(image.with_array(image.array, Modality="CT"), name="ct"))
+    w = InteractiveWidget(viewer)
+    w.image_combo.set_layer(img)
+
+    def wait():
+        qtbot.waitUntil(lambda: not w.runner.busy, timeout=120_000)
+        assert w.runner.last_error is None, w.runner.last_error
+
+    assert w.start()
+    wait()
+    layers, n = (w.objects_layer, w.preview_layer, w.points_layer), len(viewer.layers)
+    idx = np.argwhere(seg.array == 1)
+    w.add_world_point(L.index_to_world(image.affine, tuple(int(v) for v in idx[len(idx) // 2])))
+    wait()
+    w.name_edit.setText("liver")
+    assert w.accept()
+    wait()
+    assert w.objects_layer.data.any() and len(w.points_layer.data) == 0
+    w.add_world_point(L.index_to_world(image.affine, tuple(int(v) for v in idx[0])))
+    wait()
+    assert w.preview_layer.data.any() and len(w.points_layer.data) == 1
+    assert w.start()  # a new session on the same image: same layers, emptied
+    wait()
+    assert (w.objects_layer, w.preview_layer, w.points_layer) == layers and len(viewer.layers) == n
+    assert not w.objects_layer.data.any() and not w.preview_layer.data.any() and len(w.points_layer.data) == 0
+    assert len(w.session.prompts) == 0 and L.labels_from_layer(w.objects_layer).names == []
