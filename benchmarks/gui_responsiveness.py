@@ -22,9 +22,14 @@ Actions that add layers are measured twice: the first run (napari builds the new
 re-run, which updates the widget's previous output layers in place.
 
 Python's cyclic garbage collector stops every thread while it runs, and a full (generation 2)
-collection walks every object of the process: 0.15-0.3 s with napari and torch loaded. Each
-line shows the collector time that fell inside the action's longest block (``gc``), so that
-a block made long by a collection is told apart from the plugin's and napari's own work.
+collection walks every object of the process: 0.15-0.4 s with napari and torch loaded (one run
+counted 14 of them). Each line shows the collector time that fell inside the action's longest
+block (``gc``), so that a block made long by a collection is told apart from the plugin's and
+napari's own work; the last line counts the full collections of the whole run. The plugin
+leaves the collector's settings alone: a ``gc.freeze()`` after napari's start-up made the
+first full collections short (20-120 ms), but they grew back to 0.15-0.4 s once torch and the
+first results were loaded, and freezing again after that would keep the arrays of layers
+closed later from ever being freed (napari layers live in reference cycles).
 
 Options: ``--shape Z Y X`` (default 300 512 512), ``--skip-model`` (skip the auto-segment and
 uncertainty actions, which need the trained bundled model or use the untrained network),
@@ -196,6 +201,7 @@ def run_suite(app, beat, shape, *, skip_model: bool) -> dict:
     from medseg_napari._export import ExportWidget
     from medseg_napari._interactive import InteractiveWidget
     from medseg_napari._review import ConsensusWidget, QAWidget
+    from medseg_napari._shortcuts import apply_window
 
     t = time.perf_counter()
     image, labels = make_volume(tuple(shape))
@@ -224,6 +230,8 @@ def run_suite(app, beat, shape, *, skip_model: bool) -> dict:
     m("napari: redraw (zoom, no data change)", lambda: setattr(cam, "zoom", cam.zoom * 1.1))
 
     m("move slider (re-slice)", lambda: viewer.dims.set_current_step(0, image.shape[0] // 3))
+    m("window: auto-contrast (Alt-0)", lambda: apply_window(img, "auto"))
+    m("window: soft tissue (Alt-1)", lambda: apply_window(img, "soft tissue"))
 
     if not skip_model:
         from medseg.models import DEFAULT_MODEL, load_model

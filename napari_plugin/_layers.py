@@ -187,13 +187,16 @@ def contrast_limits_for(volume: Volume) -> tuple[float, float]:
     """Soft-tissue window for CT, 0.5–99.5 percentile auto-contrast otherwise (MR...).
 
     A volume without ``Modality`` (NIfTI, NRRD) counts as CT when its values look like HU:
-    integers (or integral floats), air near -1000 and water/tissue above 0.
+    integers (or integral floats), air near -1000 and water/tissue above 0. The percentiles are
+    taken on a regular subsample of about 5e5 voxels (as the auto-contrast shortcut does):
+    napari's reader runs on the GUI thread, where a 2e6-voxel sample of a 512 × 512 × 300
+    volume cost about 0.12 s.
     """
     modality = str(volume.meta.get("Modality", "")).upper()
     if modality == "CT":
         return window_limits("soft tissue")
     arr = volume.array
-    step = max(1, int(np.cbrt(arr.size / 2e6)))
+    step = max(1, int(np.cbrt(arr.size / 5e5)))
     sample = np.asarray(arr[..., ::step, ::step, ::step], dtype=float)
     lo, hi = np.percentile(sample, [0.5, 99.5]) if sample.size else (0.0, 1.0)
     if not modality and -1100 <= np.percentile(sample, 1) <= -900 and hi > 0 and np.all(np.mod(sample, 1) == 0):
