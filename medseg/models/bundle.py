@@ -39,7 +39,100 @@ BUNDLE_TARGETS = {
     "DynUNet": "dynunet", "monai.networks.nets.DynUNet": "dynunet",
     "SegResNet": "segresnet", "monai.networks.nets.SegResNet": "segresnet",
     "SwinUNETR": "swinunetr", "monai.networks.nets.SwinUNETR": "swinunetr",
+    "medseg.models.networks.DilatedASPPNet": "deeplab",
+    "medseg.models.networks.FCN": "fcn",
 }
+
+#: array axis (0=z, 1=y, 2=x) of the slices of a 2D model
+_SLICE_ARRAY_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
+
+
+def _slice_dim(config: ModelConfig) -> Optional[int]:
+    """Model-grid axis a 2D model slides along (None for 3D): as medseg's own slice-wise path."""
+    from medseg.inference.preprocess import model_axes
+
+    if config.network.spatial_dims != 2:
+        return None
+    return model_axes(config.preprocessing).index(_SLICE_ARRAY_AXIS[config.inference.slice_axis])
+
+
+def _network_def(config: ModelConfig) -> dict[str, Any]:
+    """``network_def``: the class and arguments :func:`~medseg.models.registry.build_network` uses."""
+    from medseg.models.registry import network_spec
+
+    target, kwargs = network_spec(config.network, in_channels=config.in_channels, out_channels=config.out_channels)
+    return {"_target_": target, **kwargs}
+
+
+def _postprocessing(config: ModelConfig) -> list[dict]:
+    """MONAI transforms for the config's per-label clean-up, on the argmax label map ``pred``.
+
+    Order: largest component, then minimum size, then hole filling (medseg applies the rules
+    label by label; they agree unless one label's rule changes voxels another label's rule
+    looks at). Minimum size and hole filling work on one-hot channels (``pred_<c>``, uint8):
+
+    * ``RemoveSmallObjectsd(by_measure=True)`` on a label's channel drops its 26-connected
+      components under ``min_size_ml`` (mm³ from the output's pixdim); the argmax over the
+      channels then makes those voxels background, as medseg does. With scikit-image 0.26
+      (issue #8001) a component of exactly ``ceil(min_size_ml / voxel volume)`` voxels is
+      removed as well, where medseg keeps it (a warning is logged on export).
+    * ``FillHolesd(connectivity=1)`` on a copy of a label's channel (``fill_<c>``) fills its
+      holes (6-connected background, as ``scipy.ndimage.binary_fill_holes``); the argmax over
+      ``[pred_1 .. pred_N, fill_.., pred_0]`` and a ``MapLabelValued`` back to label values
+      fill only voxels that were background, so a structure inside another stays.
+    """
+    index = {name: i for i, name in config.labels.items()}
+    rules = config.postprocessing
+    largest = sorted(index[n] for n, r in rules.items() if r.largest_component)
+    small = sorted((index[n], r.min_size_ml) for n, r in rules.items() if r.min_size_ml > 0)
+    holes = sorted(index[n] for n, r in rules.items() if r.fill_holes)
+    n = config.out_channels
+    channels = [f"pred_{c}" for c in range(n)]
+    split = [{"_target_": "AsDiscreted", "keys": "pred", "to_onehot": n, "dtype": "$torch.uint8"},
+             {"_target_": "SplitDimd", "keys": "pred", "output_postfixes": [str(c) for c in range(n)], "dim": 0,
+              "keepdim": True}]
+    post: list[dict] = []
+    if largest:
+        post.append({"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "applied_labels": largest,
+                     "independent": True})
+    if small:
+        if _skimage_min_size_inclusive():
+            log.warning("the installed scikit-image applies RemoveSmallObjects' min_size inclusively "
+                        "(scikit-image issue #8001): the bundle also removes components of exactly the minimum "
+                        "size, which medseg keeps")
+        post += split
+        post += [{"_target_": "RemoveSmallObjectsd", "keys": f"pred_{c}", "min_size": float(ml) * 1000.0,
+                  "by_measure": True, "connectivity": 3} for c, ml in small]
+        post += [{"_target_": "ConcatItemsd", "keys": channels, "name": "pred", "dim": 0},
+                 {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                 {"_target_": "DeleteItemsd", "keys": channels}]
+    if holes:
+        filled = [f"fill_{c}" for c in holes]
+        post += split
+        post += [{"_target_": "CopyItemsd", "keys": [f"pred_{c}" for c in holes], "names": filled},
+                 {"_target_": "FillHolesd", "keys": filled, "connectivity": 1},
+                 {"_target_": "ConcatItemsd", "keys": channels[1:] + filled + channels[:1], "name": "pred", "dim": 0},
+                 {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                 {"_target_": "MapLabelValued", "keys": "pred", "orig_labels": list(range(n + len(holes))),
+                  "target_labels": list(range(1, n)) + holes + [0]},
+                 {"_target_": "DeleteItemsd", "keys": channels + filled}]
+    return post
+
+
+def _skimage_min_size_inclusive() -> bool:
+    """True where ``skimage.morphology.remove_small_objects(ar, min_size)`` removes objects *of* ``min_size`` too.
+
+    scikit-image 0.26 forwards the deprecated ``min_size`` to ``max_size`` (scikit-image issue
+    #8001), which MONAI's ``RemoveSmallObjects`` passes positionally.
+    """
+    import warnings
+
+    import numpy as np
+    from skimage.morphology import remove_small_objects
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return not remove_small_objects(np.ones((1, 2), dtype=bool), 2).any()
 
 
 def _inference_config(config: ModelConfig) -> dict:
@@ -72,29 +165,17 @@ def _inference_config(config: ModelConfig) -> dict:
          "nearest_interp": False, "to_tensor": True},
         {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
     ]
-    index = {name: i for i, name in config.labels.items()}
-    largest = [index[n] for n, r in config.postprocessing.items() if r.largest_component]
-    holes = [index[n] for n, r in config.postprocessing.items() if r.fill_holes]
-    if largest:
-        post.append({"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "applied_labels": largest,
-                     "independent": True})
-    if holes:
-        post.append({"_target_": "FillHolesd", "keys": "pred", "applied_labels": holes})
-    if any(r.min_size_ml > 0 for r in config.postprocessing.values()):
-        log.warning("min_size_ml postprocessing is not exported to the MONAI bundle")
+    post += _postprocessing(config)
     post.append({"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
                  "output_dtype": "$np.uint8", "resample": False, "separate_folder": False, "print_log": False})
-    net = config.network
-    network_def: dict[str, Any] = {"_target_": "$medseg_network"}
-    if net.name == "unet":
-        network_def = {"_target_": "UNet", "spatial_dims": net.spatial_dims, "in_channels": config.in_channels,
-                       "out_channels": config.out_channels, "channels": list(net.channels),
-                       "strides": list(net.strides), "num_res_units": net.num_res_units,
-                       "dropout": net.dropout, "norm": "INSTANCE"}
-    else:
-        raise ModelError(f"bundle export supports UNet models, not {net.name!r}; export a unet config")
-    inferer = {"_target_": "SlidingWindowInferer", "roi_size": roi, "sw_batch_size": config.inference.sw_batch_size,
-               "overlap": config.inference.overlap, "mode": config.inference.blending, "padding_mode": "replicate"}
+    window = {"sw_batch_size": config.inference.sw_batch_size, "overlap": config.inference.overlap,
+              "mode": config.inference.blending, "padding_mode": "replicate"}
+    slice_dim = _slice_dim(config)
+    if slice_dim is None:
+        inferer = {"_target_": "SlidingWindowInferer", "roi_size": roi, **window}
+    else:  # medseg's 2D path: windows of one slice along slice_dim, the 2D network on the squeezed patch
+        inferer = {"_target_": "SliceInferer", "spatial_dim": slice_dim,
+                   "roi_size": [r for d, r in enumerate(roi) if d != slice_dim], **window}
     return {
         "imports": ["$import glob", "$import numpy as np", "$import torch"],
         "bundle_root": ".",
@@ -102,7 +183,7 @@ def _inference_config(config: ModelConfig) -> dict:
         "output_dir": "$@bundle_root + '/eval'",
         "datalist": "$list(sorted(glob.glob(@dataset_dir + '/*.nii*')))",
         "device": "$torch.device('cpu')",
-        "network_def": network_def,
+        "network_def": _network_def(config),
         "network": "$@network_def.to(@device)",
         "preprocessing": {"_target_": "Compose", "transforms": transforms},
         "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]",
@@ -118,13 +199,42 @@ def _inference_config(config: ModelConfig) -> dict:
     }
 
 
+def _medseg_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("medseg")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def export_bundle(model, folder: str | Path) -> Path:
     """Write a loaded model as a MONAI bundle folder.
 
     Run it with ``python -m monai.bundle run --config_file configs/inference.json --bundle_root
     FOLDER --dataset_dir IMAGES --output_dir OUT`` (NIfTI images in, ``*_seg.nii.gz`` out).
+
+    Every network medseg configures is exported: ``network_def`` is the class and arguments
+    medseg builds (:func:`medseg.models.registry.network_spec`); for medseg's own networks
+    (``deeplab``, ``fcn``) that is ``medseg.models.networks.<Class>``, which ``monai.bundle``
+    imports, so medseg must be installed where the bundle runs (said in the metadata and the
+    bundle's README). 2D models run slice by slice with MONAI's ``SliceInferer`` along the same
+    model-grid axis as medseg. Postprocessing rules become MONAI transforms (see
+    :func:`_postprocessing`).
+
+    Parameters
+    ----------
+    model : LoadedModel
+    folder : str or Path
+        Created if missing; existing files are overwritten.
+
+    Returns
+    -------
+    Path
+        The bundle folder.
     """
     import monai
+    import numpy as np
     import torch
 
     from medseg.models.checkpoint import save_weights
@@ -134,19 +244,28 @@ def export_bundle(model, folder: str | Path) -> Path:
     (root / "models").mkdir(parents=True, exist_ok=True)
     (root / "docs").mkdir(parents=True, exist_ok=True)
     cfg: ModelConfig = model.config
-    (root / "configs" / "inference.json").write_text(json.dumps(_inference_config(cfg), indent=2))
+    inference = _inference_config(cfg)
+    (root / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
+    roi = inference["inferer"]["roi_size"]
+    target = inference["network_def"]["_target_"]
+    needs_medseg = target.startswith("medseg.")
     channel_def = {"0": "background", **{str(i): n for i, n in cfg.labels.items()}}
     meta = {
         "version": "0.1.0", "monai_version": monai.__version__, "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": np.__version__,
+        "optional_packages_version": {"medseg": _medseg_version()} if needs_medseg else {},
         "name": cfg.name, "task": cfg.description or "segmentation",
-        "description": f"{cfg.description} (exported by medseg)", "authors": "medseg", "copyright": "medseg",
+        "description": f"{cfg.description} (exported by medseg)"
+                       + (f"; network_def is {target}: needs medseg installed (pip install medseg)"
+                          if needs_medseg else ""),
+        "authors": "medseg", "copyright": "medseg",
         "network_data_format": {
             "inputs": {"image": {"type": "image", "format": "hounsfield" if cfg.modality == "CT" else "magnitude",
-                                 "num_channels": cfg.in_channels, "spatial_shape": list(cfg.inference.patch_size),
+                                 "num_channels": cfg.in_channels, "spatial_shape": list(roi),
                                  "dtype": "float32", "value_range": [0, 1], "is_patch_data": True,
                                  "channel_def": {"0": cfg.modality}}},
             "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": cfg.out_channels,
-                                 "spatial_shape": list(cfg.inference.patch_size), "dtype": "float32",
+                                 "spatial_shape": list(roi), "dtype": "float32",
                                  "value_range": [0, 1], "is_patch_data": True, "channel_def": channel_def}}},
         "medseg_config": config_to_mapping(cfg),
     }
@@ -154,10 +273,23 @@ def export_bundle(model, folder: str | Path) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
     torch.save(state, root / "models" / "model.pt")
     save_weights(state, root / "models" / "model.safetensors")
+    slice_dim = _slice_dim(cfg)
+    notes = [f"Network: `{target}` ({cfg.network.spatial_dims}D)."]
+    if needs_medseg:
+        notes.append(f"`{target}` is medseg's own class: `monai.bundle` imports it, so medseg must be "
+                     "installed in the environment that runs this bundle.")
+    if slice_dim is not None:
+        notes.append(f"2D model run slice by slice ({cfg.inference.slice_axis} slices, MONAI `SliceInferer` "
+                     f"along axis {slice_dim} of the {cfg.preprocessing.orientation.upper()} model grid).")
+    if cfg.postprocessing:
+        notes.append("Postprocessing (largest component, minimum size, hole filling) runs as MONAI transforms.")
+    if any(r.min_size_ml > 0 for r in cfg.postprocessing.values()) and _skimage_min_size_inclusive():
+        notes.append("With scikit-image 0.26 (issue #8001) `RemoveSmallObjectsd` also removes components of "
+                     "exactly the minimum size, which medseg keeps.")
     (root / "docs" / "README.md").write_text(
         f"# {cfg.name}\n\n{cfg.description}\n\nExported by medseg. Run:\n\n"
         "    python -m monai.bundle run --config_file configs/inference.json --bundle_root . "
-        "--dataset_dir IMAGES --output_dir OUT\n\nLabels: "
+        "--dataset_dir IMAGES --output_dir OUT\n\n" + "\n".join(notes) + "\n\nLabels: "
         + ", ".join(f"{i} {n}" for i, n in cfg.labels.items()) + "\n")
     return root
 
@@ -232,30 +364,29 @@ def import_bundle(folder: str | Path, *, allow_code: bool = False):
         raise ModelError(f"{cfg_path}: network_def._target_ {target!r} is not in medseg's whitelist "
                          f"{sorted(set(BUNDLE_TARGETS))}")
     net = _plain(net, "network_def", allow_code)
-    network = _network_config(BUNDLE_TARGETS[target], net, cfg_path)
+    network = _network_config(target, net, cfg_path)
     pre, labels_hint = _preprocessing(data, cfg_path, allow_code)
     inf = _inferer(data, pre, allow_code)
     labels = _labels(meta, int(net.get("out_channels", 2)))
-    cfg = ModelConfig(name=str(meta.get("name", root.name)), network=network, labels=labels,
-                      description=str(meta.get("description", "")), modality="any",
-                      in_channels=int(net.get("in_channels", 1)), preprocessing=pre, inference=inf)
+    post = _postprocessing_rules(data, labels, allow_code)
+    try:
+        cfg = ModelConfig(name=str(meta.get("name", root.name)), network=network, labels=labels,
+                          description=str(meta.get("description", "")), modality="any",
+                          in_channels=int(net.get("in_channels", 1)), preprocessing=pre, inference=inf,
+                          postprocessing=post)
+    except ConfigError as exc:
+        raise ModelError(f"{cfg_path}: medseg cannot map this bundle: {exc}") from exc
     return cfg, state
 
 
-def _network_config(name: str, net: Mapping, where: Path) -> NetworkConfig:
-    dims = int(net.get("spatial_dims", 3))
-    if name == "unet":
-        return NetworkConfig("unet", dims, tuple(net["channels"]), tuple(net["strides"]),
-                             int(net.get("num_res_units", 0)), float(net.get("dropout") or 0.0))
-    if name == "dynunet":
-        strides = list(net["strides"])
-        return NetworkConfig("dynunet", dims, tuple(net.get("filters") or []), tuple(strides[1:]),
-                             1 if net.get("res_block") else 0, float(net.get("dropout") or 0.0))
-    if name == "segresnet":
-        return NetworkConfig("segresnet", dims, (int(net.get("init_filters", 8)),), (), 1,
-                             float(net.get("dropout_prob") or 0.0))
-    return NetworkConfig("swinunetr", dims, (1,), (), 1, float(net.get("drop_rate", 0.0)),
-                         int(net.get("feature_size", 24)))
+def _network_config(target: str, net: Mapping, where: Path) -> NetworkConfig:
+    """The network config whose ``network_def`` is ``net`` (the inverse of what export writes)."""
+    from medseg.models.registry import network_config_from_spec
+
+    try:
+        return network_config_from_spec(target, net)
+    except (ModelError, ConfigError) as exc:
+        raise ModelError(f"{where}: {exc}") from exc
 
 
 def _transforms(data: Mapping, key: str) -> list[Mapping]:
@@ -292,19 +423,72 @@ def _preprocessing(data: Mapping, where: Path, allow_code: bool) -> tuple[Prepro
 
 
 def _inferer(data: Mapping, pre: PreprocessingConfig, allow_code: bool) -> InferenceConfig:
+    """Sliding-window settings; a ``SliceInferer`` maps to a 2D model's ``slice_axis``."""
     from medseg.inference.preprocess import model_axes
 
     inf = data.get("inferer")
     if not isinstance(inf, Mapping):
         return InferenceConfig()
+    name = str(inf.get("_target_", "")).split(".")[-1]
     inf = _plain({k: v for k, v in inf.items() if k != "_target_"}, "inferer", allow_code)
-    roi = inf.get("roi_size") or [96, 96, 96]
+    roi = list(inf.get("roi_size") or [96, 96, 96])
+    axes = model_axes(pre)
+    slice_axis = "axial"
+    if name == "SliceInferer":
+        dim = int(inf.get("spatial_dim", 0))
+        roi.insert(dim, 1)
+        slice_axis = {a: n for n, a in _SLICE_ARRAY_AXIS.items()}[axes[dim]]
     patch = [0, 0, 0]
-    for d, a in enumerate(model_axes(pre)):
+    for d, a in enumerate(axes):
         patch[a] = int(roi[d])
     return InferenceConfig(tuple(patch), float(inf.get("overlap", 0.25)),  # type: ignore[arg-type]
                            "gaussian" if inf.get("mode") == "gaussian" else "constant",
-                           int(inf.get("sw_batch_size", 1)))
+                           int(inf.get("sw_batch_size", 1)), slice_axis)  # type: ignore[arg-type]
+
+
+def _postprocessing_rules(data: Mapping, labels: Mapping[int, str], allow_code: bool) -> dict:
+    """Per-label rules from the transforms :func:`_postprocessing` writes (others are ignored)."""
+    from medseg.models.config import PostprocessingConfig
+
+    rules: dict[int, dict] = {}
+
+    def channel(key: Any, prefix: str) -> Optional[int]:
+        if isinstance(key, str) and key.startswith(prefix) and key[len(prefix):].isdigit():
+            c = int(key[len(prefix):])
+            return c if c in labels else None
+        return None
+
+    for t in _transforms(data, "postprocessing"):
+        name = str(t.get("_target_", "")).split(".")[-1]
+        if name not in ("KeepLargestConnectedComponentd", "RemoveSmallObjectsd", "FillHolesd"):
+            continue
+        t = _plain({k: t[k] for k in ("keys", "applied_labels", "min_size", "by_measure") if k in t},
+                   f"postprocessing.{name}", allow_code)
+        keys = t.get("keys")
+        keys = [keys] if isinstance(keys, str) else list(keys or [])
+        if name == "KeepLargestConnectedComponentd" and "pred" in keys:
+            for c in t.get("applied_labels") or []:
+                if int(c) in labels:
+                    rules.setdefault(int(c), {})["largest_component"] = True
+        elif name == "RemoveSmallObjectsd":
+            for key in keys:
+                c = channel(key, "pred_")
+                if c is None:
+                    continue
+                if not t.get("by_measure"):
+                    log.warning("bundle RemoveSmallObjectsd on %s counts voxels, not mm³: not mapped to min_size_ml", key)
+                    continue
+                rules.setdefault(c, {})["min_size_ml"] = float(t.get("min_size", 64)) / 1000.0
+        elif name == "FillHolesd":
+            for key in keys:
+                c = channel(key, "fill_")
+                if c is not None:
+                    rules.setdefault(c, {})["fill_holes"] = True
+                elif key == "pred":
+                    for c in t.get("applied_labels") or []:
+                        if int(c) in labels:
+                            rules.setdefault(int(c), {})["fill_holes"] = True
+    return {labels[c]: PostprocessingConfig(**r) for c, r in sorted(rules.items())}
 
 
 def _labels(meta: Any, out_channels: int) -> dict[int, str]:

@@ -30,6 +30,13 @@ def save_weights(network: nn.Module | Mapping[str, torch.Tensor], path: str | Pa
 
     state = network.state_dict() if isinstance(network, nn.Module) else dict(network)
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    # safetensors refuses tensors that share memory (DynUNet registers its blocks twice): copy repeats
+    seen: set[tuple[int, int]] = set()
+    for k, v in state.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset())
+        if v.numel() and key in seen:
+            state[k] = v.clone()
+        seen.add(key)
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     p = Path(path)
     with atomic_path(p) as tmp:
