@@ -230,11 +230,12 @@ class SlabArgmax:
     dtype : numpy dtype
         Label dtype.
     max_points : int
-        Input voxels handled per step (bounds the temporaries).
+        Input voxels handled per step (bounds the temporaries: about 60 bytes a point with
+        7 classes, 16 MB at the default).
     """
 
     def __init__(self, volume: Volume, model_affine: np.ndarray, model_shape: tuple[int, int, int], axis: int,
-                 dtype, *, max_points: int = 2**20) -> None:
+                 dtype, *, max_points: int = 2**18) -> None:
         self.m = np.linalg.inv(np.asarray(model_affine, float)) @ geometry.LPS_TO_RAS @ volume.affine
         self.shape = tuple(int(s) for s in model_shape)
         self.axis = int(axis)
@@ -320,3 +321,126 @@ class SlabArgmax:
                 view[...] = labels.reshape(view.shape)
             else:
                 view[mask.cpu().numpy()] = labels
+
+
+def model_grid(volume: Volume, config: PreprocessingConfig) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The model grid of ``volume``: ``(RAS affine, (I, J, K) shape)``, as :func:`preprocess_volume` makes it.
+
+    MONAI's own ``Orientation`` and ``Spacing`` run lazily (they only compose the affine and
+    the shape), so nothing is copied or resampled.
+    """
+    spatial = volume.array.shape[-3:]
+    channels = volume.array.shape[0] if volume.array.ndim == 4 else 1
+    # a zero-strided stand-in of the input's shape: the lazy transforms never read it
+    stub = torch.zeros((), dtype=torch.float32).expand((channels,) + tuple(spatial[::-1]))
+    x = MetaTensor(stub, affine=torch.as_tensor(ras_affine(volume.affine), dtype=torch.float64),
+                   meta={"space": "RAS", "original_channel_dim": 0})
+    for t in spatial_transforms(config):
+        t.lazy = True
+        x = t(x)
+    return (np.asarray(x.peek_pending_affine(), dtype=float),
+            tuple(int(s) for s in x.peek_pending_shape()))
+
+
+class GridPermutation:
+    """Index mapping between the input grid and a model grid that is the input grid up to axis permutation and flips.
+
+    Model axis ``a`` runs along input array axis ``axes[a]``: ``model = signs[a] * input + offsets[a]``.
+
+    Parameters
+    ----------
+    model_affine : (4, 4) ndarray
+        Model grid ``(i, j, k)`` → RAS mm.
+    volume : Volume
+        The input grid.
+    """
+
+    def __init__(self, model_affine: np.ndarray, volume: Volume) -> None:
+        if not is_permutation(model_affine, volume):
+            raise InputError("the model grid is not the input grid up to axis permutation and flips")
+        m = np.linalg.inv(np.asarray(model_affine, float)) @ geometry.LPS_TO_RAS @ volume.affine
+        r = np.round(m[:3, :3]).astype(int)
+        self.axes = tuple(int(np.nonzero(r[a])[0][0]) for a in range(3))
+        self.signs = tuple(int(r[a, self.axes[a]]) for a in range(3))
+        self.offsets = tuple(int(round(m[a, 3])) for a in range(3))
+        self.input_shape = tuple(int(s) for s in volume.shape)
+        self.model_shape = tuple(self.input_shape[b] for b in self.axes)
+
+    def input_box(self, box: tuple[slice, ...]) -> tuple[slice, ...]:
+        """The input-array box (array axis order) of a model-grid box."""
+        out: list[slice] = [slice(None)] * 3
+        for a, s in enumerate(box):
+            lo, hi, _ = s.indices(self.model_shape[a])
+            if self.signs[a] > 0:
+                out[self.axes[a]] = slice(lo - self.offsets[a], hi - self.offsets[a])
+            else:
+                out[self.axes[a]] = slice(self.offsets[a] - hi + 1, self.offsets[a] - lo + 1)
+        return tuple(out)
+
+    def to_model(self, arr):
+        """An input-order block ``(..., z, y, x)`` as model-order ``(..., i, j, k)`` (a view)."""
+        lead = arr.ndim - 3
+        out = arr.transpose(tuple(range(lead)) + tuple(lead + b for b in self.axes))
+        flips = tuple(lead + a for a in range(3) if self.signs[a] < 0)
+        if not flips:
+            return out
+        return out.flip(flips) if isinstance(out, torch.Tensor) else np.flip(out, flips)
+
+    def to_input(self, arr):
+        """A model-order block ``(..., i, j, k)`` as input-order ``(..., z, y, x)`` (inverse of :meth:`to_model`)."""
+        lead = arr.ndim - 3
+        flips = tuple(lead + a for a in range(3) if self.signs[a] < 0)
+        if flips:
+            arr = arr.flip(flips) if isinstance(arr, torch.Tensor) else np.flip(arr, flips)
+        inverse = [self.axes.index(b) for b in range(3)]
+        perm = tuple(range(lead)) + tuple(lead + a for a in inverse)
+        return arr.permute(perm) if isinstance(arr, torch.Tensor) else arr.transpose(perm)
+
+
+class PermutedInput:
+    """The preprocessed ``(1, C, I, J, K)`` model input, read window by window from the volume.
+
+    For a model grid that is the input grid up to axis permutation and flips and a voxel-wise
+    intensity transform (CT window or none), :func:`preprocess_volume` amounts to a transpose,
+    flips, a cast to float32 and the intensity transform: here they are applied to each
+    requested window only, so no float32 copy of the whole volume is held. Indexing with
+    ``(slice(None), slice(None), si, sj, sk)`` returns the same values as indexing the output
+    of :func:`preprocess_volume`.
+
+    Use :meth:`create`, which returns None when the volume and config do not qualify.
+    """
+
+    dtype = torch.float32
+    device = torch.device("cpu")
+
+    def __init__(self, volume: Volume, config: PreprocessingConfig, affine: np.ndarray) -> None:
+        self.volume = volume
+        self.affine = affine
+        self.grid = GridPermutation(affine, volume)
+        arr = volume.array
+        self._array = arr[None] if arr.ndim == 3 else arr
+        self._transform = intensity_transform(config.intensity)
+        self.shape = (1, self._array.shape[0]) + self.grid.model_shape
+
+    @classmethod
+    def create(cls, volume: Volume, config: PreprocessingConfig) -> Optional["PermutedInput"]:
+        """A lazy model input, or None when preprocessing resamples or normalises with volume statistics."""
+        if config.intensity.kind not in ("ct_window", "none"):
+            return None
+        if volume.array.dtype not in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64):
+            return None
+        affine, shape = model_grid(volume, config)
+        if not is_permutation(affine, volume):
+            return None
+        lazy = cls(volume, config, affine)
+        return lazy if lazy.grid.model_shape == tuple(shape) else None
+
+    def __getitem__(self, index) -> torch.Tensor:
+        index = index if isinstance(index, tuple) else (index,)
+        if len(index) != 5 or any(s != slice(None) for s in index[:2]):
+            raise InputError(f"index a PermutedInput as [:, :, si, sj, sk], got {index}")
+        block = self._array[(slice(None),) + self.grid.input_box(index[2:])]
+        x = torch.from_numpy(np.ascontiguousarray(self.grid.to_model(block))).to(torch.float32)
+        if self._transform is not None:
+            x = torch.as_tensor(self._transform(x)).to(torch.float32)
+        return x[None]
