@@ -27,7 +27,7 @@ from medseg_napari._layers import (
     labels_layer_data,
     make_layer,
     probability_layer_data,
-    show_layer,
+    show_layer_steps,
     volume_from_layer,
 )
 from medseg_napari._shortcuts import install_shortcuts
@@ -142,10 +142,17 @@ class AutoSegmentWidget(QWidget):
         )
 
     def _show(self, prepared: tuple) -> Iterator[None]:
-        """GUI steps (one layer each, see :class:`TaskRunner`): class map, then heatmap."""
+        """GUI steps (see :class:`TaskRunner`): class map, then heatmap, then the selection.
+
+        A new layer is added over several steps (:func:`._layers.add_layer_steps`).
+        """
         labels, labels_layer, heat, heat_layer = prepared
-        self.result_layer = show_layer(self.viewer, self.result_layer, labels, labels_layer)
+        self.result_layer = yield from show_layer_steps(self.viewer, self.result_layer, labels, labels_layer,
+                                                        select=False)
         if heat is not None:
             yield
-            self.heatmap_layer = show_layer(self.viewer, self.heatmap_layer, heat, heat_layer)
-        self.viewer.layers.selection.active = self.result_layer
+            self.heatmap_layer = yield from show_layer_steps(self.viewer, self.heatmap_layer, heat, heat_layer,
+                                                             select=False)
+        yield
+        if self.result_layer in self.viewer.layers:
+            self.viewer.layers.selection.active = self.result_layer

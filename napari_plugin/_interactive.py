@@ -32,12 +32,12 @@ from qtpy.QtWidgets import (
 
 from medseg_napari._layers import (
     METADATA_KEY,
+    add_layer_steps,
     label_colormap,
     label_features,
     labels_layer_data,
     make_layer,
     reusable_layer,
-    show_layer,
     update_layer,
     viewer_camera,
     volume_from_layer,
@@ -284,7 +284,7 @@ class InteractiveWidget(QWidget):
                 if previous is not None and previous in self.viewer.layers:
                     self.viewer.layers.remove(previous)
                     yield
-                setattr(self, attr, show_layer(self.viewer, None, layer_data, layer))
+                setattr(self, attr, (yield from add_layer_steps(self.viewer, layer, select=False)))
             yield
         self.viewer.layers.selection.active = image
         self._refresh_labels_combo()

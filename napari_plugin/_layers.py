@@ -25,7 +25,8 @@ volume's provenance ``meta`` and, for labels, the label table — is kept in
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+import logging
+from typing import Any, Generator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -55,12 +56,16 @@ __all__ = [
     "contrast_limits_for",
     "window_limits",
     "add_layer_data",
+    "add_layer_steps",
     "make_layer",
     "reusable_layer",
     "update_layer",
     "show_layer",
+    "show_layer_steps",
     "viewer_camera",
 ]
+
+log = logging.getLogger(__name__)
 
 METADATA_KEY = "medseg"
 
@@ -355,6 +360,90 @@ def add_layer_data(viewer: Any, layer_data: Any) -> Any:
     return layer
 
 
+def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Generator[None, None, Any]:
+    """Add a layer over several event-loop turns: ``layer = yield from add_layer_steps(...)``.
+
+    For the GUI steps of a :class:`._worker.TaskRunner` (each ``yield`` ends one event-loop
+    turn). ``viewer.add_layer`` runs napari's whole per-layer set-up in one go: the vispy
+    visual, the layer's vispy overlays (a labels layer's polygon and brush-stroke overlays
+    alone cost napari about as much as its visual), the layer controls, the layer list row,
+    the selection change (which shows the new controls) and the first paint of the new visual
+    (slice, texture upload, shader compile). Here the same layer is added in stages, one per
+    turn, so that no single turn carries all of it:
+
+    0. in a viewer of fewer dimensions (the first layer of an empty viewer), the viewer's
+       dimensions are set first (napari builds its dimension sliders and resizes the canvas);
+    1. the layer is appended hidden, with its visible overlays switched off and without
+       becoming the active layer (napari slices nothing for a hidden layer and creates a vispy
+       overlay only when the overlay is visible);
+    2. for a layer with a vispy text visual (points), the glyphs that vispy renders on the
+       first draw of any text in a canvas are rendered first, one per turn (see
+       :func:`_text_glyph_steps`);
+    3. it is made visible (slice, texture, first paint);
+    4. it becomes the active layer, as napari's own add does (only when ``select``);
+    5. each deferred overlay is switched back on, one per turn (napari then builds its visual).
+
+    Every stage is napari's own work on the real layer, only spread over turns; what is left
+    in one turn is napari's fixed cost of a new layer (its visual, controls and list row, and
+    the redraw that follows; see ``benchmarks/gui_responsiveness.py``). The end state is that
+    of ``viewer.add_layer`` (with ``select=False``: the active layer is left alone). The layer
+    is not made active when it was removed meanwhile, and whatever is still deferred is
+    restored if the steps are abandoned (an error in a later step of the task).
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    layer_data : napari layer or ``(data, kwargs, layer_type)``
+        A layer made with :func:`make_layer` (in a worker thread), or a tuple.
+    select : bool
+        Make the new layer the active one (napari's behaviour on insert).
+
+    Returns
+    -------
+    napari layer
+        The added layer (the generator's return value).
+    """
+    from napari.layers import Layer
+
+    layer = layer_data if isinstance(layer_data, Layer) else make_layer(layer_data)
+    if viewer.dims.ndim < layer.ndim:
+        viewer.dims.ndim = layer.ndim
+        yield
+    layers = viewer.layers
+    overlays = [ov for ov in getattr(layer, "_overlays", {}).values() if getattr(ov, "visible", False)]
+    show = bool(layer.visible)
+    activate = getattr(layers, "_activate_on_insert", None)
+    for ov in overlays:
+        ov.visible = False
+    if show:
+        layer.visible = False
+    try:
+        if activate is not None:
+            layers._activate_on_insert = False
+        try:
+            viewer.add_layer(layer)
+        finally:
+            if activate is not None:
+                layers._activate_on_insert = activate
+        if show:
+            yield
+            yield from _text_glyph_steps(viewer, layer)
+            show = False
+            layer.visible = True
+        if select and layer in layers:
+            yield
+            layers.selection.active = layer
+        while overlays:
+            yield
+            overlays.pop(0).visible = True
+    finally:  # abandoned (or failed) part-way: leave the layer as napari would have
+        if show:
+            layer.visible = True
+        for ov in overlays:
+            ov.visible = True
+    return layer
+
+
 def _same_grid(layer: Any, data: Any, metadata: Mapping[str, Any]) -> bool:
     old = (layer.metadata or {}).get(METADATA_KEY) or {}
     new = (metadata or {}).get(METADATA_KEY) or {}
@@ -419,6 +508,51 @@ def show_layer(viewer: Any, previous: Any, layer_data: tuple, layer: Any = None)
     if previous is not None and previous in viewer.layers and previous.name == layer_data[1].get("name"):
         viewer.layers.remove(previous)
     return add_layer_data(viewer, layer if layer is not None else layer_data)
+
+
+#: characters vispy's text visual measures on its first draw (vertical alignment), whatever the text
+_TEXT_ALIGNMENT_GLYPHS = "ÅÉÑŐjgpqy"
+
+
+def _text_glyph_steps(viewer: Any, layer: Any) -> Generator[None, None, None]:
+    """Render, one per step, the glyphs a layer's vispy text visual needs on its first draw.
+
+    A points layer draws a vispy ``Text`` visual even without any text, and its first draw
+    renders the signed-distance-field glyphs of :data:`_TEXT_ALIGNMENT_GLYPHS` on the CPU into
+    the canvas's font atlas (shared by all text of the canvas, so paid once per viewer): about
+    0.2 s in one paint under a software renderer. Rendering them ahead, one glyph per
+    event-loop turn, leaves that paint with the shaders and the upload. Nothing is done (no
+    step) when the layer has no text visual, the glyphs are there already, or napari's
+    internals differ from napari 0.9's (private attributes).
+    """
+    try:
+        canvas = viewer.window._qt_viewer.canvas
+        font = canvas.layer_to_visual[layer].node.text._font
+        missing = [c for c in _TEXT_ALIGNMENT_GLYPHS if c not in font._glyphs]
+    except Exception:  # noqa: BLE001 - no text visual, no Qt window, other napari internals
+        return
+    for char in missing:
+        try:
+            font[char]
+        except Exception:  # noqa: BLE001 - leave it to vispy's own first draw
+            log.debug("glyph %r not pre-rendered", char, exc_info=True)
+            return
+        yield
+
+
+def show_layer_steps(viewer: Any, previous: Any, layer_data: tuple, layer: Any = None, *,
+                     select: bool = True) -> Generator[None, None, Any]:
+    """:func:`show_layer` as GUI steps: ``layer = yield from show_layer_steps(...)``.
+
+    An in-place update is one step (no ``yield``); removing a stale ``previous`` layer takes
+    a turn of its own, and a new layer is added by :func:`add_layer_steps`.
+    """
+    if reusable_layer(viewer, previous, layer_data):
+        return update_layer(previous, layer_data)
+    if previous is not None and previous in viewer.layers and previous.name == layer_data[1].get("name"):
+        viewer.layers.remove(previous)
+        yield
+    return (yield from add_layer_steps(viewer, layer if layer is not None else layer_data, select=select))
 
 
 def viewer_camera(viewer: Any) -> Any:

@@ -4,7 +4,7 @@ Thin UIs over :func:`medseg.consensus.consensus`, :func:`medseg.uncertainty.esti
 / :func:`medseg.uncertainty.review_list` and :func:`medseg.evaluate.evaluate`; all compute runs
 in worker threads (layers are converted to medseg objects there too, and the output layers are
 built there). A re-run updates the widget's previous output layers in place (same name, same
-grid; see :func:`._layers.show_layer`).
+grid; see :func:`._layers.show_layer_steps`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from medseg_napari._layers import (
     labels_layer_data,
     make_layer,
     probability_layer_data,
-    show_layer,
+    show_layer_steps,
     viewer_camera,
     volume_from_layer,
 )
@@ -165,9 +165,9 @@ class ConsensusWidget(QWidget):
         """GUI steps (one layer each, see :class:`TaskRunner`): consensus, disagreement, table."""
         result, cons, cons_layer, dis, dis_layer, rows = prepared
         self.result = result
-        self.consensus_layer = show_layer(self.viewer, self.consensus_layer, cons, cons_layer)
+        self.consensus_layer = yield from show_layer_steps(self.viewer, self.consensus_layer, cons, cons_layer)
         yield
-        self.disagreement_layer = show_layer(self.viewer, self.disagreement_layer, dis, dis_layer)
+        self.disagreement_layer = yield from show_layer_steps(self.viewer, self.disagreement_layer, dis, dis_layer)
         yield
         _fill_table(self.table, rows, list(dict.fromkeys(k for row in rows for k in row)))
         self._refresh()
@@ -278,9 +278,9 @@ class UncertaintyWidget(QWidget):
         """GUI steps (one layer each, see :class:`TaskRunner`): labels, heatmap, review list."""
         result, labels, labels_layer, heat, heat_layer = prepared
         self.result, self.items = result
-        self.labels_layer = show_layer(self.viewer, self.labels_layer, labels, labels_layer)
+        self.labels_layer = yield from show_layer_steps(self.viewer, self.labels_layer, labels, labels_layer)
         yield
-        self.heatmap_layer = show_layer(self.viewer, self.heatmap_layer, heat, heat_layer)
+        self.heatmap_layer = yield from show_layer_steps(self.viewer, self.heatmap_layer, heat, heat_layer)
         yield
         self.review.blockSignals(True)
         self.review.clear()
@@ -371,7 +371,7 @@ class QAWidget(QWidget):
         self.summary.setText(f"mean Dice {self.report.mean_dice:.3f}, mIoU {self.report.mean_iou:.3f}"
                              + (f"\nlesions {lesions}" if lesions else ""))
         yield
-        self.error_layer = show_layer(self.viewer, self.error_layer, errors, layer)
+        self.error_layer = yield from show_layer_steps(self.viewer, self.error_layer, errors, layer)
         if self.paths:
             self.runner.status.setText(f"report written to {Path(next(iter(self.paths.values()))).parent}")
 

@@ -114,7 +114,7 @@ class SeriesWidget(QWidget):
         if row < 0 or row >= len(self.series):
             self.runner.status.setText("scan a folder and pick a series")
             return False
-        from medseg_napari._layers import METADATA_KEY, add_layer_data, make_layer
+        from medseg_napari._layers import METADATA_KEY, add_layer_steps, make_layer
 
         uid = self.series[row]["uid"]
         series = self.series
@@ -124,11 +124,11 @@ class SeriesWidget(QWidget):
                 ld[1]["metadata"][METADATA_KEY].update(series=series, series_uid=uid)
             return [make_layer(ld) for ld in layers]
 
-        def done(layers: list) -> Iterator[None]:  # one layer per event-loop turn
+        def done(layers: list) -> Iterator[None]:  # each layer over several event-loop turns
             for i, layer in enumerate(layers):
                 if i:
                     yield
-                add_layer_data(self.viewer, layer)
+                yield from add_layer_steps(self.viewer, layer)
 
         return self.runner.start(_open, self.folder_edit.text().strip(), uid, prepare=prepare,
                                  label="opening series", on_done=done)

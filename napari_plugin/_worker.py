@@ -13,9 +13,12 @@ What the GUI thread still does per task, and how it is kept short:
 * an ``on_done`` generator runs one GUI step per event-loop turn, and the next step is
   scheduled on a short timer (not a 0 ms single shot, which Qt delivers as a posted event
   ahead of overdue timers, so consecutive steps ran back to back as one long block);
-* napari's own per-layer cost (vispy visuals, overlays and controls of a new layer, about
-  0.1-0.2 s under a software renderer) is paid once: widgets update their previous output
-  layer in place when an action is re-run (see :func:`._layers.reusable_layer`).
+* a new layer is added over several steps (:func:`._layers.add_layer_steps`: appended
+  hidden, then shown, then selected, then its overlays built), so that napari's per-layer
+  cost (vispy visuals, overlays, controls and the first paint of a new layer, 0.2-0.4 s
+  under a software renderer when done in one go) is spread over several event-loop turns;
+* that cost is paid once: widgets update their previous output layer in place when an
+  action is re-run (see :func:`._layers.reusable_layer`).
 """
 
 from __future__ import annotations

@@ -350,3 +350,69 @@ def test_interactive_restart_reuses_the_session_layers(qtbot, make_napari_viewer
     assert (w.objects_layer, w.preview_layer, w.points_layer) == layers and len(viewer.layers) == n
     assert not w.objects_layer.data.any() and not w.preview_layer.data.any() and len(w.points_layer.data) == 0
     assert len(w.session.prompts) == 0 and L.labels_from_layer(w.objects_layer).names == []
+
+
+def _drain(steps):
+    """Run a generator of GUI steps to its end: (return value, number of yields)."""
+    n = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value, n
+        n += 1
+
+
+def test_add_layer_steps_adds_in_stages_and_ends_as_add_layer(make_napari_viewer, phantom):
+    image, seg = phantom
+    viewer = make_napari_viewer()
+    steps = L.add_layer_steps(viewer, L.image_layer_data(image, name="ct"))
+    next(steps)  # an empty viewer gets its dimensions first
+    assert viewer.dims.ndim == 3 and len(viewer.layers) == 0
+    next(steps)  # then the layer, hidden and not yet active
+    img = viewer.layers["ct"]
+    assert not img.visible and viewer.layers.selection.active is not img
+    layer, n = _drain(steps)
+    assert layer is img and n >= 1
+    assert img.visible and viewer.layers.selection.active is img
+
+    lab = L.make_layer(L.labels_layer_data(seg, name="reference"))
+    shown = [k for k, ov in lab._overlays.items() if ov.visible]
+    assert shown  # napari's labels overlays (polygon, brush stroke) are visible by default
+    steps = L.add_layer_steps(viewer, lab, select=False)
+    next(steps)  # the viewer is 3D already: appended at once, overlays not built yet
+    assert lab in viewer.layers and not lab.visible
+    assert not any(lab._overlays[k].visible for k in shown)
+    layer, n = _drain(steps)
+    assert layer is lab and n == len(shown)  # made visible, then one overlay per step
+    assert lab.visible and all(lab._overlays[k].visible for k in shown)
+    assert viewer.layers.selection.active is img  # select=False: the active layer is left alone
+    canvas = viewer.window._qt_viewer.canvas
+    built = canvas._layer_overlay_to_visual.get(lab, {})
+    assert all(lab._overlays[k] in built for k in shown)  # napari built the deferred overlays
+
+
+def test_add_layer_steps_abandoned_leaves_the_layer_shown(make_napari_viewer, phantom):
+    _, seg = phantom
+    viewer = make_napari_viewer()
+    viewer.add_layer(L.make_layer(L.labels_layer_data(seg, name="first")))
+    lab = L.make_layer(L.labels_layer_data(seg, name="second"))
+    shown = [k for k, ov in lab._overlays.items() if ov.visible]
+    steps = L.add_layer_steps(viewer, lab)
+    next(steps)
+    steps.close()  # e.g. a later GUI step of the task failed
+    assert lab in viewer.layers and lab.visible and all(lab._overlays[k].visible for k in shown)
+    assert viewer.layers._activate_on_insert  # napari's own setting restored
+
+
+def test_show_layer_steps_updates_in_place_without_a_step(make_napari_viewer, phantom):
+    _, seg = phantom
+    viewer = make_napari_viewer()
+    data = L.labels_layer_data(seg, name="result")
+    first, n = _drain(L.show_layer_steps(viewer, None, data))
+    assert first in viewer.layers and n >= 1
+    again, n = _drain(L.show_layer_steps(viewer, first, L.labels_layer_data(seg, name="result")))
+    assert again is first and n == 0 and len(viewer.layers) == 1
+    small = _grid_seg(seg, (8, 16, 16))
+    other, n = _drain(L.show_layer_steps(viewer, first, L.labels_layer_data(small, name="result")))
+    assert other is not first and first not in viewer.layers and other.visible and len(viewer.layers) == 1
