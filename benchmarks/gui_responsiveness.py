@@ -39,7 +39,8 @@ closed later from ever being freed (napari layers live in reference cycles).
 
 Options: ``--shape Z Y X`` (default 300 512 512), ``--skip-model`` (skip the auto-segment and
 uncertainty actions, which need the trained bundled model or use the untrained network),
-``--profile`` (print where the GUI thread spent its time during each slow action).
+``--profile`` (print where the GUI thread spent its time during each slow action), ``--turns MS``
+(list every block over MS ms of each action, e.g. the turns of a layer added in stages).
 """
 
 from __future__ import annotations
@@ -88,12 +89,15 @@ class Heartbeat:
 
     def _tick(self):
         now = time.perf_counter()
+        if now - self.last - self.interval > TURNS_MS / 1000.0:
+            self.blocks.append((self.last, now))
         if now - self.last > self.max_gap:
             self.max_gap = now - self.last
             self.gap = (self.last, now)
         self.last = now
 
     def start(self):
+        self.blocks: list[tuple[float, float]] = []
         self.last = time.perf_counter()
         self.max_gap = 0.0
         self.gap = (self.last, self.last)
@@ -136,6 +140,7 @@ GC = None
 
 
 PROFILE = False
+TURNS_MS = float("inf")
 
 
 def load() -> str:
@@ -177,6 +182,12 @@ def measure(app, beat, name, action, runner=None, timeout=1800.0):
     print(f"{flag} {name:<38s} GUI block {block * 1000:7.1f} ms (gc {gc_s * 1000:5.1f} ms"
           + (f", {full} full" if full else "") + f")   wall {wall:7.2f} s   {load()}"
           + (f"   error: {err}" if err else ""), flush=True)
+    if beat.blocks and len(beat.blocks) > 1:
+        t_start = beat.blocks[0][0]
+        print("      turns over %.0f ms (start ms: block ms, gc ms): " % TURNS_MS + ", ".join(
+            f"{(a - t_start) * 1000:.0f}: {(b - a - beat.interval) * 1000:.0f}"
+            + (f" gc {GC.within(a, b)[0] * 1000:.0f}" if GC is not None and GC.within(a, b)[0] > 0.01 else "")
+            for a, b in beat.blocks), flush=True)
     if prof is not None:
         prof.disable()
         if block > 0.1:
@@ -316,9 +327,13 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-shape", type=int, nargs=3, default=(32, 64, 64))
     p.add_argument("--skip-model", action="store_true")
     p.add_argument("--profile", action="store_true", help="print GUI-thread profiles of slow actions")
+    p.add_argument("--turns", type=float, default=None, metavar="MS",
+                   help="also list every GUI-thread block over MS of each action (one per event-loop turn)")
     args = p.parse_args(argv)
-    global PROFILE, GC
+    global PROFILE, GC, TURNS_MS
     PROFILE = args.profile
+    if args.turns is not None:
+        TURNS_MS = args.turns
     GC = GCLog()
 
     import napari
