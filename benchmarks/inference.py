@@ -1,7 +1,23 @@
 """End-to-end ``medseg.inference.segment`` vs raw MONAI ``sliding_window_inference``.
 
 Same network (the bundled default model's), same input, same run. Each measurement runs in a
-fresh subprocess so that peak RSS (``ru_maxrss``) belongs to that measurement only.
+fresh subprocess so that peak RSS (``VmHWM``) belongs to that measurement only.
+
+Baseline: after the imports and the model load, both sides run the network once on one
+window of zeros (the model's patch size), give the allocator's free pages back to the OS
+(:func:`medseg.inference.memory.release_free_memory`) and reset the process's peak RSS
+(``/proc/self/clear_refs``); the baseline is the resident set then, and the figures are the
+peak above it. The warm-up takes out one-time runtime state that does not depend on the
+volume: on the first forward pass MKL keeps about 41 MB of GEMM buffers for reuse
+(``MKL_DISABLE_FAST_MM=1`` makes them go away) and the convolution kernels' code pages of the
+torch/MKL libraries are faulted in (about 38 MB of file-backed RSS), for a 80 x 64 x 48 window
+of the bundled model. Inside the measurement these were counted, and where the MKL buffers
+landed among the run's own buffers decided how much freed memory the later windows could
+reuse: medseg's peak on the same 256 x 256 x 128 same-grid input varied from run to run (148
+to 178 MB over some twenty runs, earlier 120 vs 146 MB); after the warm-up it stays within 2 MB
+(105.6 to 107.5 MB; raw MONAI 361.9 MB in every run). Every run's figures go to stderr.
+The network's own working memory is still counted on both sides: the warm-up's activations
+are released before the baseline is taken.
 
 * ``same-grid``: the model config's target spacing is set to the input's spacing, so the
   network sees as many voxels as the raw baseline: the ratio is medseg's overhead
@@ -19,12 +35,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import replace
+
+log = logging.getLogger(__name__)
 
 
 def _volume(size, spacing):
@@ -57,6 +76,26 @@ def _hwm_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _baseline_mb(model) -> float:
+    """Warm the network up on one window, release the free heap, reset the peak: the resident set then."""
+    import torch
+
+    from medseg.inference.memory import release_free_memory
+
+    cfg = model.config
+    roi = list(cfg.inference.patch_size)[::-1]  # (z, y, x) -> MONAI's (x, y, z) for the RAS model grid
+    model.network.eval()
+    with torch.inference_mode():
+        model.network(torch.zeros([1, cfg.in_channels] + roi, device=model.device))
+    release_free_memory()
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset VmHWM to the current RSS
+    except OSError as exc:  # pragma: no cover - not Linux, or not allowed
+        sys.stderr.write(f"cannot reset the peak RSS ({exc}): the baseline includes the warm-up's peak\n")
+    return _hwm_mb()
+
+
 def _spacing(mode):
     return (4.0, 4.0, 4.0) if mode == "same-grid" else (1.5, 0.8, 0.8)
 
@@ -75,7 +114,7 @@ def one(kind: str, size, mode: str, threads: int, path: str) -> dict:
     torch.set_num_threads(threads)
     spacing = _spacing(mode)
     model = _model(spacing if mode == "same-grid" else None)
-    base_rss = _hwm_mb()
+    base_rss = _baseline_mb(model)
     arr = np.load(path)
     image = Volume(arr, default_phantom_affine(arr.shape, spacing), {"Modality": "CT"})
     cfg = model.config
@@ -112,6 +151,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--one", nargs=4, metavar=("KIND", "SIZE", "MODE", "NPY"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)  # every run's figures
     if args.one:
         kind, size, mode, path = args.one
         print(json.dumps(one(kind, tuple(int(v) for v in size.split("x")), mode, args.threads, path)))
@@ -125,7 +165,8 @@ def main() -> None:
     tmp.mkdir(exist_ok=True)
     print(f"{'mode':10s} {'size (x,y,z)':14s} {'raw s':>8s} {'medseg s':>9s} {'ratio':>6s} "
           f"{'raw MB':>7s} {'medseg MB':>9s} {'4xin+model MB':>13s}")
-    print("(MB: peak RSS above the process baseline after imports and model load, before reading the input)")
+    print("(MB: peak RSS above the process baseline after imports, model load and one warm-up window, "
+          "before reading the input)")
     for mode in args.modes:
         for size in args.sizes:
             npy = tmp / f"{size}-{mode}.npy"
@@ -142,6 +183,8 @@ def main() -> None:
                         sys.stderr.write(out.stderr[-2000:])
                         raise SystemExit(1)
                     runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                log.info("%s %s %s: seconds %s, MB %s", mode, size, kind, [round(r["seconds"], 2) for r in runs],
+                         [round(r["peak_rss_mb"] - r["rss_before_mb"], 1) for r in runs])
                 res[kind] = {"seconds": statistics.median(r["seconds"] for r in runs),
                              "peak_rss_mb": max(r["peak_rss_mb"] - r["rss_before_mb"] for r in runs), **{k: runs[0][k] for k in ("input_f32_mb", "model_mb")}}
             r, m = res["raw"], res["medseg"]
