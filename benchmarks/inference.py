@@ -11,8 +11,9 @@ peak above it. The warm-up takes out one-time runtime state that does not depend
 volume: on the first forward pass MKL keeps about 41 MB of GEMM buffers for reuse
 (``MKL_DISABLE_FAST_MM=1`` makes them go away) and the convolution kernels' code pages of the
 torch/MKL libraries are faulted in (about 38 MB of file-backed RSS), for a 80 x 64 x 48 window
-of the bundled model. Inside the measurement these were counted, and medseg's peak on the same 256 x 256 x 128 same-grid input varied from run to run (148
-to 178 MB over some twenty runs, earlier 120 vs 146 MB; the allocator's resident free memory
+of the bundled model. Inside the measurement these were counted, and medseg's peak on the
+same 256 x 256 x 128 same-grid input varied from run to run (148 to 178 MB over some twenty
+runs, earlier 120 vs 146 MB; the allocator's resident free memory
 differed between runs, 48.6 vs 74 MB on the same input: our reading, not traced allocation by
 allocation, is that where the MKL buffers landed among the run's own buffers decided how much
 freed memory the later windows could reuse); after the warm-up it stays within 2 MB

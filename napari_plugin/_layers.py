@@ -501,13 +501,15 @@ def show_layer(viewer: Any, previous: Any, layer_data: tuple, layer: Any = None)
     ``layer`` is the layer object made from ``layer_data`` in a worker thread
     (:func:`make_layer`), used when a new layer is needed. A ``previous`` layer that still has
     the new layer's name but lies on another grid is removed first (it is the stale output of
-    the same action). Returns the layer that shows the data.
+    the same action). Returns the layer that shows the data. The synchronous form of
+    :func:`show_layer_steps` (its steps run back to back), for callers outside a GUI task.
     """
-    if reusable_layer(viewer, previous, layer_data):
-        return update_layer(previous, layer_data)
-    if previous is not None and previous in viewer.layers and previous.name == layer_data[1].get("name"):
-        viewer.layers.remove(previous)
-    return add_layer_data(viewer, layer if layer is not None else layer_data)
+    steps = show_layer_steps(viewer, previous, layer_data, layer)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 #: characters vispy's text visual measures on its first draw (vertical alignment), whatever the text
