@@ -375,20 +375,27 @@ def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Gen
        dimensions are set first (napari builds its dimension sliders and resizes the canvas);
     1. the layer is appended hidden, with its visible overlays switched off and without
        becoming the active layer (napari slices nothing for a hidden layer and creates a vispy
-       overlay only when the overlay is visible);
-    2. for a layer with a vispy text visual (points), the glyphs that vispy renders on the
+       overlay only when the overlay is visible); napari's two slow reactions to the insert,
+       the vispy visual and the layer controls, are held back (:class:`_HeldInsert`);
+    2. the vispy visual is built, then the layer controls, one per turn;
+    3. for a layer with a vispy text visual (points), the glyphs that vispy renders on the
        first draw of any text in a canvas are rendered first, one per turn (see
        :func:`_text_glyph_steps`);
-    3. it is made visible (slice, texture, first paint);
-    4. it becomes the active layer, as napari's own add does (only when ``select``);
-    5. each deferred overlay is switched back on, one per turn (napari then builds its visual).
+    4. it is made visible (slice, texture, first paint), with the later parts of a compound
+       visual (points: selection markers, highlight lines, text) shown one per turn after
+       it, so that each part's shader program is built in a turn of its own
+       (:func:`_hide_later_parts`);
+    5. it becomes the active layer, as napari's own add does (only when ``select``);
+    6. each deferred overlay is switched back on, one per turn (napari then builds its visual),
+       after vispy's process-wide line-dash patterns, which the first line overlay of the
+       process would otherwise compute in its own turn (:func:`_dash_pattern_steps`).
 
     Every stage is napari's own work on the real layer, only spread over turns; what is left
-    in one turn is napari's fixed cost of a new layer (its visual, controls and list row, and
-    the redraw that follows; see ``benchmarks/gui_responsiveness.py``). The end state is that
-    of ``viewer.add_layer`` (with ``select=False``: the active layer is left alone). The layer
-    is not made active when it was removed meanwhile, and whatever is still deferred is
-    restored if the steps are abandoned (an error in a later step of the task).
+    in one turn is at most one of napari's per-layer pieces and the redraw that follows (see
+    ``benchmarks/gui_responsiveness.py``). The end state is that of ``viewer.add_layer``
+    (with ``select=False``: the active layer is left alone). The layer is not made active when
+    it was removed meanwhile, and whatever is still deferred is restored if the steps are
+    abandoned (an error in a later step of the task).
 
     Parameters
     ----------
@@ -413,6 +420,8 @@ def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Gen
     overlays = [ov for ov in getattr(layer, "_overlays", {}).values() if getattr(ov, "visible", False)]
     show = bool(layer.visible)
     activate = getattr(layers, "_activate_on_insert", None)
+    held = _HeldInsert(viewer, layer)
+    parts: list = []
     for ov in overlays:
         ov.visible = False
     if show:
@@ -421,27 +430,241 @@ def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Gen
         if activate is not None:
             layers._activate_on_insert = False
         try:
-            viewer.add_layer(layer)
+            with held:
+                viewer.add_layer(layer)
         finally:
             if activate is not None:
                 layers._activate_on_insert = activate
+        while held.pending:
+            yield
+            held.run_next()
         if show:
             yield
             yield from _text_glyph_steps(viewer, layer)
+            parts = _hide_later_parts(viewer, layer)
             show = False
             layer.visible = True
+            while parts:
+                yield
+                parts.pop(0).visible = True
         if select and layer in layers:
             yield
             layers.selection.active = layer
+        if overlays:
+            yield from _dash_pattern_steps()
         while overlays:
             yield
             overlays.pop(0).visible = True
     finally:  # abandoned (or failed) part-way: leave the layer as napari would have
+        held.finish()
+        for part in parts:
+            part.visible = True
         if show:
             layer.visible = True
         for ov in overlays:
             ov.visible = True
     return layer
+
+
+class _HeldInsert:
+    """napari's slow reactions to a layer insert (vispy visual, layer controls), run later.
+
+    ``with held: viewer.add_layer(layer)`` blocks, for that one insert, the two callbacks of
+    ``viewer.layers.events.inserted`` that build the layer's vispy visual
+    (``QtViewer._on_add_layer_change``) and its layer controls
+    (``QtLayerControlsContainer._add``) and keeps the insert event; :meth:`run_next` then
+    runs them with that event, one per call (one per event-loop turn). Until then napari
+    already treats the layer as one being inserted (its scene-graph update skips layers
+    without a visual). Should the layer be removed or selected before they ran (the two
+    napari reactions that need the visual and the controls), they run first: a guard
+    callback is put ahead of napari's own on ``layers.events.removed`` and
+    ``layers.selection.events.changed`` (napari's ``connect`` keeps plugin callbacks after
+    its own, so the guard goes in front through the emitter's callback lists).
+    :meth:`finish` runs whatever is left. These are private napari names (napari 0.9): when
+    one is missing, nothing is held back and the insert is napari's own.
+    """
+
+    def __init__(self, viewer: Any, layer: Any) -> None:
+        self.layer = layer
+        self.layers = viewer.layers
+        self.pending: list = []
+        self._event: Any = None
+        self._guards: list = []
+        qt_viewer = getattr(getattr(viewer, "window", None), "_qt_viewer", None)
+        guarded = (self.layers.events.removed, self.layers.selection.events.changed)
+        if not all(hasattr(em, a) for em in guarded
+                   for a in ("_callbacks", "_callback_refs", "_callback_pass_event", "_normalize_cb")):
+            return
+        for owner, name in ((qt_viewer, "_on_add_layer_change"), (getattr(qt_viewer, "controls", None), "_add")):
+            if owner is not None and _is_connected(self.layers.events.inserted, owner, name):
+                self.pending.append(getattr(owner, name))
+
+    def __enter__(self) -> "_HeldInsert":
+        if not self.pending:
+            return self
+        emitter = self.layers.events.inserted
+        for cb in self.pending:
+            emitter.block(cb)
+        emitter.connect(self._keep_event, position="last")
+        self._guards = [(self.layers.events.removed, self._on_removed),
+                        (self.layers.selection.events.changed, self._on_selection)]
+        for emitter_, cb in self._guards:
+            _connect_ahead(emitter_, cb)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.pending:
+            return
+        emitter = self.layers.events.inserted
+        emitter.disconnect(self._keep_event)
+        for cb in self.pending:
+            emitter.unblock(cb)
+        if self._event is None:  # the insert did not happen (an error): nothing to catch up
+            self.pending = []
+            self._disconnect_guards()
+
+    def _keep_event(self, event: Any) -> None:
+        if event.value is self.layer:
+            self._event = event
+
+    def _on_removed(self, event: Any) -> None:
+        if event.value is self.layer and self._event is not None:
+            self.finish()
+
+    def _on_selection(self, event: Any = None) -> None:
+        if self._event is not None and self.layer in self.layers.selection:
+            self.finish()
+
+    def run_next(self) -> None:
+        """Run the next held-back callback (none left: nothing to do)."""
+        if self.pending and self._event is not None:
+            cb = self.pending.pop(0)
+            cb(self._event)
+        if not self.pending:
+            self._disconnect_guards()
+
+    def finish(self) -> None:
+        """Run every held-back callback that has not run yet."""
+        while self.pending and self._event is not None:
+            self.run_next()
+        self._disconnect_guards()
+
+    def _disconnect_guards(self) -> None:
+        guards, self._guards = self._guards, []
+        for emitter, cb in guards:
+            emitter.disconnect(cb)
+
+
+def _connect_ahead(emitter: Any, callback: Any) -> None:
+    """Connect ``callback`` to a napari event emitter ahead of every callback (napari's too).
+
+    ``EventEmitter.connect`` places a plugin's callback after napari's own; this inserts it
+    at the front of the emitter's three parallel callback lists, in the form ``connect``
+    stores (from the emitter's ``_normalize_cb``), so that ``disconnect`` removes it.
+    """
+    stored, pass_event = emitter._normalize_cb(callback)
+    if stored in emitter._callbacks:
+        return
+    emitter._callbacks.insert(0, stored)
+    emitter._callback_refs.insert(0, None)
+    emitter._callback_pass_event.insert(0, pass_event)
+
+
+def _is_connected(emitter: Any, owner: Any, name: str) -> bool:
+    """Whether the bound method ``owner.name`` is connected to a napari event emitter."""
+    for cb in getattr(emitter, "callbacks", ()):
+        if isinstance(cb, tuple) and len(cb) >= 2 and callable(cb[0]) and cb[0]() is owner and cb[1] == name:
+            return True
+        if getattr(cb, "__self__", None) is owner and getattr(cb, "__name__", None) == name:
+            return True
+    return False
+
+
+def _hide_later_parts(viewer: Any, layer: Any) -> list:
+    """Hide all but the first visible part of a layer's compound vispy visual; returns them.
+
+    vispy builds a visual's shader program (GLSL parsing in Python, then the driver's
+    compile) on its first draw; a points layer's visual is a compound of four (markers,
+    selection markers, highlight lines, text), so its first paint builds them all in one
+    turn (0.1-0.15 s under a software renderer). With the later parts hidden for the first
+    paint, the caller shows them back one per turn, each built on its own first draw.
+
+    The text part of a layer without text is not returned: it stays hidden until the
+    layer's text changes (any ``layer.text`` event shows it again). napari gives vispy a
+    one-character placeholder ``''`` then, which draws no pixel but costs the text shader
+    program, the largest of the four (about 0.1 s to build). Nothing is hidden for a simple
+    visual or other napari internals (``canvas.layer_to_visual``).
+    """
+    try:
+        node = viewer.window._qt_viewer.canvas.layer_to_visual[layer].node
+        parts = [v for v in getattr(node, "_subvisuals", ()) if v.visible]
+    except Exception:  # noqa: BLE001 - no Qt window, other napari internals
+        return []
+    later = parts[1:]
+    for part in later:
+        part.visible = False
+    text_part = getattr(node, "text", None)
+    if text_part in later and _without_text(layer):
+        later.remove(text_part)
+
+        def reveal(event: Any = None) -> None:
+            text_part.visible = True
+            layer.text.events.disconnect(reveal)
+
+        layer.text.events.connect(reveal)
+    return later
+
+
+def _without_text(layer: Any) -> bool:
+    """Whether a points/shapes layer shows no text (napari's test for its text placeholder)."""
+    text = getattr(layer, "text", None)
+    if text is None or not hasattr(text, "events"):
+        return False
+    return (not text.visible) or getattr(text.string, "constant", None) == ""
+
+
+_DASH_PATTERNS_DONE = False
+
+
+def _dash_pattern_steps() -> Generator[None, None, None]:
+    """Compute, one per step, the line-dash patterns of vispy's ``DashAtlas``.
+
+    Every vispy agg line (a labels layer's polygon overlay) makes a ``DashAtlas`` whose 13
+    dash patterns vispy computes in a Python loop (about 0.1 s under a software renderer)
+    and caches for the process (``functools.lru_cache`` on ``_make_pattern``): the first
+    such overlay of the process pays it in one turn. Here the same cached function is
+    called for the atlas's patterns ahead, one per turn; the patterns are read from
+    vispy's own ``DashAtlas`` (not copied). Nothing happens after the first time, or when
+    vispy's internals differ (private names of vispy 0.17).
+    """
+    global _DASH_PATTERNS_DONE
+    if _DASH_PATTERNS_DONE:
+        return
+    _DASH_PATTERNS_DONE = True
+    try:
+        from vispy.visuals.line import dash_atlas
+
+        class _Recorder(dash_atlas.DashAtlas):
+            def __init__(self) -> None:
+                self.patterns: list = []
+                super().__init__()
+
+            def __setitem__(self, key: Any, value: Any) -> None:
+                self.patterns.append(value)
+
+        recorder = _Recorder()
+        length = recorder._data.shape[1]
+        make = dash_atlas._make_pattern
+    except Exception:  # noqa: BLE001 - other vispy internals: leave it to vispy
+        log.debug("vispy dash patterns not precomputed", exc_info=True)
+        return
+    for pattern, caps in recorder.patterns:
+        try:
+            make(length, pattern, caps)
+        except Exception:  # noqa: BLE001
+            log.debug("vispy dash pattern not precomputed", exc_info=True)
+            return
+        yield
 
 
 def _same_grid(layer: Any, data: Any, metadata: Mapping[str, Any]) -> bool:

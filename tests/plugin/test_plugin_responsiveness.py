@@ -363,18 +363,27 @@ def _drain(steps):
         n += 1
 
 
-def test_add_layer_steps_adds_in_stages_and_ends_as_add_layer(make_napari_viewer, phantom):
+def test_add_layer_steps_adds_in_stages_and_ends_as_add_layer(make_napari_viewer, phantom, monkeypatch):
+    monkeypatch.setattr(L, "_DASH_PATTERNS_DONE", True)  # vispy's dash patterns: own test below
     image, seg = phantom
     viewer = make_napari_viewer()
+    canvas = viewer.window._qt_viewer.canvas
+    controls = viewer.window._qt_viewer.controls
     steps = L.add_layer_steps(viewer, L.image_layer_data(image, name="ct"))
     next(steps)  # an empty viewer gets its dimensions first
     assert viewer.dims.ndim == 3 and len(viewer.layers) == 0
-    next(steps)  # then the layer, hidden and not yet active
+    next(steps)  # then the layer, hidden and not yet active, without its visual and controls
     img = viewer.layers["ct"]
     assert not img.visible and viewer.layers.selection.active is not img
+    assert img not in canvas.layer_to_visual and img not in controls.widgets
+    next(steps)  # napari's vispy visual
+    assert img in canvas.layer_to_visual and img not in controls.widgets
+    next(steps)  # napari's layer controls
+    assert img in controls.widgets and not img.visible
     layer, n = _drain(steps)
     assert layer is img and n >= 1
     assert img.visible and viewer.layers.selection.active is img
+    assert canvas.layer_to_visual[img].node.visible
 
     lab = L.make_layer(L.labels_layer_data(seg, name="reference"))
     shown = [k for k, ov in lab._overlays.items() if ov.visible]
@@ -384,12 +393,82 @@ def test_add_layer_steps_adds_in_stages_and_ends_as_add_layer(make_napari_viewer
     assert lab in viewer.layers and not lab.visible
     assert not any(lab._overlays[k].visible for k in shown)
     layer, n = _drain(steps)
-    assert layer is lab and n == len(shown)  # made visible, then one overlay per step
+    # yields left: before the controls (the visual came with the first), before showing, one per overlay
+    assert layer is lab and n == 2 + len(shown)
     assert lab.visible and all(lab._overlays[k].visible for k in shown)
     assert viewer.layers.selection.active is img  # select=False: the active layer is left alone
-    canvas = viewer.window._qt_viewer.canvas
     built = canvas._layer_overlay_to_visual.get(lab, {})
     assert all(lab._overlays[k] in built for k in shown)  # napari built the deferred overlays
+    assert lab in canvas.layer_to_visual and lab in controls.widgets
+
+
+@pytest.mark.parametrize("meanwhile", ["remove", "select", "abandon"])
+def test_held_back_insert_work_catches_up(make_napari_viewer, phantom, meanwhile):
+    """The held-back visual and controls run before napari removes or selects the layer."""
+    _, seg = phantom
+    viewer = make_napari_viewer()
+    canvas = viewer.window._qt_viewer.canvas
+    controls = viewer.window._qt_viewer.controls
+    viewer.add_layer(L.make_layer(L.labels_layer_data(seg, name="first")))
+    lab = L.make_layer(L.labels_layer_data(seg, name="second"))
+    steps = L.add_layer_steps(viewer, lab)
+    next(steps)
+    assert lab not in canvas.layer_to_visual and lab not in controls.widgets
+    if meanwhile == "remove":
+        viewer.layers.remove(lab)  # napari's removal needs the visual and the controls
+        assert lab not in canvas.layer_to_visual and lab not in controls.widgets
+        assert _drain(steps)[0] is lab and lab not in viewer.layers
+        assert viewer.layers.selection.active is not lab
+    elif meanwhile == "select":
+        viewer.layers.selection.active = lab  # napari shows the layer's controls
+        assert controls.currentWidget() is controls.widgets[lab]
+        assert lab in canvas.layer_to_visual
+        _drain(steps)
+    else:
+        steps.close()  # a later GUI step of the task failed
+    if meanwhile != "remove":
+        assert lab in canvas.layer_to_visual and lab in controls.widgets and lab.visible
+    # napari's events are back to normal: a later plain add builds everything at once
+    again = L.make_layer(L.labels_layer_data(seg, name="third"))
+    viewer.add_layer(again)
+    assert again in canvas.layer_to_visual and again in controls.widgets
+
+
+def test_points_parts_are_built_one_per_step_and_text_waits_for_text(make_napari_viewer, phantom):
+    _, seg = phantom
+    viewer = make_napari_viewer()
+    viewer.add_layer(L.make_layer(L.labels_layer_data(seg, name="labels")))
+    pts = L.make_layer((np.array([[4.0, 8.0, 8.0]]), {"name": "prompts", "size": 5}, "points"))
+    steps = L.add_layer_steps(viewer, pts)
+    node = None
+    seen = []
+    while True:
+        try:
+            next(steps)
+        except StopIteration:
+            break
+        node = viewer.window._qt_viewer.canvas.layer_to_visual.get(pts, None)
+        if node is not None and pts.visible:
+            seen.append(sum(v.visible for v in node.node._subvisuals))
+    node = node.node
+    assert seen[0] == 1 and seen[-1] == 3 and seen == sorted(seen)  # one more part per step
+    assert node.points_markers.visible and not node.text.visible  # no text: no text shader
+    pts.features = {"name": ["a"]}
+    pts.text = "name"  # the layer gets text: napari's text visual is shown again
+    assert node.text.visible
+
+
+def test_dash_pattern_steps_fill_vispys_cache_once(monkeypatch):
+    from vispy.visuals.line import dash_atlas
+
+    monkeypatch.setattr(L, "_DASH_PATTERNS_DONE", False)
+    dash_atlas._make_pattern.cache_clear()
+    n = sum(1 for _ in L._dash_pattern_steps())
+    assert n == dash_atlas._make_pattern.cache_info().misses >= 10  # one pattern per step
+    dash_atlas.DashAtlas()  # what the first agg line of the process makes: all cached now
+    info = dash_atlas._make_pattern.cache_info()
+    assert info.misses == n and info.hits == n
+    assert sum(1 for _ in L._dash_pattern_steps()) == 0  # once per process
 
 
 def test_add_layer_steps_abandoned_leaves_the_layer_shown(make_napari_viewer, phantom):
