@@ -388,12 +388,15 @@ def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Gen
     5. it becomes the active layer, as napari's own add does (only when ``select``);
     6. each deferred overlay is switched back on, one per turn (napari then builds its visual),
        after vispy's process-wide line-dash patterns, which the first line overlay of the
-       process would otherwise compute in its own turn (:func:`_dash_pattern_steps`).
+       process would otherwise compute in its own turn (:func:`_dash_pattern_steps`); an
+       overlay that its layer's mode disables (labels: polygon, brush stroke) is switched
+       back on when napari enables it (:func:`_show_when_enabled`).
 
     Every stage is napari's own work on the real layer, only spread over turns; what is left
     in one turn is at most one of napari's per-layer pieces and the redraw that follows (see
     ``benchmarks/gui_responsiveness.py``). The end state is that of ``viewer.add_layer``
-    (with ``select=False``: the active layer is left alone). The layer is not made active when
+    (with ``select=False``: the active layer is left alone), except that the visuals of the
+    overlays of modes not in use are built when the mode is first used. The layer is not made active when
     it was removed meanwhile, and whatever is still deferred is restored if the steps are
     abandoned (an error in a later step of the task).
 
@@ -452,6 +455,9 @@ def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Gen
             layers.selection.active = layer
         if overlays:
             yield from _dash_pattern_steps()
+        for ov in [ov for ov in overlays if getattr(ov, "enabled", True) is False]:
+            overlays.remove(ov)
+            _show_when_enabled(ov)
         while overlays:
             yield
             overlays.pop(0).visible = True
@@ -464,6 +470,24 @@ def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Gen
         for ov in overlays:
             ov.visible = True
     return layer
+
+
+def _show_when_enabled(overlay: Any) -> None:
+    """Switch a deferred, disabled layer overlay back on when napari enables it.
+
+    A labels layer's polygon and brush-stroke overlays are enabled only in the polygon and
+    paint modes; napari builds an overlay's vispy visual as soon as it is visible, enabled or
+    not (the polygon's costs about as much as the layer's own visual). Left hidden until its
+    ``enabled`` event says the user switched to that mode, it is built then, when it is
+    first drawn, instead of in the add.
+    """
+
+    def on_enabled(enabled: Any = None) -> None:
+        if overlay.enabled:
+            overlay.events.enabled.disconnect(on_enabled)
+            overlay.visible = True
+
+    overlay.events.enabled.connect(on_enabled)
 
 
 class _HeldInsert:

@@ -393,13 +393,19 @@ def test_add_layer_steps_adds_in_stages_and_ends_as_add_layer(make_napari_viewer
     assert lab in viewer.layers and not lab.visible
     assert not any(lab._overlays[k].visible for k in shown)
     layer, n = _drain(steps)
-    # yields left: before the controls (the visual came with the first), before showing, one per overlay
-    assert layer is lab and n == 2 + len(shown)
-    assert lab.visible and all(lab._overlays[k].visible for k in shown)
+    # yields left: before the controls (the visual came with the first), before showing; the
+    # overlays of the paint and polygon modes wait for their mode (pan-zoom now)
+    assert layer is lab and n == 2 and lab.mode == "pan_zoom"
+    assert lab.visible and lab in canvas.layer_to_visual and lab in controls.widgets
     assert viewer.layers.selection.active is img  # select=False: the active layer is left alone
+    assert not any(lab._overlays[k].visible for k in shown)
     built = canvas._layer_overlay_to_visual.get(lab, {})
-    assert all(lab._overlays[k] in built for k in shown)  # napari built the deferred overlays
-    assert lab in canvas.layer_to_visual and lab in controls.widgets
+    assert not any(lab._overlays[k] in built for k in shown)
+    for mode, key in (("paint", "brush_stroke"), ("polygon", "polygon")):
+        lab.mode = mode  # the mode's overlay is switched on and napari builds its visual
+        assert lab._overlays[key].visible and lab._overlays[key].enabled
+        assert lab._overlays[key] in canvas._layer_overlay_to_visual.get(lab, {})
+    assert all(lab._overlays[k].visible for k in shown)  # as after napari's own add
 
 
 @pytest.mark.parametrize("meanwhile", ["remove", "select", "abandon"])
