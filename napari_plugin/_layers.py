@@ -462,7 +462,10 @@ def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Gen
             yield
             overlays.pop(0).visible = True
     finally:  # abandoned (or failed) part-way: leave the layer as napari would have
-        held.finish()
+        try:
+            held.finish()
+        except Exception:  # noqa: BLE001 - e.g. the viewer's window was closed meanwhile
+            log.debug("held-back layer set-up not run", exc_info=True)
         for part in parts:
             part.visible = True
         if show:
