@@ -20,8 +20,9 @@ Run under a display::
 
 Actions that add layers are measured twice: the first run (napari builds the new layers) and a
 re-run, which updates the widget's previous output layers in place. The widgets add a new layer
-over several event-loop turns (``medseg_napari._layers.add_layer_steps``: appended hidden, shown,
-selected, overlays built), and each turn is a block of its own here, with the redraw it causes
+over several event-loop turns (``medseg_napari._layers.add_layer_steps``: appended hidden, its
+vispy visual, its layer controls, shown, selected, overlays built), and each turn is a block of
+its own here, with the redraw it causes
 (Qt paints before it serves the heartbeat's overdue timer); "open image / labels" add a volume
 that way, as the DICOM series widget does. The "napari: ... in one go" lines add the same layers
 with a plain ``viewer.add_layer``, which is what napari does with what a reader returns

@@ -378,9 +378,8 @@ def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Gen
        overlay only when the overlay is visible); napari's two slow reactions to the insert,
        the vispy visual and the layer controls, are held back (:class:`_HeldInsert`);
     2. the vispy visual is built, then the layer controls, one per turn;
-    3. for a layer with a vispy text visual (points), the glyphs that vispy renders on the
-       first draw of any text in a canvas are rendered first, one per turn (see
-       :func:`_text_glyph_steps`);
+    3. for a layer with text (points), the glyphs that vispy renders on the first draw of any
+       text in a canvas are rendered first, one per turn (see :func:`_text_glyph_steps`);
     4. it is made visible (slice, texture, first paint), with the later parts of a compound
        visual (points: selection markers, highlight lines, text) shown one per turn after
        it, so that each part's shader program is built in a turn of its own
@@ -443,7 +442,8 @@ def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Gen
             held.run_next()
         if show:
             yield
-            yield from _text_glyph_steps(viewer, layer)
+            if not _without_text(layer):
+                yield from _text_glyph_steps(viewer, layer)
             parts = _hide_later_parts(viewer, layer)
             show = False
             layer.visible = True

@@ -501,3 +501,19 @@ def test_show_layer_steps_updates_in_place_without_a_step(make_napari_viewer, ph
     small = _grid_seg(seg, (8, 16, 16))
     other, n = _drain(L.show_layer_steps(viewer, first, L.labels_layer_data(small, name="result")))
     assert other is not first and first not in viewer.layers and other.visible and len(viewer.layers) == 1
+
+
+def test_text_glyphs_are_rendered_ahead_only_for_a_layer_with_text(make_napari_viewer, phantom):
+    _, seg = phantom
+    viewer = make_napari_viewer()
+    viewer.add_layer(L.make_layer(L.labels_layer_data(seg, name="labels")))
+    plain = L.make_layer((np.array([[4.0, 8.0, 8.0]]), {"name": "plain", "size": 5}, "points"))
+    _, n_plain = _drain(L.add_layer_steps(viewer, plain))
+    texted = L.make_layer((np.array([[4.0, 8.0, 8.0]]), {
+        "name": "texted", "size": 5, "features": {"name": ["a"]}, "text": "name"}, "points"))
+    _, n_text = _drain(L.add_layer_steps(viewer, texted))
+    glyphs = viewer.window._qt_viewer.canvas.layer_to_visual[texted].node.text._font._glyphs
+    assert all(c in glyphs for c in L._TEXT_ALIGNMENT_GLYPHS)
+    # the text part is drawn and its glyphs come one per step; the plain layer's text part waits
+    assert n_text >= n_plain + 1 + len(set(L._TEXT_ALIGNMENT_GLYPHS))
+    assert viewer.window._qt_viewer.canvas.layer_to_visual[texted].node.text.visible
