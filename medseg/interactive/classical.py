@@ -15,6 +15,18 @@ For each prediction (one object, all its prompts):
    (value of the smoothed image at the click; spread from a small ball around it, bounded by
    the local Otsu threshold), each negative prompt likewise; a heterogeneous target gets one
    mode per click. A click's spatial support is the largest ball in which most voxels match.
+   **Texture** (``texture``): a positive click's match is also scaled down where the local
+   texture (Gaussian-weighted standard deviation, 3x3x3 minimum so that an organ's own
+   boundary step does not count) exceeds the ``texture_quantile`` of the texture around the
+   click (a half-Gaussian with scale ``texture`` x that reference): a homogeneous organ no
+   longer leaks into striped tissue of a similar mean intensity (the MR liver's leak into
+   the 1-2 voxel abdominal-wall band). Measured with the protocol's robot
+   on the real scans (together with the connected negative zone of step 6): organs Dice@5
+   0.827 -> 0.832 (liver 0.798 -> 0.864, MR aorta 0.725 -> 0.768, stomach 0.872 -> 0.843,
+   CTA aorta 0.669 -> 0.651), tumours 0.773 -> 0.775, 12 held-out MR structures 0.750 ->
+   0.761; with the robot's first click moved to each of the target's 4 most interior,
+   mutually separated voxels (a check that is not at the mercy of one click sequence), organs
+   0.803 -> 0.821 (liver 0.796 -> 0.880) and tumours 0.671 -> 0.680.
 5. **Shape of a click's support** (``aniso``): the matching voxels connected to the click within
    ``aniso_reach`` support radii give a second-moment ellipsoid; the spatial Gaussian keeps the
    support radius on its shortest axis and stretches up to ``aniso`` times along the others, so
@@ -22,7 +34,10 @@ For each prediction (one object, all its prompts):
    Cached per click while the ROI stays. Negative clicks reach at most half way to the
    nearest positive click.
 6. **Corrections stay local**: after a correction the prior is the previous mask outside the
-   new click's zone of influence (a few times its depth in the error region).
+   new click's zone of influence (a few times its depth in the error region). A negative
+   click's zone also takes in the whole part of the previous mask that the new prior rejects
+   and that connects to the click (``negative_connected``): a leak goes in one correction
+   instead of ~12 mm around each negative click (alone: organs 0.827 -> 0.829).
 7. **Random walker with priors** (:mod:`._walker`): clicks are hard seeds, locked labels and
    negative clicks background seeds; conjugate gradients start from the prior. Edge weights
    come from a copy smoothed half as much as the click models' image (``edge_smooth``), so
@@ -96,6 +111,10 @@ class ClassicalConfig:
     aniso: float = 2.5
     aniso_reach: float = 4.0
     edge_smooth: float = 0.5
+    texture: float = 1.5
+    texture_radius_mm: float = 10.0
+    texture_quantile: float = 97.0
+    negative_connected: bool = True
 
 
 @dataclass
@@ -349,12 +368,19 @@ class ClassicalEngine:
         grids = np.meshgrid(*[np.arange(n, dtype=np.float32) * s for n, s in zip(wshape, wsp)],
                             indexing="ij", sparse=True)
         floor = np.exp(-0.5 * cfg.other_level ** 2)
+        texture = None
+        if cfg.texture > 0 and (len(wpos) or box is not None):
+            texture = _texture(work, smooth, [max(0.0, cfg.smooth * min(wsp) / s_) for s_ in wsp])
 
         def local(models, points, others):
             out = np.zeros(wshape, np.float32)
             for (mu, sd), c in zip(models, points):
                 li = np.exp(-0.5 * ((smooth - mu) / sd) ** 2)
                 d2 = sum((g - float(ci) * s) ** 2 for g, ci, s in zip(grids, c, wsp))
+                if texture is not None and not len(others):
+                    # matching tissue = the click's intensity and no more texture than around it
+                    # (support radius and shape below follow it)
+                    li = _texture_match(li, texture, d2 <= cfg.texture_radius_mm ** 2, li > floor, cfg)
                 r_c = _support_radius(np.sqrt(d2), li > floor, cfg.support)
                 if len(others):  # a negative click: never reach over to the positive clicks
                     dmin = float(np.min(np.sqrt((((np.asarray(others) - c) * wsp) ** 2).sum(1))))
@@ -403,6 +429,15 @@ class ClassicalEngine:
                     r_inf = cfg.influence * max(depth, cfg.min_radius_vox * min(wsp))
                     d2 = sum((g - float(ci) * sp_) ** 2 for g, ci, sp_ in zip(grids, c, wsp))
                     np.maximum(w, np.exp(-0.5 * d2 / r_inf ** 2), out=w)
+                if cfg.negative_connected and not prompts.last_positive:
+                    # a leak is removed as a whole: the part of the old mask that the new
+                    # prior rejects and that connects to the negative click is rewritten too
+                    lab_r, _ = ndi.label(inside_prev & (prior < 0.5))
+                    ids = [lab_r[tuple(c)] for c in np.clip((np.asarray(prompts.last) - off) // f, 0,
+                                                            np.array(wshape) - 1)]
+                    ids = [i for i in ids if i > 0]
+                    if ids:
+                        np.maximum(w, np.isin(lab_r, ids).astype(np.float32), out=w)
                 prior = w * prior + (1.0 - w) * prev_w
                 zone = (w, prev_w)
         self._tick("prior")
@@ -575,6 +610,34 @@ def _elongated_spatial(match, c, r_c, wsp, grids, cfg) -> Optional[np.ndarray]:
         e = evecs[:, k]
         m2 = m2 + ((e[0] * dz + e[1] * dy + e[2] * dx) / sig[k]) ** 2
     return np.exp(-0.5 * m2).astype(np.float32)
+
+
+def _texture(work: np.ndarray, mean: np.ndarray, sigma: Sequence[float]) -> np.ndarray:
+    """Local texture: Gaussian-weighted standard deviation, then a 3x3x3 minimum.
+
+    ``mean`` is ``work`` smoothed with ``sigma``. The minimum filter keeps a single intensity
+    step (an organ's own boundary layer, next to its smooth interior) from reading as texture;
+    thin striped tissue (abdominal wall: muscle and fat in 1-2 voxel layers) stays textured.
+    """
+    var = ndi.gaussian_filter(work * work, sigma) - mean * mean
+    return ndi.minimum_filter(np.sqrt(np.maximum(var, 0.0)), size=3)
+
+
+def _texture_match(li: np.ndarray, texture: np.ndarray, near: np.ndarray, match: np.ndarray,
+                   cfg: "ClassicalConfig") -> np.ndarray:
+    """Scale a positive click's intensity match down where the tissue is much more textured.
+
+    Reference: the ``texture_quantile`` of the texture over the voxels near the click (within
+    ``texture_radius_mm``) that match its intensity; voxels above it lose likelihood as a
+    half-Gaussian with scale ``texture`` x max(reference, robust spread).
+    """
+    tv = texture[near & match]
+    if tv.size < 5:
+        return li
+    ref = float(np.percentile(tv, cfg.texture_quantile))
+    spread = 1.4826 * float(np.median(np.abs(tv - np.median(tv))))
+    scale = cfg.texture * max(ref, spread, 1e-3)
+    return li * np.exp(-0.5 * (np.maximum(texture - ref, 0.0) / scale) ** 2)
 
 
 def _otsu(values: np.ndarray) -> Optional[float]:
