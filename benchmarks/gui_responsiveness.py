@@ -12,7 +12,9 @@ off: a redraw of the canvas without any data change, and adding a second image /
 (napari builds vispy visuals, overlays and layer controls for each new layer, whatever its
 size). Under Xvfb the canvas is rendered in software (llvmpipe), so every redraw costs tens of
 milliseconds that a GPU would not; the load average is printed with the figures, as the
-machine may be shared.
+machine may be shared, and so is a CPU reference (:func:`cpu_reference`, before and after the
+run): on the shared 2-core machine of this project it went from 0.6 to 1.9 s within one session,
+and napari's own redraw from 16 to 45 ms with it.
 
 Run under a display::
 
@@ -322,6 +324,19 @@ def run_suite(app, beat, shape, *, skip_model: bool) -> dict:
     return out
 
 
+def cpu_reference() -> float:
+    """Seconds for 10 million pure-Python additions: the machine's speed at the time of the run.
+
+    A shared machine's speed varies (this one: 0.6-1.9 s over one session), and every figure
+    here with it, napari's own redraw included; two runs compare only with this figure alike.
+    """
+    t0 = time.perf_counter()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return time.perf_counter() - t0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512))
@@ -336,6 +351,7 @@ def main(argv=None) -> int:
     if args.turns is not None:
         TURNS_MS = args.turns
     GC = GCLog()
+    cpu_before = cpu_reference()
 
     import napari
     from qtpy.QtWidgets import QApplication
@@ -360,7 +376,8 @@ def main(argv=None) -> int:
         worst = max(worst, block - b)
         print(f"{name:<38s} {block * 1000:9.1f} {gc_s * 1000:8.1f} {b * 1000:12.1f} {(block - b) * 1000:14.1f} {wall:8.2f}")
     print(f"worst size-dependent block: {worst * 1000:.1f} ms; worst absolute: "
-          f"{max(v[0] for v in full.values()) * 1000:.1f} ms; {load()}")
+          f"{max(v[0] for v in full.values()) * 1000:.1f} ms; {load()}; CPU reference "
+          f"{cpu_reference():.2f} s (10 M Python additions; before the run {cpu_before:.2f} s)")
     fulls = [(b - a) * 1000 for a, b, g in GC.runs if g == 2]
     print(f"full garbage collections in the whole run: {len(fulls)}"
           + (f" ({', '.join(f'{d:.0f}' for d in fulls)} ms)" if fulls else "")
