@@ -13,7 +13,7 @@ off: a redraw of the canvas without any data change, and adding a second image /
 size). Under Xvfb the canvas is rendered in software (llvmpipe), so every redraw costs tens of
 milliseconds that a GPU would not; the load average is printed with the figures, as the
 machine may be shared, and so is a CPU reference (:func:`cpu_reference`, before and after the
-run): on the shared 2-core machine of this project it went from 0.6 to 1.9 s within one session,
+run): on the shared 2-core machine of this project it ranged from 1.0 to 1.9 s within one session,
 and napari's own redraw from 16 to 45 ms with it.
 
 Run under a display::
@@ -327,7 +327,7 @@ def run_suite(app, beat, shape, *, skip_model: bool) -> dict:
 def cpu_reference() -> float:
     """Seconds for 10 million pure-Python additions: the machine's speed at the time of the run.
 
-    A shared machine's speed varies (this one: 0.6-1.9 s over one session), and every figure
+    A shared machine's speed varies (this one: 1.0-1.9 s within one session), and every figure
     here with it, napari's own redraw included; two runs compare only with this figure alike.
     """
     t0 = time.perf_counter()
