@@ -422,7 +422,8 @@ class InteractiveWidget(QWidget):
         yield from self._show_segmentation(objects_patch, labels)
         yield
         self._show_mask(preview_patch)
-        if self.points_layer is not None:
+        if self.points_layer is not None and len(self.points_layer.data):
+            yield  # each layer's redraw in a turn of its own
             self.points_layer.data = np.zeros((0, 3))
         self.name_edit.clear()
         self.runner.status.setText(f"accepted label {index} ({labels[index].name})")
