@@ -91,3 +91,27 @@ def test_session_passes_locked_labels_only_when_there_are_some():
     s.add_point((10, 28, 20))
     assert seen == [False, True]
     assert not (s.mask & (s.segmentation.array == first)).any()  # the locked object is not overwritten
+
+
+def test_texture_keeps_a_smooth_organ_out_of_striped_tissue_of_the_same_mean():
+    # an organ (value 100) next to a band of 1-voxel layers 80/120 (mean 100, like the MR
+    # abdominal wall next to the liver): smoothed, both look alike; their texture does not
+    rng = np.random.default_rng(0)
+    shape = (30, 50, 70)
+    a = np.zeros(shape, np.float32)
+    organ = np.zeros(shape, bool)
+    organ[5:25, 10:40, 5:30] = True
+    band = np.zeros(shape, bool)
+    band[5:25, 10:40, 30:50] = True
+    a[organ] = 100.0
+    a[band] = np.broadcast_to(np.where(np.arange(70) % 2 == 0, 80.0, 120.0), shape)[band]
+    vol = Volume((a + rng.normal(0, 4, shape)).astype(np.int16), np.diag([1.5, 1.5, 1.5, 1.0]), {"Modality": "MR"})
+    leaked = {}
+    for texture in (0.0, ClassicalConfig().texture):
+        s = Session(ClassicalEngine(ClassicalConfig(texture=texture)))
+        s.set_image(vol)
+        m = s.add_point((15, 25, 17))
+        assert (m & organ).sum() > 0.5 * organ.sum()
+        leaked[texture] = (m & band).sum() / band.sum()
+    assert leaked[0.0] > 0.3  # intensity alone: the click's model takes the band too
+    assert leaked[ClassicalConfig().texture] < 0.02  # with texture (the default): it stays out
