@@ -363,41 +363,60 @@ def _drain(steps):
         n += 1
 
 
+def _stages(viewer, steps, layer_name):
+    """Run GUI steps to the end; the distinct states of the new layer seen after each step."""
+    canvas = viewer.window._qt_viewer.canvas
+    controls = viewer.window._qt_viewer.controls
+    window = viewer.window._qt_window
+    seen, n, result, done = [], 0, None, False
+    while not done:
+        try:
+            next(steps)
+            n += 1
+        except StopIteration as stop:
+            result, done = stop.value, True
+        lay = viewer.layers[layer_name] if layer_name in viewer.layers else None
+        state = (viewer.dims.ndim == 3, lay is not None, lay in canvas.layer_to_visual if lay else False,
+                 lay in controls.widgets if lay else False, bool(lay and lay.visible),
+                 viewer.layers.selection.active is lay if lay else False)
+        if not seen or seen[-1][0] != state:
+            seen.append((state, window.updatesEnabled()))
+    assert window.updatesEnabled()  # painting is never left off
+    return result, n, seen
+
+
 def test_add_layer_steps_adds_in_stages_and_ends_as_add_layer(make_napari_viewer, phantom, monkeypatch):
     monkeypatch.setattr(L, "_DASH_PATTERNS_DONE", True)  # vispy's dash patterns: own test below
     image, seg = phantom
     viewer = make_napari_viewer()
     canvas = viewer.window._qt_viewer.canvas
     controls = viewer.window._qt_viewer.controls
-    steps = L.add_layer_steps(viewer, L.image_layer_data(image, name="ct"))
-    next(steps)  # an empty viewer gets its dimensions first
-    assert viewer.dims.ndim == 3 and len(viewer.layers) == 0
-    next(steps)  # then the layer, hidden and not yet active, without its visual and controls
-    img = viewer.layers["ct"]
-    assert not img.visible and viewer.layers.selection.active is not img
-    assert img not in canvas.layer_to_visual and img not in controls.widgets
-    next(steps)  # napari's vispy visual
-    assert img in canvas.layer_to_visual and img not in controls.widgets
-    next(steps)  # napari's layer controls
-    assert img in controls.widgets and not img.visible
-    layer, n = _drain(steps)
-    assert layer is img and n >= 1
-    assert img.visible and viewer.layers.selection.active is img
+    img, n, seen = _stages(viewer, L.add_layer_steps(viewer, L.image_layer_data(image, name="ct")), "ct")
+    # (3D viewer, appended, vispy visual, controls, visible, active), one stage per turn
+    assert [st for st, _ in seen] == [
+        (True, False, False, False, False, False),  # an empty viewer gets its dimensions first
+        (True, True, False, False, False, False),  # the layer, hidden, without visual and controls
+        (True, True, True, False, False, False),  # napari's vispy visual
+        (True, True, True, True, False, False),  # napari's layer controls
+        (True, True, True, True, True, False),  # shown
+        (True, True, True, True, True, True),  # made active, as napari's own add does
+    ]
+    # painting paused while the dimensions, the visual and the controls are built (the hidden
+    # append repaints only its list row: left to paint in its own turn)
+    assert [painting for _, painting in seen][:4] == [False, True, False, False]
+    assert img is viewer.layers["ct"] and img.visible and viewer.layers.selection.active is img
     assert canvas.layer_to_visual[img].node.visible
 
     lab = L.make_layer(L.labels_layer_data(seg, name="reference"))
     shown = [k for k, ov in lab._overlays.items() if ov.visible]
     assert shown  # napari's labels overlays (polygon, brush stroke) are visible by default
-    steps = L.add_layer_steps(viewer, lab, select=False)
-    next(steps)  # the viewer is 3D already: appended at once, overlays not built yet
-    assert lab in viewer.layers and not lab.visible
-    assert not any(lab._overlays[k].visible for k in shown)
-    layer, n = _drain(steps)
-    # yields left: before the controls (the visual came with the first), before showing; the
-    # overlays of the paint and polygon modes wait for their mode (pan-zoom now)
-    assert layer is lab and n == 2 and lab.mode == "pan_zoom"
+    layer, n, seen = _stages(viewer, L.add_layer_steps(viewer, lab, select=False), "reference")
+    assert [st[1:5] for st, _ in seen] == [(True, False, False, False), (True, True, False, False),
+                                           (True, True, True, False), (True, True, True, True)]
+    assert layer is lab and lab.mode == "pan_zoom"
     assert lab.visible and lab in canvas.layer_to_visual and lab in controls.widgets
     assert viewer.layers.selection.active is img  # select=False: the active layer is left alone
+    # the overlays of the paint and polygon modes wait for their mode (pan-zoom now)
     assert not any(lab._overlays[k].visible for k in shown)
     built = canvas._layer_overlay_to_visual.get(lab, {})
     assert not any(lab._overlays[k] in built for k in shown)
@@ -432,6 +451,7 @@ def test_held_back_insert_work_catches_up(make_napari_viewer, phantom, meanwhile
         _drain(steps)
     else:
         steps.close()  # a later GUI step of the task failed
+        assert viewer.window._qt_window.updatesEnabled()
     if meanwhile != "remove":
         assert lab in canvas.layer_to_visual and lab in controls.widgets and lab.visible
     # napari's events are back to normal: a later plain add builds everything at once
