@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from medseg_napari._collector import install as install_collector
 from medseg_napari._layers import (
     METADATA_KEY,
     labels_layer_data,
@@ -70,6 +71,7 @@ class AutoSegmentWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
+        install_collector(self, napari_viewer)
         self._models: dict = {}
         self.result_layer: Any = None
         self.heatmap_layer: Any = None

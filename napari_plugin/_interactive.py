@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from medseg_napari._collector import install as install_collector
 from medseg_napari._layers import (
     METADATA_KEY,
     add_layer_steps,
@@ -151,6 +152,7 @@ class InteractiveWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
+        install_collector(self, napari_viewer)
         self.session: Any = None
         self.image_layer: Any = None
         self.objects_layer: Any = None

@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from medseg_napari._collector import install as install_collector
 from medseg_napari._layers import (
     METADATA_KEY,
     index_to_world,
@@ -107,6 +108,7 @@ class ConsensusWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
+        install_collector(self, napari_viewer)
         self.result: Any = None
         self.consensus_layer: Any = None
         self.disagreement_layer: Any = None
@@ -219,6 +221,7 @@ class UncertaintyWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
+        install_collector(self, napari_viewer)
         self._models: dict = {}
         self.result: Any = None
         self.items: list = []
@@ -327,6 +330,7 @@ class QAWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
+        install_collector(self, napari_viewer)
         self.report: Any = None
         self.paths: dict = {}
         self.error_layer: Any = None

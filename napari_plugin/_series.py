@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from medseg_napari._collector import install as install_collector
 from medseg_napari._shortcuts import apply_window, install_shortcuts
 from medseg_napari._worker import LayerCombo, TaskRunner
 
@@ -48,6 +49,7 @@ class SeriesWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
+        install_collector(self, napari_viewer)
         self.series: list[dict] = []
         self.default_uid: Optional[str] = None
         self.folder_edit = QLineEdit()
