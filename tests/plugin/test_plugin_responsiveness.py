@@ -199,6 +199,50 @@ def test_task_runner_serves_due_timers_between_steps(qtbot):
     assert all(b > a for a, b in zip(at_step, at_step[1:])), at_step
 
 
+def test_a_step_never_follows_a_repaint_in_the_same_loop_pass(qtbot):
+    """When other work runs between two steps (a repaint, here a 40 ms posted event), a timer
+    that fell due meanwhile fires before the next step, so the two do not make one block."""
+    import time
+
+    from qtpy.QtCore import Qt, QTimer
+
+    from medseg_napari._worker import TaskRunner
+
+    r = TaskRunner()
+    qtbot.addWidget(r)
+    order: list[str] = []
+    timer = QTimer()
+    timer.setTimerType(Qt.TimerType.PreciseTimer)
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: order.append("tick"))
+
+    def busy(seconds: float) -> None:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            pass
+
+    def repaint() -> None:
+        order.append("repaint")
+        busy(0.04)
+
+    def steps(_):
+        for i in range(3):
+            order.append(f"step {i}")
+            QTimer.singleShot(0, repaint)  # posted: runs before the next step's timer
+            yield
+
+    timer.start()
+    assert r.start(lambda progress=None, cancel=None: None, on_done=steps)
+    qtbot.waitUntil(lambda: not r.busy, timeout=10_000)
+    timer.stop()
+    steps_and_repaints = [e for e in order if e != "tick"]
+    assert steps_and_repaints[:6] == ["step 0", "repaint", "step 1", "repaint", "step 2", "repaint"], order
+    for i in (1, 2):  # a tick between each repaint and the step after it
+        k = order.index(f"step {i}")
+        last_repaint = max(j for j in range(k) if order[j] == "repaint")
+        assert "tick" in order[last_repaint + 1:k], order
+
+
 def _grid_seg(seg, shape=None):
     from medseg.segmentation import Segmentation
     from medseg.volume import Volume
