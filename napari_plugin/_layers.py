@@ -372,7 +372,8 @@ def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Gen
     turn, so that no single turn carries all of it:
 
     0. in a viewer of fewer dimensions (the first layer of an empty viewer), the viewer's
-       dimensions are set first (napari builds its dimension sliders and resizes the canvas);
+       dimensions are set first (napari builds its dimension sliders and resizes the canvas),
+       with the window's painting paused and its repaint in the next turn, as in stage 2;
     1. the layer is appended hidden, with its visible overlays switched off and without
        becoming the active layer (napari slices nothing for a hidden layer and creates a vispy
        overlay only when the overlay is visible); napari's two slow reactions to the insert,
@@ -395,7 +396,9 @@ def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Gen
        back on when napari enables it (:func:`_show_when_enabled`).
 
     Every stage is napari's own work on the real layer, only spread over turns; what is left
-    in one turn is at most one of napari's per-layer pieces and the redraw that follows (see
+    in one turn is at most one of napari's per-layer pieces with, in the stages not painted
+    apart, the repaint that follows it (the runner never starts the next step right behind
+    a repaint, see :meth:`._worker.TaskRunner._step_later`; figures in
     ``benchmarks/gui_responsiveness.py``). The end state is that of ``viewer.add_layer``
     (with ``select=False``: the active layer is left alone), except that the visuals of the
     overlays of modes not in use are built when the mode is first used. The layer is not made active when
