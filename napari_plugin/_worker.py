@@ -41,6 +41,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from medseg_napari._collector import collect_young
+
 log = logging.getLogger(__name__)
 
 __all__ = ["TaskRunner", "LayerCombo", "notify_error", "STEP_DELAY_MS"]
@@ -200,6 +202,7 @@ class TaskRunner(QWidget):
             self.bar.setValue(1 if self.last_error is None else 0)
             self.cancel_button.setEnabled(False)
             self.finished.emit()
+            QTimer.singleShot(STEP_DELAY_MS, collect_young)  # a turn of its own, see _collector
 
         worker.returned.connect(done)
         worker.errored.connect(failed)

@@ -72,3 +72,28 @@ def test_the_switch_leaves_the_collector_alone(make_napari_viewer, monkeypatch):
     assert not _collector.is_active()
     gc.collect()
     assert gc.get_freeze_count() == 0
+
+
+def test_a_task_ends_with_a_short_full_collection(widget, qtbot):
+    from medseg_napari._worker import TaskRunner
+
+    viewer, _w = widget
+    gc.collect()
+    frozen = gc.get_freeze_count()
+    made = [[i] for i in range(20_000)]  # objects (tracked by the collector) an action made and keeps
+    r = TaskRunner()
+    qtbot.addWidget(r)
+    assert r.start(lambda progress=None, cancel=None: 1)
+    qtbot.waitUntil(lambda: not r.busy, timeout=10_000)
+    qtbot.waitUntil(lambda: gc.get_freeze_count() >= frozen + len(made), timeout=2000)
+    assert len(made) == 20_000
+
+
+def test_no_collection_of_everything_after_a_removal(widget):
+    viewer, _w = widget
+    layer = viewer.add_labels(np.zeros((4, 16, 16), np.uint8))
+    gc.collect()
+    assert _collector.collect_young()  # only the young objects: allowed
+    viewer.layers.remove(layer)
+    assert gc.get_freeze_count() == 0
+    assert not _collector.collect_young()  # it would walk every object: left to Python
