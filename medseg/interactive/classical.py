@@ -54,6 +54,17 @@ For each prediction (one object, all its prompts):
 9. **Native resolution**: linear interpolation of the probability for ROIs up to
    ``linear_upsample_voxels``, nearest neighbour above, rewriting only the changed blocks when
    the ROI is unchanged; clicked voxels honoured exactly; locked labels never written.
+10. **Boundary at native resolution** (``refine_min_factor``): when the working grid is pooled
+    by at least ``refine_min_factor`` per axis on average (geometric mean of the factors), the
+    walker's boundary is only known to a working voxel (4.5-6 mm on the CTA). Every native
+    voxel of the working voxels on either side of the boundary then goes to the side whose
+    local mean (Gaussian-weighted, ``refine_sigma`` working voxels, on the working grid) is
+    closer to its own intensity; unchanged blocks keep their refined boundary, and the step
+    is skipped when that band holds more than ``refine_max_voxels`` native voxels (bounded
+    cost). Robot Dice@5 on the real scans: CTA aorta 0.651 -> 0.758 (first click at each of
+    its 4 most interior voxels: 0.648 -> 0.741), organs 0.832 -> 0.844; the MR and tumour
+    targets are pooled less and unchanged. Applied to every pooled grid it hurt the
+    heterogeneous tumours (0.775 -> 0.648) and the pancreas (0.718 -> 0.689).
 
 ``timings`` holds the seconds spent per stage in the last :meth:`ClassicalEngine.predict`.
 """
@@ -78,7 +89,20 @@ __all__ = ["ClassicalConfig", "ClassicalEngine", "ObjectPrompts"]
 
 @dataclass(frozen=True)
 class ClassicalConfig:
-    """Parameters of :class:`ClassicalEngine` (defaults chosen on the real scans, see benchmarks)."""
+    """Parameters of :class:`ClassicalEngine` (defaults chosen on the real scans, see benchmarks).
+
+    The stages they belong to are described in the module docstring. The native-resolution
+    boundary refinement (step 10) has:
+
+    Attributes
+    ----------
+    refine_min_factor : float
+        Refine when the geometric mean of the pooling factors is at least this (0: never).
+    refine_sigma : float
+        Scale, in working voxels, of the local inside/outside means.
+    refine_max_voxels : int
+        Skip the refinement when its band holds more native voxels than this.
+    """
 
     margin_mm: float = 40.0
     max_voxels: int = 60_000
@@ -115,6 +139,9 @@ class ClassicalConfig:
     texture_radius_mm: float = 10.0
     texture_quantile: float = 97.0
     negative_connected: bool = True
+    refine_min_factor: float = 2.0  # native-resolution boundary when pooled >= 2x per axis
+    refine_sigma: float = 1.5  # working voxels
+    refine_max_voxels: int = 200_000  # bound on the native voxels refined per prediction
 
 
 @dataclass
@@ -301,6 +328,7 @@ class ClassicalEngine:
         noise = np.median(np.abs(x - ndi.uniform_filter(x, 3)))
         spread = float(np.subtract(*np.percentile(x, [90, 10])))
         scale = max(noise * 1.4826, spread / 100.0, 1e-6)
+        self._norm = (-1024.0, 3071.0, scale) if self._ct else (float(lo), float(hi), scale)
         return x / scale
 
     def _predict_roi(self, sl, pos, neg, box, blocked, previous=None, prompts=None,
@@ -317,6 +345,7 @@ class ClassicalEngine:
             # mean-pool the raw ROI (cost ~ one pass over it), normalise on the working grid
             work = _pool_mean(roi_native, f, wshape) if np.any(f > 1) else roi_native.astype(np.float32)
             work = self._normalise(work)
+            self._cache["norm"] = self._norm
         self._tick("pool")
         wsp = tuple(float(s * k) for s, k in zip(self._spacing, f))
         smooth = ndi.gaussian_filter(work, sigma=[max(0.0, cfg.smooth * min(wsp) / s) for s in wsp])
@@ -476,7 +505,7 @@ class ClassicalEngine:
             x0 = self._cache["x"]
         x = solve_walker(weights, prior, gamma=cfg.gamma, seeds=seeds, seed_values=values, x0=x0,
                          rtol=cfg.cg_rtol, maxiter=cfg.cg_maxiter, free_norm=cfg.free_norm)
-        self._cache = {"key": key, "x": x, "work_key": wkey, "work": work}
+        self._cache = {"key": key, "x": x, "work_key": wkey, "work": work, "norm": self._cache.get("norm")}
         self._tick("solve")
 
         # post-processing on the working grid: components holding positive clicks, holes
@@ -501,6 +530,7 @@ class ClassicalEngine:
                     return None
         # back to native resolution: linear interpolation of the probability near the
         # boundary for small ROIs, nearest neighbour for large ones (bounded cost)
+        refine_box: Optional[tuple] = None  # working-grid part to refine (None: all)
         if np.any(f > 1):
             if roi_native.size <= cfg.linear_upsample_voxels:
                 zoom = [n / w for n, w in zip(roi_native.shape, wshape)]
@@ -514,8 +544,10 @@ class ClassicalEngine:
                 # incremental: only the blocks whose working voxel changed are rewritten
                 mask = previous[1]
                 diff = wmask != (old[1] > 0.5)
+                refine_box = ()  # unchanged blocks keep their refined boundary
                 if diff.any():
                     bb = _bbox(diff)
+                    refine_box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in bb)
                     nsl = tuple(slice(b.start * k, min(b.stop * k, n)) for b, k, n in zip(bb, f, mask.shape))
                     part = _upsample_nearest(wmask[bb], f, tuple(s_.stop - s_.start for s_ in nsl))
                     if blocked_roi is not None:
@@ -530,6 +562,12 @@ class ClassicalEngine:
             if blocked_roi is not None:
                 mask &= ~blocked_roi
         self._tick("upsample")
+        refined = (cfg.refine_min_factor > 0 and len(pos) and wmask.any()
+                   and float(np.prod(f)) >= cfg.refine_min_factor ** 3)
+        if refined and refine_box != ():
+            _refine_band(roi_native, mask, work, wmask, f, self._cache["norm"], cfg.refine_sigma, blocked_roi,
+                         refine_box, cfg.refine_max_voxels)
+            self._tick("refine")
         for p in pos - off:
             mask[tuple(p)] = True
         for p in neg - off:
@@ -543,12 +581,75 @@ class ClassicalEngine:
         if np.any(f > 1) and roi_native.size > cfg.linear_upsample_voxels and wmask.any():
             # nearest-neighbour path: the native mask is the upsampled working mask (clicks
             # aside), so its box comes from the working grid instead of a pass over the ROI
-            bw = _bbox(wmask)
+            bw = _bbox(ndi.binary_dilation(wmask) if refined else wmask)  # refinement: +1 working voxel
             box = [slice(b.start * k, min(b.stop * k, n)) for b, k, n in zip(bw, f, mask.shape)]
             for p in pos - off:
                 box = [slice(min(b.start, int(c)), max(b.stop, int(c) + 1)) for b, c in zip(box, p)]
             self._cache.update(bbox_src=mask, bbox=tuple(box))
         return mask
+
+
+def _refine_band(img: np.ndarray, mask: np.ndarray, work: np.ndarray, wmask: np.ndarray, f: np.ndarray,
+                 norm: tuple[float, float, float], sigma: float, blocked_roi: Optional[np.ndarray],
+                 box: Optional[tuple[slice, slice, slice]] = None, max_voxels: Optional[int] = None) -> None:
+    """Place the boundary at native resolution within one working voxel of the working mask.
+
+    Local region competition: on the working grid, Gaussian-weighted (``sigma`` working
+    voxels) means of the image inside and outside the working mask; every native voxel of
+    the working voxels on either side of the boundary goes to the side whose local mean is
+    closer to its own (normalised) intensity. ``mask`` (native ROI) is rewritten in place.
+
+    Parameters
+    ----------
+    img : (Z, Y, X) ndarray
+        The native ROI, raw intensities.
+    mask : (Z, Y, X) bool ndarray
+        The upsampled working mask (native ROI), changed in place.
+    work : ndarray
+        The normalised working grid (block means of ``img``).
+    wmask : bool ndarray
+        The object's mask on the working grid.
+    f : (3,) int ndarray
+        The pooling factors.
+    norm : (lo, hi, scale)
+        The normalisation of ``work``: clip to [lo, hi], divide by scale.
+    sigma : float
+        Scale of the local means, working voxels.
+    blocked_roi : bool ndarray, optional
+        Native voxels that must stay background.
+    box : 3 slices, optional
+        Refine only the working voxels in this box (the blocks that changed); all when None.
+    max_voxels : int, optional
+        Skip the refinement when the band holds more native voxels than this (bounded cost).
+    """
+    wm = wmask.astype(np.float32)
+    gi = ndi.gaussian_filter(wm, sigma)
+    gx = ndi.gaussian_filter(work * wm, sigma)
+    mu_in = gx / np.maximum(gi, 1e-3)
+    mu_out = (ndi.gaussian_filter(work, sigma) - gx) / np.maximum(1.0 - gi, 1e-3)
+    band = ndi.binary_dilation(wmask) & ~ndi.binary_erosion(wmask, border_value=1)
+    if box is not None:
+        keep = np.zeros_like(band)
+        keep[box] = True
+        band &= keep
+    n_band = int(np.count_nonzero(band))
+    log.debug("refine band: %d working voxels x %d", n_band, int(np.prod(f)))
+    if not n_band or (max_voxels is not None and n_band * int(np.prod(f)) > max_voxels):
+        return
+    iw = np.nonzero(band)
+    # inside <=> the native value lies on the inner mean's side of the two means' midpoint
+    # (raw units: the normalisation is a clip and a scale, and the midpoint lies within the clip)
+    mi, mo = mu_in[iw], mu_out[iw]
+    mid = (0.5 * (mi + mo) * norm[2]).astype(np.float32)[:, None]
+    sgn = np.sign(mi - mo).astype(np.float32)[:, None]
+    offs = np.stack(np.meshgrid(*[np.arange(k) for k in f], indexing="ij"), -1).reshape(-1, 3)
+    idx = tuple(np.minimum(i[:, None] * k + o[None, :], n - 1)  # ragged edge blocks: clipped
+                for i, k, o, n in zip(iw, f, offs.T, mask.shape))
+    inside = (img[idx] - mid) * sgn > 0
+    if blocked_roi is not None:
+        inside &= ~blocked_roi[idx]
+    mask[idx] = inside
+
 
 def _cut_thin_leaks(wmask: np.ndarray, wpos: np.ndarray, wsp: Sequence[float], frac: float) -> np.ndarray:
     """Cut thin appendages of the object (leaks along thin tissue of the same intensity).
