@@ -107,6 +107,11 @@ class TaskRunner(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addLayout(row)
         lay.addWidget(self.status)
+        # a task still running when its widget goes (the viewer closed) is asked to stop, and
+        # what it hands back is dropped (the runner's own Qt widgets are gone)
+        events = self._live_cancel_events = []
+        alive = self._alive = [True]
+        self.destroyed.connect(lambda *_: (alive.__setitem__(0, False), [e.set() for e in events]))
 
     @property
     def busy(self) -> bool:
@@ -158,9 +163,14 @@ class TaskRunner(QWidget):
         if self.busy:
             self.status.setText("busy: wait for the running task or cancel it")
             return False
-        from napari.qt.threading import create_worker
+        # superqt's worker, not napari's wrapper (napari.qt.threading.create_worker): napari 0.9
+        # registers every worker in the window's task-status list and never drops it, so each
+        # task's arguments (a click's session with its volume-sized arrays, a layer's data)
+        # stayed alive for the life of the window. Cancel is this runner's own.
+        from superqt.utils import create_worker
 
         self._cancel = threading.Event()
+        self._live_cancel_events[:] = [self._cancel]
         self.last_error = None
         if process:
             from medseg_napari._process import run_in_process
@@ -178,6 +188,8 @@ class TaskRunner(QWidget):
         t0 = time.perf_counter()
 
         def done(result: Any) -> None:
+            if not self._alive[0]:
+                return
             self.status.setText(f"{label}: done in {time.perf_counter() - t0:.1f} s")
             if on_done is not None:
                 try:
@@ -190,10 +202,14 @@ class TaskRunner(QWidget):
                     self._step_later(label, on_error)
 
         def failed(exc: BaseException) -> None:
-            self._report(exc, label, on_error)
+            if self._alive[0]:
+                self._report(exc, label, on_error)
 
         def finish() -> None:
             self._worker = None
+            if not self._alive[0]:
+                self._steps = None
+                return
             if self._steps is not None:  # GUI steps still to run: finish after the last one
                 self._finish_pending = finish
                 return
@@ -236,7 +252,7 @@ class TaskRunner(QWidget):
     def _step(self, label: str, on_error: Optional[Callable[[BaseException], None]]) -> None:
         """Run the next GUI step of an ``on_done`` generator."""
         steps = self._steps
-        if steps is None:
+        if steps is None or not self._alive[0]:
             return
         try:
             next(steps)

@@ -98,6 +98,54 @@ def test_task_runner_runs_generator_steps_in_separate_event_loop_turns(qtbot):
     assert r.last_error is None
 
 
+def test_a_finished_task_does_not_keep_its_arguments(make_napari_viewer, qtbot):
+    """napari's create_worker files every worker in the window's task list for good, and with
+    it the task's arguments (a click-to-segment session and its arrays): the runner must not."""
+    import gc
+    import weakref
+
+    from medseg_napari._worker import TaskRunner
+
+    make_napari_viewer()  # a current viewer: napari's wrapper would register the worker there
+
+    class Payload:
+        pass
+
+    r = TaskRunner()
+    qtbot.addWidget(r)
+    payload = Payload()
+    ref = weakref.ref(payload)
+    assert r.start(lambda p, progress=None, cancel=None: 1, payload, on_done=lambda _: None)
+    qtbot.waitUntil(lambda: not r.busy, timeout=10_000)
+    del payload
+    gc.collect()
+    assert ref() is None, "the finished task's argument is still referenced"
+
+
+def test_a_running_task_is_cancelled_when_its_runner_goes(qtbot):
+    import time
+
+    from medseg_napari._worker import TaskRunner
+
+    seen = {"cancelled": False, "done": False}
+
+    def slow(progress=None, cancel=None):
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 10:
+            if cancel():
+                seen["cancelled"] = True
+                break
+            time.sleep(0.01)
+        seen["done"] = True
+
+    r = TaskRunner()
+    assert r.start(slow)
+    qtbot.wait(100)
+    r.deleteLater()
+    qtbot.waitUntil(lambda: seen["done"], timeout=5000)
+    assert seen["cancelled"]
+
+
 def test_task_runner_reports_an_error_in_a_step(qtbot):
     from medseg.errors import InputError
 
