@@ -28,6 +28,7 @@ Set ``MEDSEG_NAPARI_FREEZE_GC=0`` to leave the collector alone.
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import os
 import threading
@@ -47,6 +48,7 @@ class _Collector:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._owners: set[int] = set()
+        self._keys = itertools.count(1)
         self._viewers: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self.hooked = False
         #: nothing frozen (before the first full collection, after a layer removal): a full
@@ -63,9 +65,12 @@ class _Collector:
     # -- GUI side ------------------------------------------------------------------------
     def attach(self, owner: Any, viewer: Any) -> None:
         with self._lock:
-            if id(owner) in self._owners:
+            if getattr(owner, "_medseg_collector_key", None) in self._owners:
                 return
-            self._owners.add(id(owner))
+            # a fresh key, not id(owner): a closed widget's id can be reused by the next one
+            key = next(self._keys)
+            owner._medseg_collector_key = key
+            self._owners.add(key)
             if not self.hooked:
                 gc.callbacks.append(self._on_gc)
                 self.hooked = True
@@ -73,7 +78,6 @@ class _Collector:
         if viewer not in self._viewers:
             self._viewers.add(viewer)
             viewer.layers.events.removed.connect(self._on_layer_removed)
-        key = id(owner)
         owner.destroyed.connect(lambda *_: self.detach(key))
 
     def detach(self, key: int) -> None:
