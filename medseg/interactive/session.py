@@ -251,7 +251,8 @@ class Session:
             return True
         if self._accepted:
             last = self._accepted.pop()
-            self._labels[self._labels == last.index] = 0
+            sub = self._labels[last.patch.slices]  # accept wrote only within the object's patch
+            sub[sub == last.index] = 0
             self._any_locked = bool(self._labels.any())
             self._table = LabelTable(tuple(l for l in self._table if l.index != last.index))
             self._obj = _Object(last.prompts, last.history, _EMPTY, last.name, last.index)
@@ -298,7 +299,8 @@ class Session:
             The label index used.
         """
         self._need_image()
-        if not self._mask.any():
+        sl = self._obj.patch.slices  # the current object's mask lies within its patch
+        if not self._mask[sl].any():
             raise PromptError("accept: the current object is empty; add a positive prompt first")
         if index is None:
             index = self._obj.index if self._obj.index is not None and self._obj.index not in self.locked \
@@ -314,8 +316,8 @@ class Session:
         dt = smallest_label_dtype(int(index))
         if np.iinfo(dt).max > np.iinfo(self._labels.dtype).max:
             self._labels = self._labels.astype(dt)
-        free = self._labels == 0
-        self._labels[self._mask & free] = index
+        sub = self._labels[sl]  # a view: only the patch is read and written, not the whole volume
+        sub[self._mask[sl] & (sub == 0)] = index
         self._any_locked = True
         self._table = self._table.with_label(label)
         obj = self._obj

@@ -142,6 +142,21 @@ def test_undo_reopens_last_accepted_object():
     assert s.accept() == 1
 
 
+def test_undo_of_an_accept_restores_the_label_map_exactly():
+    s = Session()
+    s.set_image(_blobs())
+    s.add_point((10, 11, 11))
+    s.accept("a")
+    after_a = s.segmentation.array.copy()
+    s.add_point((10, 28, 28))
+    s.accept("b")
+    assert (s.segmentation.array == 2).any()
+    assert s.undo()  # re-opens b: the label map is the one after a, voxel for voxel
+    np.testing.assert_array_equal(s.segmentation.array, after_a)
+    assert s.accept("b") == 2
+    np.testing.assert_array_equal(s.segmentation.array == 1, after_a == 1)
+
+
 def test_box_and_scribble_prompts():
     vol = _blobs()
     s = Session()
