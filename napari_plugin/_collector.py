@@ -74,7 +74,7 @@ class _Collector:
             if not self.hooked:
                 gc.callbacks.append(self._on_gc)
                 self.hooked = True
-                logger.debug("full collections freeze their survivors (%d objects tracked)", len(gc.get_objects(2)))
+                logger.debug("full collections now freeze their survivors")
         if viewer not in self._viewers:
             self._viewers.add(viewer)
             viewer.layers.events.removed.connect(self._on_layer_removed)
