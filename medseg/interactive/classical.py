@@ -332,7 +332,7 @@ class ClassicalEngine:
         noise = np.median(np.abs(x - ndi.uniform_filter(x, 3)))
         spread = float(np.subtract(*np.percentile(x, [90, 10])))
         scale = max(noise * 1.4826, spread / 100.0, 1e-6)
-        self._norm = (-1024.0, 3071.0, scale) if self._ct else (float(lo), float(hi), scale)
+        self._scale = scale
         return x / scale
 
     def _predict_roi(self, sl, pos, neg, box, blocked, previous=None, prompts=None,
@@ -349,7 +349,7 @@ class ClassicalEngine:
             # mean-pool the raw ROI (cost ~ one pass over it), normalise on the working grid
             work = _pool_mean(roi_native, f, wshape) if np.any(f > 1) else roi_native.astype(np.float32)
             work = self._normalise(work)
-            self._cache["norm"] = self._norm
+            self._cache["scale"] = self._scale
         self._tick("pool")
         wsp = tuple(float(s * k) for s, k in zip(self._spacing, f))
         smooth = ndi.gaussian_filter(work, sigma=[max(0.0, cfg.smooth * min(wsp) / s) for s in wsp])
@@ -509,7 +509,7 @@ class ClassicalEngine:
             x0 = self._cache["x"]
         x = solve_walker(weights, prior, gamma=cfg.gamma, seeds=seeds, seed_values=values, x0=x0,
                          rtol=cfg.cg_rtol, maxiter=cfg.cg_maxiter, free_norm=cfg.free_norm)
-        self._cache = {"key": key, "x": x, "work_key": wkey, "work": work, "norm": self._cache.get("norm")}
+        self._cache = {"key": key, "x": x, "work_key": wkey, "work": work, "scale": self._cache.get("scale")}
         self._tick("solve")
 
         # post-processing on the working grid: components holding positive clicks, holes
@@ -569,7 +569,7 @@ class ClassicalEngine:
         refined = (cfg.refine_min_factor > 0 and len(pos) and wmask.any()
                    and float(np.prod(f)) >= cfg.refine_min_factor ** 3)
         if refined and refine_box != ():
-            _refine_band(roi_native, mask, work, wmask, f, self._cache["norm"], cfg.refine_sigma, blocked_roi,
+            _refine_band(roi_native, mask, work, wmask, f, self._cache["scale"], cfg.refine_sigma, blocked_roi,
                          refine_box, cfg.refine_max_voxels)
             self._tick("refine")
         for p in pos - off:
@@ -594,7 +594,7 @@ class ClassicalEngine:
 
 
 def _refine_band(img: np.ndarray, mask: np.ndarray, work: np.ndarray, wmask: np.ndarray, f: np.ndarray,
-                 norm: tuple[float, float, float], sigma: float, blocked_roi: Optional[np.ndarray],
+                 scale: float, sigma: float, blocked_roi: Optional[np.ndarray],
                  box: Optional[tuple[slice, slice, slice]] = None, max_voxels: Optional[int] = None) -> None:
     """Place the boundary at native resolution within one working voxel of the working mask.
 
@@ -615,8 +615,8 @@ def _refine_band(img: np.ndarray, mask: np.ndarray, work: np.ndarray, wmask: np.
         The object's mask on the working grid.
     f : (3,) int ndarray
         The pooling factors.
-    norm : (lo, hi, scale)
-        The normalisation of ``work``: clip to [lo, hi], divide by scale.
+    scale : float
+        The normalisation of ``work``: raw intensities (clipped) divided by ``scale``.
     sigma : float
         Scale of the local means, working voxels.
     blocked_roi : bool ndarray, optional
@@ -644,7 +644,7 @@ def _refine_band(img: np.ndarray, mask: np.ndarray, work: np.ndarray, wmask: np.
     # inside <=> the native value lies on the inner mean's side of the two means' midpoint
     # (raw units: the normalisation is a clip and a scale, and the midpoint lies within the clip)
     mi, mo = mu_in[iw], mu_out[iw]
-    mid = (0.5 * (mi + mo) * norm[2]).astype(np.float32)[:, None]
+    mid = (0.5 * (mi + mo) * scale).astype(np.float32)[:, None]
     sgn = np.sign(mi - mo).astype(np.float32)[:, None]
     offs = np.stack(np.meshgrid(*[np.arange(k) for k in f], indexing="ij"), -1).reshape(-1, 3)
     idx = tuple(np.minimum(i[:, None] * k + o[None, :], n - 1)  # ragged edge blocks: clipped
