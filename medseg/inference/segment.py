@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from medseg.errors import InputError
-from medseg.inference.memory import release_free_memory
+from medseg.memory import release_free_memory
 from medseg.inference.postprocess import postprocess_label_map
 from medseg.inference.preprocess import (
     GridPermutation,

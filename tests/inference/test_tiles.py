@@ -13,7 +13,7 @@ from monai.inferers import sliding_window_inference
 from medseg.errors import InputError
 from medseg.geometry import make_affine
 from medseg.inference import segment
-from medseg.inference.memory import release_free_memory
+from medseg.memory import release_free_memory
 from medseg.inference.postprocess import _drop, postprocess_label_map
 from medseg.inference.preprocess import GridPermutation, PermutedInput, model_grid, preprocess_volume
 from medseg.inference.stitch import _live_peak, _tile_grid, scan_interval, sliding_window_tiles, tile_order

@@ -170,29 +170,43 @@ def test_box_and_scribble_prompts():
     assert not m2[10, 28, 28]
 
 
+_TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-                    reason="malloc_trim is glibc-only")
-def test_trim_heap_returns_freed_fragmented_pages():
-    # Run under glibc's own malloc: bootstrap.sh preloads tcmalloc (faster CNN inference),
-    # which keeps its own heap, so the child process drops LD_PRELOAD.
+                    reason="needs Linux with glibc (malloc_trim)")
+@pytest.mark.parametrize("allocator", ["glibc", "tcmalloc"])
+def test_release_returns_freed_fragmented_pages(allocator):
+    # The session calls release_heap_fragments after every prompt: it trims glibc's heap and
+    # leaves tcmalloc (which releases by itself) alone; release_free_memory releases under both.
+    # Each allocator runs in a child process: bootstrap.sh preloads tcmalloc, glibc is the default.
+    if allocator == "tcmalloc" and not os.path.exists(_TCMALLOC):
+        pytest.skip(f"{_TCMALLOC} not installed (apt install libtcmalloc-minimal4)")
     code = """
-import os
-from medseg.interactive.session import _trim_heap
+import os, sys
+from medseg.memory import release_free_memory, release_heap_fragments
 
 def rss_mb():
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
-blocks = [bytearray(64 * 1024) for _ in range(1600)]  # ~100 MB of heap (below the mmap threshold)
-keep = blocks[-1]
-del blocks
-before = rss_mb()
-assert _trim_heap() is True
-after = rss_mb()
-assert after < before - 50, (before, after)
-assert len(keep) == 64 * 1024
-print("ok", round(before), round(after))
+glibc = sys.argv[1] == "glibc"
+for release in (release_heap_fragments, release_free_memory):
+    blocks = [bytearray(64 * 1024) for _ in range(1600)]  # ~100 MB of heap (below the mmap threshold)
+    keep = blocks[-1]
+    del blocks
+    before = rss_mb()
+    if release is release_heap_fragments and not glibc:
+        assert release() is False
+        continue
+    assert release() is True
+    after = rss_mb()
+    assert after < before - 50, (release.__name__, before, after)
+    assert len(keep) == 64 * 1024
+print("ok")
 """
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if allocator == "tcmalloc":
+        env["LD_PRELOAD"] = _TCMALLOC
+    out = subprocess.run([sys.executable, "-c", code, allocator], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stdout + out.stderr
