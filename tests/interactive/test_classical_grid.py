@@ -1,0 +1,39 @@
+"""The classical engine's working grid: block-mean pooling and nearest upsampling, exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medseg.interactive.classical import _pool_mean, _upsample_nearest
+
+
+@pytest.mark.parametrize("shape, f", [((7, 10, 11), (2, 3, 4)), ((8, 9, 12), (1, 3, 4)),
+                                      ((9, 6, 5), (4, 1, 1)), ((6, 6, 6), (3, 3, 3))])
+def test_pool_mean_is_the_mean_of_each_full_block_and_a_sample_at_ragged_edges(shape, f):
+    rng = np.random.default_rng(0)
+    a = rng.integers(-1000, 1000, shape).astype(np.int16)
+    f = np.asarray(f)
+    wshape = tuple(int(np.ceil(n / k)) for n, k in zip(shape, f))
+    pooled = _pool_mean(a, f, wshape)
+    assert pooled.dtype == np.float32 and pooled.shape == wshape
+    full = [n // k for n, k in zip(shape, f)]
+    for idx in np.ndindex(*wshape):
+        if all(i < n for i, n in zip(idx, full)):
+            block = a[tuple(slice(i * k, (i + 1) * k) for i, k in zip(idx, f))]
+            assert pooled[idx] == pytest.approx(block.mean(), abs=1e-3), idx
+        else:  # a ragged block: its first voxel
+            assert pooled[idx] == a[tuple(i * k for i, k in zip(idx, f))], idx
+    assert not np.shares_memory(pooled, a)
+
+
+@pytest.mark.parametrize("shape, f", [((7, 10, 11), (2, 3, 4)), ((8, 9, 12), (1, 3, 4)), ((5, 5, 5), (1, 1, 1))])
+def test_upsample_nearest_copies_each_working_voxel_to_its_block(shape, f):
+    rng = np.random.default_rng(1)
+    f = np.asarray(f)
+    wshape = tuple(int(np.ceil(n / k)) for n, k in zip(shape, f))
+    m = rng.random(wshape) > 0.5
+    up = _upsample_nearest(m, f, shape)
+    assert up.shape == shape and up.flags.c_contiguous
+    expected = m[np.ix_(*[np.arange(n) // k for n, k in zip(shape, f)])]
+    np.testing.assert_array_equal(up, expected)
