@@ -203,6 +203,7 @@ class ClassicalEngine:
             lo, hi = float(arr.flat[:: max(1, arr.size // 20000)].min()), float(arr.max())
             self._ct = lo <= -900 and hi >= 300 and np.issubdtype(arr.dtype, np.integer)
         self._cache = {}
+        self._ell = {}
 
     def reset(self) -> None:
         """Forget warm-start state (a new object begins)."""
@@ -405,9 +406,23 @@ class ClassicalEngine:
         if cfg.texture > 0 and (len(wpos) or box is not None):
             texture = _texture(work, smooth, [max(0.0, cfg.smooth * min(wsp) / s_) for s_ in wsp])
 
+        # each click's prior term on this working grid (at most 64, <= 240 KB each)
+        gkey = (tuple((a.start, a.stop) for a in sl), tuple(int(k) for k in f))
+        terms = self._cache.get("terms")
+        if terms is None or terms.get("grid") != gkey:
+            terms = self._cache["terms"] = {"grid": gkey}
+
         def local(models, points, others):
             out = np.zeros(wshape, np.float32)
             for (mu, sd), c in zip(models, points):
+                # a click's term depends only on the working grid, the click, its intensity
+                # model and (negative clicks) the positive clicks: earlier clicks' terms are
+                # reused, so a click's cost does not grow with the number of clicks
+                tkey = (tuple(int(v) for v in c), mu, sd,
+                        tuple(tuple(int(v) for v in o) for o in others))
+                if tkey in terms:
+                    np.maximum(out, terms[tkey], out=out)
+                    continue
                 li = np.exp(-0.5 * ((smooth - mu) / sd) ** 2)
                 d2 = sum((g - float(ci) * s) ** 2 for g, ci, s in zip(grids, c, wsp))
                 if texture is not None and not len(others):
@@ -440,7 +455,10 @@ class ClassicalEngine:
                         comp = lab_s == lab_s[tuple(c)]
                         far = np.exp(-0.5 * (dd / (cfg.reach * r_c)) ** 2)
                         spatial = np.where(comp, np.maximum(spatial, far), spatial)
-                out = np.maximum(out, li * spatial)
+                term = (li * spatial).astype(np.float32, copy=False)
+                if len(terms) <= 64:
+                    terms[tkey] = term
+                np.maximum(out, term, out=out)
             return out
 
         self._tick("smooth")
@@ -537,9 +555,8 @@ class ClassicalEngine:
         refine_box: Optional[tuple] = None  # working-grid part to refine (None: all)
         if np.any(f > 1):
             if roi_native.size <= cfg.linear_upsample_voxels:
-                zoom = [n / w for n, w in zip(roi_native.shape, wshape)]
-                prob = ndi.zoom(np.where(ndi.binary_dilation(wmask), x, 0.0).astype(np.float32), zoom,
-                                order=1, grid_mode=True, mode="nearest")
+                prob = _zoom_linear(np.where(ndi.binary_dilation(wmask), x, 0.0).astype(np.float32),
+                                    roi_native.shape)
                 mask = prob[: roi_native.shape[0], : roi_native.shape[1], : roi_native.shape[2]] > 0.5
                 if blocked_roi is not None:
                     mask &= ~blocked_roi
@@ -828,6 +845,35 @@ def _upsample_nearest(mask: np.ndarray, f: np.ndarray, shape: Sequence[int]) -> 
     plane = np.repeat(mask, int(f[2]), axis=2)[:, :, : shape[2]]
     plane = np.repeat(plane, int(f[1]), axis=1)[:, : shape[1]]
     return plane[np.arange(shape[0]) // int(f[0])]
+
+
+def _zoom_linear(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Linear interpolation of float32 ``x`` to ``shape``, axis by axis; block centres align.
+
+    The values of ``scipy.ndimage.zoom(x, shape / x.shape, order=1, grid_mode=True,
+    mode="nearest")`` (output voxel ``o`` samples input coordinate ``(o + 0.5) * n_in / n_out
+    - 0.5``, clamped at the edges), computed as two gathers and a blend per axis: about 4x
+    faster than the generic spline code (33x39x39 to 65x117x117: 10 against 45 ms).
+    """
+    out = x
+    for ax, n_out in enumerate(shape):
+        n_in = out.shape[ax]
+        if n_in == n_out:
+            continue
+        c = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+        lo = np.floor(c)
+        w = (c - lo).astype(np.float32)
+        lo = lo.astype(int)
+        a = out.take(np.clip(lo, 0, n_in - 1), axis=ax)
+        b = out.take(np.clip(lo + 1, 0, n_in - 1), axis=ax)
+        bshape = [1, 1, 1]
+        bshape[ax] = n_out
+        w = w.reshape(bshape)
+        b -= a
+        b *= w
+        a += b
+        out = a
+    return out
 
 
 def _pool_any(mask: np.ndarray, f: np.ndarray, wshape: Sequence[int]) -> np.ndarray:

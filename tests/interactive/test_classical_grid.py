@@ -37,3 +37,17 @@ def test_upsample_nearest_copies_each_working_voxel_to_its_block(shape, f):
     assert up.shape == shape and up.flags.c_contiguous
     expected = m[np.ix_(*[np.arange(n) // k for n, k in zip(shape, f)])]
     np.testing.assert_array_equal(up, expected)
+
+
+@pytest.mark.parametrize("wshape, shape", [((33, 39, 39), (65, 117, 117)), ((10, 12, 7), (31, 36, 20)),
+                                           ((5, 6, 7), (5, 18, 14))])
+def test_zoom_linear_matches_scipy_zoom_with_aligned_block_centres(wshape, shape):
+    from scipy import ndimage as ndi
+
+    from medseg.interactive.classical import _zoom_linear
+
+    x = np.random.default_rng(2).random(wshape).astype(np.float32)
+    ref = ndi.zoom(x, [n / w for n, w in zip(shape, wshape)], order=1, grid_mode=True, mode="nearest")
+    out = _zoom_linear(x, shape)
+    assert out.shape == shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, ref, atol=1e-6)
