@@ -527,7 +527,8 @@ class ClassicalEngine:
             x0 = self._cache["x"]
         x = solve_walker(weights, prior, gamma=cfg.gamma, seeds=seeds, seed_values=values, x0=x0,
                          rtol=cfg.cg_rtol, maxiter=cfg.cg_maxiter, free_norm=cfg.free_norm)
-        self._cache = {"key": key, "x": x, "work_key": wkey, "work": work, "scale": self._cache.get("scale")}
+        self._cache = {"key": key, "x": x, "work_key": wkey, "work": work, "scale": self._cache.get("scale"),
+                       "terms": terms}
         self._tick("solve")
 
         # post-processing on the working grid: components holding positive clicks, holes

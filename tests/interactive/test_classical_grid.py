@@ -51,3 +51,29 @@ def test_zoom_linear_matches_scipy_zoom_with_aligned_block_centres(wshape, shape
     out = _zoom_linear(x, shape)
     assert out.shape == shape and out.dtype == np.float32
     np.testing.assert_allclose(out, ref, atol=1e-6)
+
+
+def test_cached_click_terms_give_the_same_mask_as_a_fresh_computation():
+    from medseg.interactive.classical import ClassicalEngine, ObjectPrompts
+    from medseg.volume import Volume
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(0, 15, (40, 90, 90)).astype(np.float32)
+    a[10:30, 20:60, 20:50] += 300.0
+    a[10:30, 20:60, 55:75] += 280.0  # a similar neighbour, to be cut off by the negative click
+    eng = ClassicalEngine()
+    eng.set_image(Volume(a, np.eye(4), {"Modality": "MR"}))
+    prompts = ObjectPrompts(np.array([[20, 40, 30], [15, 30, 40]]), np.array([[20, 40, 65]]))
+    sl1, m1 = eng.predict(prompts)
+    terms = eng._cache["terms"]
+    assert len(terms) == 1 + 3  # the grid key and one term per click
+    sl2, m2 = eng.predict(prompts)  # every term from the cache
+    assert eng._cache["terms"] is terms
+    eng.reset()
+    sl3, m3 = eng.predict(prompts)  # computed afresh
+    assert sl1 == sl2 == sl3
+    np.testing.assert_array_equal(m1, m2)
+    np.testing.assert_array_equal(m1, m3)
+    full = np.zeros(a.shape, bool)
+    full[sl1] = m1
+    assert full[20, 40, 30] and full[15, 30, 40] and not full[20, 40, 65]
