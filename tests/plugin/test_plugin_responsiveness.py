@@ -493,9 +493,10 @@ def test_add_layer_steps_adds_in_stages_and_ends_as_add_layer(make_napari_viewer
         (True, True, True, True, True, False),  # shown
         (True, True, True, True, True, True),  # made active, as napari's own add does
     ]
-    # painting paused while the dimensions, the visual and the controls are built (the hidden
-    # append repaints only its list row: left to paint in its own turn)
-    assert [painting for _, painting in seen][:4] == [False, True, False, False]
+    # painting paused while the visual and the controls are built (the dimensions' model and
+    # the hidden append repaint little: left to paint in their own turns; the dimension
+    # sliders are built painted apart in a turn between, see the test below)
+    assert [painting for _, painting in seen][:4] == [True, True, False, False]
     assert img is viewer.layers["ct"] and img.visible and viewer.layers.selection.active is img
     assert canvas.layer_to_visual[img].node.visible
 
@@ -517,6 +518,37 @@ def test_add_layer_steps_adds_in_stages_and_ends_as_add_layer(make_napari_viewer
         assert lab._overlays[key].visible and lab._overlays[key].enabled
         assert lab._overlays[key] in canvas._layer_overlay_to_visual.get(lab, {})
     assert all(lab._overlays[k].visible for k in shown)  # as after napari's own add
+
+
+@pytest.mark.parametrize("abandon", [False, True])
+def test_an_empty_viewer_gets_its_dimensions_then_its_sliders(make_napari_viewer, phantom, abandon):
+    image, _ = phantom
+    reference = make_napari_viewer()
+    reference.add_layer(L.make_layer(L.image_layer_data(image, name="ct")))  # napari's own add
+    viewer = make_napari_viewer()
+    qt_dims = viewer.window._qt_viewer.dims
+    before = list(qt_dims.slider_widgets)
+    steps = L.add_layer_steps(viewer, L.image_layer_data(image, name="ct"))
+    next(steps)
+    assert viewer.dims.ndim == 3
+    assert qt_dims.slider_widgets == before  # napari's sliders are rebuilt in a later turn
+    if abandon:
+        steps.close()  # a later GUI step of the task failed: the sliders are rebuilt all the same
+    else:
+        _drain(steps)
+    assert viewer.window._qt_window.updatesEnabled()
+    ref = reference.window._qt_viewer.dims
+    assert len(qt_dims.slider_widgets) == len(ref.slider_widgets) == 3
+    assert qt_dims._displayed_sliders == ref._displayed_sliders == [True, False, False]
+    # the sliders show the viewer's model (abandoned before the append: a 3D viewer without layers)
+    assert [w.slider.maximum() for w in qt_dims.slider_widgets] == [n - 1 for n in viewer.dims.nsteps]
+    if not abandon:
+        assert [w.slider.maximum() for w in qt_dims.slider_widgets] == [w.slider.maximum() for w in ref.slider_widgets]
+        assert qt_dims.slider_widgets[0].slider.maximum() == image.shape[0] - 1
+        viewer.dims.set_current_step(0, 5)  # napari's reactions are connected again
+        assert qt_dims.slider_widgets[0].slider.value() == 5
+    viewer.add_layer(L.make_layer(L.image_layer_data(image, name="again")))
+    assert qt_dims.slider_widgets[0].slider.maximum() == image.shape[0] - 1  # connected again
 
 
 @pytest.mark.parametrize("meanwhile", ["remove", "select", "abandon"])
