@@ -87,22 +87,45 @@ def session_layers(seg: Any, image_name: str, source: dict) -> dict:
             (("objects", objects), ("preview", preview), ("points", prompts))}
 
 
-def diff_patch(current: np.ndarray, new: np.ndarray) -> Any:
+def diff_patch(current: np.ndarray, new: np.ndarray, within: Optional[tuple] = None) -> Any:
     """What changes from ``current`` to ``new``: ``None``, ``("box", slices, values)`` or ``("full", new)``.
 
     Computed in the worker so that the GUI thread only copies the changed box into the layer.
+    ``within`` (a box of slices), when given, is where the two may differ: only that box is
+    compared (a whole 512x512x300 volume costs about 55 ms).
     """
-    if current.shape != new.shape or np.iinfo(current.dtype).max < int(new.max(initial=0)):
+    if current.shape != new.shape:
         return ("full", np.asarray(new))
-    diff = current != new
+    if within is None:
+        within = tuple(slice(0, n) for n in current.shape)
+    if any(s.stop <= s.start for s in within):
+        return None
+    new_box = new[within]
+    if np.iinfo(current.dtype).max < int(new_box.max(initial=0)):
+        return ("full", np.asarray(new))
+    diff = current[within] != new_box
     if not diff.any():
         return None
     box = []
     for ax in range(3):
         nz = np.flatnonzero(diff.any(axis=tuple(a for a in range(3) if a != ax)))
-        box.append(slice(int(nz[0]), int(nz[-1]) + 1))
+        box.append(slice(within[ax].start + int(nz[0]), within[ax].start + int(nz[-1]) + 1))
     box = tuple(box)
     return ("box", box, np.asarray(new[box]).astype(current.dtype))
+
+
+def box_union(a: tuple, b: tuple) -> tuple:
+    """The smallest box of slices holding boxes ``a`` and ``b`` (an empty box adds nothing)."""
+    if any(s.stop <= s.start for s in a):
+        return b
+    if any(s.stop <= s.start for s in b):
+        return a
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
+
+
+def _preview_patch(session: Any, preview: np.ndarray, before: tuple) -> Any:
+    """The preview layer's update after a prompt: compared only where the mask was or now is."""
+    return diff_patch(preview, session.mask, within=box_union(before, session.mask_box))
 
 
 def apply_patch(layer: Any, patch: Any) -> None:
@@ -119,31 +142,35 @@ def apply_patch(layer: Any, patch: Any) -> None:
 
 def _prompt(session: Any, kind: str, args: tuple, positive: bool, preview: np.ndarray, *,
             progress: Any = None, cancel: Any = None) -> Any:
+    before = session.mask_box
     if kind == "point":
         session.add_point(args[0], positive=positive)
     elif kind == "box":
         session.add_box(args[0], args[1])
     else:
         session.add_scribble(args[0], positive=positive)
-    return diff_patch(preview, session.mask)
+    return _preview_patch(session, preview, before)
 
 
 def _undo(session: Any, preview: np.ndarray, objects: np.ndarray, *, progress: Any = None, cancel: Any = None) -> Any:
+    before = session.mask_box
     changed = session.undo()
     seg = session.segmentation
-    return changed, diff_patch(preview, session.mask), diff_patch(objects, seg.array), seg.labels
+    return changed, _preview_patch(session, preview, before), diff_patch(objects, seg.array), seg.labels
 
 
 def _reset(session: Any, preview: np.ndarray, *, progress: Any = None, cancel: Any = None) -> Any:
+    before = session.mask_box
     session.reset()
-    return diff_patch(preview, session.mask)
+    return _preview_patch(session, preview, before)
 
 
 def _accept(session: Any, name: Optional[str], preview: np.ndarray, objects: np.ndarray, *,
             progress: Any = None, cancel: Any = None) -> Any:
+    before = session.mask_box
     index = session.accept(name or None)
     seg = session.segmentation
-    return index, diff_patch(preview, session.mask), diff_patch(objects, seg.array), seg.labels
+    return index, _preview_patch(session, preview, before), diff_patch(objects, seg.array), seg.labels
 
 
 class InteractiveWidget(QWidget):

@@ -271,6 +271,16 @@ class Session:
         return cached[1]
 
     @property
+    def mask_box(self) -> tuple[slice, slice, slice]:
+        """Voxel box ``(k, j, i)`` slices outside which :attr:`mask` is False (empty slices: no mask).
+
+        A viewer that shows the mask can compare only this box (and the box it showed
+        before) instead of the whole volume after each prompt.
+        """
+        self._need_image()
+        return self._obj.patch.slices
+
+    @property
     def prompts(self) -> list[Prompt]:
         """Prompts of the current object, oldest first."""
         return list(self._obj.prompts)
