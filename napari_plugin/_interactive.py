@@ -156,7 +156,9 @@ def _undo(session: Any, preview: np.ndarray, objects: np.ndarray, *, progress: A
     before = session.mask_box
     changed = session.undo()
     seg = session.segmentation
-    return changed, _preview_patch(session, preview, before), diff_patch(objects, seg.array), seg.labels
+    # the label map changes only where a reopened object was (its mask box now)
+    return (changed, _preview_patch(session, preview, before),
+            diff_patch(objects, seg.array, within=box_union(before, session.mask_box)), seg.labels)
 
 
 def _reset(session: Any, preview: np.ndarray, *, progress: Any = None, cancel: Any = None) -> Any:
@@ -170,7 +172,8 @@ def _accept(session: Any, name: Optional[str], preview: np.ndarray, objects: np.
     before = session.mask_box
     index = session.accept(name or None)
     seg = session.segmentation
-    return index, _preview_patch(session, preview, before), diff_patch(objects, seg.array), seg.labels
+    # the label map changes only within the accepted object's box
+    return index, _preview_patch(session, preview, before), diff_patch(objects, seg.array, within=before), seg.labels
 
 
 class InteractiveWidget(QWidget):

@@ -34,6 +34,13 @@ __all__ = ["Session"]
 _Slices = tuple[slice, slice, slice]
 
 
+def _values_present(labels: np.ndarray) -> set[int]:
+    """Non-zero values of a label map (the background is skipped first: 0.08 against 0.5 s for
+    ``np.unique`` of a 512x512x300 map that is mostly background)."""
+    flat = labels.reshape(-1)
+    return {int(v) for v in np.unique(flat[flat != 0])}
+
+
 @dataclass(frozen=True)
 class _Patch:
     """A bool ROI mask stored packed and compressed (undo history costs ~KB per step)."""
@@ -91,6 +98,7 @@ class Session:
         self._volume: Optional[Volume] = None
         self._labels: Optional[np.ndarray] = None
         self._any_locked = False  # whether _labels holds any voxel (else no blocking work per click)
+        self._present: set[int] = set()  # label values present in _labels (kept, not rescanned)
         self._table = LabelTable(())
         self._mask_cache: Optional[tuple[_Patch, np.ndarray]] = None  # full-grid mask of a patch
         self._obj = _Object()
@@ -108,12 +116,14 @@ class Session:
         if segmentation is not None:
             volume.require_same_grid(segmentation.label_map, what="segmentation")
             self._labels = np.array(segmentation.array, copy=True)
-            self._any_locked = bool(self._labels.any())
+            self._present = _values_present(self._labels)
+            self._any_locked = bool(self._present)
             self._table = segmentation.labels
-            for idx in segmentation.unknown_indices():
+            for idx in sorted(self._present - set(self._table.indices)):  # values the table does not name
                 self._table = self._table.with_label(Label(idx, f"label_{idx}", default_color(idx)))
         else:
             self._labels = np.zeros(volume.shape, np.uint8)
+            self._present = set()
             self._any_locked = False
             self._table = LabelTable(())
         self._mask_cache = None
@@ -232,7 +242,8 @@ class Session:
             last = self._accepted.pop()
             sub = self._labels[last.patch.slices]  # accept wrote only within the object's patch
             sub[sub == last.index] = 0
-            self._any_locked = bool(self._labels.any())
+            self._present.discard(last.index)  # accept never reuses a value already present
+            self._any_locked = bool(self._present)
             self._table = LabelTable(tuple(l for l in self._table if l.index != last.index))
             self._obj = _Object(last.prompts, last.history, _EMPTY, last.name, last.index)
             self._set_patch(last.patch)
@@ -290,7 +301,7 @@ class Session:
         """Indices of locked labels (accepted or pre-existing); never overwritten."""
         if self._labels is None:
             return []
-        return sorted(set(self._table.indices) | {int(v) for v in np.unique(self._labels) if v})
+        return sorted(set(self._table.indices) | self._present)
 
     def accept(self, name: Optional[str] = None, *, index: Optional[int] = None) -> int:
         """Lock the current object into the label map under ``index`` (default: next free).
@@ -321,6 +332,7 @@ class Session:
             self._labels = self._labels.astype(dt)
         sub = self._labels[sl]  # a view: only the patch is read and written, not the whole volume
         sub[roi & (sub == 0)] = index
+        self._present.add(int(index))
         self._any_locked = True
         self._table = self._table.with_label(label)
         obj = self._obj

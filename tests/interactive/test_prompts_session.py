@@ -129,6 +129,26 @@ def test_existing_labels_act_as_negatives():
     assert s.accept() == 4
 
 
+def test_locked_follows_existing_accepted_and_reopened_labels():
+    vol = _blobs()
+    lm = np.zeros(vol.shape, np.uint8)
+    lm[5:15, 5:18, 5:18] = 3
+    lm[0, 0, 0] = 7  # a value the table does not name
+    existing = Segmentation(Volume(lm, vol.affine), LabelTable((Label(3, "old"), Label(9, "absent"))))
+    s = Session()
+    s.set_image(vol, segmentation=existing)
+    assert s.locked == [3, 7, 9]  # present values and the table's indices
+    assert s.segmentation.labels.names == ["old", "label_7", "absent"]
+    s.add_point((10, 28, 28))
+    assert s.accept("new") == 10
+    assert s.locked == [3, 7, 9, 10]
+    assert s.undo()  # re-opens "new": its value leaves the label map
+    assert s.locked == [3, 7, 9] and not (s.segmentation.array == 10).any()
+    s.reset()
+    s.set_image(vol)  # a fresh label map
+    assert s.locked == []
+
+
 def test_undo_reopens_last_accepted_object():
     s = Session()
     s.set_image(_blobs())
