@@ -5,8 +5,8 @@ Allocators keep freed memory for reuse. Between stages whose buffers differ in s
 fit the next stage's requests, and the process grows on top of it: measured on a
 256 x 256 x 128 volume under tcmalloc, 81 MB lay free in tcmalloc's page heap after stitching
 and the clean-up still grew the resident set by 17 MB. Returning it first keeps the peak to
-what is actually live. The click-to-segment session calls it after every prompt for the same
-reason (:mod:`medseg.interactive.session`).
+what is actually live. The click-to-segment session calls :func:`release_heap_fragments` after
+every prompt for the same reason (:mod:`medseg.interactive.session`).
 """
 
 from __future__ import annotations
