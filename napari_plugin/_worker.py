@@ -58,6 +58,31 @@ def _then(fn: Callable[..., Any], prepare: Callable[[Any], Any], *args: Any, **k
     return prepare(fn(*args, **kwargs))
 
 
+class _OneShot:
+    """A task's function and arguments, given up as the call starts.
+
+    The worker object outlives its task: superqt keeps it in a class-level set of running
+    workers until a signal queued after ``finished``, so the runner's end came before the
+    worker let go of the arguments (a click's session with its volume-sized arrays; seen as a
+    failing test once in CI), and Qt connections may keep it longer. Here only the running
+    call's frame holds them, and they are freed by reference counting when it returns.
+    """
+
+    def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+        self._call: Optional[tuple] = (fn, args, kwargs)
+
+    def __call__(self, **runner_kwargs: Any) -> Any:
+        call, self._call = self._call, None
+        if call is None:
+            raise RuntimeError("a task runs once")
+        fn, args, kwargs = call
+        del call
+        try:
+            return fn(*args, **kwargs, **runner_kwargs)
+        finally:
+            del fn, args, kwargs  # not kept by the frame of a traceback either
+
+
 def notify_error(message: str) -> None:
     """Show an error in napari's notification area (and log it)."""
     log.error(message)
@@ -179,8 +204,8 @@ class TaskRunner(QWidget):
             fn = run_in_process
         if prepare is not None:
             fn = functools.partial(_then, fn, prepare)
-        worker = create_worker(fn, *args, progress=self._progress, cancel=self._cancel.is_set,
-                               _start_thread=False, _ignore_errors=True, **kwargs)
+        worker = create_worker(_OneShot(fn, args, kwargs), progress=self._progress, cancel=self._cancel.is_set,
+                               _start_thread=False, _ignore_errors=True)
         self._worker = worker
         self.bar.setRange(0, 0)
         self.status.setText(label + "…")

@@ -122,6 +122,30 @@ def test_a_finished_task_does_not_keep_its_arguments(make_napari_viewer, qtbot):
     assert ref() is None, "the finished task's argument is still referenced"
 
 
+def test_a_task_s_arguments_are_freed_by_the_time_the_runner_finishes(qtbot):
+    """superqt keeps a worker in its class-level set of running workers until a signal queued
+    after ``finished``: a worker that kept its arguments kept them past the runner's end (a
+    race, seen once in CI); the runner never lets the worker own them past the call."""
+    import gc
+    import weakref
+
+    from medseg_napari._worker import TaskRunner
+
+    class Payload:
+        pass
+
+    r = TaskRunner()
+    qtbot.addWidget(r)
+    payload = Payload()
+    ref = weakref.ref(payload)
+    at_finish = []
+    r.finished.connect(lambda: (gc.collect(), at_finish.append(ref() is None)))
+    assert r.start(lambda p, progress=None, cancel=None: 1, payload, on_done=lambda _: None)
+    del payload
+    qtbot.waitUntil(lambda: bool(at_finish), timeout=10_000)
+    assert at_finish == [True], "the task's argument outlived the task"
+
+
 def test_a_running_task_is_cancelled_when_its_runner_goes(qtbot):
     import time
 
