@@ -97,8 +97,9 @@ class Session:
         self.engine = make_engine(engine)
         self._volume: Optional[Volume] = None
         self._labels: Optional[np.ndarray] = None
-        self._any_locked = False  # whether _labels holds any voxel (else no blocking work per click)
-        self._present: set[int] = set()  # label values present in _labels (kept, not rescanned)
+        # label values present in _labels, kept up to date (not rescanned); empty: no blocking
+        # work per click
+        self._present: set[int] = set()
         self._table = LabelTable(())
         self._mask_cache: Optional[tuple[_Patch, np.ndarray]] = None  # full-grid mask of a patch
         self._obj = _Object()
@@ -117,14 +118,12 @@ class Session:
             volume.require_same_grid(segmentation.label_map, what="segmentation")
             self._labels = np.array(segmentation.array, copy=True)
             self._present = _values_present(self._labels)
-            self._any_locked = bool(self._present)
             self._table = segmentation.labels
             for idx in sorted(self._present - set(self._table.indices)):  # values the table does not name
                 self._table = self._table.with_label(Label(idx, f"label_{idx}", default_color(idx)))
         else:
             self._labels = np.zeros(volume.shape, np.uint8)
             self._present = set()
-            self._any_locked = False
             self._table = LabelTable(())
         self._mask_cache = None
         self._obj = _Object()
@@ -206,10 +205,10 @@ class Session:
         if len(prompts.positive) == 0 and prompts.box is None:
             sl, roi = (slice(0, 0),) * 3, np.zeros((0, 0, 0), bool)
         else:
-            blocked = self._labels if self._any_locked else None
+            blocked = self._labels if self._present else None
             sl, roi = self.engine.predict(prompts, blocked=blocked, previous=previous)
             roi = np.asarray(roi, bool)
-            if self._any_locked:
+            if self._present:
                 roi &= self._labels[sl] == 0  # in place: the engine may recognise its own array next time
         self._set_patch(_Patch.pack(sl, roi), roi)
 
@@ -243,7 +242,6 @@ class Session:
             sub = self._labels[last.patch.slices]  # accept wrote only within the object's patch
             sub[sub == last.index] = 0
             self._present.discard(last.index)  # accept never reuses a value already present
-            self._any_locked = bool(self._present)
             self._table = LabelTable(tuple(l for l in self._table if l.index != last.index))
             self._obj = _Object(last.prompts, last.history, _EMPTY, last.name, last.index)
             self._set_patch(last.patch)
@@ -333,7 +331,6 @@ class Session:
         sub = self._labels[sl]  # a view: only the patch is read and written, not the whole volume
         sub[roi & (sub == 0)] = index
         self._present.add(int(index))
-        self._any_locked = True
         self._table = self._table.with_label(label)
         obj = self._obj
         obj.name, obj.index = name, int(index)
