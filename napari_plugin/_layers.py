@@ -518,21 +518,19 @@ def _dims_steps(viewer: Any, ndim: int) -> Generator[None, None, None]:
         return
     for emitter, cb in held:
         emitter.block(cb)
-    blocked, built = True, False
+    pending = True  # napari's reactions held back and its sliders not built yet
     try:
         viewer.dims.ndim = ndim
         yield
         for emitter, cb in held:
             emitter.unblock(cb)
-        blocked = False
-        built = True  # from here napari's sliders follow the model by themselves
+        pending = False  # from here napari's sliders follow the model by themselves
         yield from _painted_apart(viewer, qt_dims._update_nsliders)
         yield
-    finally:  # abandoned part-way: leave the sliders as napari would have
-        if blocked:
+    finally:  # abandoned before the sliders were built: leave them as napari would have
+        if pending:
             for emitter, cb in held:
                 emitter.unblock(cb)
-        if not built:
             try:
                 qt_dims._update_nsliders()
             except Exception:  # noqa: BLE001 - e.g. the viewer's window was closed meanwhile
