@@ -186,7 +186,7 @@ def measure(app, beat, name, action, runner=None, timeout=1800.0):
     print(f"{flag} {name:<38s} GUI block {block * 1000:7.1f} ms (gc {gc_s * 1000:5.1f} ms"
           + (f", {full} full" if full else "") + f")   wall {wall:7.2f} s   {load()}"
           + (f"   error: {err}" if err else ""), flush=True)
-    if beat.blocks and len(beat.blocks) > 1:
+    if beat.blocks:
         t_start = beat.blocks[0][0]
         print("      turns over %.0f ms (start ms: block ms, gc ms): " % TURNS_MS + ", ".join(
             f"{(a - t_start) * 1000:.0f}: {(b - a - beat.interval) * 1000:.0f}"

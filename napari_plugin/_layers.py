@@ -378,17 +378,22 @@ def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Gen
     1. the layer is appended hidden, with its visible overlays switched off and without
        becoming the active layer (napari slices nothing for a hidden layer and creates a vispy
        overlay only when the overlay is visible); napari's two slow reactions to the insert,
-       the vispy visual and the layer controls, are held back (:class:`_HeldInsert`);
+       the vispy visual and the layer controls, are held back (:class:`_HeldInsert`); what
+       is left of the insert (napari's events, the layer-list row; 35-50 ms) is painted
+       apart as in stage 2 (click-session start, worst turn 89-109 -> 72-73 ms together with
+       the preparation of stage 4);
     2. the vispy visual is built, then the layer controls, one per turn, each with the
        window's painting paused and its repaint in the next turn (:func:`_painted_apart`;
        same-session A/B: click-session start 104-109 -> 71-81 ms, consensus 122-137 ->
        95-111 ms);
     3. for a layer with text (points), the glyphs that vispy renders on the first draw of any
        text in a canvas are rendered first, one per turn (see :func:`_text_glyph_steps`);
-    4. it is made visible (slice, texture, first paint), with the later parts of a compound
-       visual (points: selection markers, highlight lines, text) shown one per turn after
-       it, so that each part's shader program is built in a turn of its own
-       (:func:`_hide_later_parts`);
+    4. it is made visible, napari slices it and the first half of vispy's first draw (the
+       visual's preparation and its shader code, :func:`_prepare_shaders`) runs in the same
+       step, with the canvas's painting paused; the first paint (the driver's compile, the
+       draw) comes in the next turn. The later parts of a compound visual (points: selection
+       markers, highlight lines, text) are shown one per turn after it, so that each part's
+       shader program is built in a turn of its own (:func:`_hide_later_parts`);
     5. it becomes the active layer, as napari's own add does (only when ``select``);
     6. each deferred overlay is switched back on, one per turn (napari then builds its visual),
        after vispy's process-wide line-dash patterns, which the first line overlay of the
@@ -446,7 +451,7 @@ def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Gen
                 layers._activate_on_insert = activate
 
     try:
-        append()
+        yield from _painted_apart(viewer, append)
         while held.pending:
             yield
             yield from _painted_apart(viewer, held.run_next)
@@ -456,7 +461,7 @@ def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Gen
                 yield from _text_glyph_steps(viewer, layer)
             parts = _hide_later_parts(viewer, layer)
             show = False
-            layer.visible = True
+            yield from _painted_apart(viewer, lambda: _show_prepared(viewer, layer), canvas_only=True)
             while parts:
                 yield
                 parts.pop(0).visible = True
@@ -537,17 +542,22 @@ def _dims_steps(viewer: Any, ndim: int) -> Generator[None, None, None]:
                 log.debug("dimension sliders not rebuilt", exc_info=True)
 
 
-def _painted_apart(viewer: Any, action: Callable[[], Any]) -> Generator[None, None, Any]:
+def _painted_apart(viewer: Any, action: Callable[[], Any], *, canvas_only: bool = False) -> Generator[None, None, Any]:
     """Run ``action`` with the viewer's window not painting; its repaint comes one turn later.
 
     Qt repaints what a step changed (a new layer-list row, new layer controls, the canvas)
     right after the step, in the same event-loop turn, so that a turn costs the step plus the
     repaint. With the main window's updates switched off during the step and back on one
     turn later, the step and the repaint are two turns (the repaint is of the whole window,
-    as ``setUpdatesEnabled(True)`` asks for). Updates are switched back on however the steps
+    as ``setUpdatesEnabled(True)`` asks for: about twice a canvas repaint under a software
+    renderer). With ``canvas_only``, for a step that changes only what the canvas shows,
+    only the canvas is paused and repainted. Updates are switched back on however the steps
     end (an error in ``action``, the generator closed). Nothing is paused without a Qt window.
     """
     window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+    if canvas_only:
+        window = getattr(getattr(getattr(getattr(viewer, "window", None), "_qt_viewer", None), "canvas", None),
+                         "native", None)
     if window is None or not hasattr(window, "setUpdatesEnabled") or not window.updatesEnabled():
         return action()
     window.setUpdatesEnabled(False)
@@ -689,6 +699,72 @@ def _is_connected(emitter: Any, owner: Any, name: str) -> bool:
         if getattr(cb, "__self__", None) is owner and getattr(cb, "__name__", None) == name:
             return True
     return False
+
+
+def _show_prepared(viewer: Any, layer: Any) -> int:
+    """Show a layer and prepare its visual's first draw (:func:`_prepare_shaders`), unpainted.
+
+    For stage 4 of :func:`add_layer_steps`, run painted apart: napari slices the layer and
+    hands the slice to its visual when it is made visible; the first half of vispy's first
+    draw follows here, so that the turn with the first paint is left with the driver's
+    shader compile and the paint itself. Returns the number of shader programs built.
+    """
+    layer.visible = True
+    try:
+        node = viewer.window._qt_viewer.canvas.layer_to_visual[layer].node
+    except Exception:  # noqa: BLE001 - no Qt window, other napari internals
+        return 0
+    return _prepare_shaders(node)
+
+
+#: vispy visuals whose ``_prepare_draw`` only sets their data, uniforms, textures and shader
+#: hooks, from state they already hold: their draw can be prepared ahead (napari's image and
+#: labels visuals derive from vispy's image visual)
+_PREPARABLE = ("vispy.visuals.markers.MarkersVisual", "vispy.visuals.image.ImageVisual")
+
+
+def _prepare_shaders(visual: Any) -> int:
+    """Build a visual's shader code ahead of its first draw; the number of programs built.
+
+    On its first draw a vispy visual prepares itself (``_prepare_draw``: data, textures,
+    shader hooks) and generates its GLSL in Python (vispy's shader compiler: templates,
+    renaming, parsing the variables; 5-25 ms per program) before the driver compiles it.
+    This runs that first half of vispy's draw, the visual's own ``_prepare_draw`` then
+    ``build_if_needed`` of its program, for each visible part of ``visual`` (the parts of a
+    compound visual, recursively) of the types in :data:`_PREPARABLE`; the draw that
+    follows finds the code built and its state current, and builds again only what changed
+    meanwhile (vispy's own bookkeeping). Visuals of other types are left to their draw, as
+    are parts without data (``_prepare_draw`` returns False: vispy would not draw them).
+    """
+    import importlib
+
+    kinds = []
+    for path in _PREPARABLE:
+        module, name = path.rsplit(".", 1)
+        try:
+            kinds.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):  # another vispy: those visuals are drawn as they are
+            continue
+    built = 0
+    stack = [visual]
+    while stack:
+        v = stack.pop()
+        if not getattr(v, "visible", False):
+            continue
+        if hasattr(v, "_subvisuals"):
+            stack.extend(v._subvisuals)
+            continue
+        program = getattr(v, "_program", None)
+        if not isinstance(v, tuple(kinds)) or not getattr(program, "_need_build", False):
+            continue
+        try:
+            if v._prepare_draw(view=v) is False:
+                continue
+            program.build_if_needed()
+            built += 1
+        except Exception:  # noqa: BLE001 - left to the draw, which reports its own errors
+            log.debug("shader code of %r not prepared ahead", v, exc_info=True)
+    return built
 
 
 def _hide_later_parts(viewer: Any, layer: Any) -> list:
@@ -880,11 +956,12 @@ def show_layer_steps(viewer: Any, previous: Any, layer_data: tuple, layer: Any =
                      select: bool = True) -> Generator[None, None, Any]:
     """:func:`show_layer` as GUI steps: ``layer = yield from show_layer_steps(...)``.
 
-    An in-place update is one step (no ``yield``); removing a stale ``previous`` layer takes
-    a turn of its own, and a new layer is added by :func:`add_layer_steps`.
+    An in-place update is one step, the canvas's repaint in the next turn (napari slices
+    the new data in the step; :func:`_painted_apart`); removing a stale ``previous`` layer
+    takes a turn of its own, and a new layer is added by :func:`add_layer_steps`.
     """
     if reusable_layer(viewer, previous, layer_data):
-        return update_layer(previous, layer_data)
+        return (yield from _painted_apart(viewer, lambda: update_layer(previous, layer_data), canvas_only=True))
     if previous is not None and previous in viewer.layers and previous.name == layer_data[1].get("name"):
         viewer.layers.remove(previous)
         yield

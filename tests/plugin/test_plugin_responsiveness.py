@@ -475,8 +475,8 @@ def _stages(viewer, steps, layer_name):
                  lay in controls.widgets if lay else False, bool(lay and lay.visible),
                  viewer.layers.selection.active is lay if lay else False)
         if not seen or seen[-1][0] != state:
-            seen.append((state, window.updatesEnabled()))
-    assert window.updatesEnabled()  # painting is never left off
+            seen.append((state, window.updatesEnabled() and canvas.native.updatesEnabled()))
+    assert window.updatesEnabled() and canvas.native.updatesEnabled()  # painting is never left off
     return result, n, seen
 
 
@@ -496,10 +496,11 @@ def test_add_layer_steps_adds_in_stages_and_ends_as_add_layer(make_napari_viewer
         (True, True, True, True, True, False),  # shown
         (True, True, True, True, True, True),  # made active, as napari's own add does
     ]
-    # painting paused while the visual and the controls are built (the dimensions' model and
-    # the hidden append repaint little: left to paint in their own turns; the dimension
-    # sliders are built painted apart in a turn between, see the test below)
-    assert [painting for _, painting in seen][:4] == [True, True, False, False]
+    # painting paused while the layer is appended, its visual and controls built and its
+    # first draw prepared, each repainted in the next turn (the dimensions' model repaints
+    # little: left to paint in its own turn; the dimension sliders are built painted apart in
+    # a turn between, see the test below)
+    assert [painting for _, painting in seen] == [True, False, False, False, False, True]
     assert img is viewer.layers["ct"] and img.visible and viewer.layers.selection.active is img
     assert canvas.layer_to_visual[img].node.visible
 
@@ -521,6 +522,62 @@ def test_add_layer_steps_adds_in_stages_and_ends_as_add_layer(make_napari_viewer
         assert lab._overlays[key].visible and lab._overlays[key].enabled
         assert lab._overlays[key] in canvas._layer_overlay_to_visual.get(lab, {})
     assert all(lab._overlays[k].visible for k in shown)  # as after napari's own add
+
+
+def test_a_staged_layer_s_first_draw_is_prepared_before_its_paint_and_renders_as_napari_s(
+        make_napari_viewer, phantom, qtbot):
+    """The shader code of the image, labels and points visuals is built in the step that shows
+    them, painting paused; the canvas then renders exactly what napari's own add renders."""
+    image, seg = phantom
+    viewer = make_napari_viewer(show=True)
+    canvas = viewer.window._qt_viewer.canvas
+    window = viewer.window._qt_window
+    mid = image.shape[0] // 2
+    viewer.dims.ndim = 3
+    viewer.dims.set_point(0, float(L.index_to_world(image.affine, (mid, 0, 0))[0]))
+    pts = np.array([L.index_to_world(image.affine, (mid, 20, 20)), L.index_to_world(image.affine, (mid, 40, 30))])
+    made = (lambda: L.image_layer_data(image, name="ct"), lambda: L.labels_layer_data(seg, name="labels"),
+            lambda: (pts, {"name": "prompts", "size": 12, "face_color": "lime"}, "points"))
+
+    def programs(layer):  # the drawn leaf visuals' shader programs
+        stack, out = [canvas.layer_to_visual[layer].node], []
+        while stack:
+            v = stack.pop()
+            if v.visible and hasattr(v, "_subvisuals"):
+                stack.extend(v._subvisuals)
+            elif v.visible and hasattr(v, "_program"):
+                out.append(v._program)
+        return out
+
+    for make in made:
+        layer = L.make_layer(make())
+        steps = L.add_layer_steps(viewer, layer)
+        next(steps)  # appended hidden
+        while not layer.visible:
+            next(steps)
+        assert not canvas.native.updatesEnabled()  # shown with painting paused: nothing drawn yet
+        built = [p for p in programs(layer) if not p._need_build]
+        assert built, f"{layer.name}: no shader code built before the first paint"
+        _drain(steps)
+    scene = getattr(viewer, "scene", None)  # napari >= 0.9 (viewer.camera before)
+    camera = scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+    view = (tuple(camera.center), camera.zoom, tuple(viewer.dims.point))
+    qtbot.wait(100)
+    staged = viewer.screenshot(canvas_only=True, flash=False)
+    assert len(np.unique(staged.reshape(-1, staged.shape[-1]), axis=0)) > 10  # not a blank canvas
+    for name in ("prompts", "labels", "ct"):
+        viewer.layers.remove(name)
+    for make in made:
+        viewer.add_layer(L.make_layer(make()))  # napari's own add, drawn the usual way
+    camera.center, camera.zoom = view[:2]  # the same view for both pictures
+    for axis, value in enumerate(view[2]):
+        viewer.dims.set_point(axis, value)
+    qtbot.wait(100)
+    plain = viewer.screenshot(canvas_only=True, flash=False)
+    assert staged.shape == plain.shape
+    differ = np.any(staged != plain, axis=-1)
+    assert not differ.any(), f"{int(differ.sum())} pixels differ from napari's own add"
+
 
 
 @pytest.mark.parametrize("abandon", [False, True])
@@ -637,14 +694,18 @@ def test_add_layer_steps_abandoned_leaves_the_layer_shown(make_napari_viewer, ph
     assert viewer.layers._activate_on_insert  # napari's own setting restored
 
 
-def test_show_layer_steps_updates_in_place_without_a_step(make_napari_viewer, phantom):
+def test_show_layer_steps_updates_in_place_in_one_step_painted_apart(make_napari_viewer, phantom):
     _, seg = phantom
     viewer = make_napari_viewer()
     data = L.labels_layer_data(seg, name="result")
     first, n = _drain(L.show_layer_steps(viewer, None, data))
     assert first in viewer.layers and n >= 1
-    again, n = _drain(L.show_layer_steps(viewer, first, L.labels_layer_data(seg, name="result")))
-    assert again is first and n == 0 and len(viewer.layers) == 1
+    canvas = viewer.window._qt_viewer.canvas.native
+    steps = L.show_layer_steps(viewer, first, L.labels_layer_data(seg, name="result"))
+    next(steps)  # updated in place, the canvas's repaint held for the next turn
+    assert not canvas.updatesEnabled() and viewer.window._qt_window.updatesEnabled()
+    again, n = _drain(steps)
+    assert again is first and n == 0 and len(viewer.layers) == 1 and canvas.updatesEnabled()
     small = _grid_seg(seg, (8, 16, 16))
     other, n = _drain(L.show_layer_steps(viewer, first, L.labels_layer_data(small, name="result")))
     assert other is not first and first not in viewer.layers and other.visible and len(viewer.layers) == 1
