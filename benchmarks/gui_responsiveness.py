@@ -187,9 +187,8 @@ def measure(app, beat, name, action, runner=None, timeout=1800.0):
           + (f", {full} full" if full else "") + f")   wall {wall:7.2f} s   {load()}"
           + (f"   error: {err}" if err else ""), flush=True)
     if beat.blocks:
-        t_start = beat.blocks[0][0]
-        print("      turns over %.0f ms (start ms: block ms, gc ms): " % TURNS_MS + ", ".join(
-            f"{(a - t_start) * 1000:.0f}: {(b - a - beat.interval) * 1000:.0f}"
+        print("      turns over %.0f ms (ms from the action's call: block ms, gc ms): " % TURNS_MS + ", ".join(
+            f"{(a - t0 - 0.02) * 1000:.0f}: {(b - a - beat.interval) * 1000:.0f}"
             + (f" gc {GC.within(a, b)[0] * 1000:.0f}" if GC is not None and GC.within(a, b)[0] > 0.01 else "")
             for a, b in beat.blocks), flush=True)
     if prof is not None:

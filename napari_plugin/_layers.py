@@ -25,8 +25,9 @@ volume's provenance ``meta`` and, for labels, the label table — is kept in
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any, Callable, Generator, Mapping, Optional, Sequence
+from typing import Any, Callable, Generator, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -382,7 +383,9 @@ def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Gen
        is left of the insert (napari's events, the layer-list row; 35-50 ms) is painted
        apart as in stage 2 (click-session start, worst turn 89-109 -> 72-73 ms together with
        the preparation of stage 4);
-    2. the vispy visual is built, then the layer controls, one per turn, each with the
+    2. the vispy visual is built in two turns (napari's vispy layer is made, then napari's
+       own reaction maps it into the scene: :meth:`_HeldInsert.make_visual_ahead`), then the
+       layer controls, each with the
        window's painting paused and its repaint in the next turn (:func:`_painted_apart`;
        same-session A/B: click-session start 104-109 -> 71-81 ms, consensus 122-137 ->
        95-111 ms);
@@ -394,7 +397,8 @@ def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Gen
        draw) comes in the next turn. The later parts of a compound visual (points: selection
        markers, highlight lines, text) are shown one per turn after it, so that each part's
        shader program is built in a turn of its own (:func:`_hide_later_parts`);
-    5. it becomes the active layer, as napari's own add does (only when ``select``);
+    5. it becomes the active layer, as napari's own add does (only when ``select``), painted
+       apart (napari shows its controls and marks its row: 25-30 ms, then the repaint);
     6. each deferred overlay is switched back on, one per turn (napari then builds its visual),
        after vispy's process-wide line-dash patterns, which the first line overlay of the
        process would otherwise compute in its own turn (:func:`_dash_pattern_steps`); an
@@ -452,6 +456,9 @@ def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Gen
 
     try:
         yield from _painted_apart(viewer, append)
+        if held.pending:
+            yield
+            held.make_visual_ahead()
         while held.pending:
             yield
             yield from _painted_apart(viewer, held.run_next)
@@ -467,7 +474,7 @@ def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Gen
                 parts.pop(0).visible = True
         if select and layer in layers:
             yield
-            layers.selection.active = layer
+            yield from _painted_apart(viewer, lambda: setattr(layers.selection, "active", layer))
         if overlays:
             yield from _dash_pattern_steps()
         for ov in [ov for ov in overlays if getattr(ov, "enabled", True) is False]:
@@ -612,6 +619,9 @@ class _HeldInsert:
         self._event: Any = None
         self._guards: list = []
         qt_viewer = getattr(getattr(viewer, "window", None), "_qt_viewer", None)
+        self._qt_viewer = qt_viewer
+        self._visual_cb = getattr(qt_viewer, "_on_add_layer_change", None)
+        self._visual: Any = None  # napari's vispy layer, made a turn ahead of its mapping
         guarded = (self.layers.events.removed, self.layers.selection.events.changed)
         if not all(hasattr(em, a) for em in guarded
                    for a in ("_callbacks", "_callback_refs", "_callback_pass_event", "_normalize_cb")):
@@ -660,9 +670,63 @@ class _HeldInsert:
         """Run the next held-back callback (none left: nothing to do)."""
         if self.pending and self._event is not None:
             cb = self.pending.pop(0)
-            cb(self._event)
+            if cb == self._visual_cb and self._visual is not None:
+                with self._visual_made_ahead():
+                    cb(self._event)
+            else:
+                cb(self._event)
         if not self.pending:
             self._disconnect_guards()
+
+    def make_visual_ahead(self) -> bool:
+        """The first half of napari's visual reaction, ahead of it; whether it was made.
+
+        napari's visual reaction (``QtViewer._add_layer``) makes the vispy layer (its 2D and
+        3D nodes, textures, shader programs; ``create_vispy_layer``) and then maps it into the
+        canvas's scene (overlays, transforms, scene-graph order), each about half of the
+        reaction's 40-70 ms. This makes the vispy layer, with napari's own call; napari's
+        reaction, when :meth:`run_next` runs it, is handed that layer
+        (:meth:`_visual_made_ahead`). The vispy layer is not in the scene until then, so
+        nothing is drawn differently meanwhile. Without those napari names nothing is made
+        and the reaction runs in one go.
+        """
+        if self._visual is not None or self._event is None or self._visual_cb is None \
+                or not self.pending or self.pending[0] != self._visual_cb:
+            return False
+        try:
+            import napari._qt.qt_viewer as qt_viewer_module
+
+            make = qt_viewer_module.create_vispy_layer
+            self._visual = make(self.layer, font_info=self._qt_viewer.canvas.font_info())
+        except Exception:  # noqa: BLE001 - other napari internals: napari's reaction in one go
+            log.debug("vispy layer not made ahead", exc_info=True)
+            self._visual = None
+        return self._visual is not None
+
+    @contextlib.contextmanager
+    def _visual_made_ahead(self) -> Iterator[None]:
+        """napari's ``create_vispy_layer`` hands over the vispy layer made ahead, once."""
+        import napari._qt.qt_viewer as qt_viewer_module
+
+        made = self._visual
+        original = qt_viewer_module.create_vispy_layer
+        taken = []
+
+        def create_vispy_layer(layer: Any, *args: Any, **kwargs: Any) -> Any:
+            if layer is self.layer and not taken:
+                taken.append(made)
+                return made
+            return original(layer, *args, **kwargs)
+
+        qt_viewer_module.create_vispy_layer = create_vispy_layer
+        try:
+            yield
+        finally:
+            qt_viewer_module.create_vispy_layer = original
+            self._visual = None
+            if not taken:  # napari made its own: the one made ahead lets go of the layer
+                log.debug("vispy layer made ahead was not used; closed")
+                made.close()
 
     def finish(self) -> None:
         """Run every held-back callback that has not run yet."""

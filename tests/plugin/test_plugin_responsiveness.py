@@ -496,11 +496,11 @@ def test_add_layer_steps_adds_in_stages_and_ends_as_add_layer(make_napari_viewer
         (True, True, True, True, True, False),  # shown
         (True, True, True, True, True, True),  # made active, as napari's own add does
     ]
-    # painting paused while the layer is appended, its visual and controls built and its
-    # first draw prepared, each repainted in the next turn (the dimensions' model repaints
+    # painting paused while the layer is appended, its visual and controls built, its first
+    # draw prepared and it is made active, each repainted in the next turn (the dimensions' model repaints
     # little: left to paint in its own turn; the dimension sliders are built painted apart in
     # a turn between, see the test below)
-    assert [painting for _, painting in seen] == [True, False, False, False, False, True]
+    assert [painting for _, painting in seen] == [True, False, False, False, False, False]
     assert img is viewer.layers["ct"] and img.visible and viewer.layers.selection.active is img
     assert canvas.layer_to_visual[img].node.visible
 
@@ -612,8 +612,16 @@ def test_an_empty_viewer_gets_its_dimensions_then_its_sliders(make_napari_viewer
 
 
 @pytest.mark.parametrize("meanwhile", ["remove", "select", "abandon"])
-def test_held_back_insert_work_catches_up(make_napari_viewer, phantom, meanwhile):
-    """The held-back visual and controls run before napari removes or selects the layer."""
+@pytest.mark.parametrize("after", ["append", "vispy layer made"])
+def test_held_back_insert_work_catches_up(make_napari_viewer, phantom, monkeypatch, meanwhile, after):
+    """The held-back visual and controls run before napari removes or selects the layer; the
+    vispy layer made a turn ahead is the one napari maps, and napari never makes a second."""
+    import napari._qt.qt_viewer as qt_viewer_module
+
+    made: list = []
+    napari_make = qt_viewer_module.create_vispy_layer
+    monkeypatch.setattr(qt_viewer_module, "create_vispy_layer",
+                        lambda layer, **kw: made.append((layer, napari_make(layer, **kw))) or made[-1][1])
     _, seg = phantom
     viewer = make_napari_viewer()
     canvas = viewer.window._qt_viewer.canvas
@@ -623,6 +631,11 @@ def test_held_back_insert_work_catches_up(make_napari_viewer, phantom, meanwhile
     steps = L.add_layer_steps(viewer, lab)
     next(steps)
     assert lab not in canvas.layer_to_visual and lab not in controls.widgets
+    if after == "vispy layer made":
+        next(steps)  # the append's repaint
+        next(steps)  # napari's vispy layer, not in the scene yet
+        assert [m[0] for m in made if m[0] is lab] == [lab]
+        assert lab not in canvas.layer_to_visual and lab not in controls.widgets
     if meanwhile == "remove":
         viewer.layers.remove(lab)  # napari's removal needs the visual and the controls
         assert lab not in canvas.layer_to_visual and lab not in controls.widgets
@@ -638,6 +651,8 @@ def test_held_back_insert_work_catches_up(make_napari_viewer, phantom, meanwhile
         assert viewer.window._qt_window.updatesEnabled()
     if meanwhile != "remove":
         assert lab in canvas.layer_to_visual and lab in controls.widgets and lab.visible
+        assert canvas.layer_to_visual[lab] is [v for layer, v in made if layer is lab][0]
+    assert len([m for m in made if m[0] is lab]) == 1  # napari made no second vispy layer
     # napari's events are back to normal: a later plain add builds everything at once
     again = L.make_layer(L.labels_layer_data(seg, name="third"))
     viewer.add_layer(again)
