@@ -211,6 +211,14 @@ def _print_profile(prof, n: int = 25) -> None:
             print("      " + line.strip()[:160])
 
 
+def settle(app, seconds: float = 0.5) -> None:
+    """Serve the event loop for ``seconds`` (a new window's first show and paint, deleted widgets)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        app.processEvents()
+        time.sleep(0.005)
+
+
 def run_suite(app, beat, shape, *, skip_model: bool) -> dict:
     """All widget actions on one volume; returns ``{action: (block s, wall s, gc s in block)}``."""
     import napari
@@ -229,6 +237,7 @@ def run_suite(app, beat, shape, *, skip_model: bool) -> dict:
     print(f"\n== volume {image.shape} {image.array.dtype}, spacing {tuple(round(s, 2) for s in image.spacing)} mm "
           f"(made in {time.perf_counter() - t:.1f} s), {load()}", flush=True)
     viewer = napari.Viewer(show=True)
+    settle(app)  # the window's first show, layout and paint happen before anyone can click in it
     out: dict = {}
     held: dict = {}
 

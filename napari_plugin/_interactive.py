@@ -34,6 +34,7 @@ from medseg_napari._collector import install as install_collector
 from medseg_napari._layers import (
     METADATA_KEY,
     add_layer_steps,
+    canvas_painted_later,
     label_colormap,
     label_features,
     labels_layer_data,
@@ -366,7 +367,7 @@ class InteractiveWidget(QWidget):
     def add_world_point(self, world: Any, *, positive: bool = True) -> tuple[int, int, int]:
         """Add a point prompt at a napari world position; returns its voxel ``(k, j, i)``."""
         idx = world_to_index(self.image_layer, world)
-        self._show_point(world, positive)
+        canvas_painted_later(self.viewer, lambda: self._show_point(world, positive))
         self._queue("point", (idx,), positive)
         return idx
 
@@ -374,8 +375,7 @@ class InteractiveWidget(QWidget):
         """Box prompt between two napari world positions (clipped into the image)."""
         a = world_to_index(self.image_layer, world_a, clip=True)
         b = world_to_index(self.image_layer, world_b, clip=True)
-        self._show_point(world_a, True)
-        self._show_point(world_b, True)
+        canvas_painted_later(self.viewer, lambda: (self._show_point(world_a, True), self._show_point(world_b, True)))
         self._queue("box", (a, b), True)
         return a, b
 
@@ -386,8 +386,8 @@ class InteractiveWidget(QWidget):
             idx = world_to_index(self.image_layer, w, clip=True)
             if not pts or pts[-1] != idx:
                 pts.append(idx)
-        for w in worlds[:: max(1, len(worlds) // 20)]:
-            self._show_point(w, positive)
+        canvas_painted_later(self.viewer, lambda: [self._show_point(w, positive)
+                                                   for w in worlds[:: max(1, len(worlds) // 20)]])
         self._queue("scribble", (pts,), positive)
         return pts
 

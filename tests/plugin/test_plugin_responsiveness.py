@@ -740,3 +740,27 @@ def test_text_glyphs_are_rendered_ahead_only_for_a_layer_with_text(make_napari_v
     # the text part is drawn and its glyphs come one per step; the plain layer's text part waits
     assert n_text >= n_plain + 1 + len(set(L._TEXT_ALIGNMENT_GLYPHS))
     assert viewer.window._qt_viewer.canvas.layer_to_visual[texted].node.text.visible
+
+
+def test_a_click_s_point_is_shown_at_once_and_painted_a_turn_later(make_napari_viewer, phantom, qtbot):
+    from medseg_napari._interactive import InteractiveWidget
+
+    image, seg = phantom
+    viewer = make_napari_viewer()
+    img = L.add_layer_data(viewer, L.image_layer_data(image, name="ct"))
+    canvas = viewer.window._qt_viewer.canvas.native
+    w = InteractiveWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_combo.set_layer(img)
+    assert w.start()
+    qtbot.waitUntil(lambda: not w.runner.busy, timeout=60_000)
+    idx = np.argwhere(seg.array == 1)
+    target = tuple(int(v) for v in idx[len(idx) // 2])
+    w.add_world_point(L.index_to_world(image.affine, target))
+    assert len(w.points_layer.data) == 1  # in the layer at once
+    assert not canvas.updatesEnabled()  # its repaint waits for a later turn
+    qtbot.waitUntil(canvas.updatesEnabled, timeout=2_000)
+    w.add_world_scribble([L.index_to_world(image.affine, (target[0], target[1], target[2] + d)) for d in range(3)])
+    assert len(w.points_layer.data) == 4 and not canvas.updatesEnabled()
+    qtbot.waitUntil(lambda: not w.runner.busy and canvas.updatesEnabled(), timeout=60_000)
+    assert w.runner.last_error is None, w.runner.last_error
