@@ -382,14 +382,13 @@ def add_layer_steps(viewer: Any, layer_data: Any, *, select: bool = True) -> Gen
        overlay only when the overlay is visible); napari's two slow reactions to the insert,
        the vispy visual and the layer controls, are held back (:class:`_HeldInsert`); what
        is left of the insert (napari's events, the layer-list row; 35-50 ms) is painted
-       apart as in stage 2 (click-session start, worst turn 89-109 -> 72-73 ms together with
+       apart as in stage 2 (click-session start, worst turn 89-109 -> 58-73 ms together with
        the preparation of stage 4);
     2. the vispy visual is built in two turns (napari's vispy layer is made, then napari's
-       own reaction maps it into the scene: :meth:`_HeldInsert.make_visual_ahead`), then the
-       layer controls, each with the
-       window's painting paused and its repaint in the next turn (:func:`_painted_apart`;
-       same-session A/B: click-session start 104-109 -> 71-81 ms, consensus 122-137 ->
-       95-111 ms);
+       own reaction maps it into the scene: :meth:`_HeldInsert.make_visual_ahead`), then
+       the layer controls, each with the window's painting paused and its repaint in the
+       next turn (:func:`_painted_apart`; same-session A/B of the painting pause:
+       click-session start 104-109 -> 71-81 ms, consensus 122-137 -> 95-111 ms);
     3. for a layer with text (points), the glyphs that vispy renders on the first draw of any
        text in a canvas are rendered first, one per turn (see :func:`_text_glyph_steps`);
     4. it is made visible, napari slices it and the first half of vispy's first draw (the
@@ -562,10 +561,7 @@ def _painted_apart(viewer: Any, action: Callable[[], Any], *, canvas_only: bool 
     only the canvas is paused and repainted. Updates are switched back on however the steps
     end (an error in ``action``, the generator closed). Nothing is paused without a Qt window.
     """
-    window = getattr(getattr(viewer, "window", None), "_qt_window", None)
-    if canvas_only:
-        window = getattr(getattr(getattr(getattr(viewer, "window", None), "_qt_viewer", None), "canvas", None),
-                         "native", None)
+    window = _canvas_widget(viewer) if canvas_only else getattr(getattr(viewer, "window", None), "_qt_window", None)
     if window is None or not hasattr(window, "setUpdatesEnabled") or not window.updatesEnabled():
         return action()
     window.setUpdatesEnabled(False)
@@ -575,6 +571,12 @@ def _painted_apart(viewer: Any, action: Callable[[], Any], *, canvas_only: bool 
         return result
     finally:
         window.setUpdatesEnabled(True)
+
+
+def _canvas_widget(viewer: Any) -> Any:
+    """The Qt widget of the viewer's canvas (None without a Qt window)."""
+    return getattr(getattr(getattr(getattr(viewer, "window", None), "_qt_viewer", None), "canvas", None),
+                   "native", None)
 
 
 def canvas_painted_later(viewer: Any, action: Callable[[], Any]) -> Any:
@@ -589,8 +591,7 @@ def canvas_painted_later(viewer: Any, action: Callable[[], Any]) -> Any:
     """
     from qtpy.QtCore import QTimer
 
-    canvas = getattr(getattr(getattr(getattr(viewer, "window", None), "_qt_viewer", None), "canvas", None),
-                     "native", None)
+    canvas = _canvas_widget(viewer)
     if canvas is None or not hasattr(canvas, "setUpdatesEnabled") or not canvas.updatesEnabled():
         return action()
     canvas.setUpdatesEnabled(False)
