@@ -497,9 +497,9 @@ def test_add_layer_steps_adds_in_stages_and_ends_as_add_layer(make_napari_viewer
         (True, True, True, True, True, True),  # made active, as napari's own add does
     ]
     # painting paused while the layer is appended, its visual and controls built, its first
-    # draw prepared and it is made active, each repainted in the next turn (the dimensions' model repaints
-    # little: left to paint in its own turn; the dimension sliders are built painted apart in
-    # a turn between, see the test below)
+    # draw prepared and it is made active, each repainted in the next turn (the dimensions'
+    # model repaints little: left to paint in its own turn; the dimension sliders are built
+    # painted apart in a turn between, see the test below)
     assert [painting for _, painting in seen] == [True, False, False, False, False, False]
     assert img is viewer.layers["ct"] and img.visible and viewer.layers.selection.active is img
     assert canvas.layer_to_visual[img].node.visible
@@ -531,7 +531,6 @@ def test_a_staged_layer_s_first_draw_is_prepared_before_its_paint_and_renders_as
     image, seg = phantom
     viewer = make_napari_viewer(show=True)
     canvas = viewer.window._qt_viewer.canvas
-    window = viewer.window._qt_window
     mid = image.shape[0] // 2
     viewer.dims.ndim = 3
     viewer.dims.set_point(0, float(L.index_to_world(image.affine, (mid, 0, 0))[0]))
@@ -577,7 +576,6 @@ def test_a_staged_layer_s_first_draw_is_prepared_before_its_paint_and_renders_as
     assert staged.shape == plain.shape
     differ = np.any(staged != plain, axis=-1)
     assert not differ.any(), f"{int(differ.sum())} pixels differ from napari's own add"
-
 
 
 @pytest.mark.parametrize("abandon", [False, True])
