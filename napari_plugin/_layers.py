@@ -813,10 +813,16 @@ def _show_prepared(viewer: Any, layer: Any) -> int:
     return _prepare_shaders(node)
 
 
-#: vispy visuals whose ``_prepare_draw`` only sets their data, uniforms, textures and shader
-#: hooks, from state they already hold: their draw can be prepared ahead (napari's image and
-#: labels visuals derive from vispy's image visual)
-_PREPARABLE = ("vispy.visuals.markers.MarkersVisual", "vispy.visuals.image.ImageVisual")
+def _preparable_visual_types() -> tuple:
+    """vispy visuals whose ``_prepare_draw`` only sets their data, uniforms, textures and shader
+    hooks from state they already hold, so that their draw can be prepared ahead: vispy's
+    markers and image visuals (napari's image and labels visuals derive from the latter)."""
+    try:
+        from vispy.visuals.image import ImageVisual
+        from vispy.visuals.markers import MarkersVisual
+    except ImportError:  # another vispy: its visuals are drawn as they are
+        return ()
+    return (MarkersVisual, ImageVisual)
 
 
 def _prepare_shaders(visual: Any) -> int:
@@ -827,20 +833,12 @@ def _prepare_shaders(visual: Any) -> int:
     renaming, parsing the variables; 5-25 ms per program) before the driver compiles it.
     This runs that first half of vispy's draw, the visual's own ``_prepare_draw`` then
     ``build_if_needed`` of its program, for each visible part of ``visual`` (the parts of a
-    compound visual, recursively) of the types in :data:`_PREPARABLE`; the draw that
+    compound visual, recursively) of the types of :func:`_preparable_visual_types`; the draw that
     follows finds the code built and its state current, and builds again only what changed
     meanwhile (vispy's own bookkeeping). Visuals of other types are left to their draw, as
     are parts without data (``_prepare_draw`` returns False: vispy would not draw them).
     """
-    import importlib
-
-    kinds = []
-    for path in _PREPARABLE:
-        module, name = path.rsplit(".", 1)
-        try:
-            kinds.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):  # another vispy: those visuals are drawn as they are
-            continue
+    kinds = _preparable_visual_types()
     built = 0
     stack = [visual]
     while stack:
@@ -851,7 +849,7 @@ def _prepare_shaders(visual: Any) -> int:
             stack.extend(v._subvisuals)
             continue
         program = getattr(v, "_program", None)
-        if not isinstance(v, tuple(kinds)) or not getattr(program, "_need_build", False):
+        if not isinstance(v, kinds) or not getattr(program, "_need_build", False):
             continue
         try:
             if v._prepare_draw(view=v) is False:
