@@ -194,3 +194,57 @@ def test_progress_and_cancel(study, tmp_path):
     assert len(done) == 1 and (done[0] / "record.json").is_file()
     resumed = run_batch(study, tmp_path / "c", config=BatchConfig(formats=("nifti",), segmenter=THRESHOLD))
     assert sum(r["resumed"] for r in resumed["series"]) == 1 and resumed["counts"] == {"ok": 3}
+
+
+def test_cancelled_multi_worker_batch_raises_cancelled(study, tmp_path):
+    """A pooled batch the user cancels must raise CancelledError (never return a summary that
+    looks complete); the series finished before the cancel stay published, no summary is written."""
+    from medseg.errors import CancelledError
+
+    out = tmp_path / "out"
+
+    def cancel():  # once the first series is published
+        return out.exists() and any(p.is_dir() and not p.name.startswith(".") for p in out.iterdir())
+
+    with pytest.raises(CancelledError, match="batch cancelled"):
+        run_batch(study, out, config=BatchConfig(formats=("nifti",), segmenter=THRESHOLD, workers=2), cancel=cancel)
+    done = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert 1 <= len(done) <= 3 and all((p / "record.json").is_file() for p in done)
+    assert not (out / "summary.json").exists()
+
+
+def test_summary_names_the_study_and_output_folders(study, tmp_path):
+    out = tmp_path / "results"
+    summary = run_batch(study, out, config=BatchConfig(formats=("stats",), segmenter=THRESHOLD))
+    on_disk = json.loads((out / "summary.json").read_text())
+    for s in (summary, on_disk):
+        assert s["study_dir"] == str(study.resolve()) and s["out_dir"] == str(out.resolve())
+        assert s["config"]["formats"] == ["stats"] and s["config"]["model"] == "threshold"
+        assert s["config"]["workers"] == 1 and s["counts"] == {"ok": 3}
+        assert len(s["series"]) == 3 and all(r["status"] == "ok" for r in s["series"])
+    assert on_disk["series"] == json.loads(json.dumps(summary["series"], default=str))
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in summary["series"])
+    assert all(r["status"] == "ok" and r["resumed"] == "False" for r in rows)
+
+
+def test_stale_partial_files_are_removed(study, tmp_path):
+    """Leftovers of an interrupted run (hidden .partial files and folders) are removed; the
+    user's own files in the output folder are kept."""
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [out / ".summary.json.abc.partial.json", out / ".x.partial.nii.gz"]
+    for p in stale:
+        p.write_text("half")
+    (out / ".partial-CT_1").mkdir()
+    (out / ".partial-CT_1" / "labels.nii.gz").write_text("half")
+    (out / ".trash-CT_2").mkdir()
+    keep = [out / "notes.partial.txt", out / ".hidden_notes", out / "mine.json"]
+    for p in keep:
+        p.write_text("user")
+    (out / "folder.partial").mkdir()
+    run_batch(study, out, config=BatchConfig(formats=("stats",), segmenter=THRESHOLD))
+    names = {p.name for p in out.iterdir()}
+    assert not names & {p.name for p in stale} and not names & {".partial-CT_1", ".trash-CT_2"}
+    assert {p.name for p in keep} | {"folder.partial", "summary.json", "summary.csv"} <= names
+    assert all(p.read_text() == "user" for p in keep)

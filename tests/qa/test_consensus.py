@@ -133,7 +133,11 @@ def test_consensus_one_call_on_segmentations():
     assert res.segmentation.probabilities.array.shape == (2,) + truth.shape
     assert cs.metrics.dice(res.segmentation.array == 1, truth) > 0.97
     assert set(res.raters[0]["1"]) == {"sensitivity", "specificity"}
-    assert res.disagreement.array.max() <= 0.8 + 1e-6
+    # disagreement = share of raters outside the voxel's majority, from the raw votes
+    votes = np.sum(_raters(truth, SENS, SPEC), axis=0)
+    expect = 1.0 - np.maximum(votes, len(SENS) - votes) / len(SENS)
+    np.testing.assert_allclose(res.disagreement.array, expect, atol=1e-6)
+    assert res.disagreement.array.max() == pytest.approx(0.4) and res.disagreement.array.min() == 0.0
     mv = cs.consensus(segs, method="majority")
     assert mv.method == "majority" and cs.metrics.dice(mv.segmentation.array == 1, truth) > 0.9
     multi = [Segmentation(vol.with_array(np.where(r > 0, 1 + (np.arange(48) > 24)[None, None, :], 0)),
@@ -174,3 +178,71 @@ def test_consensus_errors_and_cancel():
         cs.staple(raters, cancel=lambda: True)
     empty = cs.staple([a, a])
     assert not empty.mask.any() and empty.iterations == 0
+
+
+def _label_segs(truth, label, *, names=None, seed=0):
+    vol = Volume.from_spacing(truth.astype(np.uint16), (3.0, 1.0, 1.0))
+    table = LabelTable.from_names(names or {label: "tumour"})
+    raters = _raters(truth, SENS, SPEC, seed=seed)
+    return [Segmentation(vol.with_array((r * label).astype(np.uint16)), table) for r in raters], raters
+
+
+@pytest.mark.parametrize("label", [6, 2])
+def test_single_label_consensus_keeps_its_label(label):
+    """Raters who all draw label 6 (not 1): STAPLE runs on label 6 and the result is label 6."""
+    truth = _truth()
+    segs, raters = _label_segs(truth, label)
+    res = cs.consensus(segs)
+    ref = cs.staple(raters)
+    np.testing.assert_array_equal(res.segmentation.array, np.where(ref.mask, label, 0))
+    assert cs.metrics.dice(res.segmentation.array == label, truth) > 0.97
+    assert res.segmentation.labels.indices == [label] and str(label) in res.raters[0]
+    np.testing.assert_allclose(res.raters[0][str(label)]["sensitivity"], ref.sensitivity[0])
+
+
+def test_probability_map_values_and_channels():
+    """Channel 0 is background, channel c the c-th label of the table; values are probabilities
+    in [0, 1] that sum to 1, equal to STAPLE's (binary) or to the vote shares (multi-label)."""
+    truth = _truth()
+    segs, raters = _label_segs(truth, 6)
+    prob = cs.consensus(segs).segmentation.probabilities.array
+    p = cs.staple(raters).probability
+    np.testing.assert_allclose(prob[1], p, atol=1e-6)
+    np.testing.assert_allclose(prob[0], 1.0 - p, atol=1e-6)
+    assert prob.min() >= 0.0 and prob.max() <= 1.0 and prob[1].max() > 0.99
+    # multi-label: the names are given in another order than the indices
+    split = (np.arange(truth.shape[2]) > 24)[None, None, :]
+    table = LabelTable.from_names({3: "right", 1: "left"})
+    maps = [np.where(r > 0, np.where(split, 3, 1), 0).astype(np.uint8) for r in raters]
+    vol = Volume.from_spacing(maps[0], (3.0, 1.0, 1.0))
+    res = cs.consensus([Segmentation(vol.with_array(m), table) for m in maps])
+    shares, labels = cs.soft_consensus(maps)
+    chan = [0] + res.segmentation.labels.indices
+    assert res.segmentation.labels.indices == table.indices
+    full = res.segmentation.probabilities.array
+    assert full.shape == (3,) + truth.shape
+    for c, lab in enumerate(chan):
+        np.testing.assert_allclose(full[c], shares[labels.index(lab)], atol=1e-6)
+    np.testing.assert_allclose(full.sum(0), 1.0, atol=1e-5)
+    c3 = chan.index(3)  # label 3 ("right") is drawn at x > 24
+    assert full[c3][truth & split].mean() > 0.7 and full[c3][truth & ~split].max() < 0.5
+
+
+@pytest.mark.parametrize("labels", [[256], [300], [255, 256], [1, 300]])
+@pytest.mark.parametrize("method", ["staple", "majority"])
+def test_labels_from_256_up_survive_consensus(labels, method):
+    """Label indices >= 256 need 16 bits: none may wrap to 0 (or another label)."""
+    truth = np.zeros((8, 16, 16), bool)
+    truth[1:7, 2:14, 2:14] = True
+    split = (np.arange(16) >= 8)[None, None, :]
+    names = {l: f"l{l}" for l in labels}
+    raters = _raters(truth, SENS[:3], SPEC[:3], seed=5)
+    maps = [np.where(r > 0, np.where(split, labels[-1], labels[0]), 0).astype(np.uint16) for r in raters]
+    vol = Volume.from_spacing(maps[0], (1.0, 1.0, 1.0))
+    res = cs.consensus([Segmentation(vol.with_array(m), LabelTable.from_names(names)) for m in maps], method=method)
+    out = res.segmentation.array
+    assert set(np.unique(out)) == {0, *labels}
+    expect = cs.majority_vote(maps)
+    assert cs.metrics.dice(out > 0, expect > 0) > 0.9
+    if len(labels) == 2:
+        assert not np.any((out == labels[0]) & split) and not np.any((out == labels[1]) & ~split)

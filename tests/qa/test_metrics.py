@@ -211,3 +211,46 @@ def test_real_labels_match_monai_and_report(real_data):
         _, _, hd_m, _, nsd_m = _monai(b, a, spx, 2.0)
         assert row["hd95_mm"] == pytest.approx(hd_m, rel=1e-5)
         assert row["surface_dice"] == pytest.approx(nsd_m, abs=1e-6)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (3.0, 0.8, 0.7)])
+@pytest.mark.parametrize("case", ["overlap", "disjoint", "single_voxel", "identical"])
+def test_average_surface_distance_matches_monai(case, spacing):
+    a, b = CASES[case]
+    yp = torch.from_numpy(np.stack([~a, a])[None].astype(np.float32))
+    y = torch.from_numpy(np.stack([~b, b])[None].astype(np.float32))
+    ref = float(monai_metrics.compute_average_surface_distance(yp, y, include_background=False, symmetric=True,
+                                                                spacing=list(spacing)))
+    assert metrics.average_surface_distance(a, b, spacing=spacing) == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    per = metrics.label_metrics(b.astype(np.uint8), a.astype(np.uint8), spacing=spacing)[1]
+    assert per["assd_mm"] == pytest.approx(ref, rel=1e-5, abs=1e-6)
+
+
+def test_average_surface_distance_known_value():
+    """Two 1-voxel-thick parallel plates 4 voxels apart along z (spacing 2.5 mm): every surface
+    voxel is 10 mm from the other plate."""
+    a = np.zeros((10, 6, 6), bool)
+    b = np.zeros_like(a)
+    a[2] = True
+    b[6] = True
+    assert metrics.average_surface_distance(a, b, spacing=(2.5, 1.0, 1.0)) == pytest.approx(10.0)
+    assert metrics.average_surface_distance(a, a, spacing=1.0) == 0.0
+    assert math.isnan(metrics.average_surface_distance(np.zeros_like(a), np.zeros_like(a), spacing=1.0))
+
+
+def test_volume_difference_is_prediction_minus_reference():
+    """60 reference voxels, 48 predicted, voxel 2 x 1 x 0.5 mm = 1 mm^3: -0.012 ml, -20 %."""
+    ref = np.zeros((4, 5, 6), np.uint8)
+    pred = np.zeros_like(ref)
+    ref[:2] = 1
+    pred[:2, :4] = 1
+    pred[3, 0, 0] = 2  # label 2: absent from the reference
+    out = metrics.label_metrics(ref, pred, spacing=(2.0, 1.0, 0.5))
+    one = out[1]
+    assert one["volume_reference_ml"] == pytest.approx(0.060)
+    assert one["volume_prediction_ml"] == pytest.approx(0.048)
+    assert one["volume_difference_ml"] == pytest.approx(-0.012)
+    assert one["volume_difference_pct"] == pytest.approx(-20.0)
+    over = metrics.label_metrics(pred, ref, spacing=(2.0, 1.0, 0.5))[1]
+    assert over["volume_difference_ml"] == pytest.approx(0.012) and over["volume_difference_pct"] == pytest.approx(25.0)
+    assert math.isnan(out[2]["volume_difference_pct"]) and out[2]["volume_difference_ml"] == pytest.approx(0.001)
