@@ -307,10 +307,62 @@ def test_progress_and_cancel(axial):
         read_dicom(folder, cancel=lambda: True)
 
 
-def test_every_failure_is_a_medseg_error(tmp_path):
+def _break(folder: Path, how: str) -> None:
+    files = sorted(folder.iterdir())
+    if how == "empty":
+        for f in files:
+            f.unlink()
+    elif how == "text":
+        for f in files:
+            f.write_text("not a DICOM file at all")
+    elif how == "truncated":
+        for f in files:
+            f.write_bytes(f.read_bytes()[:-100])
+    elif how == "no_geometry":
+        for f in files:
+            ds = pydicom.dcmread(f)
+            del ds.ImagePositionPatient
+            ds.save_as(f)
+    elif how == "no_pixel_spacing":
+        for f in files:
+            ds = pydicom.dcmread(f)
+            del ds.PixelSpacing
+            ds.save_as(f)
+    elif how == "mixed_sizes":
+        ds = pydicom.dcmread(files[0])
+        ds.Rows, ds.PixelData = ds.Rows - 2, ds.PixelData[: (ds.Rows - 2) * ds.Columns * 2]
+        ds.save_as(files[0])
+    elif how == "shared_position":
+        _edit(files[1], ImagePositionPatient=pydicom.dcmread(files[0]).ImagePositionPatient)
+
+
+@pytest.mark.parametrize("how, error, words", [
+    ("empty", SeriesSelectionError, "no image series found"),
+    ("text", SeriesSelectionError, "not a DICOM file"),
+    ("truncated", SeriesSelectionError, "truncated"),
+    ("no_geometry", DicomError, "no patient geometry"),
+    ("no_pixel_spacing", DicomError, "no PixelSpacing"),
+    ("mixed_sizes", DicomError, "different sizes"),
+    ("shared_position", DicomError, "share a position"),
+])
+def test_every_failure_is_a_medseg_error(axial, how, error, words):
+    """Each way a series can be unloadable raises its named medseg error (catchable as
+    MedsegError and as the builtin a caller expects) naming the folder or file, the problem and a fix."""
+    _, folder, _ = axial
+    _break(folder, how)
+    with pytest.raises(MedsegError) as info:
+        read_dicom(folder)
+    exc = info.value
+    assert type(exc) is error, f"{how}: {type(exc).__name__}: {exc}"
+    assert isinstance(exc, ValueError if error is SeriesSelectionError else OSError)
+    message = str(exc)
+    assert words in message and str(folder) in message and "Traceback" not in message
+    assert len(message) > len(str(folder)) + 40  # problem and fix, not just the path
+
+
+def test_absent_path_is_a_file_not_found_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         scan_dicom(tmp_path / "absent")
-    assert issubclass(DicomError, MedsegError) and issubclass(SeriesSelectionError, MedsegError)
 
 
 # -- enhanced multi-frame ---------------------------------------------------------------------

@@ -34,16 +34,116 @@ def test_both_collections_are_present():
     assert {"CT_small.dcm", "MR_small_RLE.dcm", "emri_small_jpeg_ls_lossless.dcm", "693_J2KR.dcm"} <= names
 
 
+# Files medseg refuses for a reason pydicom cannot confirm on its own (see _independent_refusal):
+# name -> the words medseg's message must contain and why that refusal is right.
+KNOWN_REFUSALS: dict[str, tuple[str, str]] = {}
+
+_NOT_IMAGE_WORDS = ("not an image", "not a volume", "DICOMDIR")
+
+
+def _independent_refusal(path: str, message: str) -> str | None:
+    """Why pydicom (not medseg) agrees that this file is no loadable 3D image, or None.
+
+    Checks the fact behind each kind of medseg refusal: not DICOM at all, a non-image object
+    (SOP class, DICOMDIR), no Rows/Columns, no patient geometry, pixel data that cannot be decoded.
+    """
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError:
+        if "not a DICOM file" in message:  # no preamble and no DICOM tag at its start
+            try:
+                bare = pydicom.dcmread(path, force=True)
+            except Exception:  # noqa: BLE001 - not parseable at all: agreed
+                return "not a DICOM file"
+            return None if ("Rows" in bare and "SOPClassUID" in bare) else "not a DICOM file"
+        ds = pydicom.dcmread(path, force=True)  # no preamble: a bare data set, as medseg reads it
+    except Exception as exc:  # noqa: BLE001 - pydicom cannot parse it either
+        return f"pydicom cannot read it: {type(exc).__name__}"
+    sop = str(ds.get("SOPClassUID", ""))
+    sop_name = pydicom.uid.UID(sop).name if sop else ""
+    if "DirectoryRecordSequence" in ds:
+        return "DICOMDIR" if "DICOMDIR" in message else None
+    if sop and "Image Storage" not in sop_name or sop_name == "RT Image Storage":
+        return f"non-image SOP class {sop_name}" if any(w in message for w in _NOT_IMAGE_WORDS) else None
+    if "Rows" not in ds or "Columns" not in ds or "PixelData" not in ds:
+        return "no Rows/Columns/PixelData" if "no image" in message else None
+    if "no patient geometry" in message:
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+        has_frame_pos = bool(per_frame) and "PlanePositionSequence" in per_frame[0]
+        if ("ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds) and not has_frame_pos:
+            return "no ImagePositionPatient/ImageOrientationPatient"
+        return None
+    if "truncated" in message:
+        try:
+            ds.pixel_array
+        except Exception as exc:  # noqa: BLE001 - the point: pydicom cannot decode it either
+            return f"pydicom cannot decode its pixels: {type(exc).__name__}"
+        return None
+    return None
+
+
+def _reference(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(array, affine)`` of one file from pydicom alone: pixel array with the modality rescale,
+    frames ordered along the slice normal, affine from IPP/IOP/PixelSpacing (LPS, k/j/i columns)."""
+    from pydicom.pixels import apply_modality_lut
+
+    ds = pydicom.dcmread(path)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    arr = ds.pixel_array.reshape(frames, ds.Rows, ds.Columns)
+    if frames > 1:
+        shared = ds.SharedFunctionalGroupsSequence[0]
+        per = ds.PerFrameFunctionalGroupsSequence
+        iop = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+        ps = np.array(shared.PixelMeasuresSequence[0].PixelSpacing, float)
+        pos = np.array([f.PlanePositionSequence[0].ImagePositionPatient for f in per], float)
+        pvt = shared.PixelValueTransformationSequence[0]
+        values = arr * float(pvt.RescaleSlope) + float(pvt.RescaleIntercept)
+    else:
+        iop = np.array(ds.ImageOrientationPatient, float)
+        ps = np.array(ds.PixelSpacing, float)
+        pos = np.array([ds.ImagePositionPatient], float)
+        values = apply_modality_lut(arr, ds)
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    order = np.argsort(pos @ normal, kind="stable")
+    values, pos = values[order], pos[order]
+    if frames > 1:
+        step = (pos[-1] - pos[0]) / (frames - 1)
+    else:
+        step = normal * float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[:3, 3] = step, col * ps[0], row * ps[1], pos[0]
+    return values, affine
+
+
 @pytest.mark.parametrize("path", ALL_FILES, ids=_name)
 def test_loads_or_fails_with_a_named_reason(path):
+    """Every file that loads equals pydicom's own reading voxel for voxel and in geometry; every
+    file refused is refused for a reason pydicom confirms (or is listed in KNOWN_REFUSALS)."""
+    name = os.path.basename(path)
     try:
         vol = read_dicom(path)
     except (DicomError, SeriesSelectionError) as exc:
         message = str(exc)
         assert len(message) > 30 and "Traceback" not in message
+        if name in KNOWN_REFUSALS:
+            assert KNOWN_REFUSALS[name][0] in message
+            return
+        why = _independent_refusal(path, message)
+        assert why is not None, f"{name}: a valid image refused: {message}"
         return
-    assert vol.array.ndim == 3 and np.all(np.isfinite(vol.array.astype(float)))
+    assert name not in KNOWN_REFUSALS, f"{name} now loads: remove it from KNOWN_REFUSALS"
     assert vol.meta["files"] and vol.meta["SeriesInstanceUID"] is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref, affine = _reference(path)
+    assert vol.shape == ref.shape
+    np.testing.assert_allclose(vol.array, ref, rtol=1e-6, atol=1e-6, err_msg=name)
+    if np.issubdtype(vol.array.dtype, np.integer):
+        np.testing.assert_array_equal(vol.array, ref, err_msg=name)
+    np.testing.assert_allclose(vol.affine, affine, atol=1e-4, err_msg=name)
 
 
 def _read(name: str):
@@ -151,8 +251,16 @@ def test_enhanced_multiframe_in_compressed_syntaxes(tmp_path, syntax):
     assert str(pydicom.dcmread(tmp_path / "mf" / "ct.dcm", stop_before_pixels=True).file_meta.TransferSyntaxUID) == syntax
 
 
-def test_errors_are_medseg_errors():
-    assert issubclass(DicomError, MedsegError)
+@pytest.mark.parametrize("name, error", [
+    ("MR_truncated.dcm", SeriesSelectionError), ("rtstruct.dcm", SeriesSelectionError),
+    ("README.txt", SeriesSelectionError), ("SC_rgb_rle.dcm", DicomError), ("emri_small.dcm", DicomError),
+])
+def test_errors_are_medseg_errors(name, error):
+    """Refusals of real test files are medseg errors of the named kind (not a pydicom, numpy or
+    codec exception leaking through) and name the file."""
+    with pytest.raises(MedsegError) as info:
+        _read(name)
+    assert type(info.value) is error and name in str(info.value)
 
 
 def _to_big_endian(ds: pydicom.Dataset, path) -> None:
