@@ -231,12 +231,15 @@ def all_mutants(key: str) -> list[Mutant]:
 
 def _compiles(m: Mutant) -> bool:
     """False for the mutants cosmic-ray makes of non-operators (a keyword-only ``*``, a ``**``
-    unpacking): they are syntax errors, not program variants."""
+    unpacking: syntax errors, not program variants) and for those it cannot apply."""
     from cosmic_ray.mutating import mutate_code
     from cosmic_ray.plugins import get_operator
 
     source = (ROOT / MODULES[m.key][0]).read_text()
-    code = mutate_code(source, get_operator(m.spec.operator_name)(**m.spec.operator_args), m.spec.occurrence)
+    try:
+        code = mutate_code(source, get_operator(m.spec.operator_name)(**m.spec.operator_args), m.spec.occurrence)
+    except Exception:  # noqa: BLE001 - cosmic-ray cannot apply it (e.g. ExceptionReplacer on a dotted name)
+        return False
     if code is None:
         return False
     try:

@@ -164,3 +164,15 @@ def test_volume_from_spacing_matches_make_affine():
     np.testing.assert_allclose(v.spacing, (3.0, 2.0, 1.0))
     np.testing.assert_allclose(v.origin, (1, 2, 3))
     np.testing.assert_allclose(v.direction, d, atol=1e-12)
+
+
+def test_volume_is_immutable_and_compared_by_identity():
+    """Frozen: geometry cannot be changed under a caller. eq=False: two volumes are never compared
+    element-wise by ``==`` (ambiguous for arrays), and volumes stay hashable (dict keys, caches)."""
+    import dataclasses
+
+    v = Volume(np.zeros((2, 3, 4)), np.eye(4))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        v.affine = np.eye(4) * 2  # type: ignore[misc]
+    twin = Volume(v.array, v.affine)
+    assert v == v and v != twin and len({v, twin}) == 2 and hash(v) == hash(v)

@@ -227,3 +227,23 @@ def test_gap_fill_voxels_end_to_end(tmp_path):
     keep = [k for k in range(12) if k != 4]
     np.testing.assert_array_equal(out.array[keep], vol.array[keep])
     np.testing.assert_allclose(out.array[4], (vol.array[3].astype(float) + vol.array[5]) / 2, atol=0.51)
+
+
+def test_copies_of_one_sop_instance_are_dropped_wherever_they_are():
+    images, *_ = series(np.arange(6) * 2.0, (0.3, 0.2, 0.1))
+    images = sorted(images, key=lambda im: im.file.path)
+    images.insert(2, images[1])  # the same SOP instance twice (two copies of a file)
+    images.insert(5, images[4])
+    plan = plan_stack(images)
+    assert plan.problem is None and plan.shape == (6, 8, 6)
+    assert "2 duplicate file(s) of the same SOP instance ignored" in plan.warnings
+    assert [im.sop_uid for im in plan.images] == [f"1.2.3.{k}" for k in range(6)]
+
+
+def test_shared_position_error_names_the_position_to_a_micrometre():
+    images, row, col, *_ = series(np.arange(4) * 2.0, (0.0, 0.0, 0.0), origin=(10.123456, -20.654321, 30.5))
+    first = min(images, key=lambda im: im.position[2])
+    images.append(record(50, first.position, row, col))
+    plan = plan_stack(images)
+    assert "5 images at only 4 distinct positions" in plan.problem
+    assert "first at [10.123, -20.654, 30.5] mm" in plan.problem
