@@ -86,6 +86,7 @@ def _sitk_run(filt: Any, images: list, *, progress: Optional[ProgressCallback],
                 filt.Abort()
 
         filt.AddCommand(sitk.sitkProgressEvent, on_progress)
+    report(progress, 0, 100, message)  # ITK's STAPLE filters send no progress events of their own
     try:
         out = filt.Execute(images)
     except RuntimeError as exc:
@@ -93,6 +94,7 @@ def _sitk_run(filt: Any, images: list, *, progress: Optional[ProgressCallback],
             raise CancelledError(f"{message} cancelled by the user") from exc
         raise
     check_cancel(cancel, message)
+    report(progress, 100, 100, message)
     return out
 
 

@@ -246,3 +246,41 @@ def test_labels_from_256_up_survive_consensus(labels, method):
     assert cs.metrics.dice(out > 0, expect > 0) > 0.9
     if len(labels) == 2:
         assert not np.any((out == labels[0]) & split) and not np.any((out == labels[1]) & ~split)
+
+
+def test_progress_names_and_optional_probabilities():
+    """STAPLE reports progress (without a cancel callback too); rater names reach the table;
+    probabilities=False leaves them out on the single-label path as well."""
+    truth = _truth((12, 24, 24))
+    raters = _raters(truth, SENS[:3], SPEC[:3])
+    calls = []
+    cs.staple(raters, progress=lambda d, t, m: calls.append((d, t, m)))
+    assert calls[0][:2] == (0, 100) and calls[-1][:2] == (100, 100) and {m for *_, m in calls} == {"STAPLE"}
+    calls.clear()
+    cs.multi_label_staple(raters, progress=lambda d, t, m: calls.append((d, t, m)))
+    assert calls[-1] == (100, 100, "multi-label STAPLE")
+    vol = Volume.from_spacing(raters[0], (1.0, 1.0, 1.0))
+    segs = [Segmentation(vol.with_array(r), LabelTable.from_names({1: "x"})) for r in raters]
+    res = cs.consensus(segs, names=["ann", "bob", "cy"], probabilities=False)
+    assert [r["name"] for r in res.raters] == ["ann", "bob", "cy"]
+    assert res.segmentation.probabilities is None
+    assert [r["name"] for r in cs.consensus(segs).raters] == ["rater1", "rater2", "rater3"]
+
+
+def test_agreement_diagonal_progress_and_results_are_frozen():
+    import dataclasses
+
+    truth = _truth((12, 24, 24))
+    raters = _raters(truth, SENS[:3], SPEC[:3]) + [np.zeros(truth.shape, np.uint8)]
+    steps = []
+    ag = cs.agreement_matrices(raters, spacing=(1.0, 1.0, 1.0), progress=lambda d, t, m: steps.append((d, t)))
+    assert steps[-1] == (6, 6)  # 1 label x 6 pairs of 4 raters
+    hd, nsd = ag.matrices["hd95_mm"][1], ag.matrices["surface_dice"][1]
+    assert hd[0, 0] == 0.0 and nsd[0, 0] == 1.0  # a rater agrees perfectly with itself
+    assert math.isnan(hd[3, 3]) and math.isnan(nsd[3, 3])  # ... unless it drew nothing
+    s = ag.summary()[1]
+    assert s["dice_mean"] == pytest.approx(np.mean(ag.matrices["dice"][1][np.triu_indices(4, 1)]))
+    res = cs.staple(raters[:3])
+    for frozen in (res, ag, cs.multi_label_staple(raters[:3])):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            frozen.labels = []  # type: ignore[misc]
