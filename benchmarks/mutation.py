@@ -159,6 +159,10 @@ NAMED: tuple[Named, ...] = (
 
 #: identity hash (first 10 hex) -> reason: mutants no test can distinguish from the original
 EQUIVALENT: dict[str, str] = {
+    "9085f5d143": "geometry.direction_of `keepdims=True` -> False: the column norms of a (3, 3) matrix, shape (3,), "
+                  "broadcast over the columns exactly as shape (1, 3) does",
+    "0d2b553fae": "nifti.volume_from_nibabel `data.shape[3] == 1` -> `<= 1`: differs only for a 4th axis of length 0, "
+                  "an empty image refused either way (IndexError instead of InputError)",
     "0295f7ec57": "_geometry.plan_stack `hi > 0` -> `hi >= 0` in the gap fill: hi == 0 only for the first grid "
                   "point tg = 0 = t[0], which the branch before it always copies",
 }

@@ -254,3 +254,16 @@ def test_volume_difference_is_prediction_minus_reference():
     over = metrics.label_metrics(pred, ref, spacing=(2.0, 1.0, 0.5))[1]
     assert over["volume_difference_ml"] == pytest.approx(0.012) and over["volume_difference_pct"] == pytest.approx(25.0)
     assert math.isnan(out[2]["volume_difference_pct"]) and out[2]["volume_difference_ml"] == pytest.approx(0.001)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, -1.0, 1.0), (1.0, 0.0, 1.0), (1.0, math.nan, 1.0), (1.0, math.inf, 1.0),
+                                     (1.0, 1.0), (1.0, 1.0, 1.0, 1.0), -2.0])
+def test_every_bad_spacing_is_refused(spacing):
+    """Each bad spacing on its own (non-empty masks, so the distances are really computed)."""
+    a, b = CASES["overlap"]
+    for call in (lambda: metrics.hausdorff95(a, b, spacing=spacing),
+                 lambda: metrics.average_surface_distance(a, b, spacing=spacing),
+                 lambda: metrics.volume_ml(a, spacing=spacing),
+                 lambda: metrics.label_metrics(a.astype(np.uint8), b.astype(np.uint8), spacing=spacing)):
+        with pytest.raises(InputError, match="spacing must be 3 positive"):
+            call()
