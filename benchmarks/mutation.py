@@ -163,6 +163,8 @@ EQUIVALENT: dict[str, str] = {
                   "broadcast over the columns exactly as shape (1, 3) does",
     "0d2b553fae": "nifti.volume_from_nibabel `data.shape[3] == 1` -> `<= 1`: differs only for a 4th axis of length 0, "
                   "an empty image refused either way (IndexError instead of InputError)",
+    "1c05c69fba": "metrics._edges: no iteration of the bounding-box loop leaves the slice empty, so the whole array "
+                  "is used instead of its crop: same surfaces, only slower",
     "0295f7ec57": "_geometry.plan_stack `hi > 0` -> `hi >= 0` in the gap fill: hi == 0 only for the first grid "
                   "point tg = 0 = t[0], which the branch before it always copies",
 }
