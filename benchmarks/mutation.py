@@ -165,6 +165,8 @@ EQUIVALENT: dict[str, str] = {
                   "an empty image refused either way (IndexError instead of InputError)",
     "1c05c69fba": "metrics._edges: no iteration of the bounding-box loop leaves the slice empty, so the whole array "
                   "is used instead of its crop: same surfaces, only slower",
+    "0e01a3eed4": "metrics.confusion_matrix LUT fill -1 -> ~1 (= -2): both mark 'not a counted label' and are "
+                  "dropped alike by `keep = (r >= 0) & (p >= 0)`",
     "0295f7ec57": "_geometry.plan_stack `hi > 0` -> `hi >= 0` in the gap fill: hi == 0 only for the first grid "
                   "point tg = 0 = t[0], which the branch before it always copies",
 }

@@ -267,3 +267,21 @@ def test_every_bad_spacing_is_refused(spacing):
                  lambda: metrics.label_metrics(a.astype(np.uint8), b.astype(np.uint8), spacing=spacing)):
         with pytest.raises(InputError, match="spacing must be 3 positive"):
             call()
+
+
+@pytest.mark.parametrize("hits, misses, fp, tp, sens, prec, f1", [
+    (2, 2, 1, 3, 0.5, 0.75, 0.6),
+    (0, 3, 2, 0, 0.0, 0.0, 0.0),             # nothing found, only false positives: 0, not undefined
+    (0, 0, 2, 0, math.nan, 0.0, math.nan),   # no reference lesion: sensitivity and F1 undefined
+    (0, 2, 0, 0, 0.0, math.nan, math.nan),   # no prediction: precision and F1 undefined
+])
+def test_lesion_detection_scores(hits, misses, fp, tp, sens, prec, f1):
+    import dataclasses
+
+    det = metrics.LesionDetection(hits, misses, fp, tp)
+    for got, want in ((det.sensitivity, sens), (det.precision, prec), (det.f1, f1)):
+        assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want)
+    s = det.summary()
+    assert s["reference_lesions"] == hits + misses and s["predicted_lesions"] == tp + fp
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        det.hits = 5  # type: ignore[misc]
