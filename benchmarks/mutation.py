@@ -353,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     # the module's own tests need no third-party pytest plugin; not loading them (napari's npe2,
     # pytest-qt) saves ~10 s per run. Hypothesis works without its plugin.
     os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    os.environ["MEDSEG_HYPOTHESIS_PROFILE"] = "mutation"  # a failing property is reported, not shrunk
     results: dict = {"budget": args.budget, "modules": {}, "named": []}
     rows = []
     for key in keys:

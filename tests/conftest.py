@@ -14,6 +14,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+try:  # Hypothesis profiles: MEDSEG_HYPOTHESIS_PROFILE=mutation (benchmarks/mutation.py) fails fast
+    from hypothesis import Phase, settings
+
+    settings.register_profile("mutation", phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    settings.load_profile(os.environ.get("MEDSEG_HYPOTHESIS_PROFILE", "default"))
+except ImportError:  # the property-test modules import hypothesis themselves and say so
+    pass
 REAL_DATA = Path(os.environ.get("MEDSEG_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
 
 
