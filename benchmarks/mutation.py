@@ -167,6 +167,10 @@ EQUIVALENT: dict[str, str] = {
                   "is used instead of its crop: same surfaces, only slower",
     "0e01a3eed4": "metrics.confusion_matrix LUT fill -1 -> ~1 (= -2): both mark 'not a counted label' and are "
                   "dropped alike by `keep = (r >= 0) & (p >= 0)`",
+    "53098a1e3c": "consensus._sitk_run `cancel is not None and cancel()` -> `or` inside on_progress: SimpleITK's "
+                  "STAPLE filters send no progress events (checked: 0 calls), so on_progress never runs",
+    "8d3f597c06": "consensus._sitk_run `except RuntimeError` -> another exception: the RuntimeError it converts comes "
+                  "from filt.Abort(), which only on_progress calls, and on_progress never runs (no ITK events)",
     "0295f7ec57": "_geometry.plan_stack `hi > 0` -> `hi >= 0` in the gap fill: hi == 0 only for the first grid "
                   "point tg = 0 = t[0], which the branch before it always copies",
 }

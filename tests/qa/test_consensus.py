@@ -83,6 +83,11 @@ def test_multi_label_staple_recovers_sensitivity():
     np.testing.assert_allclose(res.sensitivity[:, 1], sens, atol=0.03)
     np.testing.assert_allclose(res.sensitivity[:, 2], sens, atol=0.03)
     assert np.all(res.specificity[:, 1:] > 0.98)
+    # specificity is prior-weighted over the other true labels: it matches each rater's empirical
+    # P(says not l | truth not l), dominated by the large background
+    for c, lab in enumerate(res.labels):
+        emp = [np.mean(r[truth != lab] != lab) for r in raters]
+        np.testing.assert_allclose(res.specificity[:, c], emp, atol=0.01)
     assert cs.metrics.dice(res.label_map == 7, truth == 7) > 0.97
     # same label map as SimpleITK's filter on the compacted labels
     lut = np.zeros(8, np.uint16)
@@ -281,6 +286,28 @@ def test_agreement_diagonal_progress_and_results_are_frozen():
     s = ag.summary()[1]
     assert s["dice_mean"] == pytest.approx(np.mean(ag.matrices["dice"][1][np.triu_indices(4, 1)]))
     res = cs.staple(raters[:3])
-    for frozen in (res, ag, cs.multi_label_staple(raters[:3])):
+    vol = Volume.from_spacing(raters[0], (1.0, 1.0, 1.0))
+    one = cs.consensus([Segmentation(vol.with_array(r), LabelTable.from_names({1: "x"})) for r in raters[:3]])
+    for frozen in (res, ag, cs.multi_label_staple(raters[:3]), one):
         with pytest.raises(dataclasses.FrozenInstanceError):
             frozen.labels = []  # type: ignore[misc]
+
+
+def test_multi_label_specificity_is_weighted_by_the_label_priors():
+    """A rater who calls 30 % of label 7 "1" but almost never marks background as 1: P(says not 1 |
+    truth not 1) is about 0.98 (background dominates), not the unweighted mean over the labels (~0.85)."""
+    truth = _truth().astype(np.uint8)
+    truth[:, :, 30:] *= 7
+    rng = np.random.default_rng(11)
+    raters = []
+    for n in range(4):
+        r = truth.copy()
+        r[(truth > 0) & (rng.random(truth.shape) > 0.9)] = 0
+        if n == 0:
+            r[(truth == 7) & (rng.random(truth.shape) < 0.3)] = 1
+        raters.append(r)
+    res = cs.multi_label_staple(raters)
+    c1 = res.labels.index(1)
+    emp = np.mean(raters[0][truth != 1] != 1)
+    assert emp > 0.95
+    assert res.specificity[0, c1] == pytest.approx(emp, abs=0.01)
