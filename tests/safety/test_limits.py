@@ -129,3 +129,25 @@ def test_fake_preamble_is_not_dicom(tmp_path):
     scan = scan_dicom(tmp_path)
     assert len(scan.skipped) == 2
     assert all(s.reason.startswith("not a DICOM file") for s in scan.skipped)
+
+
+def test_single_2d_radiograph_without_geometry_loads_as_one_slice(tmp_path, real_data):
+    from medseg.io.dicom import read_dicom
+
+    ds = _ct_slice(real_data)
+    ds.decompress()
+    for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+        delattr(ds, key)
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.ImagerPixelSpacing = [0.15, 0.2]
+    ds.Modality = "CR"
+    (tmp_path / "cr").mkdir()
+    ds.save_as(tmp_path / "cr" / "a.dcm")
+    vol = read_dicom(tmp_path / "cr")
+    assert vol.shape == (1, 512, 512)
+    np.testing.assert_allclose(vol.spacing[1:], (0.15, 0.2))
+    warning = next(w for w in vol.meta["warnings"] if "without patient geometry" in w)
+    assert "ImagerPixelSpacing" in warning and "origin (0, 0, 0)" in warning
+    np.testing.assert_array_equal(vol.array[0], ds.pixel_array.astype(np.int64) * int(ds.RescaleSlope)
+                                  + int(ds.RescaleIntercept))
+    assert main(["convert", str(tmp_path / "cr"), str(tmp_path / "cr.nii.gz")]) == 0

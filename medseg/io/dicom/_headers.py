@@ -100,6 +100,9 @@ class ImageRecord:
     spacing_between_slices: Optional[float] = None
     #: tags that tell apart images sharing a position (echoes, phases, acquisitions)
     distinguish: dict[str, Any] = field(default_factory=dict)
+    #: ImagerPixelSpacing (projection radiographs: spacing at the detector), used only for a
+    #: single 2D image without patient geometry
+    imager_pixel_spacing: Optional[tuple[float, float]] = None
 
 
 @dataclass
@@ -319,6 +322,7 @@ _T = {  # tag numbers of the attributes read for every file
     "RescaleIntercept": 0x00281052, "SliceThickness": 0x00180050, "SpacingBetweenSlices": 0x00180088,
     "GantryDetectorTilt": 0x00181120, "ImageType": 0x00080008, "ModalityLUTSequence": 0x00283000,
     "SharedFunctionalGroupsSequence": 0x52009229, "PerFrameFunctionalGroupsSequence": 0x52009230,
+    "ImagerPixelSpacing": 0x00181164,
 }
 _DISTINGUISH = {"AcquisitionNumber": 0x00200012, "EchoNumbers": 0x00180086, "TemporalPositionIdentifier": 0x00200100,
                 "TriggerTime": 0x00181060, "DiffusionBValue": 0x00189087, "ImageType": 0x00080008}
@@ -434,7 +438,7 @@ def _records(path: str, ds: Dataset, ts: str, sop_class: str, offset: Optional[i
                 position=position if frames == 1 else None,  # type: ignore[arg-type]
                 orientation=orientation, pixel_spacing=spacing,  # type: ignore[arg-type]
                 slope=slope, intercept=intercept, slice_thickness=thickness, spacing_between_slices=between,
-                distinguish=dict(common_dist),
+                distinguish=dict(common_dist), imager_pixel_spacing=_nums(ds, T["ImagerPixelSpacing"], 2),
             ))
     sn = _num(ds, T["SeriesNumber"])
     return HeaderInfo(
