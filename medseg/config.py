@@ -26,12 +26,15 @@ def load_yaml(path: str | Path) -> Any:
     """Parse a YAML file safely; errors name the file."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not a YAML text file (byte {exc.start} is not UTF-8); give a model .yaml, "
+                          f"a .safetensors checkpoint, a training folder or a bundled model name") from exc
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config ({exc.strerror or exc})") from exc
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
 
 

@@ -20,6 +20,9 @@ __all__ = [
     "PromptError",
     "CancelledError",
     "DependencyError",
+    "OutputError",
+    "OutputExistsError",
+    "ResourceLimitError",
 ]
 
 
@@ -78,3 +81,34 @@ class CancelledError(MedsegError):
 
 class DependencyError(MedsegError, ImportError):
     """An optional dependency is missing; the message gives the install line."""
+
+
+class OutputError(MedsegError, OSError):
+    """An output path is unsafe or unusable: it is (or lies inside) an input, it exists and
+    overwriting was not asked for, or it is a folder where a file is expected (or the reverse)."""
+
+    def __init__(self, path: object, problem: str, fix: str = "") -> None:
+        self.path = str(path)
+        self.problem = problem
+        self.fix = fix
+        msg = f"{self.path}: {problem}"
+        if fix:
+            msg += f". {fix}"
+        super().__init__(msg)
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """An output exists and ``overwrite`` (``--overwrite``) was not given."""
+
+
+class ResourceLimitError(MedsegError, MemoryError):
+    """An input declares more data than the configured memory limit allows (checked before allocating)."""
+
+    def __init__(self, path: object, problem: str, fix: str = "") -> None:
+        self.path = str(path)
+        self.problem = problem
+        self.fix = fix
+        msg = f"{self.path}: {problem}"
+        if fix:
+            msg += f". {fix}"
+        super().__init__(msg)

@@ -11,7 +11,6 @@ and CSV, nan and inf are written as empty values/``null`` with the reason in ``e
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -23,6 +22,7 @@ import numpy as np
 
 from medseg import metrics
 from medseg.errors import InputError
+from medseg.io import csvsafe
 from medseg.io.atomic import atomic_path
 from medseg.labels import MORPHOLOGY, LabelTable
 from medseg.progress import CancelCallback, ProgressCallback, StepProgress
@@ -200,7 +200,7 @@ _CSV_COLUMNS = ["index", "name", "empty", "dice", "iou", "hd95_mm", "assd_mm", "
 def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+            w = csvsafe.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
             w.writeheader()
             for row in rows:
                 w.writerow({k: ("" if v is None else v) for k, v in json_ready(row).items()})
@@ -215,6 +215,7 @@ def write_report(
     image: Optional[Volume] = None,
     plots: bool = True,
     n_slices: int = 3,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Write the report to ``folder``: JSON, CSV and (``plots=True``) PNG files.
 
@@ -229,6 +230,9 @@ def write_report(
         Background of the overlay slices (default: the reference label map).
     n_slices : int
         Axial slices with the most wrong voxels shown in ``error_overlay.png``.
+    overwrite : bool
+        Replace a previous report in ``folder`` (default: refuse before writing anything;
+        see :mod:`medseg.io.output_policy`).
 
     Returns
     -------
@@ -236,16 +240,26 @@ def write_report(
         ``{"json", "per_class_csv", "confusion_csv", "lesions_csv", "confusion_png",
         "per_class_png", "error_overlay_png"}`` → paths (the PNGs only when drawn).
     """
+    from medseg.io.output_policy import check_output_dir, inputs_of, protect_inputs
+
     out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "per_class_csv": out / "per_class.csv",
              "confusion_csv": out / "confusion_matrix.csv", "lesions_csv": out / "lesions.csv"}
+    pngs = ["confusion_matrix.png", "per_class.png", "error_overlay.png"] if plots else []
+    with protect_inputs(inputs_of(reference, prediction, image)):
+        check_output_dir(out, overwrite=overwrite, will_write=[p.name for p in paths.values()] + pngs)
+        out.mkdir(parents=True, exist_ok=True)
+        return _write_report(report, out, paths, reference=reference, prediction=prediction, image=image,
+                             plots=plots, n_slices=n_slices)
+
+
+def _write_report(report, out, paths, *, reference, prediction, image, plots, n_slices) -> dict[str, Path]:
     with atomic_path(paths["json"]) as tmp:
         Path(tmp).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     _write_csv(paths["per_class_csv"], report.per_class, _CSV_COLUMNS)
     with atomic_path(paths["confusion_csv"]) as tmp:
         with open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
+            w = csvsafe.writer(fh)
             w.writerow(["reference \\ prediction"] + report.confusion_names)
             for name, row in zip(report.confusion_names, report.confusion.tolist()):
                 w.writerow([name] + row)

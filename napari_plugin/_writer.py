@@ -55,7 +55,8 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     from medseg.io import sidecar_path, write_segmentation
 
     seg = segmentation_from_state(data, meta)
-    out = write_segmentation(seg, path)
+    # napari's save dialog has already asked before replacing a file
+    out = write_segmentation(seg, path, overwrite=True)
     log.info("wrote %s", out)
     return [str(out), str(sidecar_path(out))]
 

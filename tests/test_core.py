@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from medseg.config import from_mapping, load_yaml
-from medseg.errors import ConfigError, FileFormatError, GeometryError, InputError
+from medseg.errors import ConfigError, FileFormatError, GeometryError, InputError, OutputError
 from medseg.io import read_segmentation, read_volume, sidecar_path, write_segmentation, write_volume
 from medseg.labels import Code, Label, LabelTable
 from medseg.phantom import PHANTOM_LABELS, make_phantom
@@ -147,8 +147,9 @@ def test_write_refuses_source_overwrite(tmp_path, phantom):
     p = write_volume(image, tmp_path / "a.nii.gz")
     loaded = read_volume(p)
     before = p.read_bytes()
-    with pytest.raises(InputError, match="refusing to overwrite the source"):
-        write_volume(loaded, p)
+    # the output policy's named error (medseg.io.output_policy); overwrite=True never covers an input
+    with pytest.raises(OutputError, match="is the input"):
+        write_volume(loaded, p, overwrite=True)
     assert p.read_bytes() == before
 
 

@@ -9,7 +9,6 @@ are only ever read.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import io
 import json
@@ -26,9 +25,11 @@ from medseg.batch.discovery import Discovery, SelectionRule, SeriesTask, discove
 from medseg.batch.pool import LocalPool, available_cores, run_pool
 from medseg.batch.segmenters import Segmenter, SegmenterSpec
 from medseg.batch.series import SeriesOptions, SeriesProgress, process_series, read_record
-from medseg.errors import InputError
+from medseg.errors import InputError, OutputError
 from medseg.export.api import parse_formats
+from medseg.io import csvsafe
 from medseg.io.atomic import atomic_path
+from medseg.io.output_policy import is_inside, same_path
 from medseg.progress import CancelCallback, ProgressCallback, check_cancel, report
 
 __all__ = ["BatchConfig", "run_batch"]
@@ -173,8 +174,13 @@ def run_batch(
     """
     study = Path(study_dir).resolve()
     out = Path(out_dir).resolve()
-    if out == study:
+    if out == study or same_path(out, study):
         raise InputError(f"{out}: the output folder must differ from the study folder")
+    if is_inside(study, out):
+        raise OutputError(out, f"the output folder contains the study folder {study}",
+                          "choose an output folder outside the study (inside it is fine: it is not rediscovered)")
+    if out.exists() and not out.is_dir():
+        raise OutputError(out, "is a file, but the batch output folder is expected here", "give a folder path")
     if segmenter is not None and (config.workers > 1 or config.scheduler):
         raise InputError("a ready segmenter object only runs in this process; use config.segmenter "
                          "(a SegmenterSpec) with workers > 1 or Dask")
@@ -312,7 +318,7 @@ def _write_summary(out: Path, summary: dict) -> None:
             if n not in names:
                 names.append(n)
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csvsafe.writer(buf, lineterminator="\n")
     w.writerow(["id", "status", "resumed", "kind", "modality", "description", "n_slices", "path", "seconds",
                 "error"] + [f"volume_ml:{n}" for n in names])
     for r in summary["series"]:

@@ -55,17 +55,65 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    return run_command(args.func, args)
+
+
+def run_command(func, args: argparse.Namespace) -> int:
+    """Run a subcommand's ``func(args)`` and turn every exception into one logged line and an exit code.
+
+    medseg's named errors and plain file errors exit 1 with their message; Ctrl-C exits 130;
+    running out of memory exits 1 naming the inputs and the limit to lower; any other
+    exception is a bug: one line naming the inputs, the exception and what to do, exit 70.
+    ``-v`` adds the traceback.
+    """
     try:
-        return int(args.func(args) or 0)
+        return int(func(args) or 0)
     except MedsegError as exc:
         log.error("%s", exc)
+        _trace(args)
         return 1
-    except (FileNotFoundError, FileExistsError, PermissionError) as exc:
+    except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         log.error("%s", exc)
+        _trace(args)
         return 1
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
+    except MemoryError as exc:
+        log.error("%s: out of memory (%s); %s", _inputs(args) or args.command, exc or "allocation failed",
+                  "lower MEDSEG_MAX_VOLUME_BYTES so that oversized inputs are refused before reading, "
+                  "or run on a machine with more memory")
+        _trace(args)
+        return 1
+    except Exception as exc:  # any other exception is a bug: one line, traceback with -v
+        log.error("%s: medseg %s failed with an unexpected %s: %s. This is a bug in medseg; rerun with -v for "
+                  "the traceback and report it with the input", _inputs(args) or "(no input)", args.command,
+                  type(exc).__name__, _short(exc))
+        _trace(args)
+        return 70  # EX_SOFTWARE
+
+
+def _trace(args: argparse.Namespace) -> None:
+    """With -v, the traceback of the exception being handled."""
+    if args.verbose:
+        log.error("traceback:", exc_info=True)
+
+
+def _inputs(args: argparse.Namespace) -> str:
+    """The input paths named on the command line (for the one-line error of an unexpected failure)."""
+    names = ("input", "image", "labels", "path", "raters", "reference", "prediction", "study_dir", "data", "model")
+    found: list[str] = []
+    for name in names:
+        value = getattr(args, name, None)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and v:
+                found.append(v)
+    return ", ".join(found)
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or "(no message)"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 if __name__ == "__main__":  # pragma: no cover

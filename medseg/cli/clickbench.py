@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-clicks", type=int, default=10, help="clicks per target (default 10; ≥ 5)")
     p.add_argument("--min-voxels", type=int, default=20, help="skip labels smaller than this")
     p.add_argument("--json", dest="json_out", default=None, help="write per-target figures to this JSON file")
+    from medseg.cli._output import add_overwrite
+
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
@@ -32,6 +35,12 @@ def run(args: argparse.Namespace) -> int:
     from medseg.cli._progress import tqdm_progress
     from medseg.interactive.bench import find_cases, format_table, run_benchmark, summarise
 
+    from medseg.io.atomic import atomic_path
+    from medseg.io.output_policy import check_output_file, protect_inputs
+
+    if args.json_out:
+        with protect_inputs([args.images, args.labels]):
+            check_output_file(args.json_out, overwrite=args.overwrite)
     cases = find_cases(args.images, args.labels, targets=args.targets, min_voxels=args.min_voxels)
     with tqdm_progress("clicking") as progress:
         rows = run_benchmark(cases, engine=args.engine, max_clicks=max(5, args.max_clicks), progress=progress)
@@ -42,5 +51,6 @@ def run(args: argparse.Namespace) -> int:
             return None if isinstance(v, float) and not math.isfinite(v) else v
         data = {"summary": {k: clean(v) for k, v in summary.items()},
                 "targets": [{k: clean(v) for k, v in r.items()} for r in rows]}
-        Path(args.json_out).write_text(json.dumps(data, indent=1) + "\n")
+        with protect_inputs([args.images, args.labels]), atomic_path(args.json_out, overwrite=args.overwrite) as tmp:
+            Path(tmp).write_text(json.dumps(data, indent=1) + "\n")
     return 0

@@ -15,19 +15,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("output", help="output .nii[.gz], .nrrd or .mha")
     p.add_argument("--series", help="SeriesInstanceUID to convert when the folder holds several")
     p.add_argument("--labels", action="store_true", help="treat the input as a label map (keeps its .labels.json)")
+    from medseg.cli._output import add_overwrite
+
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from medseg.cli._progress import tqdm_progress
-    from medseg.io import read_segmentation, read_volume, write_segmentation, write_volume
+    from medseg.io import read_segmentation, read_volume, sidecar_path, write_segmentation, write_volume
+    from medseg.io.output_policy import check_output_file, protect_inputs
 
-    if args.labels:
-        write_segmentation(read_segmentation(args.input), args.output)
-    else:
-        with tqdm_progress("reading") as progress:
-            volume = read_volume(args.input, series_uid=args.series, progress=progress)
-        write_volume(volume, args.output)
+    with protect_inputs([args.input] + ([sidecar_path(args.input)] if args.labels else [])):
+        for path in [args.output] + ([sidecar_path(args.output)] if args.labels else []):
+            check_output_file(path, overwrite=args.overwrite)
+        if args.labels:
+            write_segmentation(read_segmentation(args.input), args.output, overwrite=args.overwrite)
+        else:
+            with tqdm_progress("reading") as progress:
+                volume = read_volume(args.input, series_uid=args.series, progress=progress)
+            write_volume(volume, args.output, overwrite=args.overwrite)
     log.info("wrote %s", args.output)
     print(args.output)
     return 0

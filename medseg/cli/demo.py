@@ -37,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"image  {image}")
     with tqdm_progress("segmenting") as progress:
         seg = segment(image, device=args.device, progress=progress)
-    written = export_segmentation(seg, out, image=image, formats=("nifti", "seg", "rtstruct", "stl", "stats"))
+    # the demo folder is the demo's own: a rerun replaces its previous output
+    written = export_segmentation(seg, out, image=image, formats=("nifti", "seg", "rtstruct", "stl", "stats"),
+                                  overwrite=True)
     reference = read_segmentation(sample_labels())
     scores = {}
     for label in seg.labels:

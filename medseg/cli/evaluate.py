@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-overlap", type=float, default=0.1,
                    help="share of a reference lesion to cover for a hit (default 0.1)")
     p.add_argument("--no-plots", action="store_true", help="write JSON and CSV only")
+    from medseg.cli._output import add_overwrite
+
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
@@ -30,15 +33,18 @@ def run(args: argparse.Namespace) -> int:
     from medseg.cli._progress import tqdm_progress
     from medseg.evaluate import evaluate, write_report
     from medseg.io import read_segmentation, read_volume
+    from medseg.io.output_policy import check_output_dir, protect_inputs
 
-    reference = read_segmentation(args.reference)
-    prediction = read_segmentation(args.prediction)
-    image = read_volume(args.image) if args.image else None
-    with tqdm_progress("evaluating") as progress:
-        report = evaluate(reference, prediction, tolerance_mm=args.tolerance_mm, lesion_labels=args.lesion_labels,
-                          lesion_min_overlap=args.min_overlap, progress=progress)
-    paths = write_report(report, args.output, reference=reference, prediction=prediction, image=image,
-                         plots=not args.no_plots)
+    with protect_inputs([args.reference, args.prediction, args.image]):
+        check_output_dir(args.output, overwrite=True)
+        reference = read_segmentation(args.reference)
+        prediction = read_segmentation(args.prediction)
+        image = read_volume(args.image) if args.image else None
+        with tqdm_progress("evaluating") as progress:
+            report = evaluate(reference, prediction, tolerance_mm=args.tolerance_mm, lesion_labels=args.lesion_labels,
+                              lesion_min_overlap=args.min_overlap, progress=progress)
+        paths = write_report(report, args.output, reference=reference, prediction=prediction, image=image,
+                             plots=not args.no_plots, overwrite=args.overwrite)
     for row in report.per_class:
         log.info("%-20s Dice %.3f  HD95 %s mm", row["name"], row["dice"], f"{row['hd95_mm']:.1f}")
     print(f"mean Dice {report.mean_dice:.4f}  mIoU {report.mean_iou:.4f}  report {paths['json']}")

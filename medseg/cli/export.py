@@ -21,23 +21,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--formats", default="nifti,stats", help="comma-separated: nifti,nrrd,seg,rtstruct,stl,stats")
     p.add_argument("--algorithm", default=None, help="name of the model that made the labels (SEG/RTSTRUCT)")
     p.add_argument("--seg-type", choices=("binary", "labelmap"), default="binary", help="DICOM SEG encoding")
+    from medseg.cli._output import add_overwrite
+
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from medseg.export import export_segmentation
-    from medseg.io import read_segmentation, read_volume
+    from medseg.io import read_segmentation, read_volume, sidecar_path
+    from medseg.io.output_policy import check_output_dir, protect_inputs
     from medseg.segmentation import Segmentation
 
-    seg = read_segmentation(args.labels)
-    image = None
-    if args.image:
-        image = read_volume(args.image, series_uid=args.series)
-        image.require_same_grid(seg.label_map, what=f"label map {args.labels}", atol=0.01)
-        # the label map file may carry rounding of the affine; place it exactly on the image grid
-        seg = Segmentation(image.with_array(seg.array), seg.labels)
-    result = export_segmentation(seg, args.out_dir, formats=args.formats, image=image, algorithm=args.algorithm,
-                                 seg_type=args.seg_type)
+    with protect_inputs([args.labels, sidecar_path(args.labels), args.image]):
+        # the files this export writes are checked by export_segmentation; here, before any
+        # reading: the folder is not a file, not an input and holds no input
+        check_output_dir(args.out_dir, overwrite=True)
+        seg = read_segmentation(args.labels)
+        image = None
+        if args.image:
+            image = read_volume(args.image, series_uid=args.series)
+            image.require_same_grid(seg.label_map, what=f"label map {args.labels}", atol=0.01)
+            # the label map file may carry rounding of the affine; place it exactly on the image grid
+            seg = Segmentation(image.with_array(seg.array), seg.labels)
+        result = export_segmentation(seg, args.out_dir, formats=args.formats, image=image, algorithm=args.algorithm,
+                                     seg_type=args.seg_type, overwrite=args.overwrite)
     for fmt, files in result["files"].items():
         for f in files:
             print(f"{fmt}\t{args.out_dir}/{f}")

@@ -3,7 +3,8 @@
 * DICOM folder or file: every series (UID, modality, description, images, grid, warnings,
   why it cannot load) and every skipped file with its reason; headers only, no pixels.
 * Image (.nii[.gz], .nrrd, .mha): shape, spacing, origin, orientation code, direction, dtype,
-  value range.
+  from the header alone (nothing is decompressed); ``--values`` also reads the voxels for the
+  value range (within the memory limit of :mod:`medseg.io.limits`).
 * Label map (``--labels``, or a ``.labels.json`` sidecar beside the file): the grid plus, per
   label, its voxel count and volume in mL.
 
@@ -31,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="treat the file as a label map (automatic when a .labels.json sidecar exists)")
     p.add_argument("--series", help="only this SeriesInstanceUID (DICOM)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--values", action="store_true",
+                   help="also read the voxels of an image for its value range (default: header only)")
     p.set_defaults(func=run)
 
 
@@ -63,13 +66,15 @@ def describe_dicom(path: Path, series_uid: str | None = None) -> dict[str, Any]:
     }
 
 
-def describe_image(path: Path) -> dict[str, Any]:
-    from medseg.io import read_volume
+def describe_image(path: Path, values: bool = False) -> dict[str, Any]:
+    """Grid and dtype from the header only; with ``values``, the voxels are read for the range."""
+    from medseg.io import read_header, read_volume
 
-    vol = read_volume(path)
-    arr = vol.array
-    return {"path": str(path), "kind": "image", **_grid(vol),
-            "value_range": [float(np.nanmin(arr)), float(np.nanmax(arr))]}
+    info = {"path": str(path), "kind": "image", **_grid(read_header(path))}
+    if values:
+        arr = read_volume(path).array
+        info["value_range"] = [float(np.nanmin(arr)), float(np.nanmax(arr))]
+    return info
 
 
 def describe_labels(path: Path) -> dict[str, Any]:
@@ -115,7 +120,8 @@ def _print_text(info: dict[str, Any]) -> None:
     print(f"  origin LPS mm {tuple(info['origin_lps_mm'])}  orientation {info['orientation']}")
     print(f"  direction (LPS columns for z, y, x) {info['direction_columns_zyx']}")
     if info["kind"] == "image":
-        print(f"  value range {info['value_range'][0]:g} .. {info['value_range'][1]:g}")
+        if "value_range" in info:
+            print(f"  value range {info['value_range'][0]:g} .. {info['value_range'][1]:g}")
         return
     print(f"  {'index':>5}  {'name':<24} {'voxels':>10} {'volume mL':>11}")
     for r in info["labels"]:
@@ -134,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.labels or sidecar_path(path).exists():
         info = describe_labels(path)
     else:
-        info = describe_image(path)
+        info = describe_image(path, values=args.values)
     if args.json:
         print(json.dumps(info, indent=2))
     else:

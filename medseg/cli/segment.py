@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-postprocess", action="store_true", help="skip the model's per-label clean-up")
     p.add_argument("--allow-code", action="store_true",
                    help="let a MONAI bundle's config run code ($ expressions, any _target_); only for bundles you trust")
+    from medseg.cli._output import add_overwrite
+
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
@@ -33,21 +36,27 @@ def run(args: argparse.Namespace) -> int:
     from medseg.inference import segment
     from medseg.io import read_volume, write_segmentation, write_volume
     from medseg.io.atomic import full_suffix
+    from medseg.io import sidecar_path
+    from medseg.io.output_policy import check_output_file, protect_inputs
     from medseg.models import load_model
 
-    with tqdm_progress("reading") as progress:
-        volume = read_volume(args.input, series_uid=args.series, progress=progress)
-    model = load_model(args.model, device=args.device, allow_code=args.allow_code)
-    with tqdm_progress("segmenting") as progress:
-        seg = segment(volume, model=model, probabilities=args.probabilities,
-                      postprocess=not args.no_postprocess, progress=progress)
-    write_segmentation(seg, args.output)
-    if seg.probabilities is not None:
-        out = Path(args.output)
-        suffix = full_suffix(out)
-        ppath = out.with_name(out.name[: len(out.name) - len(suffix)] + ".probabilities" + suffix)
-        write_volume(seg.probabilities, ppath)
-        log.info("wrote %s", ppath)
+    out = Path(args.output)
+    suffix = full_suffix(out)
+    ppath = out.with_name(out.name[: len(out.name) - len(suffix)] + ".probabilities" + suffix)
+    model_path = args.model if args.model and Path(args.model).exists() else None
+    with protect_inputs([args.input, model_path]):
+        for path in [out, sidecar_path(out)] + ([ppath] if args.probabilities else []):
+            check_output_file(path, overwrite=args.overwrite)
+        with tqdm_progress("reading") as progress:
+            volume = read_volume(args.input, series_uid=args.series, progress=progress)
+        model = load_model(args.model, device=args.device, allow_code=args.allow_code)
+        with tqdm_progress("segmenting") as progress:
+            seg = segment(volume, model=model, probabilities=args.probabilities,
+                          postprocess=not args.no_postprocess, progress=progress)
+        write_segmentation(seg, out, overwrite=args.overwrite)
+        if seg.probabilities is not None:
+            write_volume(seg.probabilities, ppath, overwrite=args.overwrite)
+            log.info("wrote %s", ppath)
     vols = seg.volumes_ml()
     log.info("volumes (mL): %s", ", ".join(f"{seg.labels[i].name} {v:.1f}" for i, v in vols.items()))
     print(args.output)

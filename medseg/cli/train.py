@@ -34,18 +34,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--phantom-seed", type=int, default=0)
     p.add_argument("--interactive", action="store_true",
                    help="train the learned click-guided model (medseg.interactive.learned) instead")
+    from medseg.cli._output import add_overwrite
+
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from medseg.errors import InputError
+
+    if not args.data or not args.output:
+        raise InputError("medseg train needs DATA and OUTPUT folders: medseg train DATA OUT [--config NAME]")
+    from medseg.errors import OutputError
+    from medseg.io.output_policy import check_output_dir, is_inside, protect_inputs, same_path
+
+    # the dataset folder may hold the run folder (its files have other names), but not be it or lie in it
+    if same_path(args.output, args.data) or is_inside(args.data, args.output):
+        raise OutputError(args.output, f"is or contains the dataset folder {args.data}",
+                          "choose an output folder outside the dataset")
+    inputs = [args.init, args.training_config, args.config if args.config and Path(args.config).exists() else None]
+    with protect_inputs(inputs):
+        # resuming continues the run in OUTPUT: its files are meant to be replaced
+        check_output_dir(args.output, overwrite=args.overwrite or args.resume, will_write=TRAIN_OUTPUTS)
+        return _run(args)
+
+
+TRAIN_OUTPUTS = ("best.safetensors", "last.safetensors", "model.yaml", "history.json", "state.pt",
+                 "interactive_model.safetensors")
+
+
+def _run(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
     from medseg.cli._progress import tqdm_progress
     from medseg.errors import DependencyError, InputError
 
-    if not args.data or not args.output:
-        raise InputError("medseg train needs DATA and OUTPUT folders: medseg train DATA OUT [--config NAME]")
     if args.interactive:
         try:
             from medseg.interactive.learned import train_interactive

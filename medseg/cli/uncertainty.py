@@ -24,20 +24,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--top", type=int, default=20, help="entries of the review list (default 20)")
     p.add_argument("--format", choices=[".nii.gz", ".nrrd", ".mha"], default=".nii.gz", help="output image format")
+    from medseg.cli._output import add_overwrite
+
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from medseg.cli._progress import tqdm_progress
     from medseg.io import read_volume
+    from medseg.io.output_policy import check_output_dir, protect_inputs
     from medseg.uncertainty import estimate_uncertainty, review_list, write_uncertainty
 
-    with tqdm_progress("reading") as progress:
-        volume = read_volume(args.image, series_uid=args.series, progress=progress)
-    with tqdm_progress(args.method) as progress:
-        result = estimate_uncertainty(volume, method=args.method, model=args.model, models=args.models,
-                                      samples=args.samples, device=args.device, progress=progress)
-    paths = write_uncertainty(result, args.output, suffix=args.format, top=args.top)
+    with protect_inputs([args.image]):
+        check_output_dir(args.output, overwrite=True)  # a file, an input? (existing outputs: at writing)
+        with tqdm_progress("reading") as progress:
+            volume = read_volume(args.image, series_uid=args.series, progress=progress)
+        with tqdm_progress(args.method) as progress:
+            result = estimate_uncertainty(volume, method=args.method, model=args.model, models=args.models,
+                                          samples=args.samples, device=args.device, progress=progress)
+        paths = write_uncertainty(result, args.output, suffix=args.format, top=args.top, overwrite=args.overwrite)
     for item in review_list(result, top=min(args.top, 5)):
         log.info("review #%d: %s on slice k=%d (%.1f mL uncertain)", item.rank, item.name, item.slice_index,
                  item.uncertain_ml)

@@ -50,6 +50,7 @@ def export_segmentation(
     image: Optional[Volume] = None,
     algorithm: Optional[str] = None,
     seg_type: str = "binary",
+    overwrite: bool = False,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCallback] = None,
 ) -> dict:
@@ -69,6 +70,9 @@ def export_segmentation(
         Name of the model that produced the labels (recorded in SEG/RTSTRUCT).
     seg_type : {"binary", "labelmap"}
         DICOM SEG encoding.
+    overwrite : bool
+        Replace files of a previous export in ``folder`` (default: refuse before writing
+        anything; see :mod:`medseg.io.output_policy`).
     progress, cancel : callables, optional
         One step per format.
 
@@ -83,16 +87,14 @@ def export_segmentation(
     ------
     InputError
         ``seg``/``rtstruct`` requested without a DICOM source image.
+    OutputError, OutputExistsError
+        ``folder`` is a file, is or holds an input, or holds files this export would write
+        (without ``overwrite``).
     """
-    from medseg.export.labelmap import write_label_map
-    from medseg.export.mesh import write_stl
-    from medseg.export.rtstruct import write_rtstruct
-    from medseg.export.seg import write_dicom_seg
-    from medseg.export.stats import label_statistics, write_statistics
+    from medseg.io.output_policy import check_output_dir, inputs_of, protect_inputs
 
     fmts = parse_formats(formats)
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     has_dicom = image is not None and bool(image.meta.get("files"))
     wanted_dicom = [f for f in fmts if f in DICOM_FORMATS]
     if wanted_dicom and not has_dicom:
@@ -100,6 +102,37 @@ def export_segmentation(
             f"formats {wanted_dicom} need the source DICOM series: pass image= read from DICOM "
             f"(read_volume on the DICOM folder); the given image has no meta['files']"
         )
+    inputs = inputs_of(segmentation, image)
+    with protect_inputs(inputs):
+        check_output_dir(folder, overwrite=overwrite, will_write=planned_files(segmentation, fmts))
+        folder.mkdir(parents=True, exist_ok=True)
+        return _export(segmentation, folder, fmts, image=image, algorithm=algorithm, seg_type=seg_type,
+                       overwrite=overwrite, progress=progress, cancel=cancel)
+
+
+def planned_files(segmentation: Segmentation, formats: Sequence[str]) -> list[str]:
+    """Relative paths :func:`export_segmentation` writes for ``formats`` (checked before writing)."""
+    from medseg.export._common import exported_labels, safe_name
+
+    names = {"nifti": ["labels.nii.gz", "labels.labels.json"], "nrrd": ["labels.nrrd", "labels.labels.json"],
+             "seg": ["seg.dcm"], "rtstruct": ["rtstruct.dcm"],
+             "stats": ["stats.json", "stats.csv", "stats_instances.csv"]}
+    out: list[str] = []
+    for fmt in formats:
+        if fmt == "stl":
+            out += [f"meshes/{l.index}_{safe_name(l.name)}.stl" for l in exported_labels(segmentation)]
+        else:
+            out += names[fmt]
+    return out
+
+
+def _export(segmentation, folder, fmts, *, image, algorithm, seg_type, overwrite, progress, cancel) -> dict:
+    from medseg.export.labelmap import write_label_map
+    from medseg.export.mesh import write_stl
+    from medseg.export.rtstruct import write_rtstruct
+    from medseg.export.seg import write_dicom_seg
+    from medseg.export.stats import label_statistics, write_statistics
+
     files: dict[str, list[str]] = {}
     timings: dict[str, float] = {}
     stats = None
@@ -115,7 +148,9 @@ def export_segmentation(
         t0 = time.perf_counter()
         if fmt in ("nifti", "nrrd"):
             name = "labels.nii.gz" if fmt == "nifti" else "labels.nrrd"
-            written = list(write_label_map(segmentation, folder / name).values())
+            # nifti and nrrd share the label-table sidecar; the folder was checked before writing
+            again = fmt == "nrrd" and "nifti" in files
+            written = list(write_label_map(segmentation, folder / name, overwrite=overwrite or again).values())
         elif fmt == "seg":
             written = [write_dicom_seg(segmentation, folder / "seg.dcm", source=image, algorithm=algorithm,
                                        segmentation_type=seg_type)]  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from medseg.segmentation import Segmentation
 __all__ = ["write_label_map"]
 
 
-def write_label_map(segmentation: Segmentation, path: str | Path) -> dict[str, Path]:
+def write_label_map(segmentation: Segmentation, path: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
     """Write the label map (smallest unsigned dtype) and its ``.labels.json`` table, atomically.
 
     Parameters
@@ -20,6 +20,8 @@ def write_label_map(segmentation: Segmentation, path: str | Path) -> dict[str, P
     segmentation : Segmentation
     path : str or Path
         ``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha``; the format follows the suffix.
+    overwrite : bool
+        Replace existing files (default: refuse, see :mod:`medseg.io.output_policy`).
 
     Returns
     -------
@@ -35,5 +37,5 @@ def write_label_map(segmentation: Segmentation, path: str | Path) -> dict[str, P
     if full_suffix(p) not in IMAGE_SUFFIXES or full_suffix(p) in (".nhdr", ".mhd"):
         raise FileFormatError(p, f"cannot write a label map as {full_suffix(p)!r}",
                               "use .nii.gz, .nii, .nrrd or .mha")
-    write_segmentation(segmentation, p)
+    write_segmentation(segmentation, p, overwrite=overwrite)
     return {"label_map": p, "labels": sidecar_path(p)}

@@ -7,7 +7,6 @@ tables (one row per label; one row per instance).
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -17,6 +16,7 @@ from typing import Literal, Optional
 import numpy as np
 
 from medseg.errors import InputError
+from medseg.io import csvsafe
 from medseg.io.atomic import atomic_path
 from medseg.segmentation import Segmentation
 from medseg.volume import Volume
@@ -117,7 +117,7 @@ def label_statistics(
 
 def _labels_csv(stats: dict) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csvsafe.writer(buf, lineterminator="\n")
     w.writerow(["index", "name", "voxels", "volume_ml", "mean", "std", "min", "max", "instances"])
     for e in stats["labels"]:
         w.writerow([e["index"], e["name"], e["voxels"], f"{e['volume_ml']:.6g}",
@@ -128,7 +128,7 @@ def _labels_csv(stats: dict) -> str:
 
 def _instances_csv(stats: dict) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csvsafe.writer(buf, lineterminator="\n")
     w.writerow(["index", "name", "instance", "voxels", "volume_ml", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm"])
     for e in stats["labels"]:
         for it in e["instances"]["items"]:

@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from medseg.errors import FileFormatError, InputError
+from medseg.errors import FileFormatError, MedsegError
 from medseg.io.atomic import atomic_path, full_suffix
 from medseg.labels import LabelTable
 from medseg.progress import CancelCallback, ProgressCallback
@@ -38,6 +38,7 @@ __all__ = [
     "write_segmentation",
     "sidecar_path",
     "image_format",
+    "read_header",
     "IMAGE_SUFFIXES",
 ]
 
@@ -115,67 +116,173 @@ def read_volume(
     return _read_itk(p, fmt)
 
 
-def _read_itk(path: Path, fmt: str) -> Volume:
+def _itk_reader(path: Path, fmt: str, *, check_size: bool = True):
+    """A SimpleITK reader with the header read (ReadImageInformation), 3D and within the memory limit."""
     import SimpleITK as sitk
 
+    from medseg.io.limits import check_declared_size
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise _itk_error(path, fmt, exc) from exc
+    if reader.GetDimension() != 3:
+        raise FileFormatError(path, f"expected a 3D image, found {reader.GetDimension()}D",
+                              "medseg works on 3D volumes; stack 2D slices into a series first")
+    if not check_size:
+        return reader
+    try:
+        component = sitk.Image([1, 1, 1], reader.GetPixelID()).GetSizeOfPixelComponent()
+    except RuntimeError:
+        component = 8
+    n_comp = max(1, reader.GetNumberOfComponents())
+    fields = "sizes/DimSize x type/ElementType"
+    check_declared_size(path, reader.GetSize(), component * n_comp, fields=fields)
+    return reader
+
+
+def _itk_error(path: Path, fmt: str, exc: BaseException) -> FileFormatError:
+    first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+    return FileFormatError(path, f"cannot read as {fmt.upper()} ({first[:300]})",
+                           "check that the file (and its data file for .nhdr/.mhd) is complete")
+
+
+def _read_itk(path: Path, fmt: str) -> Volume:
     from medseg.io.itk import volume_from_sitk
 
+    reader = _itk_reader(path, fmt)
     try:
-        image = sitk.ReadImage(str(path))
+        image = reader.Execute()
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-        raise FileFormatError(path, f"cannot read as {fmt.upper()} ({first})",
-                              "check that the file (and its data file for .nhdr/.mhd) is complete") from exc
-    if image.GetDimension() != 3:
-        raise FileFormatError(path, f"expected a 3D image, found {image.GetDimension()}D",
-                              "medseg works on 3D volumes; stack 2D slices into a series first")
-    return volume_from_sitk(image, {"source": str(path), "format": fmt})
+        raise _itk_error(path, fmt, exc) from exc
+    try:
+        return volume_from_sitk(image, {"source": str(path), "format": fmt})
+    except (ValueError, FloatingPointError) as exc:  # a degenerate direction / spacing in the header
+        if isinstance(exc, MedsegError):
+            raise
+        raise FileFormatError(path, f"invalid geometry in the header ({exc})",
+                              "check spacing and direction (space directions / TransformMatrix)") from exc
 
 
-def write_volume(volume: Volume, path: str | Path, *, overwrite: bool = True) -> Path:
+def read_header(path: str | Path) -> Volume:
+    """The grid of an image file from its header alone: nothing is decompressed or read.
+
+    Returns
+    -------
+    Volume
+        Shape, affine and dtype of the file, over a zero-size broadcast array (no memory);
+        ``meta["header_only"]`` is True. Not for DICOM folders (see ``scan_dicom``).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or folder")
+    fmt = image_format(p)
+    if fmt == "dicom":
+        raise FileFormatError(p, "read_header reads NIfTI, NRRD and MHA headers", "use medseg.io.dicom.scan_dicom")
+    meta = {"source": str(p), "format": fmt, "header_only": True}
+    try:
+        if fmt == "nifti":
+            from medseg.geometry import ras_to_lps, reverse_axes
+            from medseg.io.nifti import nifti_header
+
+            img = nifti_header(p)
+            shape = tuple(int(d) for d in img.header.get_data_shape())
+            if len(shape) == 4 and shape[3] == 1:
+                shape = shape[:3]
+            if len(shape) not in (3, 4):
+                raise FileFormatError(p, f"expected a 3D or 4D NIfTI image, got shape {shape}")
+            zyx = shape[::-1]
+            dtype = np.dtype(img.header.get_data_dtype())
+            affine = ras_to_lps(reverse_axes(img.affine))
+        else:
+            from medseg.io.itk import affine_from_sitk
+
+            reader = _itk_reader(p, fmt, check_size=False)
+            zyx = tuple(int(d) for d in reader.GetSize())[::-1]
+            if reader.GetNumberOfComponents() > 1:
+                zyx = (reader.GetNumberOfComponents(),) + zyx
+            import SimpleITK as sitk
+
+            dtype = sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).dtype
+            affine = affine_from_sitk(reader)
+        return Volume(np.broadcast_to(np.zeros((), dtype), zyx), affine, meta)
+    except MedsegError:
+        raise
+    except Exception as exc:  # nibabel/SimpleITK/geometry checks on a corrupt header
+        raise FileFormatError(p, f"cannot read the {fmt.upper()} header ({type(exc).__name__}: {exc})",
+                              "check that the file is complete and its header valid") from exc
+
+
+def write_volume(volume: Volume, path: str | Path, *, overwrite: bool = False) -> Path:
     """Write an image to NIfTI, NRRD or MetaImage, chosen by suffix; atomically.
 
-    Returns the path written.
+    Follows the output policy (:mod:`medseg.io.output_policy`): ``path`` may not be the file
+    the volume was read from (``meta["source"]``/``meta["files"]``, compared resolved and by
+    inode) nor any input registered with ``protect_inputs``.
+
+    Parameters
+    ----------
+    volume : Volume
+    path : str or Path
+        ``.nii[.gz]``, ``.nrrd`` or ``.mha``.
+    overwrite : bool
+        Replace an existing file at ``path`` (default: refuse).
+
+    Returns
+    -------
+    Path
+        The path written.
+
+    Raises
+    ------
+    OutputError, OutputExistsError
+        See :func:`medseg.io.output_policy.check_output_file`.
     """
+    from medseg.io.output_policy import check_output_file, inputs_of, protect_inputs
+
     p = Path(path)
     fmt = image_format(p) if full_suffix(p) in IMAGE_SUFFIXES else None
     if fmt is None:
         raise FileFormatError(p, f"cannot write format {full_suffix(p)!r}",
                               f"use one of {sorted(IMAGE_SUFFIXES)} (DICOM SEG/RTSTRUCT: medseg.export)")
-    if p.exists() and not overwrite:
-        raise FileExistsError(f"{p}: exists; pass overwrite=True or choose another path")
-    _refuse_source_overwrite(volume, p)
-    with atomic_path(p) as tmp:
-        if fmt == "nifti":
-            from medseg.io.nifti import write_nifti
+    if fmt == "mha" and full_suffix(p) == ".mhd":
+        raise FileFormatError(p, "cannot write a two-file .mhd atomically", "write .mha instead")
+    with protect_inputs(inputs_of(volume)):
+        check_output_file(p, overwrite=overwrite)
+        with atomic_path(p, overwrite=overwrite) as tmp:
+            if fmt == "nifti":
+                from medseg.io.nifti import write_nifti
 
-            write_nifti(volume, tmp)
-        else:
-            import SimpleITK as sitk
+                write_nifti(volume, tmp)
+            else:
+                import SimpleITK as sitk
 
-            from medseg.io.itk import volume_to_sitk
+                from medseg.io.itk import volume_to_sitk
 
-            if fmt == "mha" and full_suffix(p) == ".mhd":
-                raise FileFormatError(p, "cannot write a two-file .mhd atomically", "write .mha instead")
-            sitk.WriteImage(volume_to_sitk(volume), str(tmp), useCompression=True)
+                sitk.WriteImage(volume_to_sitk(volume), str(tmp), useCompression=True)
     log.info("wrote %s", p)
     return p
 
 
-def _refuse_source_overwrite(volume: Volume, path: Path) -> None:
-    src = volume.meta.get("source")
-    if src and Path(src).exists() and Path(src).resolve() == path.resolve():
-        raise InputError(f"{path}: refusing to overwrite the source file of this volume; write elsewhere")
+def write_segmentation(segmentation: Segmentation, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a label map (smallest unsigned int dtype) and its ``.labels.json`` sidecar.
 
+    Both files are checked against the output policy before either is written, so a refused
+    write leaves nothing half-done. ``overwrite`` as in :func:`write_volume`.
+    """
+    from medseg.io.output_policy import check_output_file, inputs_of, protect_inputs
 
-def write_segmentation(segmentation: Segmentation, path: str | Path) -> Path:
-    """Write a label map (smallest unsigned int dtype) and its ``.labels.json`` sidecar."""
     seg = segmentation
-    dt = smallest_label_dtype(max(seg.labels.max_index, int(seg.array.max(initial=0))))
-    out = write_volume(seg.label_map.with_array(seg.array.astype(dt)), path)
     side = sidecar_path(path)
-    with atomic_path(side) as tmp:
-        seg.labels.write(tmp)
+    with protect_inputs(inputs_of(seg.label_map)):
+        check_output_file(path, overwrite=overwrite)
+        check_output_file(side, overwrite=overwrite)
+        dt = smallest_label_dtype(max(seg.labels.max_index, int(seg.array.max(initial=0))))
+        out = write_volume(seg.label_map.with_array(seg.array.astype(dt)), path, overwrite=overwrite)
+        with atomic_path(side, overwrite=overwrite) as tmp:
+            seg.labels.write(tmp)
     return out
 
 

@@ -21,14 +21,20 @@ def full_suffix(path: str | Path) -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
 
     The temporary file keeps the target's suffix so that writers choosing a format by
     extension still work. On any exception the temporary file is removed and ``path`` is
-    left untouched.
+    left untouched. Before anything is created the output policy is applied
+    (:func:`medseg.io.output_policy.check_target`): ``path`` may not be a folder nor an input
+    registered with :func:`~medseg.io.output_policy.protect_inputs`, and with
+    ``overwrite=False`` it may not exist.
     """
+    from medseg.io.output_policy import check_target
+
     target = Path(path)
+    check_target(target, overwrite=overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".partial{full_suffix(target)}", dir=target.parent)
     os.close(fd)

@@ -15,11 +15,11 @@ from typing import Any, Mapping
 import nibabel as nib
 import numpy as np
 
-from medseg.errors import FileFormatError
+from medseg.errors import FileFormatError, ResourceLimitError
 from medseg.geometry import lps_to_ras, ras_to_lps, reverse_axes
 from medseg.volume import Volume
 
-__all__ = ["read_nifti", "write_nifti", "volume_from_nibabel", "volume_to_nibabel"]
+__all__ = ["read_nifti", "write_nifti", "volume_from_nibabel", "volume_to_nibabel", "nifti_header", "check_nifti_size"]
 
 
 def volume_from_nibabel(img: nib.Nifti1Image, meta: Mapping[str, Any] | None = None) -> Volume:
@@ -62,17 +62,68 @@ def read_nifti(path: str | Path) -> Volume:
     p = Path(path)
     try:
         img = nib.load(str(p))
+        check_nifti_size(p, img)
         vol = volume_from_nibabel(img, {"source": str(p), "format": "nifti"})
-    except FileNotFoundError:
+    except (FileNotFoundError, MemoryError):
         raise
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, TypeError, Exception) as exc:
-        if isinstance(exc, FileFormatError):
+        if isinstance(exc, (FileFormatError, ResourceLimitError)):
             raise
         raise FileFormatError(
             p, f"cannot read as NIfTI ({type(exc).__name__}: {exc})",
             "check that the file is complete and its header valid (e.g. `fslhd` or nibabel)",
         ) from exc
     return vol
+
+
+def nifti_header(path: str | Path) -> nib.Nifti1Image:
+    """Open a NIfTI file reading its header only (no voxel is read or decompressed).
+
+    Raises
+    ------
+    FileFormatError
+        Unreadable header.
+    """
+    p = Path(path)
+    try:
+        return nib.load(str(p))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # nibabel raises many types on a corrupt header
+        raise FileFormatError(p, f"cannot read as NIfTI ({type(exc).__name__}: {exc})",
+                              "check that the file is complete and its header valid (e.g. `fslhd` or nibabel)") from exc
+
+
+def nifti_voxel_bytes(img: nib.Nifti1Image) -> float:
+    """Bytes per voxel once read: scaled data (scl_slope/scl_inter) comes back as float64."""
+    hdr = img.header
+    dtype = np.dtype(hdr.get_data_dtype())
+    try:
+        slope, inter = hdr.get_slope_inter()
+    except Exception:
+        slope, inter = None, None
+    scaled = (slope is not None and slope not in (0, 1)) or (inter is not None and inter != 0)
+    return float(max(dtype.itemsize, 8 if scaled else 0))
+
+
+def check_nifti_size(path: str | Path, img: nib.Nifti1Image) -> None:
+    """Refuse a header declaring more than the memory limit (:mod:`medseg.io.limits`), and a plain
+    ``.nii`` shorter than its header says; before any voxel is read."""
+    from medseg.io.limits import check_declared_size
+
+    shape = tuple(int(d) for d in img.header.get_data_shape())
+    if any(d < 0 for d in shape):
+        raise FileFormatError(path, f"cannot read as NIfTI (negative dimension in dim[1..7]: {shape})",
+                              "the header is corrupt")
+    declared = check_declared_size(path, shape, nifti_voxel_bytes(img), fields="dim[1..7] x datatype/bitpix")
+    p = Path(path)
+    if p.suffix.lower() == ".nii" and p.is_file():
+        on_disk = int(np.prod(shape, dtype=np.int64)) * np.dtype(img.header.get_data_dtype()).itemsize
+        have = p.stat().st_size - int(img.header.get("vox_offset", 352))
+        if on_disk > have:
+            raise FileFormatError(p, f"truncated: the header declares {on_disk} bytes of voxels, the file holds "
+                                     f"{max(have, 0)}", "the file was cut short; copy it again from the source")
+    del declared
 
 
 def write_nifti(volume: Volume, path: str | Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from medseg.config import load_yaml
-from medseg.errors import ConfigError, ModelError
+from medseg.errors import ConfigError, MedsegError, ModelError
 from medseg.models.config import (
     InferenceConfig,
     IntensityConfig,
@@ -29,7 +29,7 @@ from medseg.models.config import (
     config_to_mapping,
 )
 
-__all__ = ["export_bundle", "import_bundle", "BUNDLE_TARGETS"]
+__all__ = ["export_bundle", "import_bundle", "BUNDLE_TARGETS", "unread_code"]
 
 log = logging.getLogger(__name__)
 
@@ -352,12 +352,70 @@ def import_bundle(folder: str | Path, *, allow_code: bool = False):
     cfg_path = _find_bundle_config(root)
     meta_path = root / "configs" / "metadata.json"
     meta = _read_config(meta_path) if meta_path.is_file() else {}
+    if not isinstance(meta, Mapping):
+        raise ModelError(f"{meta_path}: expected a JSON object, found {type(meta).__name__}; "
+                         "the bundle's metadata is broken")
     state = load_weights(_weights(root))
-    if isinstance(meta, Mapping) and "medseg_config" in meta:
-        return config_from_mapping(meta["medseg_config"], source=f"{meta_path} (medseg_config)"), state
     data = _read_config(cfg_path)
+    if isinstance(data, Mapping):
+        report_unread_code(data, cfg_path)
+    if "medseg_config" in meta:
+        return config_from_mapping(meta["medseg_config"], source=f"{meta_path} (medseg_config)"), state
     if not isinstance(data, Mapping) or "network_def" not in data:
         raise ModelError(f"{cfg_path}: no network_def; medseg cannot map this bundle")
+    try:
+        return _map_bundle(root, data, meta, cfg_path, allow_code), state
+    except MedsegError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        # a value medseg needs is missing, of the wrong type, or was code (ignored with allow_code)
+        raise ModelError(f"{cfg_path}: medseg cannot map this bundle ({type(exc).__name__}: {exc}); a value medseg "
+                         f"reads (network_def, preprocessing, inferer, postprocessing) is missing, not a plain "
+                         f"number/list, or is code, which medseg never evaluates even with --allow-code") from exc
+
+
+#: Top-level sections of a bundle config that medseg maps; the others are never read.
+READ_SECTIONS = ("network_def", "preprocessing", "inferer", "postprocessing")
+
+
+def unread_code(data: Mapping) -> list[str]:
+    """``where = value`` of each ``$`` expression and ``_target_`` in sections medseg does not read."""
+    found: list[str] = []
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, str) and value.startswith("$"):
+            found.append(f"{where} = {value[:60]!r}")
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                if k == "_target_":
+                    found.append(f"{where}._target_ = {str(v)[:60]!r}")
+                else:
+                    walk(v, f"{where}.{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+
+    for key, value in data.items():
+        if key not in READ_SECTIONS:
+            walk(value, str(key))
+    return found
+
+
+def report_unread_code(data: Mapping, where: Path) -> list[str]:
+    """Log (warning) the code in sections medseg ignores, so that it is never silently passed over."""
+    found = unread_code(data)
+    if found:
+        sections = sorted({f.split("=")[0].split(".")[0].split("[")[0].strip() for f in found})
+        log.warning("%s: %d code expression(s) in sections medseg does not read (%s); medseg never runs them, "
+                    "`monai.bundle run` would: %s%s", where, len(found), ", ".join(sections), "; ".join(found[:5]),
+                    " ..." if len(found) > 5 else "")
+    return found
+
+
+def _map_bundle(root: Path, data: Mapping, meta: Mapping, cfg_path: Path, allow_code: bool) -> ModelConfig:
+    if not isinstance(data["network_def"], Mapping):
+        raise ModelError(f"{cfg_path}: network_def must be a mapping with _target_, found "
+                         f"{type(data['network_def']).__name__}")
     net = dict(data["network_def"])
     target = net.pop("_target_", None)
     if target not in BUNDLE_TARGETS:
@@ -376,7 +434,7 @@ def import_bundle(folder: str | Path, *, allow_code: bool = False):
                           postprocessing=post)
     except ConfigError as exc:
         raise ModelError(f"{cfg_path}: medseg cannot map this bundle: {exc}") from exc
-    return cfg, state
+    return cfg
 
 
 def _network_config(target: str, net: Mapping, where: Path) -> NetworkConfig:

@@ -60,6 +60,10 @@ def _model_yamls() -> list[Path]:
     return [p for p in sorted(models_dir().glob("*.yaml")) if not p.name.startswith("interactive_")]
 
 
+#: Suffixes of pickled checkpoints, refused by name before any byte is read.
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin", ".tar")
+
+
 def find_config(name_or_path: str | Path | None) -> Path:
     """Path of a model config from a bundled name or a file/folder path."""
     if name_or_path is None:
@@ -174,6 +178,10 @@ def load_model(
         else:
             raise ModelError(f"{path}: a folder must be a MONAI bundle (configs/) or a training output (model.yaml)")
     if state is None:
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise CheckpointError(f"{path}: a pickled PyTorch checkpoint ({path.suffix}); medseg never unpickles "
+                                  f"(loading a pickle can run any code). Convert it to .safetensors with the tool "
+                                  f"that made it, or pass a model .yaml, a training folder or a MONAI bundle")
         if path.suffix == ".safetensors":
             config = config_from_checkpoint(path)
             weights = path

@@ -79,8 +79,9 @@ def write_phantom_dataset(
         shape, affine = random_phantom_grid(rng, vary=vary_grid)
         image, seg = make_phantom(shape=shape, affine=affine, seed=s)
         name = f"phantom_{s:04d}.nii.gz"
-        write_volume(image, root / "imagesTr" / name)
-        write_segmentation(seg, root / "labelsTr" / name)
+        # generated data: a second run with the same seed rewrites the same phantoms
+        write_volume(image, root / "imagesTr" / name, overwrite=True)
+        write_segmentation(seg, root / "labelsTr" / name, overwrite=True)
         entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
         steps.step()
     labels = {"0": "background", **{str(l.index): l.name for l in PHANTOM_LABELS}}

@@ -12,13 +12,13 @@ Importing this package does not import torch; running a model does (lazily). Any
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
 from medseg.errors import InputError
+from medseg.io import csvsafe
 from medseg.progress import CancelCallback, ProgressCallback
 from medseg.uncertainty.maps import SampleAccumulator, UncertaintyResult, uncertainty_from_samples
 from medseg.uncertainty.review import ReviewItem, StructureScore, review_list, structure_scores
@@ -112,22 +112,31 @@ def write_uncertainty(
     *,
     suffix: str = ".nii.gz",
     top: int = 20,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Write the segmentation, the three maps, the scores and the review list to ``folder``.
 
     Files: ``segmentation{suffix}`` (+ label table), ``entropy``, ``mutual_information``,
     ``variance{suffix}``, ``structures.csv``, ``review.csv`` and ``uncertainty.json``
-    (scores, review list, sample volumes).
+    (scores, review list, sample volumes). With ``overwrite=False`` (default) a folder that
+    already holds any of them is refused before anything is written
+    (:mod:`medseg.io.output_policy`).
     """
     from medseg.evaluate import json_ready
     from medseg.io import write_segmentation, write_volume
     from medseg.io.atomic import atomic_path
 
+    from medseg.io.output_policy import check_output_dir
+
     out = Path(folder)
+    names = [f"{n}{suffix}" for n in ("segmentation", "entropy", "mutual_information", "variance")]
+    check_output_dir(out, overwrite=overwrite, will_write=names + [
+        "segmentation.labels.json", "structures.csv", "review.csv", "uncertainty.json"])
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"segmentation": write_segmentation(result.segmentation, out / f"segmentation{suffix}")}
+    paths = {"segmentation": write_segmentation(result.segmentation, out / f"segmentation{suffix}",
+                                                overwrite=overwrite)}
     for kind in ("entropy", "mutual_information", "variance"):
-        paths[kind] = write_volume(result.map(kind), out / f"{kind}{suffix}")
+        paths[kind] = write_volume(result.map(kind), out / f"{kind}{suffix}", overwrite=overwrite)
     scores = structure_scores(result)
     review = review_list(result, top=top)
     for name, rows in (("structures", [s.to_dict() for s in scores]), ("review", [r.to_dict() for r in review])):
@@ -135,7 +144,7 @@ def write_uncertainty(
         with atomic_path(p) as tmp:
             with open(tmp, "w", newline="") as fh:
                 if rows:
-                    w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                    w = csvsafe.DictWriter(fh, fieldnames=list(rows[0]))
                     w.writeheader()
                     w.writerows(json_ready(rows))
         paths[name] = p

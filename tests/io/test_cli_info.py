@@ -42,6 +42,9 @@ def test_info_image_and_label_map(tmp_path, capsys):
     assert main(["info", "--json", str(tmp_path / "img.nii.gz")]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["kind"] == "image" and info["shape_zyx"] == [4, 6, 5] and info["orientation"] == "SPL"
+    assert "value_range" not in info  # headers only by default (issue 18); --values reads the voxels
+    assert main(["info", "--json", "--values", str(tmp_path / "img.nii.gz")]) == 0
+    info = json.loads(capsys.readouterr().out)
     assert info["value_range"] == [float(vol.array.min()), float(vol.array.max())]
     labels = np.zeros(vol.shape, np.uint8)
     labels[0, :2, :] = 1  # 10 voxels of 1 mm^3

@@ -230,8 +230,12 @@ def test_missing_geometry_and_spacing_are_named(axial):
         read_dicom(folder)
     del ds.ImagePositionPatient
     ds.save_as(files[0])
-    with pytest.raises(DicomError, match="no patient geometry"):
-        read_dicom(files[0])
+    with pytest.raises(DicomError, match="no patient geometry"):  # one image of a series lacks it
+        read_dicom(folder)
+    # alone, a 2D image without geometry loads as one slice on a stated, assumed grid (issue 18)
+    one = read_dicom(files[0])
+    assert one.shape == (1, ds.Rows, ds.Columns)
+    assert any("without patient geometry" in w and "1 mm assumed" in w for w in one.meta["warnings"])
 
 
 def test_non_image_objects_are_skipped(axial):

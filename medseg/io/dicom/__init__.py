@@ -362,6 +362,11 @@ def read_dicom(
                         "convention differs (SimpleITK inverts them)")
     for w in notes:
         log.warning("%s: %s", where, w)
+    from medseg.io.limits import check_declared_size
+
+    # raw stored slices plus the float32 result may be held at once
+    check_declared_size(where, (len(plan.images) + int(np.prod(plan.shape[:1])), *plan.shape[1:]), 4,
+                        fields=f"{len(plan.images)} images x Rows x Columns (stored and rescaled)")
     array = read_pixels(plan, progress=progress, cancel=cancel)
     files: list[Optional[str]] = []
     uids: list[Optional[str]] = []

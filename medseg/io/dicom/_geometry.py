@@ -89,12 +89,45 @@ def _differing_tag(a: ImageRecord, b: ImageRecord) -> str:
     return ", ".join(diff) if diff else "no distinguishing tag"
 
 
+def _positive_pair(value: Optional[Sequence[float]]) -> Optional[tuple[float, float]]:
+    if value is None or len(value) != 2 or not all(np.isfinite(v) and v > 0 for v in value):
+        return None
+    return float(value[0]), float(value[1])
+
+
+def _single_2d(im: ImageRecord, warnings: list[str]) -> StackPlan:
+    """One 2D image without patient geometry (a radiograph, a secondary capture): one slice on an
+    assumed grid, stated in a warning. Rows run along +x (L), columns along +y (P), origin 0."""
+    spacing, source = _positive_pair(im.pixel_spacing), "PixelSpacing"
+    if spacing is None:
+        spacing, source = _positive_pair(im.imager_pixel_spacing), "ImagerPixelSpacing (at the detector)"
+    if spacing is None:
+        spacing, source = (1.0, 1.0), "none in the header: 1 mm assumed"
+    thick = im.slice_thickness if im.slice_thickness and np.isfinite(im.slice_thickness) and im.slice_thickness > 0 \
+        else 1.0
+    a = np.zeros((4, 4))
+    a[3, 3] = 1.0
+    a[0, 2] = spacing[1]  # i (columns of the pixel grid) along +x
+    a[1, 1] = spacing[0]  # j (rows) along +y
+    a[2, 0] = thick
+    warnings.append(
+        f"a 2D image without patient geometry (no ImagePositionPatient/ImageOrientationPatient), loaded as "
+        f"one slice on an assumed grid: pixel rows along +x (patient left), columns along +y (posterior), "
+        f"origin (0, 0, 0) mm, pixel spacing {spacing[0]:g} x {spacing[1]:g} mm ({source}), slice thickness "
+        f"{thick:g} mm. Positions are not patient coordinates; do not register or fuse it with 3D scans")
+    return StackPlan(images=[im], sources=[[(0, 1.0)]], affine=a, shape=(1, im.file.rows, im.file.columns),
+                     warnings=warnings)
+
+
 def plan_stack(images: Sequence[ImageRecord], *, strict: bool = False, tilt_tag: Optional[float] = None) -> StackPlan:
     """Order a series' images and derive its grid; see the module docstring for the rules."""
     warnings: list[str] = []
     images = _dedupe(images, warnings)
     if not images:
         return _fail("the series holds no images", "choose another series")
+    if len(images) == 1 and images[0].frame is None and (images[0].position is None
+                                                           or images[0].orientation is None):
+        return _single_2d(images[0], warnings)
     if any(im.position is None or im.orientation is None for im in images):
         multi = images[0].file.frames > 1
         what = ("a multi-frame file without per-frame positions (PlanePositionSequence)" if multi

@@ -100,6 +100,9 @@ class ImageRecord:
     spacing_between_slices: Optional[float] = None
     #: tags that tell apart images sharing a position (echoes, phases, acquisitions)
     distinguish: dict[str, Any] = field(default_factory=dict)
+    #: ImagerPixelSpacing (projection radiographs: spacing at the detector), used only for a
+    #: single 2D image without patient geometry
+    imager_pixel_spacing: Optional[tuple[float, float]] = None
 
 
 @dataclass
@@ -241,6 +244,9 @@ def read_header(path: str) -> HeaderInfo:
                 implicit, little = ds.original_encoding
                 ts = "1.2.840.10008.1.2" if implicit else ("1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2")
             sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
+            if not _looks_like_uid(sop_class) and "Rows" not in ds and "SOPInstanceUID" not in ds:
+                raise Skip("not a DICOM file: a 'DICM' marker, but no DICOM data set after it "
+                           "(no SOP Class UID, no image attributes)")
             for prefix, reason in _NON_IMAGE:
                 if sop_class.startswith(prefix):
                     raise Skip(reason)
@@ -316,9 +322,42 @@ _T = {  # tag numbers of the attributes read for every file
     "RescaleIntercept": 0x00281052, "SliceThickness": 0x00180050, "SpacingBetweenSlices": 0x00180088,
     "GantryDetectorTilt": 0x00181120, "ImageType": 0x00080008, "ModalityLUTSequence": 0x00283000,
     "SharedFunctionalGroupsSequence": 0x52009229, "PerFrameFunctionalGroupsSequence": 0x52009230,
+    "ImagerPixelSpacing": 0x00181164,
 }
 _DISTINGUISH = {"AcquisitionNumber": 0x00200012, "EchoNumbers": 0x00180086, "TemporalPositionIdentifier": 0x00200100,
                 "TriggerTime": 0x00181060, "DiffusionBValue": 0x00189087, "ImageType": 0x00080008}
+
+
+def _check_pixel_header(rec: FileRecord, native_length: Optional[int]) -> None:
+    """Rows, Columns, NumberOfFrames, SamplesPerPixel and BitsAllocated: sane, consistent with the
+    length of native pixel data, and within the memory limit (:mod:`medseg.io.limits`); else Skip."""
+    from medseg.errors import ResourceLimitError
+    from medseg.io.limits import check_declared_size
+
+    if rec.rows <= 0 or rec.columns <= 0:
+        raise Skip(f"no image: Rows x Columns is {rec.rows} x {rec.columns}")
+    if rec.frames <= 0:
+        raise Skip(f"no image: NumberOfFrames is {rec.frames}")
+    if rec.bits_allocated not in (1, 8, 16, 32, 64):
+        raise Skip(f"unsupported BitsAllocated {rec.bits_allocated} (expected 1, 8, 16, 32 or 64)")
+    if not 0 < rec.bits_stored <= rec.bits_allocated:
+        raise Skip(f"BitsStored {rec.bits_stored} does not fit BitsAllocated {rec.bits_allocated}; the header is corrupt")
+    if rec.samples not in (1, 3, 4):
+        raise Skip(f"unsupported SamplesPerPixel {rec.samples}")
+    # (colour images are refused with their own reason before any pixel is read)
+    if native_length is not None and rec.bits_allocated % 8 == 0 and rec.samples == 1:
+        expected = rec.rows * rec.columns * rec.samples * rec.frames * rec.bits_allocated // 8
+        if native_length < expected:
+            raise Skip(f"Rows x Columns x NumberOfFrames x SamplesPerPixel x BitsAllocated/8 = {rec.rows} x "
+                       f"{rec.columns} x {rec.frames} x {rec.samples} x {rec.bits_allocated // 8} = {expected} bytes, "
+                       f"but the pixel data holds {native_length}: the header or the file is corrupt")
+    try:
+        # held as float32 at most after rescaling (8 bytes when stored as 64-bit)
+        check_declared_size(rec.path, (rec.frames, rec.rows, rec.columns, rec.samples),
+                            max(4, rec.bits_allocated // 8),
+                            fields="NumberOfFrames x Rows x Columns x SamplesPerPixel (as float32)")
+    except ResourceLimitError as exc:
+        raise Skip(exc.problem) from exc
 
 
 def _records(path: str, ds: Dataset, ts: str, sop_class: str, offset: Optional[int],
@@ -344,6 +383,7 @@ def _records(path: str, ds: Dataset, ts: str, sop_class: str, offset: Optional[i
         pixel_length=length if ts in _NATIVE else None,
         modality_lut=ds.get_item(T["ModalityLUTSequence"]) is not None,
     )
+    _check_pixel_header(rec, length if ts in _NATIVE else None)
     if rec.pixel_length is not None:
         expected = rec.rows * rec.columns * rec.samples * frames * rec.bits_allocated // 8
         if rec.bits_allocated % 8 or rec.pixel_length < expected:
@@ -398,7 +438,7 @@ def _records(path: str, ds: Dataset, ts: str, sop_class: str, offset: Optional[i
                 position=position if frames == 1 else None,  # type: ignore[arg-type]
                 orientation=orientation, pixel_spacing=spacing,  # type: ignore[arg-type]
                 slope=slope, intercept=intercept, slice_thickness=thickness, spacing_between_slices=between,
-                distinguish=dict(common_dist),
+                distinguish=dict(common_dist), imager_pixel_spacing=_nums(ds, T["ImagerPixelSpacing"], 2),
             ))
     sn = _num(ds, T["SeriesNumber"])
     return HeaderInfo(
