@@ -22,13 +22,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from medseg_napari._collector import install as install_collector
 from medseg_napari._layers import (
     METADATA_KEY,
     labels_layer_data,
     make_layer,
     probability_layer_data,
-    show_layer_steps,
+    show_layer,
     volume_from_layer,
 )
 from medseg_napari._shortcuts import install_shortcuts
@@ -71,7 +70,6 @@ class AutoSegmentWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        install_collector(self, napari_viewer)
         self._models: dict = {}
         self.result_layer: Any = None
         self.heatmap_layer: Any = None
@@ -144,17 +142,12 @@ class AutoSegmentWidget(QWidget):
         )
 
     def _show(self, prepared: tuple) -> Iterator[None]:
-        """GUI steps (see :class:`TaskRunner`): class map, then heatmap, then the selection.
-
-        A new layer is added over several steps (:func:`._layers.add_layer_steps`).
-        """
+        """GUI steps (see :class:`TaskRunner`): class map, then heatmap, then the selection."""
         labels, labels_layer, heat, heat_layer = prepared
-        self.result_layer = yield from show_layer_steps(self.viewer, self.result_layer, labels, labels_layer,
-                                                        select=False)
+        self.result_layer = show_layer(self.viewer, self.result_layer, labels, labels_layer, select=False)
         if heat is not None:
             yield
-            self.heatmap_layer = yield from show_layer_steps(self.viewer, self.heatmap_layer, heat, heat_layer,
-                                                             select=False)
+            self.heatmap_layer = show_layer(self.viewer, self.heatmap_layer, heat, heat_layer, select=False)
         yield
         if self.result_layer in self.viewer.layers:
             self.viewer.layers.selection.active = self.result_layer

@@ -27,7 +27,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from medseg_napari._collector import install as install_collector
 from medseg_napari._layers import volume_from_layer
 from medseg_napari._shortcuts import install_shortcuts
 from medseg_napari._worker import LayerCombo, TaskRunner
@@ -107,7 +106,6 @@ class EditorWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        install_collector(self, napari_viewer)
         self.undo_stack: list[tuple[Any, tuple, np.ndarray]] = []
         self.labels_combo = LayerCombo(napari_viewer, "labels")
         self.labels_combo.currentTextChanged.connect(self._follow_layer)

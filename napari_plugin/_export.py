@@ -20,7 +20,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from medseg_napari._collector import install as install_collector
 from medseg_napari._worker import LayerCombo, TaskRunner
 
 log = logging.getLogger(__name__)
@@ -80,7 +79,6 @@ class ExportWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        install_collector(self, napari_viewer)
         self.rows: list[dict] = []
         self.written: list[str] = []
         self.labels_combo = LayerCombo(napari_viewer, "labels")

@@ -30,11 +30,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from medseg_napari._collector import install as install_collector
 from medseg_napari._layers import (
     METADATA_KEY,
-    add_layer_steps,
-    canvas_painted_later,
+    add_layer_data,
+    is_layer_type,
     label_colormap,
     label_features,
     labels_layer_data,
@@ -183,7 +182,6 @@ class InteractiveWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        install_collector(self, napari_viewer)
         self.session: Any = None
         self.image_layer: Any = None
         self.objects_layer: Any = None
@@ -263,7 +261,7 @@ class InteractiveWidget(QWidget):
     def _refresh_labels_combo(self, *_: Any) -> None:
         current = self.start_labels_combo.currentText()
         own = {id(self.objects_layer), id(self.preview_layer)}
-        names = ["(none)"] + [l.name for l in self.viewer.layers if l._type_string == "labels" and id(l) not in own]
+        names = ["(none)"] + [l.name for l in self.viewer.layers if is_layer_type(l, "labels") and id(l) not in own]
         self.start_labels_combo.clear()
         self.start_labels_combo.addItems(names)
         if current in names:
@@ -317,7 +315,7 @@ class InteractiveWidget(QWidget):
                 if previous is not None and previous in self.viewer.layers:
                     self.viewer.layers.remove(previous)
                     yield
-                setattr(self, attr, (yield from add_layer_steps(self.viewer, layer, select=False)))
+                setattr(self, attr, add_layer_data(self.viewer, layer, select=False))
             yield
         self.viewer.layers.selection.active = image
         self._refresh_labels_combo()
@@ -367,7 +365,7 @@ class InteractiveWidget(QWidget):
     def add_world_point(self, world: Any, *, positive: bool = True) -> tuple[int, int, int]:
         """Add a point prompt at a napari world position; returns its voxel ``(k, j, i)``."""
         idx = world_to_index(self.image_layer, world)
-        canvas_painted_later(self.viewer, lambda: self._show_point(world, positive))
+        self._show_point(world, positive)
         self._queue("point", (idx,), positive)
         return idx
 
@@ -375,7 +373,8 @@ class InteractiveWidget(QWidget):
         """Box prompt between two napari world positions (clipped into the image)."""
         a = world_to_index(self.image_layer, world_a, clip=True)
         b = world_to_index(self.image_layer, world_b, clip=True)
-        canvas_painted_later(self.viewer, lambda: (self._show_point(world_a, True), self._show_point(world_b, True)))
+        self._show_point(world_a, True)
+        self._show_point(world_b, True)
         self._queue("box", (a, b), True)
         return a, b
 
@@ -386,8 +385,8 @@ class InteractiveWidget(QWidget):
             idx = world_to_index(self.image_layer, w, clip=True)
             if not pts or pts[-1] != idx:
                 pts.append(idx)
-        canvas_painted_later(self.viewer, lambda: [self._show_point(w, positive)
-                                                   for w in worlds[:: max(1, len(worlds) // 20)]])
+        for w in worlds[:: max(1, len(worlds) // 20)]:
+            self._show_point(w, positive)
         self._queue("scribble", (pts,), positive)
         return pts
 
