@@ -51,7 +51,7 @@ def test_autoseg_widget_runs_a_model_and_adds_layers(qtbot, viewer_with_phantom)
     _wait(qtbot, w)
     assert w.runner.last_error is None, w.runner.last_error
     out = w.result_layer
-    assert out is not None and out in viewer.layers and out._type_string == "labels"
+    assert out is not None and out in viewer.layers and L.is_layer_type(out, "labels")
     assert out.data.shape == image.shape
     assert np.allclose(L.volume_from_layer(out).affine, image.affine)
     assert "liver" in L.labels_from_layer(out).names
@@ -234,9 +234,13 @@ def test_editor_operations_with_undo(qtbot, viewer_with_phantom):
 
     expected = editing.apply_mask(original, 2, editing.grow(original == 2, 6.0, spacing=image.spacing))
     assert np.array_equal(lab.data, expected)
-    assert w.undo()
+    assert w.undo()  # napari's undo history of the layer (Ctrl-Z)
     assert np.array_equal(lab.data, original)
-    assert not w.undo()
+    assert w.redo()  # and redo (Ctrl-Shift-Z)
+    assert np.array_equal(lab.data, expected)
+    w.undo()
+    w.undo()  # nothing left to undo: the layer stays as it was
+    assert np.array_equal(lab.data, original)
     # every operation runs and can be undone; locked labels are never changed
     w.locked.setText("1, 3")
     w.other.setValue(5)
@@ -246,7 +250,7 @@ def test_editor_operations_with_undo(qtbot, viewer_with_phantom):
         _wait(qtbot, w)
         assert w.runner.last_error is None, (op, w.runner.last_error)
         assert np.array_equal(lab.data == 1, original == 1) and np.array_equal(lab.data == 3, original == 3), op
-    while w.undo_stack:
+    for _ in OPERATION_NAMES:
         w.undo()
     assert np.array_equal(lab.data, original)
     w.locked.setText("one")
@@ -331,7 +335,7 @@ def test_dicom_series_widget_and_seg_export(qtbot, make_napari_viewer, real_data
     assert len(w.series) == 1 and w.default_uid == w.series[0]["uid"]
     assert w.open_selected()
     _wait(qtbot, w)
-    (img,) = [l for l in viewer.layers if l._type_string == "image"]
+    (img,) = [l for l in viewer.layers if L.is_layer_type(l, "image")]
     assert img.data.shape == (20, 512, 512)
     assert w.apply_window() is not None and tuple(img.contrast_limits) == pytest.approx((-160, 240))
     # labels derived from this image export as DICOM SEG
