@@ -267,6 +267,7 @@ def run_suite(app, beat, shape, *, skip_model: bool) -> dict:
                 DEFAULT_MODEL, device="cpu", allow_untrained=True)
             print("(bundled model untrained: timing the untrained network)")
         auto.probabilities.setChecked(True)
+        auto.card_panel.acknowledge.setChecked(True)  # the demonstration model's warning, acknowledged
         m("auto-segment + probability heatmap", auto.run, auto.runner)
         m("auto-segment again (layers reused)", auto.run, auto.runner)
 

@@ -227,9 +227,10 @@ class UncertaintyWidget(QWidget):
         self.labels_layer: Any = None
         self.image_combo = LayerCombo(napari_viewer, "image")
         self.model_combo = QComboBox()
-        from medseg_napari._autoseg import AutoSegmentWidget
+        from medseg_napari._autoseg import ModelCardPanel, trained_model_names
 
-        self.model_combo.addItems(AutoSegmentWidget._model_names())
+        self.model_combo.addItems(trained_model_names())
+        self.card_panel = ModelCardPanel(self.model_combo, self.image_combo)
         self.method = QComboBox()
         self.method.addItems(["tta", "mc_dropout"])
         self.samples = QSpinBox()
@@ -246,6 +247,7 @@ class UncertaintyWidget(QWidget):
         form = QFormLayout()
         form.addRow("image", self.image_combo)
         form.addRow("model", self.model_combo)
+        form.addRow(self.card_panel)
         form.addRow("method", self.method)
         form.addRow("samples", self.samples)
         form.addRow("heatmap", self.map_combo)
@@ -260,6 +262,9 @@ class UncertaintyWidget(QWidget):
         image = self.image_combo.layer()
         if image is None:
             self.runner.status.setText("open an image first")
+            return False
+        if not self.card_panel.ready():
+            self.runner.status.setText("read the model's warnings and tick the acknowledgement first")
             return False
         volume = volume_from_layer(image)
         kind = self.map_combo.currentText()

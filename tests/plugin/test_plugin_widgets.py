@@ -46,6 +46,11 @@ def test_autoseg_widget_runs_a_model_and_adds_layers(qtbot, viewer_with_phantom)
         load_model(name, device="cpu")
     except Exception:
         w._models[(name, "cpu")] = load_model(name, device="cpu", allow_untrained=True)
+    # the bundled model is for demonstration: its card is shown and running needs an acknowledgement
+    assert "DEMONSTRATION" in w.card_panel.text.text() and "synthetic" in w.card_panel.text.text()
+    assert w.card_panel.warnings and not w.run()
+    assert "acknowledg" in w.runner.status.text()
+    w.card_panel.acknowledge.setChecked(True)
     assert w.run()
     assert not w.run()  # busy: a second run is refused, not queued
     _wait(qtbot, w)
@@ -68,6 +73,8 @@ def test_autoseg_cancel_and_errors_reach_the_status(qtbot, viewer_with_phantom):
     w = AutoSegmentWidget(viewer)
     w.model_combo.addItem("no_such_model")
     w.model_combo.setCurrentText("no_such_model")
+    assert not w.run() and w.card_panel.warnings  # no card: acknowledged before it runs
+    w.card_panel.acknowledge.setChecked(True)
     assert w.run()
     _wait(qtbot, w)
     assert w.runner.last_error is not None
@@ -393,3 +400,23 @@ def test_manifest_python_names_import_and_validate():
         module, attr = python_name.split(":")
         assert callable(getattr(importlib.import_module(module), attr)), python_name
     pm.validate_imports()
+
+
+def test_models_without_weights_are_not_offered_and_other_modalities_warn(qtbot, make_napari_viewer, phantom):
+    from medseg.models import list_models
+
+    from medseg_napari._autoseg import AutoSegmentWidget
+    from medseg_napari._review import UncertaintyWidget
+
+    image, _ = phantom
+    viewer = make_napari_viewer()
+    mr = L.add_layer_data(viewer, L.image_layer_data(image.with_array(image.array, Modality="MR"), name="mr"))
+    auto = AutoSegmentWidget(viewer)
+    offered = {auto.model_combo.itemText(i) for i in range(auto.model_combo.count())}
+    untrained = {m.name for m in list_models() if not m.trained}
+    assert untrained and not (offered & untrained), offered & untrained
+    u = UncertaintyWidget(viewer)
+    u.image_combo.set_layer(mr)
+    u.card_panel.refresh()
+    assert any("MR" in w and "CT only" in w for w in u.card_panel.warnings), u.card_panel.warnings
+    assert not u.run() and "acknowledg" in u.runner.status.text()
