@@ -65,7 +65,7 @@ def _click_accept(qtbot, viewer, w, canvas, vol, kji, name):
     _wait(qtbot, w)
 
 
-def test_click_liver_and_spleen_then_accept_both(qtbot, session):
+def test_click_liver_and_spleen_accept_both_then_export_seg_with_codes(qtbot, session, tmp_path):
     viewer, w, canvas, vol = session
     # the first click, before any Start session, starts one (it used to do nothing)
     assert w.session is None
@@ -79,6 +79,22 @@ def test_click_liver_and_spleen_then_accept_both(qtbot, session):
         assert 500 < mask.sum() < 0.2 * vol.array[10].size * vol.shape[0]
         assert 0 < float(vol.array[mask].mean()) < 250
     assert "liver (1)" in w.locked_label.text() and "spleen (2)" in w.locked_label.text()
+    # export as DICOM SEG: the accepted labels by default, SNOMED codes, the full path shown
+    import pydicom
+
+    from medseg_napari._export import ExportWidget
+
+    ex = ExportWidget(viewer)
+    viewer.window.add_dock_widget(ex, name="Export")
+    assert ex.labels_combo.layer() is w.objects_layer
+    ex.format_combo.setCurrentText("DICOM SEG (.dcm)")
+    ex.path_edit.setText(str(tmp_path / "organs.dcm"))
+    assert ex.export()
+    _wait(qtbot, ex)
+    assert str(tmp_path / "organs.dcm") in ex.message.text() and ex.open_folder_button.isEnabled()
+    ds = pydicom.dcmread(tmp_path / "organs.dcm")
+    codes = {s.SegmentLabel: s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in ds.SegmentSequence}
+    assert codes == {"liver": "10200004", "spleen": "78961009"}
 
 
 def _brush(viewer, canvas, layer, vol, label, k, j, i0, i1, size=6):

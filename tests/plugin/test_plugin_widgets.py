@@ -420,3 +420,63 @@ def test_models_without_weights_are_not_offered_and_other_modalities_warn(qtbot,
     u.card_panel.refresh()
     assert any("MR" in w and "CT only" in w for w in u.card_panel.warnings), u.card_panel.warnings
     assert not u.run() and "acknowledg" in u.runner.status.text()
+
+
+def _answer_modal(qtbot, yes: bool) -> None:
+    """Answer the next modal question box (Yes/No) as a user would, from a timer."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    def answer():
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(20, answer)
+            return
+        box.button(QMessageBox.StandardButton.Yes if yes else QMessageBox.StandardButton.No).click()
+
+    QTimer.singleShot(20, answer)
+
+
+def test_export_defaults_confirm_overwrite_full_path_and_sortable_table(qtbot, viewer_with_phantom, tmp_path):
+    from medseg.segmentation import Segmentation
+
+    from medseg_napari._export import ExportWidget
+    from medseg_napari._interactive import PREVIEW_NAME
+
+    viewer, img, lab, image, seg = viewer_with_phantom
+    data, kw, kind = L.labels_layer_data(seg, name="ct objects")
+    kw["metadata"][L.METADATA_KEY]["source"] = {"layer": "ct", "meta": {"source": str(tmp_path / "ct.nii.gz")}}
+    (tmp_path / "ct.nii.gz").write_bytes(b"")  # the source scan's folder
+    objects = L.add_layer_data(viewer, (data, kw, kind))
+    empty = Segmentation(seg.label_map.with_array(np.zeros(seg.array.shape, np.uint8)), seg.labels)
+    L.add_layer_data(viewer, L.labels_layer_data(empty, name=PREVIEW_NAME))  # the click widget's preview
+    w = ExportWidget(viewer)
+    w.image_combo.set_layer(img)
+    assert w.labels_combo.layer() is objects, "the accepted labels, not the empty preview, are the default"
+    assert w.path_edit.text() == str(tmp_path / "ct_objects.nii.gz"), "default path next to the source"
+    assert w.export()
+    _wait(qtbot, w)
+    target = tmp_path / "ct_objects.nii.gz"
+    assert target.is_file() and str(target) in w.message.text() and w.open_folder_button.isEnabled()
+    stamp = target.stat().st_mtime_ns
+    _answer_modal(qtbot, yes=False)
+    assert not w.export(), "an existing file is replaced only after a Yes"
+    assert target.stat().st_mtime_ns == stamp and "kept" in w.runner.status.text()
+    _answer_modal(qtbot, yes=True)
+    assert w.export()
+    _wait(qtbot, w)
+    assert target.stat().st_mtime_ns != stamp
+    # statistics: a sortable table, numbers sorted as numbers
+    col = 3  # volume (mL)
+    w.table.sortItems(col, Qt_order(descending=True))
+    vols = [float(w.table.item(r, col).text()) for r in range(w.table.rowCount())]
+    assert vols == sorted(vols, reverse=True) and len(vols) == len(seg.labels)
+    # the next export of another layer defaults to the last folder used when it has no source
+    w.labels_combo.set_layer(lab)
+    assert w.path_edit.text() == str(tmp_path / "reference.nii.gz")
+
+
+def Qt_order(descending: bool):
+    from qtpy.QtCore import Qt
+
+    return Qt.SortOrder.DescendingOrder if descending else Qt.SortOrder.AscendingOrder
