@@ -1,50 +1,30 @@
-"""How long does each napari widget action block the GUI thread? (goal: ≤ 100 ms)
+"""How long does each napari widget action block the GUI thread? (reported, not asserted)
 
 A 10 ms QTimer heartbeat runs on the GUI thread while each action of the medseg dock widgets
 runs on a 512 × 512 × 300 CT-like volume (the phantom upsampled 4×); the longest gap between
 two beats minus the timer interval is the longest the GUI thread was blocked. Worker-thread
 time is printed too (wall time of the action). A worker thread that holds the GIL shows up as
-a block as well, since the heartbeat callback needs the GIL. The measuring loop itself never
-sleeps longer than 2 ms between two passes through the event loop.
+a block as well, since the heartbeat callback needs the GIL.
 
-napari's own fixed costs are measured in the same run so that the plugin's share can be read
-off: a redraw of the canvas without any data change, and adding a second image / labels layer
-(napari builds vispy visuals, overlays and layer controls for each new layer, whatever its
-size). Under Xvfb the canvas is rendered in software (llvmpipe), so every redraw costs tens of
-milliseconds that a GPU would not; the load average is printed with the figures, as the
-machine may be shared, and so is a CPU reference (:func:`cpu_reference`, before and after the
-run): on the shared 2-core machine of this project it ranged from 1.0 to 1.9 s within one session,
-and napari's own redraw from 16 to 45 ms with it.
+The former goal of keeping every block under 100 ms under a software renderer is retired: it
+needed napari/vispy private internals. The plugin now adds layers with napari's public
+``viewer.add_layer``, so an action that adds a layer blocks for napari's own per-layer cost
+(vispy visual, overlays, layer controls, first paint). napari's own fixed costs are measured
+in the same run so that the plugin's share can be read off: a redraw of the canvas without any
+data change, and adding an image / labels layer. Under Xvfb the canvas is rendered in software
+(llvmpipe), so every redraw costs tens of milliseconds that a GPU would not; the load average
+and a CPU reference (:func:`cpu_reference`) are printed with the figures, as the machine may
+be shared. Each line also shows the garbage-collector time that fell inside the action's
+longest block (``gc``, observed with ``gc.callbacks``; the plugin leaves the collector alone).
 
 Run under a display::
 
     xvfb-run -a -s "-screen 0 1280x1024x24" .venv/bin/python benchmarks/gui_responsiveness.py
 
-Actions that add layers are measured twice: the first run (napari builds the new layers) and a
-re-run, which updates the widget's previous output layers in place. The widgets add a new layer
-over several event-loop turns (``medseg_napari._layers.add_layer_steps``: appended hidden, its
-vispy visual, its layer controls, shown, selected, overlays built), and each turn is a block of
-its own here, with the redraw it causes
-(Qt paints before it serves the heartbeat's overdue timer); "open image / labels" add a volume
-that way, as the DICOM series widget does. The "napari: ... in one go" lines add the same layers
-with a plain ``viewer.add_layer``, which is what napari does with what a reader returns
-(File > Open): napari's own cost, outside the plugin's reach.
-
-Python's cyclic garbage collector stops every thread while it runs, and a full (generation 2)
-collection walks every tracked object of the process: 0.15-0.65 s with napari, torch and MONAI
-loaded (about 0.6 M objects). While a medseg widget is open the plugin freezes the survivors of
-each full collection (``medseg_napari._collector``), so the next one walks only the objects made
-since; a layer removed from the viewer hands them back, so one full-length collection follows a
-removal (the "napari: ... in one go" lines remove the layers they add) and closing a viewer.
-Each line shows the collector time that fell inside the action's longest block (``gc``), so that
-a block made long by a collection is told apart from the plugin's and napari's own work; the
-last lines list the full collections of the whole run. ``MEDSEG_NAPARI_FREEZE_GC=0`` runs the
-same with Python's defaults, for comparison.
-
 Options: ``--shape Z Y X`` (default 300 512 512), ``--skip-model`` (skip the auto-segment and
 uncertainty actions, which need the trained bundled model or use the untrained network),
 ``--profile`` (print where the GUI thread spent its time during each slow action), ``--turns MS``
-(list every block over MS ms of each action, e.g. the turns of a layer added in stages).
+(list every block over MS ms of each action).
 """
 
 from __future__ import annotations
@@ -181,7 +161,7 @@ def measure(app, beat, name, action, runner=None, timeout=1800.0):
     block = beat.stop()
     wall = time.perf_counter() - t0
     err = getattr(runner, "last_error", None) if runner is not None else None
-    flag = "OK " if block <= 0.1 else "SLOW"
+    flag = "<=100ms" if block <= 0.1 else " >100ms"
     gc_s, full = GC.within(*beat.gap) if GC is not None else (0.0, 0)
     print(f"{flag} {name:<38s} GUI block {block * 1000:7.1f} ms (gc {gc_s * 1000:5.1f} ms"
           + (f", {full} full" if full else "") + f")   wall {wall:7.2f} s   {load()}"
@@ -245,17 +225,18 @@ def run_suite(app, beat, shape, *, skip_model: bool) -> dict:
         out[name] = measure(app, beat, name, action, runner)
 
     # opening a volume as the DICOM series widget does: the layer is made in the worker thread
-    # and added over several GUI steps (medseg_napari._layers.add_layer_steps)
+    # and added with napari's public viewer.add_layer on the GUI thread
     opener = TaskRunner()
 
-    def open_staged(key, layer_data):
+    def open_in_worker(key, layer_data):
         def added(layer):
-            held[key] = yield from L.add_layer_steps(viewer, layer)
+            held[key] = L.add_layer_data(viewer, layer)
 
         return lambda: opener.start(lambda ld, **_: L.make_layer(ld), layer_data, on_done=added)
 
-    m("open image (staged add)", open_staged("img", L.image_layer_data(image, name="ct")), opener)
-    m("open labels (staged add)", open_staged("lab", L.labels_layer_data(labels, name="reference")), opener)
+    m("open image (layer made in a worker)", open_in_worker("img", L.image_layer_data(image, name="ct")), opener)
+    m("open labels (layer made in a worker)", open_in_worker("lab", L.labels_layer_data(labels, name="reference")),
+      opener)
     img, lab = held["img"], held["lab"]
     # napari's fixed costs, for comparison: a layer of each kind added in one go (as napari adds
     # what a reader returns, File > Open), a redraw without data change
@@ -286,6 +267,7 @@ def run_suite(app, beat, shape, *, skip_model: bool) -> dict:
                 DEFAULT_MODEL, device="cpu", allow_untrained=True)
             print("(bundled model untrained: timing the untrained network)")
         auto.probabilities.setChecked(True)
+        auto.card_panel.acknowledge.setChecked(True)  # the demonstration model's warning, acknowledged
         m("auto-segment + probability heatmap", auto.run, auto.runner)
         m("auto-segment again (layers reused)", auto.run, auto.runner)
 
@@ -376,7 +358,7 @@ def main(argv=None) -> int:
     beat = Heartbeat()
     base = run_suite(app, beat, args.baseline_shape, skip_model=args.skip_model)
     full = run_suite(app, beat, args.shape, skip_model=args.skip_model)
-    print(f"\nlongest GUI-thread block per action (goal <= 100 ms); baseline = same action on "
+    print(f"\nlongest GUI-thread block per action (reported only); baseline = same action on "
           f"{tuple(args.baseline_shape)} (napari's own per-layer cost), measured in this run")
     print(f"{'action':<38s} {'full ms':>9s} {'(gc ms)':>8s} {'baseline ms':>12s} {'full-baseline':>14s} {'wall s':>8s}")
     worst = 0.0
@@ -388,11 +370,7 @@ def main(argv=None) -> int:
           f"{max(v[0] for v in full.values()) * 1000:.1f} ms; {load()}; CPU reference "
           f"{cpu_reference():.2f} s (10 M Python additions; before the run {cpu_before:.2f} s)")
     fulls = [(b - a) * 1000 for a, b, g in GC.runs if g == 2]
-    from medseg_napari._collector import ENV_SWITCH
-
-    policy = "Python's defaults" if os.environ.get(ENV_SWITCH, "1").strip().lower() in {"0", "false", "no", "off"} \
-        else "survivors of each frozen (medseg_napari._collector)"
-    print(f"full garbage collections in the whole run ({policy}): {len(fulls)}"
+    print(f"full garbage collections in the whole run (Python's defaults): {len(fulls)}"
           + (f" ({', '.join(f'{d:.0f}' for d in fulls)} ms)" if fulls else "")
           + f"; measured blocks with > 50 ms of collection: {sum(v[2] > 0.05 for v in [*base.values(), *full.values()])}")
     GC.close()

@@ -4,8 +4,10 @@ Paint and erase are napari's own tools. This widget adds smoothing, hole filling
 removal / keep largest, grow / shrink by a margin in mm, logical operations between labels and
 interpolation between slices, each applied to the selected label of a labels layer, with
 locked labels left untouched. Work happens in a worker thread on the label's bounding box
-(plus the margin the operation needs); the GUI thread only copies the edited box back into the
-layer and keeps the old box for undo.
+(plus the margin the operation needs); the GUI thread writes the changed voxels through napari's
+public ``Labels.data_setitem``, so every correction is one step of the layer's own undo history:
+Ctrl-Z / Ctrl-Shift-Z (and this widget's Undo / Redo) walk through clicks accepted, brush strokes
+and corrections in the order they were made.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from medseg_napari._collector import install as install_collector
 from medseg_napari._layers import volume_from_layer
 from medseg_napari._shortcuts import install_shortcuts
 from medseg_napari._worker import LayerCombo, TaskRunner
@@ -107,8 +108,7 @@ class EditorWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        install_collector(self, napari_viewer)
-        self.undo_stack: list[tuple[Any, tuple, np.ndarray]] = []
+        self._followed: Any = None  # the labels layer whose selected_label this widget follows
         self.labels_combo = LayerCombo(napari_viewer, "labels")
         self.labels_combo.currentTextChanged.connect(self._follow_layer)
         self.index = QSpinBox()
@@ -130,6 +130,8 @@ class EditorWidget(QWidget):
         self.apply_button.clicked.connect(self.apply)
         self.undo_button = QPushButton("Undo (Alt-U)")
         self.undo_button.clicked.connect(self.undo)
+        self.redo_button = QPushButton("Redo")
+        self.redo_button.clicked.connect(self.redo)
         self.runner = TaskRunner()
         form = QFormLayout()
         form.addRow("labels layer", self.labels_combo)
@@ -147,6 +149,7 @@ class EditorWidget(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.apply_button)
         row.addWidget(self.undo_button)
+        row.addWidget(self.redo_button)
         lay.addLayout(row)
         lay.addWidget(self.runner)
         lay.addStretch(1)
@@ -154,14 +157,23 @@ class EditorWidget(QWidget):
         install_shortcuts(napari_viewer, editor=self)
 
     def _follow_layer(self, *_: Any) -> None:
+        """Follow the chosen layer's selected label (napari's label picker, its label spin box)."""
         layer = self.labels_combo.layer()
+        if self._followed is not None and self._followed is not layer:
+            self._followed.events.selected_label.disconnect(self._on_selected_label)
+            self._followed = None
         if layer is not None:
             self.index.setValue(max(1, int(layer.selected_label)))
-            layer.events.selected_label.connect(self._on_selected_label)
+            if self._followed is None:
+                layer.events.selected_label.connect(self._on_selected_label)
+                self._followed = layer
 
-    def _on_selected_label(self, event: Any) -> None:
-        if event.source is self.labels_combo.layer() and int(event.value) > 0:
-            self.index.setValue(int(event.value))
+    def _on_selected_label(self, event: Any = None) -> None:
+        # the layer's property, not the event's payload: napari 0.9's selected_label event
+        # carries no ``value`` (it did in older releases)
+        layer = self._followed
+        if layer is not None and int(layer.selected_label) > 0:
+            self.index.setValue(int(layer.selected_label))
 
     def locked_labels(self) -> tuple[int, ...]:
         """Parse the locked-labels field (comma or space separated indices)."""
@@ -200,19 +212,27 @@ class EditorWidget(QWidget):
             self.runner.status.setText(f"label {index} is not in {layer.name}")
             return
         box, old, new, changed = result
-        layer.data[box] = new
-        layer.refresh()
-        self.undo_stack.append((layer, box, old))
-        del self.undo_stack[:-20]  # bounded memory
-        self.runner.status.setText(f"{op} on label {index}: {changed} voxels changed")
+        where = np.nonzero(old != new)
+        if where[0].size:
+            indices = tuple(ix + s.start for ix, s in zip(where, box))
+            layer.data_setitem(indices, new[where])  # one step of napari's undo history
+        self.runner.status.setText(f"{op} on label {index}: {changed} voxels changed (Ctrl-Z undoes it)")
 
     def undo(self) -> bool:
-        """Restore the box changed by the last operation."""
-        if not self.undo_stack or self.runner.busy:
-            self.runner.status.setText("nothing to undo" if not self.undo_stack else "busy")
+        """napari's undo of the chosen labels layer (the same history as Ctrl-Z)."""
+        layer = self.labels_combo.layer()
+        if layer is None or self.runner.busy:
+            self.runner.status.setText("no labels layer" if layer is None else "busy")
             return False
-        layer, box, old = self.undo_stack.pop()
-        layer.data[box] = old
-        layer.refresh()
-        self.runner.status.setText("undone")
+        layer.undo()
+        self.runner.status.setText(f"undid the last change of {layer.name!r}")
+        return True
+
+    def redo(self) -> bool:
+        """napari's redo of the chosen labels layer (the same history as Ctrl-Shift-Z)."""
+        layer = self.labels_combo.layer()
+        if layer is None or self.runner.busy:
+            return False
+        layer.redo()
+        self.runner.status.setText(f"redid the last undone change of {layer.name!r}")
         return True

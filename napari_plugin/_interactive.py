@@ -16,6 +16,7 @@ from collections import deque
 from typing import Any, Iterator, Optional
 
 import numpy as np
+from medseg.labels import LabelTable
 from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -30,11 +31,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from medseg_napari._collector import install as install_collector
+from medseg.errors import PromptError
 from medseg_napari._layers import (
     METADATA_KEY,
-    add_layer_steps,
-    canvas_painted_later,
+    add_layer_data,
+    is_layer_type,
     label_colormap,
     label_features,
     labels_layer_data,
@@ -141,8 +142,64 @@ def apply_patch(layer: Any, patch: Any) -> None:
     layer.refresh()
 
 
-def _prompt(session: Any, kind: str, args: tuple, positive: bool, preview: np.ndarray, *,
+def merge_tables(old: Any, new: Any) -> Any:
+    """Label table of the objects layer: ``new`` (the session's) over ``old`` (the layer's).
+
+    Names of values no longer in the map are kept (a redo in napari's history brings their
+    voxels back); an old entry whose name a new one now uses is dropped.
+    """
+    from medseg.labels import LabelTable
+
+    entries = {l.index: l for l in old}
+    taken = {l.name for l in new}
+    entries = {i: l for i, l in entries.items() if l.name not in taken}
+    entries.update({l.index: l for l in new})
+    return LabelTable(tuple(entries.values()))
+
+
+def diff_indices(current: np.ndarray, new: np.ndarray, within: Optional[tuple] = None) -> Any:
+    """Voxels that differ from ``current`` to ``new``: ``(indices, values)``, ``None`` or ``("full", new)``.
+
+    ``indices`` is a tuple of index arrays (napari's ``Labels.data_setitem`` form), so that the
+    GUI thread writes the change through napari's undo history. ``("full", new)`` when the
+    new values do not fit the layer's dtype (the layer's array is then replaced).
+    """
+    patch = diff_patch(current, new, within)
+    if patch is None or patch[0] == "full":
+        return patch
+    _, box, values = patch
+    changed = np.nonzero(np.asarray(current[box]) != values)
+    indices = tuple(ix + s.start for ix, s in zip(changed, box))
+    return indices, values[changed]
+
+
+def apply_edit(layer: Any, edit: Any) -> int:
+    """Write a :func:`diff_indices` result into a labels layer through napari's undo history.
+
+    Uses the public ``Labels.data_setitem`` (one undo step, so Ctrl-Z / Ctrl-Shift-Z undo and
+    redo it like a brush stroke). Returns the number of voxels written.
+    """
+    if edit is None or layer is None:
+        return 0
+    if edit[0] == "full":
+        layer.data = edit[1]
+        return int(np.asarray(edit[1]).size)
+    indices, values = edit
+    if not len(values):
+        return 0
+    layer.data_setitem(indices, values)
+    return int(len(values))
+
+
+def _sync(session: Any, layer_labels: Any) -> None:
+    """Worker thread: the session takes the objects layer's current voxels (paint, erase, undo)."""
+    if layer_labels is not None:
+        session.sync_labels(*layer_labels)
+
+
+def _prompt(session: Any, kind: str, args: tuple, positive: bool, preview: np.ndarray, layer_labels: Any = None, *,
             progress: Any = None, cancel: Any = None) -> Any:
+    _sync(session, layer_labels)
     before = session.mask_box
     if kind == "point":
         session.add_point(args[0], positive=positive)
@@ -153,13 +210,11 @@ def _prompt(session: Any, kind: str, args: tuple, positive: bool, preview: np.nd
     return _preview_patch(session, preview, before)
 
 
-def _undo(session: Any, preview: np.ndarray, objects: np.ndarray, *, progress: Any = None, cancel: Any = None) -> Any:
+def _undo(session: Any, preview: np.ndarray, *, progress: Any = None, cancel: Any = None) -> Any:
+    """Worker thread: undo the current object's last prompt (the preview changes, not the label map)."""
     before = session.mask_box
-    changed = session.undo()
-    seg = session.segmentation
-    # the label map changes only where a reopened object was (its mask box now)
-    return (changed, _preview_patch(session, preview, before),
-            diff_patch(objects, seg.array, within=box_union(before, session.mask_box)), seg.labels)
+    changed = session.undo() if session.prompts else False
+    return changed, _preview_patch(session, preview, before)
 
 
 def _reset(session: Any, preview: np.ndarray, *, progress: Any = None, cancel: Any = None) -> Any:
@@ -168,13 +223,14 @@ def _reset(session: Any, preview: np.ndarray, *, progress: Any = None, cancel: A
     return _preview_patch(session, preview, before)
 
 
-def _accept(session: Any, name: Optional[str], preview: np.ndarray, objects: np.ndarray, *,
+def _accept(session: Any, name: Optional[str], preview: np.ndarray, objects: np.ndarray, table: Any = None, *,
             progress: Any = None, cancel: Any = None) -> Any:
+    _sync(session, (objects, table))
     before = session.mask_box
     index = session.accept(name or None)
     seg = session.segmentation
     # the label map changes only within the accepted object's box
-    return index, _preview_patch(session, preview, before), diff_patch(objects, seg.array, within=before), seg.labels
+    return index, _preview_patch(session, preview, before), diff_indices(objects, seg.array, within=before), seg.labels
 
 
 class InteractiveWidget(QWidget):
@@ -183,7 +239,6 @@ class InteractiveWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        install_collector(self, napari_viewer)
         self.session: Any = None
         self.image_layer: Any = None
         self.objects_layer: Any = None
@@ -263,7 +318,7 @@ class InteractiveWidget(QWidget):
     def _refresh_labels_combo(self, *_: Any) -> None:
         current = self.start_labels_combo.currentText()
         own = {id(self.objects_layer), id(self.preview_layer)}
-        names = ["(none)"] + [l.name for l in self.viewer.layers if l._type_string == "labels" and id(l) not in own]
+        names = ["(none)"] + [l.name for l in self.viewer.layers if is_layer_type(l, "labels") and id(l) not in own]
         self.start_labels_combo.clear()
         self.start_labels_combo.addItems(names)
         if current in names:
@@ -289,6 +344,7 @@ class InteractiveWidget(QWidget):
             data, meta, _ = self.viewer.layers[name].as_layer_data_tuple()
             seg = (data, meta)
         self._pending.clear()
+        self.image_layer = image
         from medseg_napari._autoseg import source_metadata
 
         name, source = image.name, source_metadata(image)
@@ -317,7 +373,7 @@ class InteractiveWidget(QWidget):
                 if previous is not None and previous in self.viewer.layers:
                     self.viewer.layers.remove(previous)
                     yield
-                setattr(self, attr, (yield from add_layer_steps(self.viewer, layer, select=False)))
+                setattr(self, attr, add_layer_data(self.viewer, layer, select=False))
             yield
         self.viewer.layers.selection.active = image
         self._refresh_labels_combo()
@@ -344,8 +400,11 @@ class InteractiveWidget(QWidget):
         self._prompt_mode = on
 
     def _on_mouse(self, viewer: Any, event: Any):
-        """napari drag callback: point on press, box / scribble over the drag."""
-        if self.session is None or self.image_layer is None:
+        """napari drag callback: point on press, box / scribble over the drag.
+
+        A click before a session starts one on the chosen image (the click is its first prompt).
+        """
+        if (self.session is None or self.image_layer is None) and not self._ensure_session():
             return
         positive = not ("Shift" in event.modifiers or self.negative.isChecked())
         mode = self.mode
@@ -364,10 +423,26 @@ class InteractiveWidget(QWidget):
             path.append(tuple(event.position))
             self.add_world_scribble(path, positive=positive)
 
+    def _ensure_session(self) -> bool:
+        """Start a session on the chosen image if none runs (prompts queue behind its start)."""
+        if self.session is not None and self.image_layer is not None:
+            return True
+        if self.runner.busy and self.image_layer is not None:  # a start is running: queue behind it
+            return True
+        if not self.start():
+            return False
+        self.runner.status.setText("starting a session on the first click…")
+        return True
+
     def add_world_point(self, world: Any, *, positive: bool = True) -> tuple[int, int, int]:
-        """Add a point prompt at a napari world position; returns its voxel ``(k, j, i)``."""
+        """Add a point prompt at a napari world position; returns its voxel ``(k, j, i)``.
+
+        Starts a session first when none runs (the point is queued behind its start).
+        """
+        if not self._ensure_session():
+            raise PromptError("open an image first: there is no image layer to segment")
         idx = world_to_index(self.image_layer, world)
-        canvas_painted_later(self.viewer, lambda: self._show_point(world, positive))
+        self._show_point(world, positive)
         self._queue("point", (idx,), positive)
         return idx
 
@@ -375,7 +450,8 @@ class InteractiveWidget(QWidget):
         """Box prompt between two napari world positions (clipped into the image)."""
         a = world_to_index(self.image_layer, world_a, clip=True)
         b = world_to_index(self.image_layer, world_b, clip=True)
-        canvas_painted_later(self.viewer, lambda: (self._show_point(world_a, True), self._show_point(world_b, True)))
+        self._show_point(world_a, True)
+        self._show_point(world_b, True)
         self._queue("box", (a, b), True)
         return a, b
 
@@ -386,8 +462,8 @@ class InteractiveWidget(QWidget):
             idx = world_to_index(self.image_layer, w, clip=True)
             if not pts or pts[-1] != idx:
                 pts.append(idx)
-        canvas_painted_later(self.viewer, lambda: [self._show_point(w, positive)
-                                                   for w in worlds[:: max(1, len(worlds) // 20)]])
+        for w in worlds[:: max(1, len(worlds) // 20)]:
+            self._show_point(w, positive)
         self._queue("scribble", (pts,), positive)
         return pts
 
@@ -404,11 +480,22 @@ class InteractiveWidget(QWidget):
         self._pending.append((kind, args, positive))
         self._next()
 
+    def _layer_labels(self) -> Any:
+        """``(label map, label table)`` of the objects layer as it is now (the one source of truth)."""
+        layer = self.objects_layer
+        if layer is None or layer not in self.viewer.layers:
+            return None
+        from medseg.labels import LabelTable
+
+        md = (layer.metadata or {}).get(METADATA_KEY) or {}
+        table = LabelTable.from_dict(md["labels"]) if md.get("labels") else LabelTable()
+        return layer.data, table
+
     def _next(self) -> None:
-        if self.runner.busy or not self._pending or self.session is None:
+        if self.runner.busy or not self._pending or self.session is None or self.preview_layer is None:
             return
         kind, args, positive = self._pending.popleft()
-        self.runner.start(_prompt, self.session, kind, args, positive, self.preview_layer.data,
+        self.runner.start(_prompt, self.session, kind, args, positive, self.preview_layer.data, self._layer_labels(),
                           label=f"{kind} prompt", on_done=self._show_mask)
 
     def _show_mask(self, patch: Any) -> None:
@@ -419,12 +506,14 @@ class InteractiveWidget(QWidget):
         layer = self.objects_layer
         if layer is None:
             return
-        apply_patch(layer, patch)
-        if labels != self._labels:  # a new colormap re-maps the whole slice: only when needed
+        md = layer.metadata.setdefault(METADATA_KEY, {})
+        table = merge_tables(LabelTable.from_dict(md["labels"]) if md.get("labels") else LabelTable(), labels)
+        if table.to_dict() != md.get("labels"):  # a new colormap re-maps the slice: only when needed
+            layer.colormap = label_colormap(table)
+            layer.features = label_features(table)
+            md["labels"] = table.to_dict()
             yield
-            layer.colormap = label_colormap(labels)
-            layer.features = label_features(labels)
-            layer.metadata[METADATA_KEY]["labels"] = labels.to_dict()
+        apply_edit(layer, patch)
         self._update_locked(labels)
 
     def _update_locked(self, labels: Any = None) -> None:
@@ -445,7 +534,8 @@ class InteractiveWidget(QWidget):
             self.runner.status.setText("wait for the prompts to finish, then accept")
             return False
         name = self.name_edit.text().strip() or None
-        return self.runner.start(_accept, self.session, name, self.preview_layer.data, self.objects_layer.data,
+        objects, table = self._layer_labels()
+        return self.runner.start(_accept, self.session, name, self.preview_layer.data, objects, table,
                                  label="accepting", on_done=self._accepted)
 
     def _accepted(self, result: Any) -> Iterator[None]:
@@ -461,23 +551,31 @@ class InteractiveWidget(QWidget):
         self.runner.status.setText(f"accepted label {index} ({labels[index].name})")
 
     def undo(self) -> bool:
-        """Undo the last prompt (or re-open the last accepted object)."""
+        """Undo the current object's last prompt; with none, napari's undo of the objects layer.
+
+        Accepted objects, paint strokes and corrections are undone in napari's one history of
+        the objects layer (the same as Ctrl-Z on that layer), so the two never disagree.
+        """
         if self.session is None or self.runner.busy:
             return False
+        if not self.session.prompts:
+            if self.objects_layer is None or self.objects_layer not in self.viewer.layers:
+                return False
+            self.objects_layer.undo()
+            self.runner.status.setText(f"undid the last change of {self.objects_layer.name!r} (napari's history; "
+                                       f"Ctrl-Shift-Z redoes it)")
+            return True
 
         def done(result: Any) -> Iterator[None]:
-            changed, preview_patch, objects_patch, labels = result
+            changed, preview_patch = result
             self._show_mask(preview_patch)
-            yield
-            yield from self._show_segmentation(objects_patch, labels)
             yield
             if self.points_layer is not None and len(self.points_layer.data):
                 self.points_layer.data = self.points_layer.data[:-1]
             if not changed:
                 self.runner.status.setText("nothing to undo")
 
-        return self.runner.start(_undo, self.session, self.preview_layer.data, self.objects_layer.data,
-                                 label="undo", on_done=done)
+        return self.runner.start(_undo, self.session, self.preview_layer.data, label="undo", on_done=done)
 
     def reset(self) -> bool:
         """Drop the current object's prompts and mask."""

@@ -36,7 +36,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_in_process", "shutdown", "dumps_shared", "loads_shared", "SHARE_MIN_BYTES"]
+__all__ = ["run_in_process", "main_is_guarded", "shutdown", "dumps_shared", "loads_shared", "SHARE_MIN_BYTES"]
 
 #: arrays at least this large travel through shared memory instead of the pipe
 SHARE_MIN_BYTES = 1 << 20
@@ -229,12 +229,51 @@ def _rebuild(module: str, name: str, message: str) -> BaseException:
     return MedsegError(f"{name}: {message}")
 
 
+def main_is_guarded(main: Any = None) -> bool:
+    """Whether a helper process can be started from this program without re-running it.
+
+    ``spawn`` and ``forkserver`` helpers import the main script again: a script without an
+    ``if __name__ == "__main__":`` guard would run again in the helper (and fail with
+    multiprocessing's bootstrapping error). True when ``__main__`` has no file (an interactive
+    session, a notebook) or when its source has a top-level ``__name__ == "__main__"`` test;
+    also True for a main module that is not a readable ``.py`` file (an entry point such as
+    ``napari``'s, installed with its own guard).
+    """
+    import ast
+    import sys
+
+    main = sys.modules.get("__main__") if main is None else main
+    path = getattr(main, "__file__", None)
+    if not path or getattr(getattr(main, "__spec__", None), "name", None):  # python -m / entry points
+        return True
+    if not str(path).endswith(".py"):
+        return True
+    try:
+        with open(path, encoding="utf-8") as fh:
+            tree = ast.parse(fh.read(), filename=str(path))
+    except (OSError, SyntaxError, ValueError):
+        return True
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+            names = [n for n in ast.walk(node.test) if isinstance(n, ast.Name) and n.id == "__name__"]
+            consts = [c for c in ast.walk(node.test) if isinstance(c, ast.Constant) and c.value == "__main__"]
+            if names and consts:
+                return True
+    return False
+
+
 def run_in_process(fn: Callable[..., Any], *args: Any, progress: Any = None, cancel: Any = None, **kwargs: Any) -> Any:
     """Call ``fn(*args, progress=..., cancel=..., **kwargs)`` in the helper process and wait.
 
     Meant to be called from a worker thread: it blocks until the result is back, forwarding
-    progress to ``progress`` and the state of ``cancel()`` to the helper every 50 ms.
+    progress to ``progress`` and the state of ``cancel()`` to the helper every 50 ms. When the
+    program's main script has no ``__main__`` guard (:func:`main_is_guarded`), ``fn`` runs in
+    the calling thread instead (the GUI may then stutter while it holds the GIL).
     """
+    if not main_is_guarded():
+        log.info("main script has no `if __name__ == \"__main__\":` guard: %s runs in a thread, "
+                 "not a helper process", getattr(fn, "__name__", fn))
+        return fn(*args, progress=progress, cancel=cancel, **kwargs)
     pool, (q, ev) = _pool()
     ev.clear()
     while True:  # drop stale progress of an earlier task

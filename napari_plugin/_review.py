@@ -4,7 +4,7 @@ Thin UIs over :func:`medseg.consensus.consensus`, :func:`medseg.uncertainty.esti
 / :func:`medseg.uncertainty.review_list` and :func:`medseg.evaluate.evaluate`; all compute runs
 in worker threads (layers are converted to medseg objects there too, and the output layers are
 built there). A re-run updates the widget's previous output layers in place (same name, same
-grid; see :func:`._layers.show_layer_steps`).
+grid; see :func:`._layers.show_layer`).
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from medseg_napari._collector import install as install_collector
 from medseg_napari._layers import (
     METADATA_KEY,
     index_to_world,
     labels_layer_data,
     make_layer,
     probability_layer_data,
-    show_layer_steps,
+    is_layer_type,
+    show_layer,
     viewer_camera,
     volume_from_layer,
 )
@@ -108,7 +108,6 @@ class ConsensusWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        install_collector(self, napari_viewer)
         self.result: Any = None
         self.consensus_layer: Any = None
         self.disagreement_layer: Any = None
@@ -137,7 +136,7 @@ class ConsensusWidget(QWidget):
         own = {id(self.consensus_layer)}
         self.raters.clear()
         for layer in self.viewer.layers:
-            if layer._type_string == "labels" and id(layer) not in own:
+            if is_layer_type(layer, "labels") and id(layer) not in own:
                 item = QListWidgetItem(layer.name)
                 item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
                 item.setCheckState(Qt.CheckState.Checked if layer.name in checked else Qt.CheckState.Unchecked)
@@ -167,9 +166,9 @@ class ConsensusWidget(QWidget):
         """GUI steps (one layer each, see :class:`TaskRunner`): consensus, disagreement, table."""
         result, cons, cons_layer, dis, dis_layer, rows = prepared
         self.result = result
-        self.consensus_layer = yield from show_layer_steps(self.viewer, self.consensus_layer, cons, cons_layer)
+        self.consensus_layer = show_layer(self.viewer, self.consensus_layer, cons, cons_layer)
         yield
-        self.disagreement_layer = yield from show_layer_steps(self.viewer, self.disagreement_layer, dis, dis_layer)
+        self.disagreement_layer = show_layer(self.viewer, self.disagreement_layer, dis, dis_layer)
         yield
         _fill_table(self.table, rows, list(dict.fromkeys(k for row in rows for k in row)))
         self._refresh()
@@ -221,7 +220,6 @@ class UncertaintyWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        install_collector(self, napari_viewer)
         self._models: dict = {}
         self.result: Any = None
         self.items: list = []
@@ -229,9 +227,10 @@ class UncertaintyWidget(QWidget):
         self.labels_layer: Any = None
         self.image_combo = LayerCombo(napari_viewer, "image")
         self.model_combo = QComboBox()
-        from medseg_napari._autoseg import AutoSegmentWidget
+        from medseg_napari._autoseg import ModelCardPanel, trained_model_names
 
-        self.model_combo.addItems(AutoSegmentWidget._model_names())
+        self.model_combo.addItems(trained_model_names())
+        self.card_panel = ModelCardPanel(self.model_combo, self.image_combo)
         self.method = QComboBox()
         self.method.addItems(["tta", "mc_dropout"])
         self.samples = QSpinBox()
@@ -248,6 +247,7 @@ class UncertaintyWidget(QWidget):
         form = QFormLayout()
         form.addRow("image", self.image_combo)
         form.addRow("model", self.model_combo)
+        form.addRow(self.card_panel)
         form.addRow("method", self.method)
         form.addRow("samples", self.samples)
         form.addRow("heatmap", self.map_combo)
@@ -262,6 +262,9 @@ class UncertaintyWidget(QWidget):
         image = self.image_combo.layer()
         if image is None:
             self.runner.status.setText("open an image first")
+            return False
+        if not self.card_panel.ready():
+            self.runner.status.setText("read the model's warnings and tick the acknowledgement first")
             return False
         volume = volume_from_layer(image)
         kind = self.map_combo.currentText()
@@ -281,9 +284,9 @@ class UncertaintyWidget(QWidget):
         """GUI steps (one layer each, see :class:`TaskRunner`): labels, heatmap, review list."""
         result, labels, labels_layer, heat, heat_layer = prepared
         self.result, self.items = result
-        self.labels_layer = yield from show_layer_steps(self.viewer, self.labels_layer, labels, labels_layer)
+        self.labels_layer = show_layer(self.viewer, self.labels_layer, labels, labels_layer)
         yield
-        self.heatmap_layer = yield from show_layer_steps(self.viewer, self.heatmap_layer, heat, heat_layer)
+        self.heatmap_layer = show_layer(self.viewer, self.heatmap_layer, heat, heat_layer)
         yield
         self.review.blockSignals(True)
         self.review.clear()
@@ -330,7 +333,6 @@ class QAWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        install_collector(self, napari_viewer)
         self.report: Any = None
         self.paths: dict = {}
         self.error_layer: Any = None
@@ -375,7 +377,7 @@ class QAWidget(QWidget):
         self.summary.setText(f"mean Dice {self.report.mean_dice:.3f}, mIoU {self.report.mean_iou:.3f}"
                              + (f"\nlesions {lesions}" if lesions else ""))
         yield
-        self.error_layer = yield from show_layer_steps(self.viewer, self.error_layer, errors, layer)
+        self.error_layer = show_layer(self.viewer, self.error_layer, errors, layer)
         if self.paths:
             self.runner.status.setText(f"report written to {Path(next(iter(self.paths.values()))).parent}")
 

@@ -22,7 +22,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from medseg_napari._collector import install as install_collector
 from medseg_napari._shortcuts import apply_window, install_shortcuts
 from medseg_napari._worker import LayerCombo, TaskRunner
 
@@ -49,7 +48,6 @@ class SeriesWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        install_collector(self, napari_viewer)
         self.series: list[dict] = []
         self.default_uid: Optional[str] = None
         self.folder_edit = QLineEdit()
@@ -116,7 +114,7 @@ class SeriesWidget(QWidget):
         if row < 0 or row >= len(self.series):
             self.runner.status.setText("scan a folder and pick a series")
             return False
-        from medseg_napari._layers import METADATA_KEY, add_layer_steps, make_layer
+        from medseg_napari._layers import METADATA_KEY, add_layer_data, make_layer
 
         uid = self.series[row]["uid"]
         series = self.series
@@ -126,11 +124,11 @@ class SeriesWidget(QWidget):
                 ld[1]["metadata"][METADATA_KEY].update(series=series, series_uid=uid)
             return [make_layer(ld) for ld in layers]
 
-        def done(layers: list) -> Iterator[None]:  # each layer over several event-loop turns
+        def done(layers: list) -> Iterator[None]:  # one layer per event-loop turn
             for i, layer in enumerate(layers):
                 if i:
                     yield
-                yield from add_layer_steps(self.viewer, layer)
+                add_layer_data(self.viewer, layer)
 
         return self.runner.start(_open, self.folder_edit.text().strip(), uid, prepare=prepare,
                                  label="opening series", on_done=done)

@@ -72,10 +72,12 @@ def apply_window(layer: Any, preset: str) -> tuple[float, float]:
 
 
 def _selected_image(viewer: Any) -> Any:
+    from medseg_napari._layers import is_layer_type
+
     active = viewer.layers.selection.active
-    if active is not None and active._type_string == "image":
+    if active is not None and is_layer_type(active, "image"):
         return active
-    images = [l for l in viewer.layers if l._type_string == "image"]
+    images = [l for l in viewer.layers if is_layer_type(l, "image")]
     return images[-1] if images else None
 
 

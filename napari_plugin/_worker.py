@@ -1,24 +1,13 @@
 """Worker threads with progress and cancel for the dock widgets, plus shared Qt helpers.
 
 Every computation of the plugin runs through :class:`TaskRunner`: the function runs in a
-napari worker thread with medseg's ``progress=`` / ``cancel=`` callbacks, progress reaches the
-GUI thread through a queued Qt signal (throttled), and results are handed to a callback on
-the GUI thread, which only swaps arrays into layers. The GUI thread never computes.
-
-What the GUI thread still does per task, and how it is kept short:
-
-* everything that depends on the data (label tables, layer kwargs, dtype checks, even the
-  napari layer objects) is prepared in the worker thread (``prepare=``), so a GUI step only
-  appends a ready layer or swaps an array into an existing one;
-* an ``on_done`` generator runs one GUI step per event-loop turn, and the next step is
-  scheduled on a short timer (not a 0 ms single shot, which Qt delivers as a posted event
-  ahead of overdue timers, so consecutive steps ran back to back as one long block);
-* a new layer is added over several steps (:func:`._layers.add_layer_steps`: appended
-  hidden, then shown, then selected, then its overlays built), so that napari's per-layer
-  cost (vispy visuals, overlays, controls and the first paint of a new layer, 0.2-0.4 s
-  under a software renderer when done in one go) is spread over several event-loop turns;
-* that cost is paid once: widgets update their previous output layer in place when an
-  action is re-run (see :func:`._layers.reusable_layer`).
+worker thread (superqt's public ``FunctionWorker``) with medseg's ``progress=`` / ``cancel=``
+callbacks, progress reaches the GUI thread through a queued Qt signal (throttled), and results
+are handed to a callback on the GUI thread, which only applies them through napari's public
+layer API. Whatever depends on the data (label tables, layer kwargs, even the napari layer
+objects) is prepared in the worker thread (``prepare=``). An ``on_done`` generator runs one
+GUI step per event-loop turn (a 0 ms ``QTimer.singleShot``), so that the window stays
+responsive between the steps of a long update.
 """
 
 from __future__ import annotations
@@ -41,16 +30,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from medseg_napari._collector import collect_young
-
 log = logging.getLogger(__name__)
 
-__all__ = ["TaskRunner", "LayerCombo", "notify_error", "STEP_DELAY_MS"]
-
-#: delay before the next GUI step of an ``on_done`` generator (see ``TaskRunner._step_later``)
-STEP_DELAY_MS = 1
-#: a step timer this late (s) ran behind other work of its turn (a repaint): it waits one turn more
-LATE_S = 0.008
+__all__ = ["TaskRunner", "LayerCombo", "notify_error"]
 
 
 def _then(fn: Callable[..., Any], prepare: Callable[[Any], Any], *args: Any, **kwargs: Any) -> Any:
@@ -188,11 +170,11 @@ class TaskRunner(QWidget):
         if self.busy:
             self.status.setText("busy: wait for the running task or cancel it")
             return False
-        # superqt's worker, not napari's wrapper (napari.qt.threading.create_worker): napari 0.9
-        # registers every worker in the window's task-status list and never drops it, so each
-        # task's arguments (a click's session with its volume-sized arrays, a layer's data)
-        # stayed alive for the life of the window. Cancel is this runner's own.
-        from superqt.utils import create_worker
+        # superqt's public worker class, not napari's wrapper (napari.qt.threading.create_worker):
+        # napari 0.9 registers every worker in the window's task-status list and never drops
+        # it, so each task's arguments stayed alive for the life of the window. Errors are
+        # reported by this runner (``errored``); cancel is this runner's own.
+        from superqt.utils import FunctionWorker
 
         self._cancel = threading.Event()
         self._live_cancel_events[:] = [self._cancel]
@@ -204,8 +186,7 @@ class TaskRunner(QWidget):
             fn = run_in_process
         if prepare is not None:
             fn = functools.partial(_then, fn, prepare)
-        worker = create_worker(_OneShot(fn, args, kwargs), progress=self._progress, cancel=self._cancel.is_set,
-                               _start_thread=False, _ignore_errors=True)
+        worker = FunctionWorker(_OneShot(fn, args, kwargs), progress=self._progress, cancel=self._cancel.is_set)
         self._worker = worker
         self.bar.setRange(0, 0)
         self.status.setText(label + "…")
@@ -243,7 +224,6 @@ class TaskRunner(QWidget):
             self.bar.setValue(1 if self.last_error is None else 0)
             self.cancel_button.setEnabled(False)
             self.finished.emit()
-            QTimer.singleShot(STEP_DELAY_MS, collect_young)  # a turn of its own, see _collector
 
         worker.returned.connect(done)
         worker.errored.connect(failed)
@@ -252,27 +232,8 @@ class TaskRunner(QWidget):
         return True
 
     def _step_later(self, label: str, on_error: Optional[Callable[[BaseException], None]]) -> None:
-        """Run the next GUI step in a later event-loop turn than the one that ends now.
-
-        A 0 ms single shot is a posted event, which Qt delivers before timers that fell due
-        during the previous step: two layer adds then ran back to back with no timer (nor
-        anything waiting on one) served in between. A 1 ms timer queues behind them.
-
-        A step that changes the window has its repaint at the start of the next turn, and the
-        1 ms timer, due before the repaint ended, then fires in that same pass of the event
-        loop, before the loop polls for input again: the repaint and the next step were one
-        block (measured 105-121 ms where each alone is about 55). A timer found more than
-        :data:`LATE_S` late therefore waits one more turn, once (so that steps cannot starve).
-        """
-        due = time.perf_counter() + STEP_DELAY_MS / 1000
-
-        def fire(waited: bool = False) -> None:
-            if not waited and time.perf_counter() - due > LATE_S:
-                QTimer.singleShot(STEP_DELAY_MS, lambda: fire(True))
-                return
-            self._step(label, on_error)
-
-        QTimer.singleShot(STEP_DELAY_MS, fire)
+        """Run the next GUI step of an ``on_done`` generator in a later event-loop turn."""
+        QTimer.singleShot(0, lambda: self._step(label, on_error))
 
     def _step(self, label: str, on_error: Optional[Callable[[BaseException], None]]) -> None:
         """Run the next GUI step of an ``on_done`` generator."""
@@ -318,7 +279,9 @@ class LayerCombo(QComboBox):
         self.refresh()
 
     def layers(self) -> list:
-        return [l for l in self.viewer.layers if l._type_string == self.layer_type]
+        from medseg_napari._layers import is_layer_type
+
+        return [l for l in self.viewer.layers if is_layer_type(l, self.layer_type)]
 
     def refresh(self, *_: Any) -> None:
         current = self.currentText()

@@ -81,6 +81,28 @@ def dicom_source(metadata: Mapping[str, Any]) -> Optional[Any]:
     return None
 
 
+def write_rtstruct_layer(path: str, data: Any, meta: dict) -> list[str]:
+    """Write a labels layer as an RTSTRUCT referencing its source DICOM series.
+
+    Raises
+    ------
+    InputError
+        When the layer was not derived from a DICOM series (its metadata names no source).
+    """
+    from medseg.errors import InputError
+
+    source = dicom_source(meta.get("metadata") or {})
+    if source is None:
+        raise InputError(
+            f"labels layer {meta.get('name', '')!r} has no DICOM source series; RTSTRUCT needs one. "
+            "Segment an image opened from a DICOM folder, or save as NIfTI/NRRD instead"
+        )
+    from medseg.export import write_rtstruct
+
+    out = write_rtstruct(segmentation_from_state(data, meta), path, source=source)
+    return [str(out or path)]
+
+
 def write_dicom_seg_layer(path: str, data: Any, meta: dict) -> list[str]:
     """Write a labels layer as a DICOM SEG referencing its source DICOM series.
 

@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         with tqdm_progress("reading") as progress:
             volume = read_volume(args.input, series_uid=args.series, progress=progress)
         model = load_model(args.model, device=args.device, allow_code=args.allow_code)
+        _print_card(model, volume)
         with tqdm_progress("segmenting") as progress:
             seg = segment(volume, model=model, probabilities=args.probabilities,
                           postprocess=not args.no_postprocess, progress=progress)
@@ -61,3 +62,20 @@ def run(args: argparse.Namespace) -> int:
     log.info("volumes (mL): %s", ", ".join(f"{seg.labels[i].name} {v:.1f}" for i, v in vols.items()))
     print(args.output)
     return 0
+
+
+def _print_card(model, volume) -> None:
+    """Print the model's card (training data, modality, intended use) and warn when the scan
+    is outside what the model saw (demonstration model, other modality, intensities, FOV)."""
+    import sys
+
+    from medseg.models.card import card_for, domain_warnings
+
+    try:
+        card = card_for(model)
+    except Exception as exc:  # noqa: BLE001 - a card is information, never a reason to fail
+        log.warning("no model card: %s", exc)
+        return
+    print(card.summary(), file=sys.stderr)
+    for warning in domain_warnings(volume, card):
+        log.warning("WARNING: %s", warning)

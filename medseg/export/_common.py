@@ -37,7 +37,14 @@ def exported_labels(segmentation: Segmentation) -> list[Label]:
 
 
 def codes_of(label: Label) -> tuple[Code, Code]:
-    """(category, type) codes of a label, defaulting to SNOMED CT Tissue/Tissue."""
+    """(category, type) codes of a label: its own, else the SNOMED CT codes medseg knows for its
+    name (:func:`medseg.labels.known_codes`: liver, spleen, ...), else SNOMED CT Tissue/Tissue."""
+    if label.code is None:
+        from medseg.labels import known_codes
+
+        code, category = known_codes(label.name)
+        if code is not None:
+            return label.category or category, code
     return label.category or DEFAULT_CATEGORY, label.code or DEFAULT_TYPE
 
 

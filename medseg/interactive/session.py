@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -128,6 +128,52 @@ class Session:
         self._mask_cache = None
         self._obj = _Object()
         self._accepted = []
+
+    def sync_labels(self, label_map: np.ndarray, labels: Optional[LabelTable] = None) -> bool:
+        """Take the locked label map from outside (a viewer's labels layer after paint, erase, undo).
+
+        The viewer's layer is the one source of truth: edits made there are kept and locked,
+        erased voxels stay erased, and a painted value is never reused for a new object. The
+        current object's prompts and mask are kept (accept never writes over locked voxels).
+
+        Parameters
+        ----------
+        label_map : (Z, Y, X) integer ndarray
+            The label map as it is now, on the session's image grid (copied when it differs).
+        labels : LabelTable, optional
+            Names and colours known outside (e.g. renamed segments); they win over the
+            session's own names. Values present without a name get ``label_<n>``; names of
+            values no longer present are dropped (their object was erased or undone).
+
+        Returns
+        -------
+        bool
+            Whether the label map or its table changed.
+        """
+        vol = self._need_image()
+        arr = np.asarray(label_map)
+        if arr.shape != vol.shape or not np.issubdtype(arr.dtype, np.integer):
+            raise InputError(f"sync_labels: need an integer label map of shape {vol.shape}, "
+                             f"got {arr.dtype} {arr.shape}; pass the labels layer made for this image")
+        same = self._labels is not None and np.array_equal(arr, self._labels)
+        if not same:
+            self._labels = np.array(arr, copy=True)
+            self._present = _values_present(self._labels)
+        known = {l.index: l for l in self._table}
+        if labels is not None:
+            known.update({l.index: l for l in labels})
+        chosen: list[Label] = []
+        used: set[str] = set()
+        for i in sorted(self._present):
+            lab = known.get(i) or Label(i, f"label_{i}", default_color(i))
+            if lab.name in used:  # two values under one name (renamed outside): keep both, distinct
+                lab = replace(lab, name=f"{lab.name}_{i}")
+            used.add(lab.name)
+            chosen.append(lab)
+        table = LabelTable(tuple(chosen))
+        changed = not same or table != self._table
+        self._table = table
+        return changed
 
     def _need_image(self) -> Volume:
         if self._volume is None:

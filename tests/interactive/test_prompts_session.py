@@ -230,3 +230,35 @@ print("ok")
         env["LD_PRELOAD"] = _TCMALLOC
     out = subprocess.run([sys.executable, "-c", code, allocator], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stdout + out.stderr
+
+
+def test_sync_labels_keeps_outside_edits_and_never_reuses_a_painted_value():
+    """A viewer's paint and erase, taken with sync_labels, survive the next accept."""
+    from medseg.interactive import Session
+    from medseg.labels import Label, LabelTable
+    from medseg.volume import Volume
+
+    img = np.zeros((8, 32, 32), np.float32)
+    img[2:6, 4:14, 4:14] = 100.0
+    img[2:6, 18:28, 18:28] = 100.0
+    s = Session()
+    s.set_image(Volume(img, np.eye(4)))
+    s.add_point((4, 8, 8))
+    assert s.accept("liver") == 1
+    painted = s.segmentation.array
+    painted[3, 5:8, 5:8] = 0           # erased inside the liver
+    painted[0, 0:3, 0:3] = 2           # painted a new label 2 in an empty corner
+    assert s.sync_labels(painted, LabelTable((Label(1, "liver", (255, 0, 0)),)))
+    assert s.locked == [1, 2] and s.segmentation.labels[2].name == "label_2"
+    s.add_point((4, 22, 22))
+    idx = s.accept("spleen")
+    out = s.segmentation.array
+    assert idx == 3, "the painted value 2 must not be reused"
+    assert np.all(out[3, 5:8, 5:8] == 0), "erased voxels came back"
+    assert np.all(out[0, 0:3, 0:3] == 2)
+    assert (out == 3).sum() > 0 and s.segmentation.labels[3].name == "spleen"
+    # an object undone outside (its voxels gone) loses its name, which can then be reused
+    out[out == 3] = 0
+    s.sync_labels(out)
+    assert 3 not in s.segmentation.labels.indices
+    assert not s.sync_labels(out), "nothing changed: no copy, no change reported"

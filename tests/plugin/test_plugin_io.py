@@ -43,7 +43,7 @@ def test_open_image_files_with_geometry(make_napari_viewer, phantom, tmp_path, s
     write_volume(image, path)
     viewer = make_napari_viewer()
     layers = viewer.open(str(path), plugin="medseg")
-    assert len(layers) == 1 and layers[0]._type_string == "image"
+    assert len(layers) == 1 and L.is_layer_type(layers[0], "image")
     back = L.volume_from_layer(layers[0])
     assert np.array_equal(back.array, image.array)
     assert np.allclose(back.affine, image.affine, atol=1e-4)
@@ -57,7 +57,7 @@ def test_open_label_file_and_write_back_roundtrip(make_napari_viewer, phantom, t
     write_segmentation(seg, path)
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(path), plugin="medseg")
-    assert layer._type_string == "labels"
+    assert L.is_layer_type(layer, "labels")
     assert L.labels_from_layer(layer).names == seg.labels.names
     # edit and write back as NRRD through napari's save with the medseg writer
     layer.data[0, 0, 0] = 2
@@ -107,7 +107,7 @@ def test_dicom_seg_writer_needs_a_dicom_source(make_napari_viewer, phantom, tmp_
 def test_sample_data(make_napari_viewer):
     viewer = make_napari_viewer()
     layers = viewer.open_sample("medseg", "ct")
-    kinds = [l._type_string for l in layers]
+    kinds = [type(l).__name__.lower() for l in layers]
     assert kinds == ["image", "labels"]
     image, labels = layers
     assert image.data.shape == labels.data.shape == (40, 128, 128)

@@ -94,6 +94,7 @@ def test_uncertainty_widget_review_list_jumps_to_slice(qtbot, make_napari_viewer
         w._models[(name, "auto")] = load_model(name, device="cpu", allow_untrained=True)
     w.method.setCurrentText("tta")
     w.samples.setValue(2)
+    w.card_panel.acknowledge.setChecked(True)  # a demonstration model: acknowledged
     assert w.run()
     _wait(qtbot, w)
     assert w.heatmap_layer.data.shape == image.shape

@@ -42,6 +42,7 @@ def test_screenshot_shows_the_overlay_colours(qtbot, make_napari_viewer):
     viewer.window.add_dock_widget(w, name="Auto-segment", area="right")
     w.image_combo.set_layer(image)
     w.device_combo.setCurrentText("cpu")
+    w.card_panel.acknowledge.setChecked(True)  # a demonstration model: acknowledged
     assert w.run()
     qtbot.waitUntil(lambda: not w.runner.busy, timeout=300_000)
     assert w.runner.last_error is None, w.runner.last_error

@@ -46,12 +46,17 @@ def test_autoseg_widget_runs_a_model_and_adds_layers(qtbot, viewer_with_phantom)
         load_model(name, device="cpu")
     except Exception:
         w._models[(name, "cpu")] = load_model(name, device="cpu", allow_untrained=True)
+    # the bundled model is for demonstration: its card is shown and running needs an acknowledgement
+    assert "DEMONSTRATION" in w.card_panel.text.text() and "synthetic" in w.card_panel.text.text()
+    assert w.card_panel.warnings and not w.run()
+    assert "acknowledg" in w.runner.status.text()
+    w.card_panel.acknowledge.setChecked(True)
     assert w.run()
     assert not w.run()  # busy: a second run is refused, not queued
     _wait(qtbot, w)
     assert w.runner.last_error is None, w.runner.last_error
     out = w.result_layer
-    assert out is not None and out in viewer.layers and out._type_string == "labels"
+    assert out is not None and out in viewer.layers and L.is_layer_type(out, "labels")
     assert out.data.shape == image.shape
     assert np.allclose(L.volume_from_layer(out).affine, image.affine)
     assert "liver" in L.labels_from_layer(out).names
@@ -68,6 +73,8 @@ def test_autoseg_cancel_and_errors_reach_the_status(qtbot, viewer_with_phantom):
     w = AutoSegmentWidget(viewer)
     w.model_combo.addItem("no_such_model")
     w.model_combo.setCurrentText("no_such_model")
+    assert not w.run() and w.card_panel.warnings  # no card: acknowledged before it runs
+    w.card_panel.acknowledge.setChecked(True)
     assert w.run()
     _wait(qtbot, w)
     assert w.runner.last_error is not None
@@ -234,9 +241,13 @@ def test_editor_operations_with_undo(qtbot, viewer_with_phantom):
 
     expected = editing.apply_mask(original, 2, editing.grow(original == 2, 6.0, spacing=image.spacing))
     assert np.array_equal(lab.data, expected)
-    assert w.undo()
+    assert w.undo()  # napari's undo history of the layer (Ctrl-Z)
     assert np.array_equal(lab.data, original)
-    assert not w.undo()
+    assert w.redo()  # and redo (Ctrl-Shift-Z)
+    assert np.array_equal(lab.data, expected)
+    w.undo()
+    w.undo()  # nothing left to undo: the layer stays as it was
+    assert np.array_equal(lab.data, original)
     # every operation runs and can be undone; locked labels are never changed
     w.locked.setText("1, 3")
     w.other.setValue(5)
@@ -246,7 +257,7 @@ def test_editor_operations_with_undo(qtbot, viewer_with_phantom):
         _wait(qtbot, w)
         assert w.runner.last_error is None, (op, w.runner.last_error)
         assert np.array_equal(lab.data == 1, original == 1) and np.array_equal(lab.data == 3, original == 3), op
-    while w.undo_stack:
+    for _ in OPERATION_NAMES:
         w.undo()
     assert np.array_equal(lab.data, original)
     w.locked.setText("one")
@@ -331,7 +342,7 @@ def test_dicom_series_widget_and_seg_export(qtbot, make_napari_viewer, real_data
     assert len(w.series) == 1 and w.default_uid == w.series[0]["uid"]
     assert w.open_selected()
     _wait(qtbot, w)
-    (img,) = [l for l in viewer.layers if l._type_string == "image"]
+    (img,) = [l for l in viewer.layers if L.is_layer_type(l, "image")]
     assert img.data.shape == (20, 512, 512)
     assert w.apply_window() is not None and tuple(img.contrast_limits) == pytest.approx((-160, 240))
     # labels derived from this image export as DICOM SEG
@@ -389,3 +400,83 @@ def test_manifest_python_names_import_and_validate():
         module, attr = python_name.split(":")
         assert callable(getattr(importlib.import_module(module), attr)), python_name
     pm.validate_imports()
+
+
+def test_models_without_weights_are_not_offered_and_other_modalities_warn(qtbot, make_napari_viewer, phantom):
+    from medseg.models import list_models
+
+    from medseg_napari._autoseg import AutoSegmentWidget
+    from medseg_napari._review import UncertaintyWidget
+
+    image, _ = phantom
+    viewer = make_napari_viewer()
+    mr = L.add_layer_data(viewer, L.image_layer_data(image.with_array(image.array, Modality="MR"), name="mr"))
+    auto = AutoSegmentWidget(viewer)
+    offered = {auto.model_combo.itemText(i) for i in range(auto.model_combo.count())}
+    untrained = {m.name for m in list_models() if not m.trained}
+    assert untrained and not (offered & untrained), offered & untrained
+    u = UncertaintyWidget(viewer)
+    u.image_combo.set_layer(mr)
+    u.card_panel.refresh()
+    assert any("MR" in w and "CT only" in w for w in u.card_panel.warnings), u.card_panel.warnings
+    assert not u.run() and "acknowledg" in u.runner.status.text()
+
+
+def _answer_modal(qtbot, yes: bool) -> None:
+    """Answer the next modal question box (Yes/No) as a user would, from a timer."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    def answer():
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(20, answer)
+            return
+        box.button(QMessageBox.StandardButton.Yes if yes else QMessageBox.StandardButton.No).click()
+
+    QTimer.singleShot(20, answer)
+
+
+def test_export_defaults_confirm_overwrite_full_path_and_sortable_table(qtbot, viewer_with_phantom, tmp_path):
+    from medseg.segmentation import Segmentation
+
+    from medseg_napari._export import ExportWidget
+    from medseg_napari._interactive import PREVIEW_NAME
+
+    viewer, img, lab, image, seg = viewer_with_phantom
+    data, kw, kind = L.labels_layer_data(seg, name="ct objects")
+    kw["metadata"][L.METADATA_KEY]["source"] = {"layer": "ct", "meta": {"source": str(tmp_path / "ct.nii.gz")}}
+    (tmp_path / "ct.nii.gz").write_bytes(b"")  # the source scan's folder
+    objects = L.add_layer_data(viewer, (data, kw, kind))
+    empty = Segmentation(seg.label_map.with_array(np.zeros(seg.array.shape, np.uint8)), seg.labels)
+    L.add_layer_data(viewer, L.labels_layer_data(empty, name=PREVIEW_NAME))  # the click widget's preview
+    w = ExportWidget(viewer)
+    w.image_combo.set_layer(img)
+    assert w.labels_combo.layer() is objects, "the accepted labels, not the empty preview, are the default"
+    assert w.path_edit.text() == str(tmp_path / "ct_objects.nii.gz"), "default path next to the source"
+    assert w.export()
+    _wait(qtbot, w)
+    target = tmp_path / "ct_objects.nii.gz"
+    assert target.is_file() and str(target) in w.message.text() and w.open_folder_button.isEnabled()
+    stamp = target.stat().st_mtime_ns
+    _answer_modal(qtbot, yes=False)
+    assert not w.export(), "an existing file is replaced only after a Yes"
+    assert target.stat().st_mtime_ns == stamp and "kept" in w.runner.status.text()
+    _answer_modal(qtbot, yes=True)
+    assert w.export()
+    _wait(qtbot, w)
+    assert target.stat().st_mtime_ns != stamp
+    # statistics: a sortable table, numbers sorted as numbers
+    col = 3  # volume (mL)
+    w.table.sortItems(col, Qt_order(descending=True))
+    vols = [float(w.table.item(r, col).text()) for r in range(w.table.rowCount())]
+    assert vols == sorted(vols, reverse=True) and len(vols) == len(seg.labels)
+    # the next export of another layer defaults to the last folder used when it has no source
+    w.labels_combo.set_layer(lab)
+    assert w.path_edit.text() == str(tmp_path / "reference.nii.gz")
+
+
+def Qt_order(descending: bool):
+    from qtpy.QtCore import Qt
+
+    return Qt.SortOrder.DescendingOrder if descending else Qt.SortOrder.AscendingOrder

@@ -1,0 +1,181 @@
+"""Clinician stories on the real CT, driven by real mouse and key events on napari's canvas.
+
+Each story is what a radiologist did by hand when the plugin was tried (issue 19): open the
+real abdominal CT, click organs in prompt mode, paint and erase with napari's brush, open
+Correct boundaries, undo and redo with Ctrl-Z / Ctrl-Shift-Z. The widgets are docked in the
+viewer; events go to the vispy canvas through Qt (see ``mouse.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medseg_napari import _layers as L
+
+from .mouse import canvas_of, click, drag, key
+
+pytestmark = pytest.mark.gui
+
+WAIT_MS = 120_000
+#: voxels (k, j, i) of the real CT (ct_dicom_series, 20 x 512 x 512): liver and spleen, slice 10
+LIVER = (10, 280, 160)
+SPLEEN = (10, 330, 370)
+
+
+def _wait(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=WAIT_MS)
+    assert widget.runner.last_error is None, widget.runner.status.text()
+
+
+@pytest.fixture
+def real_ct(real_data):
+    from medseg.io import read_volume
+
+    return read_volume(real_data / "ct_dicom_series")
+
+
+@pytest.fixture
+def session(make_napari_viewer, real_ct, qtbot):
+    """A viewer with the real CT, the click widget docked, prompt mode on, on slice 10."""
+    from medseg_napari._interactive import InteractiveWidget
+
+    viewer = make_napari_viewer(show=True)
+    img = L.add_layer_data(viewer, L.image_layer_data(real_ct, name="ct"))
+    w = InteractiveWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Click to segment")
+    w.image_combo.set_layer(img)
+    viewer.dims.set_point(0, L.index_to_world(real_ct.affine, LIVER)[0])
+    qtbot.wait(50)
+    canvas = canvas_of(viewer, w)
+    w.prompt_button.setChecked(True)
+    return viewer, w, canvas, real_ct
+
+
+def _world(vol, kji):
+    return L.index_to_world(vol.affine, kji)
+
+
+def _click_accept(qtbot, viewer, w, canvas, vol, kji, name):
+    click(viewer, canvas, _world(vol, kji))
+    _wait(qtbot, w)
+    qtbot.waitUntil(lambda: w.preview_layer is not None and w.preview_layer.data[kji] > 0, timeout=WAIT_MS)
+    w.name_edit.setText(name)
+    assert w.accept()
+    _wait(qtbot, w)
+
+
+def test_click_liver_and_spleen_accept_both_then_export_seg_with_codes(qtbot, session, tmp_path):
+    viewer, w, canvas, vol = session
+    # the first click, before any Start session, starts one (it used to do nothing)
+    assert w.session is None
+    _click_accept(qtbot, viewer, w, canvas, vol, LIVER, "liver")
+    _click_accept(qtbot, viewer, w, canvas, vol, SPLEEN, "spleen")
+    seg = L.segmentation_from_layer(w.objects_layer)
+    assert seg.labels.names == ["liver", "spleen"]
+    liver, spleen = seg.array == 1, seg.array == 2
+    assert liver[LIVER] and spleen[SPLEEN] and not (liver & spleen).any()
+    for mask in (liver, spleen):  # soft tissue, not the whole body
+        assert 500 < mask.sum() < 0.2 * vol.array[10].size * vol.shape[0]
+        assert 0 < float(vol.array[mask].mean()) < 250
+    assert "liver (1)" in w.locked_label.text() and "spleen (2)" in w.locked_label.text()
+    # export as DICOM SEG: the accepted labels by default, SNOMED codes, the full path shown
+    import pydicom
+
+    from medseg_napari._export import ExportWidget
+
+    ex = ExportWidget(viewer)
+    viewer.window.add_dock_widget(ex, name="Export")
+    assert ex.labels_combo.layer() is w.objects_layer
+    ex.format_combo.setCurrentText("DICOM SEG (.dcm)")
+    ex.path_edit.setText(str(tmp_path / "organs.dcm"))
+    assert ex.export()
+    _wait(qtbot, ex)
+    assert str(tmp_path / "organs.dcm") in ex.message.text() and ex.open_folder_button.isEnabled()
+    ds = pydicom.dcmread(tmp_path / "organs.dcm")
+    codes = {s.SegmentLabel: s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in ds.SegmentSequence}
+    assert codes == {"liver": "10200004", "spleen": "78961009"}
+
+
+def _brush(viewer, canvas, layer, vol, label, k, j, i0, i1, size=6):
+    layer.mode = "paint" if label else "erase"
+    layer.selected_label = max(label, 1)
+    layer.brush_size = size
+    drag(viewer, canvas, [_world(vol, (k, j, i)) for i in range(i0, i1 + 1, 3)])
+    layer.mode = "pan_zoom"
+
+
+def test_paint_and_erase_survive_correct_boundaries_and_the_next_accept(qtbot, session):
+    from medseg_napari._editor import EditorWidget
+
+    viewer, w, canvas, vol = session
+    _click_accept(qtbot, viewer, w, canvas, vol, LIVER, "liver")
+    objects = w.objects_layer
+    liver_before = objects.data == 1
+    # erase a stripe through the liver, paint a new label 5 next to the spine (napari's brush)
+    w.prompt_button.setChecked(False)
+    viewer.layers.selection.active = objects
+    k, j = LIVER[0], LIVER[1]
+    _brush(viewer, canvas, objects, vol, 0, k, j, LIVER[2] - 15, LIVER[2] + 15)
+    erased = liver_before & (objects.data == 0)
+    assert erased.sum() > 20, "the brush stroke erased nothing"
+    _brush(viewer, canvas, objects, vol, 5, k, 300, 250, 262)
+    painted = objects.data == 5
+    assert painted.sum() > 20
+    # open Correct boundaries on the objects layer; picking a label in napari must not break it
+    ed = EditorWidget(viewer)
+    viewer.window.add_dock_widget(ed, name="Correct boundaries")
+    ed.labels_combo.set_layer(objects)
+    objects.selected_label = 5
+    assert ed.index.value() == 5  # napari 0.9's selected_label event has no value: read the layer
+    objects.selected_label = 1
+    assert ed.index.value() == 1
+    # accept another object near the edits: the edits and both names survive
+    viewer.layers.selection.active = w.image_layer
+    w.prompt_button.setChecked(True)
+    _click_accept(qtbot, viewer, w, canvas, vol, SPLEEN, "spleen")
+    assert "failed" not in w.runner.status.text()
+    data = objects.data
+    assert not (data[erased] == 1).any(), "erased liver voxels came back"
+    assert np.all(data[painted] == 5), "painted voxels were overwritten"
+    names = L.labels_from_layer(objects).names
+    assert "liver" in names and "spleen" in names
+    spleen_index = int(data[SPLEEN])
+    assert spleen_index not in (1, 5), "a painted label number was reused"
+    assert "label_5 (5)" in w.locked_label.text()
+
+
+def test_ctrl_z_and_ctrl_shift_z_walk_through_accept_paint_and_smoothing(qtbot, session):
+    from medseg_napari._editor import EditorWidget
+
+    viewer, w, canvas, vol = session
+    states = [None]
+    _click_accept(qtbot, viewer, w, canvas, vol, LIVER, "liver")
+    objects = w.objects_layer
+    states[0] = np.zeros_like(objects.data)
+    states.append(objects.data.copy())                         # 1: liver accepted
+    w.prompt_button.setChecked(False)
+    viewer.layers.selection.active = objects
+    _brush(viewer, canvas, objects, vol, 1, LIVER[0], 200, 240, 270, size=8)  # liver extended by hand
+    states.append(objects.data.copy())                         # 2: paint stroke on the liver
+    assert not np.array_equal(states[2], states[1])
+    ed = EditorWidget(viewer)
+    viewer.window.add_dock_widget(ed, name="Correct boundaries")
+    ed.labels_combo.set_layer(objects)
+    ed.index.setValue(1)
+    ed.operation.setCurrentText("smooth")
+    ed.sigma.setValue(3.0)
+    assert ed.apply()
+    _wait(qtbot, ed)
+    states.append(objects.data.copy())                         # 3: smoothing
+    assert not np.array_equal(states[3], states[2])
+    viewer.layers.selection.active = objects
+    for back in (2, 1, 0):
+        key(canvas, "z", ctrl=True)
+        assert np.array_equal(objects.data, states[back]), f"Ctrl-Z did not go back to state {back}"
+    for fwd in (1, 2, 3):
+        key(canvas, "z", ctrl=True, shift=True)
+        assert np.array_equal(objects.data, states[fwd]), f"Ctrl-Shift-Z did not go forward to state {fwd}"
+    # the click widget's Undo (no prompt pending) is the same history
+    assert w.undo()
+    assert np.array_equal(objects.data, states[2])
