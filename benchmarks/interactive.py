@@ -15,6 +15,19 @@ Run:  nice .venv/bin/python benchmarks/interactive.py [--part accuracy|latency|m
    used to choose the engine's parameters, same robot and metrics.
 3. memory: 500 clicks in one session on that volume (an object accepted every 10 clicks);
    RSS growth after the first object and over all 500 clicks.
+4. shared (``--part shared``): every labelled target of the shared real scans (29: 20 MR
+   abdomen structures, the CTA aorta, the cervical MR spinal cord, 2 MR tumours, 5 CT lesion
+   crops) with **both robots** (click-first, and box-first: the 2D box of the target on its
+   largest axial slice padded by 1 voxel, then clicks), 5 interactions, for the engines in
+   ``--engines`` (``medsam``, ``fused``, ``classical``, ``rw`` = skimage's random walker on the
+   volumes under 1 M voxels, click robot only). Targets are split into a TUNING half and a
+   HELD-OUT half by a rule fixed before any tuning: ``zlib.crc32(name) % 2`` (0: tuning, 1:
+   held-out); the held-out figures are the ones that count.
+5. medsam latency (``--part medsam-latency``): the LiteMedSAM encoder per slice, ONNX Runtime
+   vs PyTorch eager in the same run, on slices of a 512x512x300 CT-sized volume; the box
+   slice's mask after a box; a cached correction click; the whole 3D object of a ~60-slice
+   organ; and (``--part medsam-memory``) the embedding cache bound and RSS over 500
+   interactions.
 """
 
 from __future__ import annotations
@@ -231,9 +244,189 @@ def memory(engine, n_clicks: int = 500) -> None:
           f"peak (ru_maxrss) {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
+def split_half(name: str) -> str:
+    """The tuning/held-out split of the shared targets, fixed before any tuning."""
+    import zlib
+
+    return "tuning" if zlib.crc32(name.encode()) % 2 == 0 else "held-out"
+
+
+def shared_targets():
+    """Yield ``(image volume, [(mask, name, group), ...])`` per shared real scan."""
+    from medseg.io import read_volume
+
+    mr = read_volume(REAL / "mr_abdomen/image.nii.gz")
+    mrl = read_volume(REAL / "mr_abdomen/labels.nii.gz").array
+    yield mr, [(mrl == i, f"mr:{n}", "organ") for n, i in {**ORGANS, **HELD_OUT}.items()]
+    cta = read_volume(REAL / "cta_aorta/image.nii.gz")
+    yield cta, [(read_volume(REAL / "cta_aorta/labels.nii.gz").array == 1, "cta:aorta", "organ")]
+    sc = read_volume(REAL / "spinal_cord_mr/t2.nii.gz")
+    yield sc, [(read_volume(REAL / "spinal_cord_mr/t2_seg-manual.nii.gz").array > 0, "spine_mr:spinal_cord", "organ")]
+    for t in ("brain2", "breast1"):
+        img = read_volume(REAL / f"tumors/{t}_mr_image.nrrd")
+        yield img, [(read_volume(REAL / f"tumors/{t}_mr_label.nrrd").array == 1, f"tumor:{t}", "tumor")]
+    for d in sorted((REAL / "deeplesion_windowed").glob("CT_Lesion_*")):
+        img = read_volume(d / "image_uint8_windowed.nii.gz")
+        yield img, [(read_volume(d / "label.nii.gz").array > 0, f"lesion:{d.name}", "tumor")]
+
+
+def make_bench_engine(name: str, store=None):
+    if name == "rw":
+        return _SkimageRW()
+    if name == "classical":
+        from medseg.interactive import ClassicalEngine
+
+        return ClassicalEngine()
+    from medseg.interactive.medsam import FusedEngine, MedSAMEngine
+
+    eng = MedSAMEngine(background=False, store=store)
+    return FusedEngine(eng) if name == "fused" else eng
+
+
+def shared(engines: list[str], robots: list[str], n: int = 5, store=None, only=None, halves=None) -> None:
+    from medseg.interactive import Session
+    from medseg.interactive.bench import max_drop
+    from medseg.interactive.robot import run_robot
+
+    built = {e: make_bench_engine(e, store) for e in engines}
+    rows = []
+    for vol, targets in shared_targets():
+        targets = [t for t in targets if (only is None or any(o in t[1] for o in only))
+                   and (halves is None or split_half(t[1]) in halves)]
+        if not targets:
+            continue
+        for ename, eng in built.items():
+            if ename == "rw" and np.prod(vol.shape) > 1_000_000:
+                continue  # the whole-volume baseline takes 20-75 s per click on these
+            s = Session(eng)
+            s.set_image(vol)
+            for target, name, group in targets:
+                for robot in robots:
+                    if robot == "box" and "box" not in eng.prompt_types:
+                        continue
+                    r = run_robot(s, target, spacing=vol.spacing, n_clicks=n, name=name, first=robot, metrics_at=99)
+                    row = {"target": name, "group": group, "half": split_half(name), "engine": ename,
+                           "robot": robot, "dice": r.dice, "drop": max_drop(r.dice), "lat": r.latency_s}
+                    rows.append(row)
+                    print(f"{name:44s} {row['half']:8s} {ename:9s} {robot:5s} "
+                          + " ".join(f"{d:.3f}" for d in r.dice) + f"  drop {row['drop']:.3f}  "
+                          + "lat " + " ".join(f"{t:.1f}" for t in r.latency_s), flush=True)
+    print("\n== summary: mean Dice after interaction 1 / 5, targets with a drop > 0.01 ==")
+    for half in ("tuning", "held-out"):
+        for group in ("organ", "tumor"):
+            for ename in engines:
+                for robot in robots:
+                    sel = [r for r in rows if r["half"] == half and r["group"] == group and r["engine"] == ename
+                           and r["robot"] == robot]
+                    if not sel:
+                        continue
+                    d1 = np.mean([r["dice"][0] for r in sel])
+                    d5 = np.mean([r["dice"][min(4, len(r["dice"]) - 1)] for r in sel])
+                    drops = sum(r["drop"] > 0.01 for r in sel)
+                    print(f"{half:8s} {group:6s} {ename:9s} {robot:5s} n={len(sel):2d}  Dice@1 {d1:.3f}  Dice@5 {d5:.3f}  "
+                          f"drops>0.01: {drops}")
+
+
+def medsam_latency(store=None) -> None:
+    """Encoder ORT vs eager, box-slice mask, cached correction, 60-slice organ on a 512x512x300 CT."""
+    import torch
+
+    from medseg.interactive import Session
+    from medseg.interactive.medsam import MedSAMEngine
+    from medseg.interactive.medsam_runtime import EagerEncoder
+    from medseg.interactive.robot import box_prompt, next_click
+
+    vol, lab, table = big_phantom()
+    eng = MedSAMEngine(background=False, cache_bytes=512 * 2**20)
+    eager = EagerEncoder(eng.model)
+    eng.set_image(vol)
+    t_ort, t_eager = [], []
+    for k in (100, 150, 200):
+        x, _ = eng._slice_input(k)
+        t0 = time.perf_counter(); eng.encoder(x); t_ort.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); eager(x); t_eager.append(time.perf_counter() - t0)
+    print(f"\n== medsam latency on {vol.shape}, {torch.get_num_threads()} torch threads, ORT 2 intra-op threads ==")
+    print(f"encoder per slice: {eng.encoder.name} median {np.median(t_ort):.2f} s, PyTorch eager median "
+          f"{np.median(t_eager):.2f} s (ratio {np.median(t_eager) / np.median(t_ort):.1f}x)")
+    # the organ spanning ~60 slices: the box slice's mask, the whole object, a cached correction
+    idx = min(table, key=lambda l: abs(int((lab == l.index).any(axis=(1, 2)).sum()) - 60)).index
+    target = lab == idx
+    nsl = int(target.any(axis=(1, 2)).sum())
+    first_slice = []
+    eng.listener = lambda k, m: first_slice.append(time.perf_counter()) if not first_slice else None
+    s = Session(eng)
+    s.set_image(vol)
+    a, b = box_prompt(target)
+    t0 = time.perf_counter()
+    eng.embedding(a[0])
+    t_emb = time.perf_counter() - t0
+    m2, _ = eng._decode(a[0], np.array([[a[1], a[2], b[1], b[2]]], np.float32))
+    t_box = time.perf_counter() - t0
+    eng.cache.clear()
+    t0 = time.perf_counter()
+    s.add_box(a, b)
+    t_all = time.perf_counter() - t0
+    print(f"box slice's mask after the box: {t_box:.2f} s (encoder {t_emb:.2f} s + decoder); whole 3D object "
+          f"of the {nsl}-slice organ: {t_all:.1f} s ({eng.encoded} slices encoded), first propagated slice "
+          f"shown after {first_slice[0] - t0:.1f} s" if first_slice else "")
+    lat = []
+    for _ in range(3):
+        c = next_click(target, s.mask, vol.spacing)
+        if c is None:
+            break
+        t0 = time.perf_counter()
+        s.add_point(c[0], positive=c[1])
+        lat.append(time.perf_counter() - t0)
+    print(f"correction clicks with cached embeddings: " + ", ".join(f"{t:.2f}" for t in lat)
+          + f" s (median {np.median(lat):.2f} s)")
+
+
+def medsam_memory(n: int = 500) -> None:
+    """500 interactions on the CT-sized phantom with a small cache bound: bound kept, RSS growth."""
+    from medseg.interactive import Session
+    from medseg.interactive.medsam import MedSAMEngine
+
+    vol, lab, table = big_phantom()
+    bound = 40 * 2**20  # 20 slices: eviction happens throughout
+    eng = MedSAMEngine(background=False, cache_bytes=bound)
+    s = Session(eng)
+    s.set_image(vol)
+    rng = np.random.default_rng(1)
+    organs = [l.index for l in table]
+    inside = {i: np.argwhere(lab[::4, ::4, ::4] == i) * 4 for i in organs}
+    r10 = None
+    gc.collect()
+    t0 = time.perf_counter()
+    worst = 0
+    for i in range(n):
+        organ = organs[(i // 10) % len(organs)]
+        if i % 10 == 0:
+            s.reset()
+        p = inside[organ][rng.integers(len(inside[organ]))]
+        s.add_point(tuple(int(v) for v in p), positive=i % 10 in (0, 1, 2, 4, 6) or not s.mask.any())
+        if i % 5 == 4:
+            s.undo()
+        worst = max(worst, eng.cache.nbytes)
+        if i == 9:
+            gc.collect()
+            r10 = rss_mb()
+    gc.collect()
+    print(f"\n== medsam memory: {n} interactions in {time.perf_counter() - t0:.0f} s ==")
+    print(f"embedding cache bound {bound / 2**20:.0f} MiB, largest seen {worst / 2**20:.1f} MiB "
+          f"(peak {eng.cache.peak_bytes / 2**20:.1f} MiB), {eng.encoded} slices encoded; RSS after 10 interactions "
+          f"{r10:.0f} MB, after {n} {rss_mb():.0f} MB (growth {rss_mb() - r10:+.1f} MB)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", default="all", choices=["accuracy", "heldout", "latency", "memory", "all"])
+    ap.add_argument("--part", default="all", choices=["accuracy", "heldout", "latency", "memory", "all", "shared",
+                                                      "medsam-latency", "medsam-memory"])
+    ap.add_argument("--engines", default="medsam,fused,classical,rw")
+    ap.add_argument("--robots", default="click,box")
+    ap.add_argument("--store", default=None, help="keep LiteMedSAM embeddings on disk here (re-runs)")
+    ap.add_argument("--only", nargs="*", default=None, help="targets whose name holds one of these")
+    ap.add_argument("--halves", nargs="*", default=None, help="tuning and/or held-out")
+    ap.add_argument("--interactions", type=int, default=5)
     ap.add_argument("--engine", default=None)
     ap.add_argument("--no-baseline", action="store_true")
     args = ap.parse_args()
@@ -251,6 +444,12 @@ def main() -> None:
         latency(args.engine)
     if args.part in ("memory", "all"):
         memory(args.engine)
+    if args.part == "shared":
+        shared(args.engines.split(","), args.robots.split(","), args.interactions, args.store, args.only, args.halves)
+    if args.part == "medsam-latency":
+        medsam_latency()
+    if args.part == "medsam-memory":
+        medsam_memory()
 
 
 if __name__ == "__main__":

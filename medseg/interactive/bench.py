@@ -22,7 +22,7 @@ from medseg.progress import check_cancel, report
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Case", "find_cases", "run_benchmark", "summarise", "format_table"]
+__all__ = ["Case", "find_cases", "run_benchmark", "summarise", "format_table", "max_drop"]
 
 
 @dataclass
@@ -108,8 +108,12 @@ def find_cases(images: str | Path, labels: str | Path, *, targets: Optional[Sequ
 
 
 def run_benchmark(cases: Iterable[Case], *, engine: Any = None, max_clicks: int = 10,
-                  progress=None, cancel=None) -> list[dict]:
-    """Run the robot on every case; one dict of figures per target."""
+                  progress=None, cancel=None, first: str = "click") -> list[dict]:
+    """Run the robot on every case; one dict of figures per target.
+
+    ``first="box"``: the box robot (its first interaction is a 2D box, see
+    :func:`medseg.interactive.robot.box_prompt`).
+    """
     from medseg.interactive import Session
     from medseg.interactive.robot import run_robot
     from medseg.io import read_volume
@@ -128,7 +132,7 @@ def run_benchmark(cases: Iterable[Case], *, engine: Any = None, max_clicks: int 
             session.set_image(image)
         image = cache["image"]
         target = cache["labels"] == case.index
-        res = run_robot(session, target, spacing=image.spacing, n_clicks=max_clicks, name=case.name)
+        res = run_robot(session, target, spacing=image.spacing, n_clicks=max_clicks, name=case.name, first=first)
         lat = res.latency_s
         rows.append({
             "target": case.name, "image": str(case.image), "index": case.index,
@@ -138,11 +142,17 @@ def run_benchmark(cases: Iterable[Case], *, engine: Any = None, max_clicks: int 
             "clicks_to_0.9": res.clicks_to(0.9),
             "latency_first_s": lat[0] if lat else math.nan,
             "latency_median_s": float(np.median(lat[1:])) if len(lat) > 1 else math.nan,
+            "max_drop": max_drop(res.dice),
             "dice": res.dice, "clicks": [[list(c), p] for c, p in res.clicks],
         })
         report(progress, n + 1, len(cases), case.name)
         log.info("%s dice@5 %.3f", case.name, res.dice_at(5))
     return rows
+
+
+def max_drop(dice: Sequence[float]) -> float:
+    """Largest fall of Dice from one interaction to the next (0 when it never falls)."""
+    return float(max([0.0] + [a - b for a, b in zip(dice, dice[1:])]))
 
 
 def summarise(rows: Sequence[dict]) -> dict:

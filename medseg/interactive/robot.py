@@ -11,6 +11,10 @@ Protocol (exactly):
 
 Distances use :func:`scipy.ndimage.distance_transform_edt` with ``sampling=spacing`` on a
 crop around the region padded by one voxel, so the volume border counts as boundary.
+
+The **box robot** (``first="box"``) replaces the first click by a 2D box: the bounding box of
+the target on the axial slice (``k``) where its area is largest (ties: the first such slice),
+padded by 1 voxel in ``j`` and ``i`` and clipped to the volume; clicks then follow as above.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from medseg.errors import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["most_interior_voxel", "next_click", "RobotResult", "run_robot"]
+__all__ = ["most_interior_voxel", "next_click", "box_prompt", "RobotResult", "run_robot"]
 
 _STRUCT26 = np.ones((3, 3, 3), bool)
 
@@ -68,6 +72,19 @@ def next_click(target: np.ndarray, prediction: Optional[np.ndarray], spacing: Se
     return idx, bool(target[idx])
 
 
+def box_prompt(target: np.ndarray, pad: int = 1) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The box robot's first prompt: corners ``(k, j, i)`` of the target's 2D box on its largest axial slice."""
+    target = np.asarray(target, bool)
+    if not target.any():
+        raise InputError("box_prompt: target is empty; give a mask with at least one voxel")
+    k = int(np.argmax(target.sum(axis=(1, 2))))
+    j = np.nonzero(target[k].any(axis=1))[0]
+    i = np.nonzero(target[k].any(axis=0))[0]
+    _, h, w = target.shape
+    return (k, max(0, int(j[0]) - pad), max(0, int(i[0]) - pad)), (k, min(h - 1, int(j[-1]) + pad),
+                                                                     min(w - 1, int(i[-1]) + pad))
+
+
 @dataclass
 class RobotResult:
     """Per-click scores of one robot run on one target."""
@@ -95,8 +112,11 @@ class RobotResult:
 
 def run_robot(session, target: np.ndarray, *, spacing: Sequence[float], n_clicks: int = 5,
               name: str = "target", metrics_at: int = 5,
-              cancel: Optional[Callable[[], bool]] = None) -> RobotResult:
+              cancel: Optional[Callable[[], bool]] = None, first: str = "click") -> RobotResult:
     """Click ``n_clicks`` times on a session whose image is set; score each mask.
+
+    With ``first="box"`` the first of the ``n_clicks`` interactions is the box robot's 2D box
+    (:func:`box_prompt`) instead of a click.
 
     Parameters
     ----------
@@ -120,6 +140,15 @@ def run_robot(session, target: np.ndarray, *, spacing: Sequence[float], n_clicks
     for n in range(1, n_clicks + 1):
         if cancel is not None and cancel():
             break
+        if n == 1 and first == "box":
+            a, b = box_prompt(target)
+            t0 = time.perf_counter()
+            session.add_box(a, b)
+            pred = session.mask
+            res.latency_s.append(time.perf_counter() - t0)
+            res.clicks.append((a, True))
+            res.dice.append(float(dice(pred, target)))
+            continue
         click = next_click(target, pred, spacing)
         if click is None:  # perfect mask: the score stays, no click is needed
             res.dice.append(res.dice[-1] if res.dice else 1.0)

