@@ -69,13 +69,17 @@ def _independent_refusal(path: str, message: str) -> str | None:
         return f"non-image SOP class {sop_name}" if any(w in message for w in _NOT_IMAGE_WORDS) else None
     if "Rows" not in ds or "Columns" not in ds or "PixelData" not in ds:
         return "no Rows/Columns/PixelData" if "no image" in message else None
+    if "colour image" in message:
+        photometric = str(ds.get("PhotometricInterpretation", ""))
+        colour = int(ds.get("SamplesPerPixel", 1) or 1) > 1 or photometric == "PALETTE COLOR"
+        return f"colour ({photometric})" if colour else None
     if "no patient geometry" in message:
         per_frame = ds.get("PerFrameFunctionalGroupsSequence")
         has_frame_pos = bool(per_frame) and "PlanePositionSequence" in per_frame[0]
         if ("ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds) and not has_frame_pos:
             return "no ImagePositionPatient/ImageOrientationPatient"
         return None
-    if "truncated" in message:
+    if "truncated" in message or "cannot decode the pixel data" in message:
         try:
             ds.pixel_array
         except Exception as exc:  # noqa: BLE001 - the point: pydicom cannot decode it either
@@ -100,10 +104,16 @@ def _reference(path: str) -> tuple[np.ndarray, np.ndarray]:
         pos = np.array([f.PlanePositionSequence[0].ImagePositionPatient for f in per], float)
         pvt = shared.PixelValueTransformationSequence[0]
         values = arr * float(pvt.RescaleSlope) + float(pvt.RescaleIntercept)
-    else:
+    elif "ImageOrientationPatient" in ds and "ImagePositionPatient" in ds:
         iop = np.array(ds.ImageOrientationPatient, float)
         ps = np.array(ds.PixelSpacing, float)
         pos = np.array([ds.ImagePositionPatient], float)
+        values = apply_modality_lut(arr, ds)
+    else:  # one 2D image without patient geometry: the assumed grid medseg states in its warning
+        iop = np.array([1.0, 0, 0, 0, 1, 0])
+        pairs = [np.array(ds.get(k) or [0, 0], float) for k in ("PixelSpacing", "ImagerPixelSpacing")]
+        ps = next((p for p in pairs if p.size == 2 and (p > 0).all()), np.ones(2))  # first valid pair
+        pos = np.zeros((1, 3))
         values = apply_modality_lut(arr, ds)
     row, col = iop[:3], iop[3:]
     normal = np.cross(row, col)
@@ -139,6 +149,10 @@ def test_loads_or_fails_with_a_named_reason(path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref, affine = _reference(path)
+        if "ImageOrientationPatient" not in pydicom.dcmread(path, stop_before_pixels=True) \
+                and int(getattr(vol, "shape", (0,))[0]) == 1 and "NumberOfFrames" not in pydicom.dcmread(
+                    path, stop_before_pixels=True):
+            assert any("without patient geometry" in w for w in vol.meta["warnings"]), name
     assert vol.shape == ref.shape
     np.testing.assert_allclose(vol.array, ref, rtol=1e-6, atol=1e-6, err_msg=name)
     if np.issubdtype(vol.array.dtype, np.integer):
