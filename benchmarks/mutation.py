@@ -344,6 +344,41 @@ def baseline(key: str) -> float:
     return time.perf_counter() - t0
 
 
+def _read_outcomes(path: Path) -> dict[str, dict[str, str]]:
+    """module -> {mutant id: outcome} from a ``--json`` file or a saved printout of this script."""
+    import re
+
+    if path.suffix == ".json":
+        data = json.loads(path.read_text())
+        return {k: {m["id"]: m["outcome"] for m in v["mutants"]} for k, v in data["modules"].items() if v["mutants"]}
+    out: dict[str, dict[str, str]] = {}
+    key = None
+    for line in path.read_text().splitlines():
+        head = re.match(r"^== (\w+) ", line)
+        if head:
+            key = head.group(1)
+            out[key] = {}
+        hit = re.match(r"^  ([0-9a-f]{10}) (killed|survived|equivalent|no-test|error)\b", line)
+        if hit and key:
+            out[key][hit.group(1)] = hit.group(2)
+    return {k: v for k, v in out.items() if v}
+
+
+def report(paths: list[Path]) -> None:
+    """Score table of saved runs, with today's ``EQUIVALENT`` list applied to all of them."""
+    runs = {}
+    for p in paths:
+        for key, outcomes in _read_outcomes(p).items():
+            runs[key] = outcomes
+    print("module           killed  survived  equivalent  score")
+    for key in MODULES:
+        if key not in runs:
+            continue
+        c = collections.Counter("equivalent" if i in EQUIVALENT else o for i, o in runs[key].items())
+        k, s = c["killed"], c["survived"]
+        print(f"{key:15s} {k:7d} {s:9d} {c['equivalent']:11d}  {100 * k / (k + s) if k + s else float('nan'):5.1f} %")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budget", type=int, default=24, help="sampled mutants per module")
@@ -352,7 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-named", action="store_true")
     ap.add_argument("--list", action="store_true", help="list the sampled mutants and exit")
     ap.add_argument("--json", type=Path, help="write every result here")
+    ap.add_argument("--report", type=Path, nargs="+", help="print the score table of saved runs (--json files or "
+                    "printouts) with the current EQUIVALENT list, and exit")
     args = ap.parse_args(argv)
+    if args.report:
+        report(args.report)
+        return 0
     keys = [k for k in args.modules.split(",") if k]
     # the module's own tests need no third-party pytest plugin; not loading them (napari's npe2,
     # pytest-qt) saves ~10 s per run. Hypothesis works without its plugin.
