@@ -171,6 +171,10 @@ EQUIVALENT: dict[str, str] = {
                   "STAPLE filters send no progress events (checked: 0 calls), so on_progress never runs",
     "8d3f597c06": "consensus._sitk_run `except RuntimeError` -> another exception: the RuntimeError it converts comes "
                   "from filt.Abort(), which only on_progress calls, and on_progress never runs (no ITK events)",
+    "63fa3997a4": "consensus._sitk_run `progress is not None or cancel is not None` -> `and`: only decides whether "
+                  "on_progress is attached, and SimpleITK's STAPLE filters never call it (progress is reported "
+                  "around the call instead)",
+    "0194109f66": "batch.runner.run_batch `config.workers > 1` -> `!= 1`: BatchConfig refuses workers < 1",
     "0295f7ec57": "_geometry.plan_stack `hi > 0` -> `hi >= 0` in the gap fill: hi == 0 only for the first grid "
                   "point tg = 0 = t[0], which the branch before it always copies",
 }

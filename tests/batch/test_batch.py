@@ -248,3 +248,15 @@ def test_stale_partial_files_are_removed(study, tmp_path):
     assert not names & {p.name for p in stale} and not names & {".partial-CT_1", ".trash-CT_2"}
     assert {p.name for p in keep} | {"folder.partial", "summary.json", "summary.csv"} <= names
     assert all(p.read_text() == "user" for p in keep)
+
+
+def test_two_workers_run_in_worker_processes(study, tmp_path):
+    """workers=2 (no Dask) runs the series in the local pool's processes, workers=1 in this one."""
+    import os
+
+    me = os.getpid()
+    pooled = run_batch(study, tmp_path / "pool", config=BatchConfig(formats=("stats",), segmenter=THRESHOLD, workers=2))
+    pids = {int(r["worker"].rsplit(":", 1)[1]) for r in pooled["series"]}
+    assert me not in pids and pooled["config"]["workers"] == 2 and pooled["counts"] == {"ok": 3}
+    serial = run_batch(study, tmp_path / "one", config=BatchConfig(formats=("stats",), segmenter=THRESHOLD))
+    assert {int(r["worker"].rsplit(":", 1)[1]) for r in serial["series"]} == {me}
