@@ -260,3 +260,20 @@ def test_two_workers_run_in_worker_processes(study, tmp_path):
     assert me not in pids and pooled["config"]["workers"] == 2 and pooled["counts"] == {"ok": 3}
     serial = run_batch(study, tmp_path / "one", config=BatchConfig(formats=("stats",), segmenter=THRESHOLD))
     assert {int(r["worker"].rsplit(":", 1)[1]) for r in serial["series"]} == {me}
+
+
+@pytest.mark.parametrize("model", ["zz-another-model", "a-another-model"])
+def test_series_done_by_another_model_are_rerun(study, tmp_path, model):
+    """Resume only reuses a series segmented by the same model with the same formats."""
+    out = tmp_path / "out"
+    first = run_batch(study, out, config=BatchConfig(formats=("stats",), segmenter=THRESHOLD))
+    for r in first["series"]:
+        path = out / r["id"] / "record.json"
+        rec = json.loads(path.read_text())
+        assert rec["model"] == "threshold" and rec["status"] == "ok"
+        rec["model"] = model
+        path.write_text(json.dumps(rec))
+    again = run_batch(study, out, config=BatchConfig(formats=("stats",), segmenter=THRESHOLD))
+    assert not any(r["resumed"] for r in again["series"]) and again["counts"] == {"ok": 3}
+    third = run_batch(study, out, config=BatchConfig(formats=("stats",), segmenter=THRESHOLD))
+    assert all(r["resumed"] for r in third["series"])
