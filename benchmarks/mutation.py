@@ -391,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modules", default=",".join(MODULES), help="comma-separated keys of MODULES")
     ap.add_argument("--named-only", action="store_true", help="run only the issue's named mutants")
     ap.add_argument("--no-named", action="store_true")
+    ap.add_argument("--part", default="1/1", help="run only part i of n of each module's sample (i/n), e.g. to "
+                    "split a slow module over two checkouts")
+    ap.add_argument("--skip", default="", help="comma-separated mutant ids already run (resume a stopped run)")
     ap.add_argument("--list", action="store_true", help="list the sampled mutants and exit")
     ap.add_argument("--json", type=Path, help="write every result here")
     ap.add_argument("--report", type=Path, nargs="+", help="print the score table of saved runs (--json files or "
@@ -409,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in keys:
         mutants = all_mutants(key)
         chosen = sample(mutants, args.budget)
+        part, parts = (int(v) for v in args.part.split("/"))
+        chosen = [m for m in chosen if m.ident not in set(args.skip.split(","))][part - 1::parts]
         if args.list:
             for m in chosen:
                 print(f"{key:15s} {m.ident} {m.family:28s} {m.spec.operator_name.split('/')[-1]:40s} "
