@@ -375,7 +375,7 @@ def report(paths: list[Path]) -> None:
     runs = {}
     for p in paths:
         for key, outcomes in _read_outcomes(p).items():
-            runs[key] = outcomes
+            runs.setdefault(key, {}).update(outcomes)
     print("module           killed  survived  equivalent  score")
     for key in MODULES:
         if key not in runs:
