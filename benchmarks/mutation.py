@@ -177,6 +177,8 @@ EQUIVALENT: dict[str, str] = {
     "0194109f66": "batch.runner.run_batch `config.workers > 1` -> `!= 1`: BatchConfig refuses workers < 1",
     "0f22a5570e": "batch.runner._summary `round(wall, 3)` -> another number of decimals: only the printed precision "
                   "of the run's wall time changes, nothing reads it",
+    "4289bd8a80": "batch.runner._write_summary `r.get(\"resumed\", False)` -> default True: every record has "
+                  "\"resumed\" (set by found_one or finished), so the default is never used",
     "0295f7ec57": "_geometry.plan_stack `hi > 0` -> `hi >= 0` in the gap fill: hi == 0 only for the first grid "
                   "point tg = 0 = t[0], which the branch before it always copies",
 }
