@@ -277,3 +277,32 @@ def test_series_done_by_another_model_are_rerun(study, tmp_path, model):
     assert not any(r["resumed"] for r in again["series"]) and again["counts"] == {"ok": 3}
     third = run_batch(study, out, config=BatchConfig(formats=("stats",), segmenter=THRESHOLD))
     assert all(r["resumed"] for r in third["series"])
+
+
+def test_an_error_in_a_pooled_batch_kills_the_running_series(tmp_path):
+    """An exception in the caller's callback stops a pooled batch at once: the worker busy with a
+    series is killed (its unfinished output is never published and the next run cleans it up)
+    instead of being left to finish."""
+    from medseg.io.dicom_write import write_dicom_series
+    from medseg.phantom import default_phantom_affine, make_phantom
+
+    study = tmp_path / "study"
+    shape = (24, 96, 96)  # large enough that exporting every format takes far longer than stopping
+    for s in range(2):
+        image, _ = make_phantom(shape=shape, affine=default_phantom_affine(shape, (6.0, 3.5, 3.5)), seed=s)
+        write_dicom_series(image, study / f"p{s}", seed=f"err{s}", series_description=f"CT {s}")
+    out = tmp_path / "out"
+    busy = []
+
+    def series_progress(series_id, done, total, message):
+        if message == "segmenting":
+            busy.append(series_id)
+            raise RuntimeError("the caller's progress display failed")
+
+    with pytest.raises(RuntimeError, match="progress display failed"):
+        run_batch(study, out, config=BatchConfig(formats=ALL, segmenter=THRESHOLD, workers=2),
+                  series_progress=series_progress)
+    assert busy and not (out / busy[0]).exists()  # killed mid-series, never published
+    assert not (out / "summary.json").exists()
+    again = run_batch(study, out, config=BatchConfig(formats=ALL, segmenter=THRESHOLD, workers=2))
+    assert again["counts"] == {"ok": 2} and not [p for p in out.iterdir() if p.name.startswith(".partial")]
