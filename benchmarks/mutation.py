@@ -369,7 +369,7 @@ def _read_outcomes(path: Path) -> dict[str, dict[str, str]]:
         head = re.match(r"^== (\w+) ", line)
         if head:
             key = head.group(1)
-            out[key] = {}
+            out.setdefault(key, {})
         hit = re.match(r"^  ([0-9a-f]{10}) (killed|survived|equivalent|no-test|error)\b", line)
         if hit and key:
             out[key][hit.group(1)] = hit.group(2)
