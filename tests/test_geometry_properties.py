@@ -15,7 +15,7 @@ from medseg import geometry
 from medseg.errors import GeometryError, InputError
 from medseg.volume import Volume
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 spacings = st.tuples(*(st.floats(0.05, 20.0) for _ in range(3)))
 origins = st.tuples(*(st.floats(-500.0, 500.0) for _ in range(3)))

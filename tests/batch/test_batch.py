@@ -248,3 +248,61 @@ def test_stale_partial_files_are_removed(study, tmp_path):
     assert not names & {p.name for p in stale} and not names & {".partial-CT_1", ".trash-CT_2"}
     assert {p.name for p in keep} | {"folder.partial", "summary.json", "summary.csv"} <= names
     assert all(p.read_text() == "user" for p in keep)
+
+
+def test_two_workers_run_in_worker_processes(study, tmp_path):
+    """workers=2 (no Dask) runs the series in the local pool's processes, workers=1 in this one."""
+    import os
+
+    me = os.getpid()
+    pooled = run_batch(study, tmp_path / "pool", config=BatchConfig(formats=("stats",), segmenter=THRESHOLD, workers=2))
+    pids = {int(r["worker"].rsplit(":", 1)[1]) for r in pooled["series"]}
+    assert me not in pids and pooled["config"]["workers"] == 2 and pooled["counts"] == {"ok": 3}
+    serial = run_batch(study, tmp_path / "one", config=BatchConfig(formats=("stats",), segmenter=THRESHOLD))
+    assert {int(r["worker"].rsplit(":", 1)[1]) for r in serial["series"]} == {me}
+
+
+@pytest.mark.parametrize("model", ["zz-another-model", "a-another-model"])
+def test_series_done_by_another_model_are_rerun(study, tmp_path, model):
+    """Resume only reuses a series segmented by the same model with the same formats."""
+    out = tmp_path / "out"
+    first = run_batch(study, out, config=BatchConfig(formats=("stats",), segmenter=THRESHOLD))
+    for r in first["series"]:
+        path = out / r["id"] / "record.json"
+        rec = json.loads(path.read_text())
+        assert rec["model"] == "threshold" and rec["status"] == "ok"
+        rec["model"] = model
+        path.write_text(json.dumps(rec))
+    again = run_batch(study, out, config=BatchConfig(formats=("stats",), segmenter=THRESHOLD))
+    assert not any(r["resumed"] for r in again["series"]) and again["counts"] == {"ok": 3}
+    third = run_batch(study, out, config=BatchConfig(formats=("stats",), segmenter=THRESHOLD))
+    assert all(r["resumed"] for r in third["series"])
+
+
+def test_an_error_in_a_pooled_batch_kills_the_running_series(tmp_path):
+    """An exception in the caller's callback stops a pooled batch at once: the worker busy with a
+    series is killed (its unfinished output is never published and the next run cleans it up)
+    instead of being left to finish."""
+    from medseg.io.dicom_write import write_dicom_series
+    from medseg.phantom import default_phantom_affine, make_phantom
+
+    study = tmp_path / "study"
+    shape = (24, 96, 96)  # large enough that exporting every format takes far longer than stopping
+    for s in range(2):
+        image, _ = make_phantom(shape=shape, affine=default_phantom_affine(shape, (6.0, 3.5, 3.5)), seed=s)
+        write_dicom_series(image, study / f"p{s}", seed=f"err{s}", series_description=f"CT {s}")
+    out = tmp_path / "out"
+    busy = []
+
+    def series_progress(series_id, done, total, message):
+        if message == "segmenting":
+            busy.append(series_id)
+            raise RuntimeError("the caller's progress display failed")
+
+    with pytest.raises(RuntimeError, match="progress display failed"):
+        run_batch(study, out, config=BatchConfig(formats=ALL, segmenter=THRESHOLD, workers=2),
+                  series_progress=series_progress)
+    assert busy and not (out / busy[0]).exists()  # killed mid-series, never published
+    assert not (out / "summary.json").exists()
+    again = run_batch(study, out, config=BatchConfig(formats=ALL, segmenter=THRESHOLD, workers=2))
+    assert again["counts"] == {"ok": 2} and not [p for p in out.iterdir() if p.name.startswith(".partial")]

@@ -20,7 +20,7 @@ from medseg.io.itk import affine_from_sitk, volume_from_sitk, volume_to_sitk
 from medseg.io.nifti import read_nifti, volume_from_nibabel, volume_to_nibabel, write_nifti
 from medseg.volume import Volume
 
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 spacings = st.tuples(*(st.floats(0.2, 8.0) for _ in range(3)))
 origins = st.tuples(*(st.floats(-300.0, 300.0) for _ in range(3)))
 angles = st.tuples(*(st.floats(-np.pi, np.pi) for _ in range(3)))
@@ -56,12 +56,13 @@ def test_nifti_voxels_land_where_nibabel_puts_them(shape, spacing, origin, euler
     # nibabel: index (i, j, k) -> RAS; medseg: (k, j, i) -> LPS; RAS = (-x, -y, z) of LPS
     ras = nib.affines.apply_affine(img.affine, ijk)
     lps = vol.index_to_world(kji)
-    np.testing.assert_allclose(ras, lps * [-1, -1, 1], atol=1e-6)
+    # NIfTI stores sform/qform as float32: ~4e-5 mm resolution at 600 mm
+    np.testing.assert_allclose(ras, lps * [-1, -1, 1], atol=1e-4)
     np.testing.assert_array_equal(data[ijk[:, 0], ijk[:, 1], ijk[:, 2]], vol.array[kji[:, 0], kji[:, 1], kji[:, 2]])
     assert img.get_sform(coded=True)[1] == 1 and img.get_qform(coded=True)[1] == 1
     assert img.header.get_xyzt_units() == ("mm", "sec")
     back = volume_from_nibabel(img, {"k": 1})
-    np.testing.assert_allclose(back.affine, vol.affine, atol=1e-9)
+    np.testing.assert_allclose(back.affine, vol.affine, atol=1e-4)
     np.testing.assert_array_equal(back.array, vol.array)
     assert back.meta == {"k": 1}
 

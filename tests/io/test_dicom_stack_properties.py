@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from medseg.io.dicom._geometry import plan_stack
 from medseg.io.dicom._headers import FileRecord, ImageRecord
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 angles = st.tuples(*(st.floats(-np.pi, np.pi) for _ in range(3)))
 
 
