@@ -64,12 +64,20 @@ def _model_yamls() -> list[Path]:
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin", ".tar")
 
 
+def _exists(path: Path) -> bool:
+    """``path.exists()``, False for a name the OS refuses (too long, NUL byte)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def find_config(name_or_path: str | Path | None) -> Path:
     """Path of a model config from a bundled name or a file/folder path."""
     if name_or_path is None:
         name_or_path = DEFAULT_MODEL
     p = Path(name_or_path)
-    if p.exists():
+    if _exists(p):
         return p
     cand = models_dir() / f"{name_or_path}.yaml"
     if cand.is_file():
@@ -188,7 +196,7 @@ def load_model(
         else:
             config = load_config(path)
             weights = (path.parent / config.weights) if config.weights else None
-        if weights is None or not weights.is_file():
+        if weights is None or not _exists(weights) or not weights.is_file():
             if not allow_untrained:
                 raise ModelError(f"{path}: model {config.name!r} has no weights "
                                  f"({'none configured' if weights is None else f'{weights} missing'}); train it "

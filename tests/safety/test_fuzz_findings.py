@@ -1,0 +1,60 @@
+"""Regression tests for what the fuzzer found (issue 18)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medseg.errors import FileFormatError, ModelError
+
+
+def _mha(tmp_path, **replace):
+    import SimpleITK as sitk
+
+    path = tmp_path / "img.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 4, 4), np.int16)), str(path), useCompression=False)
+    data = path.read_bytes()
+    for old, new in replace.items():
+        data = data.replace(old.encode(), new.encode())
+    path.write_bytes(data)
+    return path
+
+
+def test_metaimage_ndims_99_is_a_named_error_not_a_heap_corruption(tmp_path):
+    # SimpleITK's MetaIO aborted the whole process ("corrupted size vs. prev_size") on this header
+    from medseg.io import read_header, read_volume
+
+    path = _mha(tmp_path, **{"NDims = 3": "NDims = 99"})
+    with pytest.raises(FileFormatError, match="NDims = 99"):
+        read_volume(path)
+    with pytest.raises(FileFormatError, match="NDims = 99"):
+        read_header(path)
+    bad_type = _mha(tmp_path, **{"MET_SHORT": "MET_XX"})
+    with pytest.raises(FileFormatError, match="ElementType"):
+        read_volume(bad_type)
+
+
+def test_label_table_with_malformed_entries_is_a_named_error(tmp_path):
+    from medseg.labels import LabelTable
+
+    for content in (["liver"], {"labels": ["x"]}, {"labels": [{"index": 1, "name": "a", "code": "str"}]},
+                    {"labels": [{"index": 2**70, "name": "a"}]}):
+        path = tmp_path / "t.labels.json"
+        path.write_text(json.dumps(content))
+        with pytest.raises(FileFormatError, match="not a valid label table"):
+            LabelTable.read(path)
+
+
+def test_model_yaml_with_an_impossible_weights_name_is_a_named_error(tmp_path):
+    import yaml
+
+    from medseg.models import load_model
+
+    cfg = {"name": "m", "network": {"name": "unet", "spatial_dims": 3, "channels": [4, 8], "strides": [2]},
+           "labels": {1: "a"}, "weights": "x" * 10000}
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ModelError, match="no weights"):
+        load_model(path, device="cpu")
