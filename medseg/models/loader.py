@@ -9,7 +9,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from medseg.errors import CheckpointError, ConfigError, ModelError
+from medseg.errors import CheckpointError, ConfigError, MedsegError, ModelError
 from medseg.labels import LabelTable
 from medseg.models.config import ModelConfig, config_from_mapping, load_config
 
@@ -205,7 +205,14 @@ def load_model(
         else:
             state = load_weights(weights)
         weights_src = str(weights) if weights is not None else "untrained"
-    network = build_network(config.network, in_channels=config.in_channels, out_channels=config.out_channels)
+    try:
+        network = build_network(config.network, in_channels=config.in_channels, out_channels=config.out_channels)
+    except MedsegError:
+        raise
+    except (ValueError, TypeError, ZeroDivisionError, ArithmeticError, IndexError, KeyError, RuntimeError) as exc:
+        # MONAI's constructors check little: a stride of 0 fails deep inside (found by fuzzing)
+        raise ModelError(f"{path}: cannot build network {config.network.name!r} from its settings "
+                         f"({type(exc).__name__}: {str(exc)[:200]}); check channels, strides and sizes") from exc
     if state is not None:
         apply_weights(network, state, source=weights_src)
     dev = resolve_device(device)

@@ -58,3 +58,28 @@ def test_model_yaml_with_an_impossible_weights_name_is_a_named_error(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ModelError, match="no weights"):
         load_model(path, device="cpu")
+
+
+def test_model_config_with_a_zero_stride_is_a_config_error(tmp_path):
+    import yaml
+
+    from medseg.errors import ConfigError
+    from medseg.models import load_model
+
+    cfg = {"name": "m", "network": {"name": "unet", "spatial_dims": 3, "channels": [4, 8], "strides": [0]},
+           "labels": {1: "a"}}
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="strides must be positive"):
+        load_model(path, device="cpu", allow_untrained=True)
+
+
+def test_segment_refuses_an_affine_with_parallel_axes(tmp_path):
+    from medseg.errors import GeometryError
+    from medseg.inference.preprocess import check_orientable
+    from medseg.volume import Volume
+
+    affine = np.array([[-1e30, 0.0, 8.0, -60.0], [0.0, 8.0, 0.0, -60.0], [8.0, 0.0, 0.0, -28.0], [0, 0, 0, 1.0]])
+    vol = Volume(np.zeros((8, 16, 16), np.int16), affine)
+    with pytest.raises(GeometryError, match="do not map one-to-one"):
+        check_orientable(vol)
