@@ -535,6 +535,10 @@ class Fuzzer:
                 rc = main(argv)
             except SystemExit as exc:  # argparse: not reached with valid argv
                 return "crash", f"SystemExit {exc.code}"
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # escaped main()'s handlers
+                return "crash", f"{type(exc).__name__} escaped main(): {str(exc)[:300]}"
             if rc == 70:
                 return "crash", " | ".join(self._capture.messages)[-600:]
             if rc == 1 and any("out of memory" in m for m in self._capture.messages):
@@ -554,7 +558,9 @@ class Fuzzer:
                 return "memory", f"MemoryError: {exc}"
             except (MedsegError, FileNotFoundError):
                 return "named", ""
-            except Exception as exc:
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # also a native decoder's panic (a BaseException)
                 import traceback
 
                 return "crash", f"{type(exc).__name__}: {str(exc)[:300]} :: {traceback.format_exc(limit=-3)[-800:]}"
