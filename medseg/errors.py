@@ -23,6 +23,7 @@ __all__ = [
     "OutputError",
     "OutputExistsError",
     "ResourceLimitError",
+    "SeriesChangedError",
 ]
 
 
@@ -112,3 +113,7 @@ class ResourceLimitError(MedsegError, MemoryError):
         if fix:
             msg += f". {fix}"
         super().__init__(msg)
+
+
+class SeriesChangedError(MedsegError, RuntimeError):
+    """A series' files changed (added, removed, grown, rewritten) between discovery and loading."""

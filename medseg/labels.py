@@ -162,8 +162,9 @@ class LabelTable:
 
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise FileFormatError(path, f"not a valid label table ({exc})",
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError) as exc:
+            # any malformed structure (a string where an entry should be, a huge number, ...) is a bad table
+            raise FileFormatError(path, f"not a valid label table ({type(exc).__name__}: {str(exc)[:200]})",
                                   'expected {"labels": [{"index": 1, "name": "liver", "color": [r, g, b]}]}') from exc
 
     def to_dict(self) -> dict:

@@ -23,7 +23,8 @@ from medseg.io import IMAGE_SUFFIXES
 from medseg.io.atomic import full_suffix
 from medseg.progress import CancelCallback, ProgressCallback
 
-__all__ = ["SeriesTask", "SkippedItem", "Discovery", "SelectionRule", "discover_series"]
+__all__ = ["SeriesTask", "SkippedItem", "Discovery", "SelectionRule", "discover_series", "fingerprint",
+           "check_unchanged"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ class SeriesTask:
     voxels : int or None
         Voxels of the volume from the headers (a work estimate: parallel runs start the
         largest series first); None when unknown.
+    files : tuple of (path, size in bytes, mtime in ns)
+        The series' files as discovered; :func:`check_unchanged` compares them with what was
+        loaded ("series changed during the run").
     """
 
     id: str
@@ -65,10 +69,50 @@ class SeriesTask:
     n_slices: Optional[int] = None
     problem: Optional[str] = None
     voxels: Optional[int] = None
+    files: tuple = ()
 
     def summary(self) -> dict:
         return {"id": self.id, "kind": self.kind, "path": self.path, "series_uid": self.series_uid,
                 "modality": self.modality, "description": self.description, "n_slices": self.n_slices}
+
+
+def fingerprint(paths) -> tuple:
+    """``((path, size, mtime_ns), ...)`` of files, sorted by path; a missing file gets size -1."""
+    out = []
+    for p in sorted({str(p) for p in paths}):
+        try:
+            st = os.stat(p)
+            out.append((p, int(st.st_size), int(st.st_mtime_ns)))
+        except OSError:
+            out.append((p, -1, 0))
+    return tuple(out)
+
+
+def check_unchanged(task: "SeriesTask", loaded_files=()) -> None:
+    """Raise :class:`~medseg.errors.SeriesChangedError` when the series' files differ from discovery.
+
+    Every discovered file must still exist with the same size and modification time, and every
+    file that was loaded (``loaded_files``) must have been discovered.
+    """
+    from medseg.errors import SeriesChangedError
+
+    if not task.files:
+        return
+    before = {p: (size, mtime) for p, size, mtime in task.files}
+    problems = []
+    for p, size, mtime in fingerprint(before):
+        if size < 0:
+            problems.append(f"{Path(p).name} vanished")
+        elif (size, mtime) != before[p]:
+            problems.append(f"{Path(p).name} was rewritten ({before[p][0]} -> {size} bytes)")
+    extra = sorted({str(f) for f in loaded_files if f} - set(before))
+    problems += [f"{Path(p).name} appeared" for p in extra]
+    if problems:
+        n = len(problems)
+        raise SeriesChangedError(
+            f"{task.path}: series changed during the run: {'; '.join(problems[:5])}{' ...' if n > 5 else ''} "
+            f"({n} change(s) since discovery of {len(before)} file(s)); rerun the batch once the folder is "
+            f"complete (finished series are kept)")
 
 
 @dataclass(frozen=True)
@@ -144,6 +188,9 @@ def _file_shape(path: Path) -> Optional[tuple[int, ...]]:
             return tuple(int(n) for n in nib.load(str(path)).shape)
         import SimpleITK as sitk
 
+        from medseg.io import validate_text_header
+
+        validate_text_header(path, "nrrd" if full_suffix(path) in (".nrrd", ".nhdr") else "mha")
         r = sitk.ImageFileReader()
         r.SetFileName(str(path))
         r.ReadImageInformation()
@@ -230,7 +277,7 @@ def discover_series(
             shape = _file_shape(p)
             select(SeriesTask(safe_name(stem, 48) + "_" + _short_hash(rel), "file", str(p), description=name,
                               n_slices=(int(shape[2]) if len(shape) >= 3 else 1) if shape else None,
-                              voxels=math.prod(shape[:3]) if shape else None))
+                              voxels=math.prod(shape[:3]) if shape else None, files=fingerprint([p])))
     scan = scan_dicom(root, progress=progress, cancel=cancel)
     out = Discovery()
     for s in scan.series:
@@ -243,7 +290,7 @@ def discover_series(
         n = s.shape[0] if s.shape else s.n_images
         select(SeriesTask(sid, "dicom", folder, s.series_uid, s.modality or "", s.description or "",
                           int(n) if n is not None else None, s.problem,
-                          voxels=math.prod(s.shape) if s.shape else None))
+                          voxels=math.prod(s.shape) if s.shape else None, files=fingerprint(files)))
     for sk in scan.skipped:
         p = Path(sk.path)
         suffix = full_suffix(p)

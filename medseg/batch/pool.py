@@ -120,9 +120,26 @@ def _picklable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-def _worker_main(conn, spec: SegmenterSpec, out_dir: str, options: SeriesOptions, threads: int) -> None:
+def _watch_parent(lifeline) -> None:
+    """Exit this worker at once when the batch process is gone (its end of ``lifeline`` closes),
+    even in the middle of a series: a killed batch must not leave workers computing."""
+    def watch() -> None:
+        try:
+            lifeline.recv()
+        except (EOFError, OSError):
+            pass
+        os._exit(75)
+
+    threading.Thread(target=watch, name="medseg-batch-lifeline", daemon=True).start()
+
+
+def _worker_main(conn, spec: SegmenterSpec, out_dir: str, options: SeriesOptions, threads: int,
+                 lifeline=None) -> None:
     """A worker: load the model once, then process the series the pool sends until ``None`` or EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the batch process decides what Ctrl-C stops
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if lifeline is not None:
+        _watch_parent(lifeline)
     pin_threads(threads)
     try:
         segmenter = spec.build()
@@ -205,6 +222,7 @@ class LocalPool:
         self._inputs_closed = False
         self._stopping = False
         self._terminate = False
+        self._lifelines: list = []
         self._wake_r, self._wake_w = Pipe(duplex=False)
         self._wake_pending = False
         self._workers: list[_Worker] = []
@@ -281,10 +299,13 @@ class LocalPool:
     # -- pool thread ------------------------------------------------------------------------------
     def _start_worker(self) -> None:
         parent, child = self._ctx.Pipe(duplex=True)
-        p = self._ctx.Process(target=_worker_main, args=(child, *self._args), name="medseg-batch-worker",
+        life_r, life_w = self._ctx.Pipe(duplex=False)
+        p = self._ctx.Process(target=_worker_main, args=(child, *self._args, life_r), name="medseg-batch-worker",
                               daemon=True)
         p.start()  # blocks until the fork server is up (the first time: its imports)
         child.close()
+        life_r.close()
+        self._lifelines.append(life_w)  # never written: closing it (or dying) stops the worker
         self._workers.append(_Worker(p, parent))
 
     def _manage(self) -> None:
@@ -408,6 +429,9 @@ class LocalPool:
             w.process.join(timeout=None if not self._terminate else 10)
             w.conn.close()
         self._workers.clear()
+        for life in self._lifelines:
+            life.close()
+        self._lifelines.clear()
 
 
 def run_pool(pool: LocalPool, finished: Callable[[dict], None], crashed: Callable[[SeriesTask, str], None],

@@ -25,7 +25,7 @@ from medseg.batch.discovery import Discovery, SelectionRule, SeriesTask, discove
 from medseg.batch.pool import LocalPool, available_cores, run_pool
 from medseg.batch.segmenters import Segmenter, SegmenterSpec
 from medseg.batch.series import SeriesOptions, SeriesProgress, process_series, read_record
-from medseg.errors import InputError, OutputError
+from medseg.errors import CancelledError, InputError, OutputError
 from medseg.export.api import parse_formats
 from medseg.io import csvsafe
 from medseg.io.atomic import atomic_path
@@ -193,8 +193,10 @@ def run_batch(
             # started now: worker start-up and model loading overlap the discovery below
             pool = LocalPool(config.workers, _pool_spec(config), str(out), options,
                              threads=max(1, available_cores() // config.workers))
+        todo: list = []
+        records: dict = {}
+        found: Optional[Discovery] = None
         try:
-            todo, records = [], {}
 
             def found_one(task: SeriesTask) -> None:
                 done = _is_done(out, task, config)
@@ -229,9 +231,17 @@ def run_batch(
                 for task in sorted(todo, key=lambda t: t.id):
                     check_cancel(cancel, "batch")
                     finished(process_series(task, out, options, seg_fn, progress=series_progress))
-        except BaseException:
+        except BaseException as exc:
             if pool is not None:
                 pool.shutdown(terminate=True)
+            if isinstance(exc, (KeyboardInterrupt, CancelledError)):
+                # Ctrl-C, SIGTERM (the CLI turns it into KeyboardInterrupt) or cancel: the workers are
+                # stopped; no unfinished folder stays; the summary says what was done
+                _clean_stale(out)
+                summary = _summary(study, out, config, found or Discovery(), records, time.perf_counter() - t0)
+                summary["status"] = "interrupted"
+                summary["not_run"] = sorted(t.id for t in todo if t.id not in records)
+                _write_summary(out, summary)
             raise
         if pool is not None:
             pool.shutdown()
@@ -299,7 +309,7 @@ def _summary(study: Path, out: Path, config: BatchConfig, found: Discovery, reco
     for s in found.skipped:
         counts[s.status] = counts.get(s.status, 0) + 1
     return {
-        "study_dir": str(study), "out_dir": str(out),
+        "status": "complete", "study_dir": str(study), "out_dir": str(out),
         "config": {"formats": list(config.formats), "model": config.segmenter.name,
                    "selection": asdict(config.selection), "workers": config.workers,
                    "scheduler": config.scheduler, "strict_geometry": config.strict_geometry},

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from medseg import __version__
-from medseg.batch.discovery import SeriesTask
+from medseg.batch.discovery import SeriesTask, check_unchanged
 from medseg.batch.segmenters import Segmenter, SegmenterSpec
 from medseg.export.api import DICOM_FORMATS, export_segmentation
 from medseg.io.atomic import atomic_path
@@ -132,6 +132,7 @@ def process_series(
         say(0, "reading")
         t0 = time.perf_counter()
         volume = _read(task, options)
+        check_unchanged(task, volume.meta.get("files") or [])
         record["timings_s"]["read"] = round(time.perf_counter() - t0, 4)
         record["shape_zyx"] = list(volume.shape)
         record["spacing_zyx_mm"] = [round(s, 6) for s in volume.spacing]

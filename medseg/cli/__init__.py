@@ -85,7 +85,10 @@ def run_command(func, args: argparse.Namespace) -> int:
                   "or run on a machine with more memory")
         _trace(args)
         return 1
-    except Exception as exc:  # any other exception is a bug: one line, traceback with -v
+    except (Exception, BaseException) as exc:  # any other exception is a bug (also a native library's
+        # panic, which is a BaseException): one line, traceback with -v
+        if isinstance(exc, (SystemExit, GeneratorExit)):
+            raise
         log.error("%s: medseg %s failed with an unexpected %s: %s. This is a bug in medseg; rerun with -v for "
                   "the traceback and report it with the input", _inputs(args) or "(no input)", args.command,
                   type(exc).__name__, _short(exc))

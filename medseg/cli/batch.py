@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +70,31 @@ def run(args: argparse.Namespace) -> int:
         bar.set_description(f"{sid[:32]}: {message}", refresh=True)
 
     try:
-        summary = run_batch(args.study_dir, args.out_dir, config=config, progress=progress,
-                            series_progress=series_progress)
+        with _sigterm_interrupts():
+            summary = run_batch(args.study_dir, args.out_dir, config=config, progress=progress,
+                                series_progress=series_progress)
     finally:
         for bar in bars.values():
             bar.close()
     _print_summary(summary)
     return 3 if summary["counts"].get("failed") else 0
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM stops the batch like Ctrl-C: workers stopped, summary.json 'interrupted', no partial folders."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _print_summary(summary: dict) -> None:

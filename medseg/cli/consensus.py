@@ -39,8 +39,8 @@ def _stem(path: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medseg.io.output_policy import check_output_file, protect_inputs
     from medseg.io import sidecar_path
+    from medseg.io.output_policy import check_output_file, protect_inputs
 
     inputs = list(args.raters) + [sidecar_path(p) for p in args.raters]
     outputs = [args.output, sidecar_path(args.output), args.probabilities, args.disagreement, args.report]

@@ -74,6 +74,7 @@ def preprocess_volume(volume: Volume, config: PreprocessingConfig) -> MetaTensor
     """
     arr = volume.array
     keep = arr.dtype in (np.int8, np.uint8, np.int16, np.float32)
+    check_orientable(volume)
     x = volume_to_metatensor(volume, dtype=None if keep else torch.float32)
     for t in spatial_transforms(config):
         x = t(x)
@@ -323,12 +324,38 @@ class SlabArgmax:
                 view[mask.cpu().numpy()] = labels
 
 
+def check_orientable(volume: Volume) -> None:
+    """Refuse an affine whose axes cannot be matched one-to-one to patient axes (nearly parallel or
+    wildly scaled columns, from a corrupt header): MONAI's reorientation would fail inside.
+
+    Raises
+    ------
+    GeometryError
+    """
+    import nibabel as nib
+
+    from medseg.errors import GeometryError
+
+    aff = ras_affine(volume.affine)
+    try:
+        ornt = nib.orientations.io_orientation(aff)
+    except Exception as exc:  # nibabel raises on singular / non-finite input
+        raise GeometryError(f"the volume's affine cannot be oriented ({exc}); check the header's spacing and "
+                            f"direction: {np.round(volume.affine, 4).tolist()}") from exc
+    axes = ornt[:, 0]
+    if np.isnan(axes).any() or sorted(axes.astype(int).tolist()) != [0, 1, 2]:
+        raise GeometryError(f"the volume's axes do not map one-to-one to patient axes (degenerate or nearly "
+                            f"parallel columns in the affine {np.round(volume.affine, 4).tolist()}); the header's "
+                            f"spacing/direction is corrupt")
+
+
 def model_grid(volume: Volume, config: PreprocessingConfig) -> tuple[np.ndarray, tuple[int, ...]]:
     """The model grid of ``volume``: ``(RAS affine, (I, J, K) shape)``, as :func:`preprocess_volume` makes it.
 
     MONAI's own ``Orientation`` and ``Spacing`` run lazily (they only compose the affine and
     the shape), so nothing is copied or resampled.
     """
+    check_orientable(volume)
     spatial = volume.array.shape[-3:]
     channels = volume.array.shape[0] if volume.array.ndim == 4 else 1
     # a zero-strided stand-in of the input's shape: the lazy transforms never read it

@@ -39,6 +39,7 @@ __all__ = [
     "sidecar_path",
     "image_format",
     "read_header",
+    "validate_text_header",
     "IMAGE_SUFFIXES",
 ]
 
@@ -122,6 +123,7 @@ def _itk_reader(path: Path, fmt: str, *, check_size: bool = True):
 
     from medseg.io.limits import check_declared_size
 
+    validate_text_header(path, fmt)  # before ITK parses it: some malformed headers corrupt its heap
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -141,6 +143,81 @@ def _itk_reader(path: Path, fmt: str, *, check_size: bool = True):
     fields = "sizes/DimSize x type/ElementType"
     check_declared_size(path, reader.GetSize(), component * n_comp, fields=fields)
     return reader
+
+
+_MET_TYPES = {"MET_CHAR", "MET_UCHAR", "MET_SHORT", "MET_USHORT", "MET_INT", "MET_UINT", "MET_LONG", "MET_ULONG",
+              "MET_LONG_LONG", "MET_ULONG_LONG", "MET_FLOAT", "MET_DOUBLE"}
+_HEADER_LIMIT = 1 << 16  # bytes of text header read for validation
+
+
+def _header_lines(path: Path, fmt: str) -> dict[str, str]:
+    with open(path, "rb") as fh:
+        head = fh.read(_HEADER_LIMIT)
+    if fmt == "nrrd":
+        if not head.startswith(b"NRRD"):
+            raise FileFormatError(path, "not a NRRD file (no 'NRRD000X' magic)", "check the file")
+        text = head.split(b"\n\n", 1)[0].decode("latin-1")
+        sep = ":"
+    else:
+        text = head.split(b"ElementDataFile", 1)[0].decode("latin-1")
+        sep = "="
+    fields = {}
+    for line in text.splitlines():
+        if sep in line and not line.startswith("#"):
+            key, _, value = line.partition(sep)
+            fields[key.strip().lower()] = value.strip().lstrip("=").strip()
+    return fields
+
+
+def _ints(path: Path, key: str, text: str, n: int) -> list[int]:
+    try:
+        values = [int(v) for v in text.split()]
+    except ValueError:
+        raise FileFormatError(path, f"header field {key} = {text[:80]!r} is not {n} integers", "the header is corrupt") from None
+    if len(values) != n or any(v <= 0 for v in values):
+        raise FileFormatError(path, f"header field {key} = {text[:80]!r}: expected {n} positive integers",
+                              "the header is corrupt")
+    return values
+
+
+def validate_text_header(path: str | Path, fmt: str) -> None:
+    """Check a NRRD or MetaImage text header's dimension fields in Python before ITK reads it.
+
+    ITK's MetaIO reader corrupts its heap on some malformed headers (found by fuzzing:
+    ``NDims = 99`` aborts the process with ``corrupted size vs. prev_size``), so the fields that
+    size its buffers are validated first: 3 dimensions, as many positive sizes, a known element
+    type and a sane channel count.
+
+    Raises
+    ------
+    FileFormatError
+        A dimension field is missing, malformed or inconsistent.
+    """
+    p = Path(path)
+    f = _header_lines(p, fmt)
+    if fmt == "nrrd":
+        dim = f.get("dimension", "")
+        if dim not in ("3", "4"):
+            raise FileFormatError(p, f"NRRD dimension {dim or '(missing)'}: expected 3 (or 4 with a channel axis)",
+                                  "medseg reads 3D volumes")
+        _ints(p, "sizes", f.get("sizes", ""), int(dim))
+        return
+    ndims = f.get("ndims", "")
+    if ndims not in ("2", "3"):
+        raise FileFormatError(p, f"MetaImage NDims = {ndims or '(missing)'}: expected 3", "medseg reads 3D volumes")
+    n = int(ndims)
+    _ints(p, "DimSize", f.get("dimsize", ""), n)
+    if f.get("elementtype", "") not in _MET_TYPES:
+        raise FileFormatError(p, f"MetaImage ElementType = {f.get('elementtype', '(missing)')!r} is not a known type",
+                              f"use one of {sorted(_MET_TYPES)}")
+    channels = f.get("elementnumberofchannels", "1")
+    if not channels.isdigit() or not 1 <= int(channels) <= 64:
+        raise FileFormatError(p, f"MetaImage ElementNumberOfChannels = {channels!r}: expected 1 to 64",
+                              "the header is corrupt")
+    for key, count in (("elementspacing", n), ("offset", n), ("transformmatrix", n * n)):
+        if key in f and len(f[key].split()) != count:
+            raise FileFormatError(p, f"MetaImage {key} has {len(f[key].split())} values, expected {count}",
+                                  "the header is corrupt")
 
 
 def _itk_error(path: Path, fmt: str, exc: BaseException) -> FileFormatError:

@@ -73,6 +73,8 @@ class NetworkConfig:
             raise ConfigError(f"network.dropout must be in [0, 1), got {self.dropout}")
         if not self.channels or any(c <= 0 for c in self.channels):
             raise ConfigError(f"network.channels must be positive integers, got {list(self.channels)}")
+        if any(int(st) < 1 for st in self.strides):
+            raise ConfigError(f"network.strides must be positive integers, got {list(self.strides)}")
         if self.name in ("unet", "dynunet", "fcn") and len(self.strides) != len(self.channels) - 1:
             raise ConfigError(
                 f"network.strides needs len(channels) - 1 = {len(self.channels) - 1} entries, "

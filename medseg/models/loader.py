@@ -9,7 +9,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from medseg.errors import CheckpointError, ConfigError, ModelError
+from medseg.errors import CheckpointError, ConfigError, MedsegError, ModelError
 from medseg.labels import LabelTable
 from medseg.models.config import ModelConfig, config_from_mapping, load_config
 
@@ -64,12 +64,20 @@ def _model_yamls() -> list[Path]:
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin", ".tar")
 
 
+def _exists(path: Path) -> bool:
+    """``path.exists()``, False for a name the OS refuses (too long, NUL byte)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def find_config(name_or_path: str | Path | None) -> Path:
     """Path of a model config from a bundled name or a file/folder path."""
     if name_or_path is None:
         name_or_path = DEFAULT_MODEL
     p = Path(name_or_path)
-    if p.exists():
+    if _exists(p):
         return p
     cand = models_dir() / f"{name_or_path}.yaml"
     if cand.is_file():
@@ -188,7 +196,7 @@ def load_model(
         else:
             config = load_config(path)
             weights = (path.parent / config.weights) if config.weights else None
-        if weights is None or not weights.is_file():
+        if weights is None or not _exists(weights) or not weights.is_file():
             if not allow_untrained:
                 raise ModelError(f"{path}: model {config.name!r} has no weights "
                                  f"({'none configured' if weights is None else f'{weights} missing'}); train it "
@@ -197,7 +205,14 @@ def load_model(
         else:
             state = load_weights(weights)
         weights_src = str(weights) if weights is not None else "untrained"
-    network = build_network(config.network, in_channels=config.in_channels, out_channels=config.out_channels)
+    try:
+        network = build_network(config.network, in_channels=config.in_channels, out_channels=config.out_channels)
+    except MedsegError:
+        raise
+    except (ValueError, TypeError, ZeroDivisionError, ArithmeticError, IndexError, KeyError, RuntimeError) as exc:
+        # MONAI's constructors check little: a stride of 0 fails deep inside (found by fuzzing)
+        raise ModelError(f"{path}: cannot build network {config.network.name!r} from its settings "
+                         f"({type(exc).__name__}: {str(exc)[:200]}); check channels, strides and sizes") from exc
     if state is not None:
         apply_weights(network, state, source=weights_src)
     dev = resolve_device(device)

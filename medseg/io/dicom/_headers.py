@@ -253,12 +253,13 @@ def read_header(path: str) -> HeaderInfo:
             if "Rows" not in ds or "Columns" not in ds:
                 raise Skip(f"no image (SOP class {UID(sop_class).name if sop_class else 'unknown'} has no Rows/Columns)")
             offset, length = _pixel_extent(fp, ds, size, ts)
+        # tags are decoded lazily: a corrupt value (unknown VR, bad length) raises here, not at dcmread
+        return _records(path, ds, ts, sop_class, offset, length)
     except Skip:
         raise
     except Exception as exc:  # pydicom raises many types on corrupt input
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise Skip(f"unreadable DICOM header ({type(exc).__name__}: {text[:160]})") from exc
-    return _records(path, ds, ts, sop_class, offset, length)
 
 
 # -- fast tag access: decode the few tags we need straight from the raw bytes -------------------

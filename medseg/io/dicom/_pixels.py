@@ -59,9 +59,10 @@ def _decode(rec: FileRecord, frames: Sequence[Optional[int]]) -> tuple[list[np.n
     try:
         ds = pydicom.dcmread(rec.path, force=True)
         arr = ds.pixel_array
-    except MemoryError:
+    except (MemoryError, KeyboardInterrupt, SystemExit):
         raise
-    except Exception as exc:  # decoders raise many types
+    except BaseException as exc:  # decoders raise many types; Rust decoders (pylibjpeg-rle) panic with a
+        # BaseException (pyo3's PanicException) on corrupt data: found by fuzzing
         from pydicom.uid import UID
 
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

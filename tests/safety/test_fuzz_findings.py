@@ -1,0 +1,118 @@
+"""Regression tests for what the fuzzer found (issue 18)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medseg.errors import FileFormatError, ModelError
+
+
+def _mha(tmp_path, **replace):
+    import SimpleITK as sitk
+
+    path = tmp_path / "img.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 4, 4), np.int16)), str(path), useCompression=False)
+    data = path.read_bytes()
+    for old, new in replace.items():
+        data = data.replace(old.encode(), new.encode())
+    path.write_bytes(data)
+    return path
+
+
+def test_metaimage_ndims_99_is_a_named_error_not_a_heap_corruption(tmp_path):
+    # SimpleITK's MetaIO aborted the whole process ("corrupted size vs. prev_size") on this header
+    from medseg.io import read_header, read_volume
+
+    path = _mha(tmp_path, **{"NDims = 3": "NDims = 99"})
+    with pytest.raises(FileFormatError, match="NDims = 99"):
+        read_volume(path)
+    with pytest.raises(FileFormatError, match="NDims = 99"):
+        read_header(path)
+    bad_type = _mha(tmp_path, **{"MET_SHORT": "MET_XX"})
+    with pytest.raises(FileFormatError, match="ElementType"):
+        read_volume(bad_type)
+
+
+def test_label_table_with_malformed_entries_is_a_named_error(tmp_path):
+    from medseg.labels import LabelTable
+
+    for content in (["liver"], {"labels": ["x"]}, {"labels": [{"index": 1, "name": "a", "code": "str"}]},
+                    {"labels": [{"index": 2**70, "name": "a"}]}):
+        path = tmp_path / "t.labels.json"
+        path.write_text(json.dumps(content))
+        with pytest.raises(FileFormatError, match="not a valid label table"):
+            LabelTable.read(path)
+
+
+def test_model_yaml_with_an_impossible_weights_name_is_a_named_error(tmp_path):
+    import yaml
+
+    from medseg.models import load_model
+
+    cfg = {"name": "m", "network": {"name": "unet", "spatial_dims": 3, "channels": [4, 8], "strides": [2]},
+           "labels": {1: "a"}, "weights": "x" * 10000}
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ModelError, match="no weights"):
+        load_model(path, device="cpu")
+
+
+def test_model_config_with_a_zero_stride_is_a_config_error(tmp_path):
+    import yaml
+
+    from medseg.errors import ConfigError
+    from medseg.models import load_model
+
+    cfg = {"name": "m", "network": {"name": "unet", "spatial_dims": 3, "channels": [4, 8], "strides": [0]},
+           "labels": {1: "a"}}
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="strides must be positive"):
+        load_model(path, device="cpu", allow_untrained=True)
+
+
+def test_segment_refuses_an_affine_with_parallel_axes(tmp_path):
+    from medseg.errors import GeometryError
+    from medseg.inference.preprocess import check_orientable
+    from medseg.volume import Volume
+
+    affine = np.array([[-1e30, 0.0, 8.0, -60.0], [0.0, 8.0, 0.0, -60.0], [8.0, 0.0, 0.0, -28.0], [0, 0, 0, 1.0]])
+    vol = Volume(np.zeros((8, 16, 16), np.int16), affine)
+    with pytest.raises(GeometryError, match="do not map one-to-one"):
+        check_orientable(vol)
+
+
+def test_a_panicking_native_decoder_is_a_named_error(tmp_path):
+    """pylibjpeg-rle panics (pyo3 PanicException, a BaseException) on this corrupt RLE frame; the
+    fuzzer's 4-minute run died of it. It must be a DicomError, in the API and on the command line."""
+    from medseg.cli import main
+    from medseg.errors import DicomError
+    from medseg.io import read_volume
+
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "a.dcm").write_bytes(_rle_panic_bytes())
+    with pytest.raises(DicomError, match="cannot decode the pixel data"):
+        read_volume(tmp_path / "s")
+    assert main(["convert", str(tmp_path / "s"), str(tmp_path / "o.nii.gz")]) == 1
+
+
+def _rle_panic_bytes() -> bytes:
+    """pydicom's MR_small_RLE.dcm with bytes of its pixel data flipped (the mutation of seed 9)."""
+    import io
+    import random
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    data = open(get_testdata_file("MR_small_RLE.dcm"), "rb").read()
+    px = bytes(pydicom.dcmread(io.BytesIO(data)).PixelData)
+    start = data.rfind(px[:64])
+    rng = random.Random(9)
+    b = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        i = rng.randrange(start, len(b))
+        b[i] = rng.choice([0, 0xFF, 0x7F, 0x80, rng.randrange(256)])
+    return bytes(b)
