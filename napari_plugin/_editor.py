@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 
 from medseg_napari._layers import volume_from_layer
 from medseg_napari._shortcuts import install_shortcuts
-from medseg_napari._worker import LayerCombo, TaskRunner
+from medseg_napari._worker import LayerCombo, TaskRunner, guide
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,23 @@ class EditorWidget(QWidget):
         lay.addStretch(1)
         self._follow_layer()
         install_shortcuts(napari_viewer, editor=self)
+        guide(self, "Choose a labels layer and a label (or pick one with napari's label picker), then an "
+              "operation and Apply. Every change is one step of the layer's own undo history: Ctrl-Z / "
+              "Ctrl-Shift-Z (or Undo / Redo here). Locked labels are never changed.", {
+            'labels_combo': 'Labels layer to correct',
+            'index': "Label to edit (follows the layer's selected label)",
+            'operation': 'Correction to apply to the label',
+            'sigma': 'Smoothing strength (Gaussian sigma, mm)',
+            'margin': 'Grow / shrink distance (mm)',
+            'min_volume': 'Islands smaller than this are removed (mm³)',
+            'axis': 'Axis along which missing slices are interpolated',
+            'logic_op': "Logical operation between the label and 'with label'",
+            'other': 'The second label of a logical operation',
+            'locked': 'Labels never changed by these operations, e.g. 1, 3',
+            'apply_button': 'Apply the operation to the label (Alt-E)',
+            'undo_button': "napari's undo of the layer: the same as Ctrl-Z (Alt-U)",
+            'redo_button': "napari's redo of the layer: the same as Ctrl-Shift-Z",
+        })
 
     def _follow_layer(self, *_: Any) -> None:
         """Follow the chosen layer's selected label (napari's label picker, its label spin box)."""

@@ -32,7 +32,7 @@ from qtpy.QtWidgets import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TaskRunner", "LayerCombo", "notify_error"]
+__all__ = ["TaskRunner", "LayerCombo", "notify_error", "guide"]
 
 
 def _then(fn: Callable[..., Any], prepare: Callable[[Any], Any], *args: Any, **kwargs: Any) -> Any:
@@ -76,6 +76,30 @@ def notify_error(message: str) -> None:
         pass
 
 
+def guide(widget: QWidget, howto: str, tips: dict[str, str]) -> QLabel:
+    """A short how-to at the top of ``widget`` and tooltips on its controls.
+
+    Parameters
+    ----------
+    widget : QWidget
+        A dock widget with a box layout.
+    howto : str
+        Two or three sentences: what the widget is for and the usual order of actions.
+    tips : dict
+        Attribute name of a control → its tooltip.
+    """
+    label = QLabel(howto)
+    label.setWordWrap(True)
+    label.setObjectName("howto")
+    label.setStyleSheet("color: palette(mid); font-style: italic;")
+    layout = widget.layout()
+    if layout is not None and hasattr(layout, "insertWidget"):
+        layout.insertWidget(0, label)
+    for name, tip in tips.items():
+        getattr(widget, name).setToolTip(tip)
+    return label
+
+
 class _Bridge(QObject):
     progressed = Signal(int, int, str)
 
@@ -105,6 +129,7 @@ class TaskRunner(QWidget):
         self.status = QLabel("ready")
         self.status.setWordWrap(True)
         self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the running task at its next safe point")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
         row = QHBoxLayout()
