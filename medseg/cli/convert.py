@@ -11,7 +11,8 @@ log = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert a DICOM series / NIfTI / NRRD / MHA to NIfTI, NRRD or MHA",
                        description="Convert an image (or, with --labels, a label map) keeping its geometry exactly.")
-    p.add_argument("input", help="DICOM folder or file, .nii[.gz], .nrrd, .mha")
+    p.add_argument("input", help="DICOM folder or file, .nii[.gz], .nrrd, .mha; a DICOM SEG or RTSTRUCT file is "
+                                 "written as a label map on the grid of its source series (next to it)")
     p.add_argument("output", help="output .nii[.gz], .nrrd or .mha")
     p.add_argument("--series", help="SeriesInstanceUID to convert when the folder holds several")
     p.add_argument("--labels", action="store_true", help="treat the input as a label map (keeps its .labels.json)")
@@ -22,7 +23,11 @@ def run(args: argparse.Namespace) -> int:
     from medseg.cli._progress import tqdm_progress
     from medseg.io import read_segmentation, read_volume, write_segmentation, write_volume
 
-    if args.labels:
+    from medseg.export.reopen import dicom_object_kind, read_dicom_labels
+
+    if dicom_object_kind(args.input):  # a DICOM SEG / RTSTRUCT: onto its source series' grid
+        write_segmentation(read_dicom_labels(args.input), args.output)
+    elif args.labels:
         write_segmentation(read_segmentation(args.input), args.output)
     else:
         with tqdm_progress("reading") as progress:
