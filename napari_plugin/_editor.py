@@ -197,8 +197,11 @@ class EditorWidget(QWidget):
         from medseg.errors import InputError
 
         text = self.locked.text().replace(",", " ").split()
+        from medseg_napari._segments import locked_of
+
+        listed = locked_of(self.labels_combo.layer()) if self.labels_combo.layer() is not None else ()
         try:
-            return tuple(int(t) for t in text)
+            return tuple(sorted({int(t) for t in text} | set(listed)))
         except ValueError as exc:
             raise InputError(f"locked labels must be integers separated by commas, got {self.locked.text()!r}") from exc
 

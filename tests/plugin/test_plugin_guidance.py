@@ -14,7 +14,7 @@ WIDGETS = [("medseg_napari._series", "SeriesWidget"), ("medseg_napari._autoseg",
            ("medseg_napari._interactive", "InteractiveWidget"), ("medseg_napari._editor", "EditorWidget"),
            ("medseg_napari._export", "ExportWidget"), ("medseg_napari._review", "ConsensusWidget"),
            ("medseg_napari._review", "UncertaintyWidget"), ("medseg_napari._review", "QAWidget"),
-           ("medseg_napari._view", "ViewWidget")]
+           ("medseg_napari._view", "ViewWidget"), ("medseg_napari._segments", "SegmentListWidget")]
 
 
 @pytest.fixture
@@ -100,3 +100,37 @@ def test_prompts_layer_keeps_the_slider_steps(qtbot, viewer_ct):
         world = L.index_to_world(image.affine, (k, 0, 0))
         viewer.dims.set_point(0, world[0])
         assert L.slider_position(viewer, world, 0) == viewer.dims.current_step[0]
+
+
+def test_segment_list_rename_hide_lock_select_and_brush_mm(qtbot, viewer_ct):
+    from qtpy.QtCore import Qt
+
+    from medseg_napari._editor import EditorWidget
+    from medseg_napari._segments import SegmentListWidget, locked_of
+
+    viewer, img, lab, image, seg = viewer_ct
+    w = SegmentListWidget(viewer)
+    w.labels_combo.set_layer(lab)
+    assert w.table.rowCount() == len(seg.labels)
+    names = [w.table.item(r, 4).text() for r in range(w.table.rowCount())]
+    assert names == seg.labels.names
+    # rename through the table cell (as a double-click edit does)
+    w.table.item(0, 4).setText("liver (right lobe)")
+    assert L.labels_from_layer(lab).names[0] == "liver (right lobe)"
+    assert not w.rename(2, "liver (right lobe)")  # names stay unique
+    # hide: the segment is drawn transparent, its voxels kept
+    w.table.item(1, 1).setCheckState(Qt.CheckState.Unchecked)
+    index = int(w.table.item(1, 3).text())
+    assert lab.colormap.map(index)[3] == 0 and (lab.data == index).any()
+    # lock: Correct boundaries leaves it alone
+    w.table.item(0, 2).setCheckState(Qt.CheckState.Checked)
+    first = int(w.table.item(0, 3).text())
+    assert first in locked_of(lab)
+    ed = EditorWidget(viewer)
+    ed.labels_combo.set_layer(lab)
+    assert first in ed.locked_labels()
+    # selecting a row selects the label for napari's brush; the brush size is in mm
+    w.table.setCurrentCell(2, 4)
+    assert lab.selected_label == int(w.table.item(2, 3).text())
+    w.brush_mm.setValue(12.0)
+    assert lab.brush_size == 12
