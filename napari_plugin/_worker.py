@@ -16,6 +16,7 @@ import functools
 import inspect
 import logging
 import threading
+import weakref
 import time
 from typing import Any, Callable, Iterator, Optional
 
@@ -104,6 +105,12 @@ class _Bridge(QObject):
     progressed = Signal(int, int, str)
 
 
+def _gone(alive: list, events: list) -> None:
+    alive[0] = False
+    for e in events:
+        e.set()
+
+
 class TaskRunner(QWidget):
     """A progress bar, a status line and a Cancel button running one task at a time.
 
@@ -143,7 +150,18 @@ class TaskRunner(QWidget):
         # what it hands back is dropped (the runner's own Qt widgets are gone)
         events = self._live_cancel_events = []
         alive = self._alive = [True]
-        self.destroyed.connect(lambda *_: (alive.__setitem__(0, False), [e.set() for e in events]))
+        # when the Python side goes, the task is asked to stop (a plain finalizer: no Python code
+        # runs inside Qt's own destruction, which crashed napari 0.5's test teardown)
+        weakref.finalize(self, _gone, alive, events)
+
+    def _is_alive(self) -> bool:
+        """False once the widget is gone (its viewer closed): results are then dropped."""
+        if self._alive[0]:
+            try:
+                self.objectName()  # raises RuntimeError once Qt deleted the widget
+            except RuntimeError:
+                _gone(self._alive, self._live_cancel_events)
+        return self._alive[0]
 
     @property
     def busy(self) -> bool:
@@ -219,7 +237,7 @@ class TaskRunner(QWidget):
         t0 = time.perf_counter()
 
         def done(result: Any) -> None:
-            if not self._alive[0]:
+            if not self._is_alive():
                 return
             self.status.setText(f"{label}: done in {time.perf_counter() - t0:.1f} s")
             if on_done is not None:
@@ -233,12 +251,12 @@ class TaskRunner(QWidget):
                     self._step_later(label, on_error)
 
         def failed(exc: BaseException) -> None:
-            if self._alive[0]:
+            if self._is_alive():
                 self._report(exc, label, on_error)
 
         def finish() -> None:
             self._worker = None
-            if not self._alive[0]:
+            if not self._is_alive():
                 self._steps = None
                 return
             if self._steps is not None:  # GUI steps still to run: finish after the last one
@@ -263,7 +281,7 @@ class TaskRunner(QWidget):
     def _step(self, label: str, on_error: Optional[Callable[[BaseException], None]]) -> None:
         """Run the next GUI step of an ``on_done`` generator."""
         steps = self._steps
-        if steps is None or not self._alive[0]:
+        if steps is None or not self._is_alive():
             return
         try:
             next(steps)
