@@ -130,6 +130,11 @@ class ViewWidget(QWidget):
         self.cursor_mm.toggled.connect(self._set_cursor_overlay)
         self.labels_combo = LayerCombo(napari_viewer, "labels")
         self.labels_combo.setToolTip("Labels layer whose segments are drawn as 3D surfaces")
+        from medseg_napari._interactive import PREVIEW_NAME
+
+        preferred = [l.name for l in self.labels_combo.layers() if l.name != PREVIEW_NAME]
+        if preferred and self.labels_combo.currentText() == PREVIEW_NAME:
+            self.labels_combo.setCurrentText(preferred[-1])
         self.surface_button = QPushButton("3D surfaces")
         self.surface_button.setToolTip("Draw each segment of the chosen labels layer as a surface and switch to 3D")
         self.surface_button.clicked.connect(self.show_surfaces)

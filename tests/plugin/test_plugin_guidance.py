@@ -134,3 +134,22 @@ def test_segment_list_rename_hide_lock_select_and_brush_mm(qtbot, viewer_ct):
     assert lab.selected_label == int(w.table.item(2, 3).text())
     w.brush_mm.setValue(12.0)
     assert lab.brush_size == 12
+
+
+def test_3d_surfaces_of_accepted_segments(qtbot, viewer_ct):
+    from medseg_napari._view import ViewWidget
+
+    viewer, img, lab, image, seg = viewer_ct
+    w = ViewWidget(viewer)
+    w.labels_combo.set_layer(lab)
+    assert w.show_surfaces()
+    qtbot.waitUntil(lambda: not w.runner.busy, timeout=120_000)
+    assert w.runner.last_error is None, w.runner.status.text()
+    present = [l for l in seg.labels if (seg.array == l.index).sum() >= 8]
+    assert len(w.surfaces) == len(present) and viewer.dims.ndisplay == 3
+    liver = next(s for s in w.surfaces if s.name == "liver surface")
+    verts = liver.data[0]
+    k, j, i = np.argwhere(seg.array == 1).T
+    # vertices lie on the liver's voxel box (index space, the label map's transform on the layer)
+    assert verts[:, 0].min() >= k.min() - 1 and verts[:, 0].max() <= k.max() + 1
+    assert np.allclose(liver.scale, img.scale) and np.allclose(liver.translate, img.translate)
