@@ -32,7 +32,7 @@ from medseg_napari._layers import (
     volume_from_layer,
 )
 from medseg_napari._shortcuts import install_shortcuts
-from medseg_napari._worker import LayerCombo, TaskRunner
+from medseg_napari._worker import LayerCombo, TaskRunner, guide
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,18 @@ class AutoSegmentWidget(QWidget):
         lay.addWidget(self.runner)
         lay.addStretch(1)
         install_shortcuts(napari_viewer, autoseg=self)
+        guide(self, "Pick the image and a model; read its card (what it was trained on). Run segments the whole "
+              "image in the background; the result is a labels layer you can correct with the brush or "
+              "Correct boundaries, then export.", {
+            'image_combo': 'Image layer to segment',
+            'device_combo': 'Where the model runs: auto (CUDA when available), CPU or CUDA',
+            'probabilities': 'Also show the foreground probability as a heatmap',
+            'opacity': 'Opacity of the result labels layer',
+            'run_button': 'Segment the chosen image with the chosen model (Alt-G)',
+        })
 
     @staticmethod
+
     def _model_names() -> list[str]:
         return trained_model_names()
 

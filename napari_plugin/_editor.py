@@ -31,14 +31,14 @@ from qtpy.QtWidgets import (
 
 from medseg_napari._layers import volume_from_layer
 from medseg_napari._shortcuts import install_shortcuts
-from medseg_napari._worker import LayerCombo, TaskRunner
+from medseg_napari._worker import LayerCombo, TaskRunner, guide
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EditorWidget", "edit_region", "OPERATION_NAMES"]
 
 OPERATION_NAMES = ["smooth", "fill holes", "remove small islands", "keep largest", "grow", "shrink",
-                   "interpolate slices", "logical"]
+                   "interpolate slices", "logical", "intensity range"]
 
 
 def edit_region(
@@ -49,10 +49,15 @@ def edit_region(
     spacing: tuple[float, float, float],
     params: dict,
     locked: tuple[int, ...] = (),
+    image: Optional[np.ndarray] = None,
     progress: Any = None,
     cancel: Any = None,
 ) -> Optional[tuple[tuple[slice, ...], np.ndarray, np.ndarray, int]]:
     """Apply one operation to label ``index`` on its bounding box.
+
+    ``"intensity range"`` keeps only the label's voxels whose ``image`` value (same (Z, Y, X)
+    grid, e.g. HU) lies within ``params["intensity_range"]`` (painting limited to a range,
+    applied to what was painted); the others become background.
 
     Returns ``(box, old, new, changed)`` (slices in array order, the box's old and new contents
     and the number of voxels changed), or
@@ -85,6 +90,12 @@ def edit_region(
         if other == index:
             raise InputError(f"logical {params.get('op')}: choose another label than {index}")
         new_mask = editing.logical(mask, old == other, params.get("op", "union"))
+    elif operation == "intensity range":
+        if image is None or np.shape(image) != np.shape(label_map):
+            raise InputError("intensity range: choose the image the labels were drawn on (same grid)")
+        lo, hi = (float(v) for v in params.get("intensity_range", (-np.inf, np.inf)))
+        values = np.asarray(image[box])
+        new_mask = mask & (values >= lo) & (values <= hi)
     elif operation in editing.OPERATIONS:
         kw = {k: v for k, v in params.items() if k in ("sigma_mm", "min_volume_mm3", "margin_mm", "axis")}
         fn = editing.OPERATIONS[operation]
@@ -124,6 +135,9 @@ class EditorWidget(QWidget):
         self.logic_op.addItems(["union", "intersect", "subtract", "xor"])
         self.other = QSpinBox()
         self.other.setRange(1, 65535)
+        self.image_combo = LayerCombo(napari_viewer, "image")
+        self.range_lo = QDoubleSpinBox(minimum=-1e6, maximum=1e6, value=-100.0, singleStep=10.0)
+        self.range_hi = QDoubleSpinBox(minimum=-1e6, maximum=1e6, value=300.0, singleStep=10.0)
         self.locked = QLineEdit()
         self.locked.setPlaceholderText("locked labels, e.g. 1, 3")
         self.apply_button = QPushButton("Apply (Alt-E)")
@@ -143,6 +157,11 @@ class EditorWidget(QWidget):
         form.addRow("interpolate across", self.axis)
         form.addRow("logical op", self.logic_op)
         form.addRow("with label", self.other)
+        form.addRow("image (for range)", self.image_combo)
+        rrow = QHBoxLayout()
+        rrow.addWidget(self.range_lo)
+        rrow.addWidget(self.range_hi)
+        form.addRow("intensity range", rrow)
         form.addRow("locked", self.locked)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
@@ -155,6 +174,26 @@ class EditorWidget(QWidget):
         lay.addStretch(1)
         self._follow_layer()
         install_shortcuts(napari_viewer, editor=self)
+        guide(self, "Choose a labels layer and a label (or pick one with napari's label picker), then an "
+              "operation and Apply. Every change is one step of the layer's own undo history: Ctrl-Z / "
+              "Ctrl-Shift-Z (or Undo / Redo here). Locked labels are never changed.", {
+            'labels_combo': 'Labels layer to correct',
+            'index': "Label to edit (follows the layer's selected label)",
+            'operation': 'Correction to apply to the label',
+            'sigma': 'Smoothing strength (Gaussian sigma, mm)',
+            'margin': 'Grow / shrink distance (mm)',
+            'min_volume': 'Islands smaller than this are removed (mm³)',
+            'axis': 'Axis along which missing slices are interpolated',
+            'logic_op': "Logical operation between the label and 'with label'",
+            'other': 'The second label of a logical operation',
+            'image_combo': "Image whose intensities limit the label ('intensity range')",
+            'range_lo': "Lowest intensity kept by 'intensity range' (HU for CT)",
+            'range_hi': "Highest intensity kept by 'intensity range' (HU for CT)",
+            'locked': 'Labels never changed by these operations, e.g. 1, 3',
+            'apply_button': 'Apply the operation to the label (Alt-E)',
+            'undo_button': "napari's undo of the layer: the same as Ctrl-Z (Alt-U)",
+            'redo_button': "napari's redo of the layer: the same as Ctrl-Shift-Z",
+        })
 
     def _follow_layer(self, *_: Any) -> None:
         """Follow the chosen layer's selected label (napari's label picker, its label spin box)."""
@@ -180,15 +219,19 @@ class EditorWidget(QWidget):
         from medseg.errors import InputError
 
         text = self.locked.text().replace(",", " ").split()
+        from medseg_napari._segments import locked_of
+
+        listed = locked_of(self.labels_combo.layer()) if self.labels_combo.layer() is not None else ()
         try:
-            return tuple(int(t) for t in text)
+            return tuple(sorted({int(t) for t in text} | set(listed)))
         except ValueError as exc:
             raise InputError(f"locked labels must be integers separated by commas, got {self.locked.text()!r}") from exc
 
     def params(self) -> dict:
         return {"sigma_mm": self.sigma.value(), "margin_mm": self.margin.value(),
                 "min_volume_mm3": self.min_volume.value(), "axis": self.axis.currentIndex(),
-                "op": self.logic_op.currentText(), "other": self.other.value()}
+                "op": self.logic_op.currentText(), "other": self.other.value(),
+                "intensity_range": (self.range_lo.value(), self.range_hi.value())}
 
     def apply(self) -> bool:
         """Run the chosen operation on the chosen label in a worker thread."""
@@ -203,8 +246,10 @@ class EditorWidget(QWidget):
             return False
         spacing = volume_from_layer(layer).spacing
         op, index = self.operation.currentText(), self.index.value()
+        image = self.image_combo.layer()
+        image = image.data if image is not None and op == "intensity range" else None
         return self.runner.start(
-            edit_region, layer.data, index, op, spacing=spacing, params=self.params(), locked=locked,
+            edit_region, layer.data, index, op, spacing=spacing, params=self.params(), locked=locked, image=image,
             label=f"{op} on label {index}", on_done=lambda r: self._apply_result(layer, r, op, index))
 
     def _apply_result(self, layer: Any, result: Any, op: str, index: int) -> None:

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from medseg_napari._worker import LayerCombo, TaskRunner
+from medseg_napari._worker import LayerCombo, TaskRunner, guide
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,7 @@ class ExportWidget(QWidget):
         self.path_edit.textEdited.connect(lambda *_: setattr(self, "_path_typed", True))
         self._path_typed = False  # a path the user typed (or browsed to) is kept
         browse = QPushButton("…")
+        browse.setToolTip("Choose the output file")
         browse.clicked.connect(self._browse)
         self.export_button = QPushButton("Export")
         self.export_button.clicked.connect(self.export)
@@ -201,6 +202,20 @@ class ExportWidget(QWidget):
             ev.connect(self._prefer_accepted)
         self._prefer_accepted()
         self._default_path()
+        guide(self, "The accepted labels are chosen by default. Pick a format and a file (next to the scan by "
+              "default) and Export; an existing file is only replaced after you confirm. Statistics gives "
+              "volumes and intensities per label (click a column to sort).", {
+            'labels_combo': 'Labels layer to export',
+            'image_combo': 'Image for intensity statistics (mean, SD in HU for CT)',
+            'format_combo': 'NIfTI/NRRD with a .labels.json of names; DICOM SEG or RTSTRUCT referencing the source series',
+            'path_edit': 'Output file; an existing file is replaced only after a confirmation',
+            'export_button': 'Write the labels layer, then show its statistics',
+            'stats_button': 'Compute per-label statistics without writing',
+            'csv_button': 'Save the statistics table as CSV next to the export',
+            'open_folder_button': 'Open the folder of the last export',
+            'message': 'Full path of what was written',
+            'table': 'Per-label statistics; click a column header to sort',
+        })
 
     def _prefer_accepted(self, *_: Any) -> None:
         """Choose accepted labels over the click widget's preview ("current object") by default."""

@@ -39,6 +39,7 @@ from medseg_napari._layers import (
     label_colormap,
     label_features,
     labels_layer_data,
+    layer_transform_kwargs,
     make_layer,
     reusable_layer,
     update_layer,
@@ -47,7 +48,7 @@ from medseg_napari._layers import (
     world_to_index,
 )
 from medseg_napari._shortcuts import install_shortcuts
-from medseg_napari._worker import LayerCombo, TaskRunner
+from medseg_napari._worker import LayerCombo, TaskRunner, guide
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,10 @@ def session_layers(seg: Any, image_name: str, source: dict) -> dict:
     preview = labels_layer_data(
         type(seg)(seg.label_map.with_array(np.zeros(seg.array.shape, np.uint8)), preview_table),
         name=PREVIEW_NAME, opacity=0.6)
-    prompts = (np.zeros((0, 3)), {"name": PROMPTS_NAME, "size": 6, "face_color": _POS_COLOR, "ndim": 3}, "points")
+    # the image's transform: a points layer with napari's unit scale would add its own slider
+    # steps (a 2 mm CT went from 20 to 39 steps when the prompts layer was added)
+    prompts = (np.zeros((0, 3)), {"name": PROMPTS_NAME, "size": 6, "face_color": _POS_COLOR, "ndim": 3,
+                                  **layer_transform_kwargs(seg.label_map.affine)}, "points")
     return {key: (ld, make_layer(ld)) for key, ld in
             (("objects", objects), ("preview", preview), ("points", prompts))}
 
@@ -260,6 +264,8 @@ class InteractiveWidget(QWidget):
         mode_row = QHBoxLayout()
         for i, name in enumerate(("point", "box", "scribble")):
             b = QRadioButton(name)
+            b.setToolTip({"point": "A click adds a point prompt", "box": "Drag a box around the object on this slice",
+                          "scribble": "Drag a line through the object"}[name])
             b.setChecked(i == 0)
             self.mode_buttons.addButton(b, i)
             mode_row.addWidget(b)
@@ -302,9 +308,26 @@ class InteractiveWidget(QWidget):
         napari_viewer.layers.events.removed.connect(self._refresh_labels_combo)
         self._refresh_labels_combo()
         install_shortcuts(napari_viewer, interactive=self)
+        guide(self, "Turn on Prompt mode and click an organ on the image: a click starts a session if none "
+              "runs. Shift-click (or 'negative') removes a region, box and scribble modes drag. Type a name "
+              "and Accept: the object is locked in the objects layer. Ctrl-Z on that layer undoes accepts, "
+              "brush strokes and corrections in order.", {
+            'image_combo': 'Image layer to segment by clicking',
+            'start_labels_combo': 'An existing labels layer to keep: its labels are locked and act as background',
+            'engine_combo': 'classical: works on any scan; learned engines only where they have weights',
+            'start_button': 'Start (or restart) a session on the chosen image; a first click in prompt mode also starts one',
+            'negative': 'Clicks remove instead of add (or hold Shift while clicking)',
+            'prompt_button': 'While on, clicks on the canvas are prompts and panning is off (Alt-P)',
+            'name_edit': 'Name of the object to accept, e.g. liver (medseg knows SNOMED codes for common organs)',
+            'accept_button': 'Lock the current object into the objects layer under the name (Alt-A)',
+            'undo_button': "Undo the last prompt; with none left, napari's undo of the objects layer (Alt-Z)",
+            'reset_button': "Drop the current object's prompts and mask (Alt-R)",
+            'locked_label': 'Labels that new objects never overwrite',
+        })
 
     # -- setup ------------------------------------------------------------------------------
     @staticmethod
+
     def _engine_names() -> list[str]:
         names = ["classical"]
         try:

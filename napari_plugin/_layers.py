@@ -53,6 +53,11 @@ __all__ = [
     "labels_from_layer",
     "world_to_index",
     "index_to_world",
+    "AXIS_LABELS",
+    "VIEW_ORDERS",
+    "patient_position_text",
+    "slider_position",
+    "widen_contrast_range",
     "contrast_limits_for",
     "window_limits",
     "add_layer_data",
@@ -178,6 +183,26 @@ def index_to_world(affine: np.ndarray, index: Sequence[float]) -> np.ndarray:
     return w[:3, :3] @ np.asarray(index, dtype=float) + w[:3, 3]
 
 
+#: napari world axes (-z, y, x) named by the slices they step through and their direction
+AXIS_LABELS = ("axial S→I", "coronal A→P", "sagittal R→L")
+#: ``viewer.dims.order`` of each standard view (see the module docstring)
+VIEW_ORDERS = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
+
+
+def patient_position_text(world_point: Sequence[float]) -> str:
+    """A napari world point as patient coordinates in mm: ``R 12.3  A 45.6  S 78.9 mm`` (LPS signs)."""
+    x, y, z = (LPS_FROM_WORLD @ np.array([*(float(v) for v in world_point[-3:]), 1.0]))[:3]
+    return (f"{'L' if x >= 0 else 'R'} {abs(x):.1f}  {'P' if y >= 0 else 'A'} {abs(y):.1f}  "
+            f"{'S' if z >= 0 else 'I'} {abs(z):.1f} mm")
+
+
+def slider_position(viewer: Any, world_point: Sequence[float], axis: int = 0) -> int:
+    """The number napari's slider of ``axis`` shows at ``world_point`` (0-based step index)."""
+    rng = viewer.dims.range[axis]
+    step = float(rng.step) if float(rng.step) else 1.0
+    return int(round((float(world_point[axis]) - float(rng.start)) / step))
+
+
 # -- display --------------------------------------------------------------------------------
 def window_limits(preset: str) -> tuple[float, float]:
     """Contrast limits (HU) of a CT window preset name (see :data:`CT_PRESETS`)."""
@@ -210,11 +235,18 @@ def contrast_limits_for(volume: Volume) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+#: values 1..N get medseg's palette colour even before they are named, so that a label painted
+#: with a new number is drawn in a distinct colour (not napari's grey default)
+PALETTE_VALUES = 255
+
+
 def label_colormap(labels: LabelTable) -> Any:
-    """napari ``DirectLabelColormap`` with each label's colour; unknown values grey."""
+    """napari ``DirectLabelColormap``: each label's colour, medseg's palette for other values 1..255."""
     from napari.utils.colormaps import DirectLabelColormap
 
     colors: dict[Any, Any] = {0: np.zeros(4), None: np.array([0.6, 0.6, 0.6, 1.0])}
+    for value in range(1, PALETTE_VALUES + 1):
+        colors[value] = np.array([*(c / 255.0 for c in default_color(value)), 1.0])
     for lab in labels:
         colors[lab.index] = np.array([*(c / 255.0 for c in lab.color), 1.0])
     return DirectLabelColormap(color_dict=colors)
@@ -346,7 +378,35 @@ def make_layer(layer_data: tuple) -> Any:
     from napari.layers import Layer
 
     data, kwargs, layer_type = layer_data
-    return Layer.create(data, dict(kwargs), layer_type)
+    layer = Layer.create(data, dict(kwargs), layer_type)
+    if layer_type == "image" and kwargs.get("contrast_limits") is not None:
+        widen_contrast_range(layer)
+    return layer
+
+
+def data_range(data: Any, sample: int = 500_000) -> tuple[float, float]:
+    """Min and max of an array from a regular subsample of about ``sample`` values."""
+    arr = np.asarray(data) if not hasattr(data, "ndim") else data
+    step = max(1, int(np.cbrt(arr.size / sample))) if arr.ndim >= 3 else 1
+    sub = np.asarray(arr[..., ::step, ::step, ::step] if arr.ndim >= 3 else arr)
+    if not sub.size:
+        return 0.0, 1.0
+    lo, hi = float(np.nanmin(sub)), float(np.nanmax(sub))
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def widen_contrast_range(layer: Any) -> None:
+    """Let an image layer's contrast slider reach the data's range, not only the preset window.
+
+    napari makes the slider's range equal to the contrast limits a layer was created with
+    (a CT window); the limits are kept, the range grows to the data's min and max.
+    """
+    lo, hi = layer.contrast_limits_range
+    dlo, dhi = data_range(layer.data)
+    if dlo < lo or dhi > hi:
+        limits = tuple(layer.contrast_limits)
+        layer.contrast_limits_range = (min(lo, dlo), max(hi, dhi))
+        layer.contrast_limits = limits
 
 
 #: napari layer type strings (as in ``(data, kwargs, layer_type)`` tuples) → class names

@@ -154,6 +154,66 @@ def read_dicom_series(folder: PathLike, series_uid: Optional[str] = None, *, pro
     return [(data, kwargs, kind)]
 
 
+def _dicom_object_kind(path: Path) -> Optional[str]:
+    from medseg.export.reopen import dicom_object_kind
+
+    return dicom_object_kind(path) if path.suffix.lower() in (".dcm", "") or path.is_file() else None
+
+
+def _labels_on_series(seg: Any, image_name: str, folder: Path) -> tuple:
+    """Labels layer data of a SEG/RTSTRUCT read onto its series, exportable to that series again."""
+    from medseg_napari._layers import METADATA_KEY, labels_layer_data
+
+    name = Path(str(seg.label_map.meta.get("opened_from", "labels"))).stem
+    data, kwargs, kind = labels_layer_data(seg, name=f"{image_name} {name}", opacity=0.5)
+    kwargs["metadata"][METADATA_KEY]["source"] = {"layer": image_name, "dicom_folder": str(folder),
+                                                  "meta": dict(seg.label_map.meta)}
+    return data, kwargs, kind
+
+
+def _objects_next_to(folder: Path, image: tuple) -> list:
+    """Labels layers of the SEG / RTSTRUCT files in ``folder`` that reference the opened series."""
+    from medseg.errors import MedsegError
+    from medseg.export.reopen import read_dicom_labels
+
+    from medseg_napari._layers import METADATA_KEY, volume_from_layer
+
+    md = image[1]["metadata"][METADATA_KEY]
+    volume = None
+    out = []
+    for f in sorted(folder.iterdir()):
+        if not f.is_file() or not _dicom_object_kind(f):
+            continue
+        try:
+            if volume is None:
+                from medseg.volume import Volume
+
+                volume = Volume(image[0], md["affine"], dict(md.get("meta") or {}))
+            seg = read_dicom_labels(f, source=folder, volume=volume)
+        except (MedsegError, OSError, ValueError) as exc:
+            _notify(f"medseg could not open {f.name} on its series: {exc}")
+            continue
+        out.append(_labels_on_series(seg, image[1]["name"], folder))
+    return out
+
+
+def read_dicom_object(path: PathLike) -> list:
+    """A DICOM SEG or RTSTRUCT file: its source series (image layer) and the labels on that grid."""
+    from medseg.export.reopen import read_dicom_labels
+
+    from medseg_napari._layers import METADATA_KEY, image_layer_data
+
+    p = Path(path)
+    from medseg.io import read_volume
+
+    seg = read_dicom_labels(p)
+    folder = Path(str(seg.label_map.meta.get("files", [p])[0])).parent
+    vol = read_volume(folder, series_uid=seg.label_map.meta.get("SeriesInstanceUID"))
+    image = image_layer_data(vol)
+    image[1]["metadata"][METADATA_KEY]["dicom_folder"] = str(folder)
+    return [image, _labels_on_series(seg, image[1]["name"], folder)]
+
+
 def read_dicom_folder(path: Union[PathLike, Sequence[PathLike]]) -> Optional[list]:
     """Layer data for a DICOM folder (or file): its default series, the others listed."""
     from medseg.errors import MedsegError
@@ -168,7 +228,11 @@ def read_dicom_folder(path: Union[PathLike, Sequence[PathLike]]) -> Optional[lis
                 series, default_uid = list_series(p)
             except ImportError:  # medseg.io.dicom not installed: read_volume decides
                 series, default_uid = [], None
+        if p.is_file() and _dicom_object_kind(p):
+            return read_dicom_object(p)
         layers = read_dicom_series(p, default_uid)
+        if p.is_dir():
+            layers += _objects_next_to(p, layers[0])
         md = layers[0][1]["metadata"][METADATA_KEY]
         md["series"] = series
         md["series_uid"] = default_uid

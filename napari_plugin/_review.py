@@ -41,10 +41,11 @@ from medseg_napari._layers import (
     probability_layer_data,
     is_layer_type,
     show_layer,
+    slider_position,
     viewer_camera,
     volume_from_layer,
 )
-from medseg_napari._worker import LayerCombo, TaskRunner
+from medseg_napari._worker import LayerCombo, TaskRunner, guide
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,13 @@ class ConsensusWidget(QWidget):
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             ev.connect(self._refresh)
         self._refresh()
+        guide(self, "Check two or more labels layers (raters) and Run: STAPLE or majority voting gives a "
+              "consensus labels layer and a map of where raters disagree; the table scores each rater.", {
+            'raters': 'Labels layers to combine (check at least two); label names come from each layer',
+            'method': 'STAPLE (weights raters by estimated performance) or majority vote',
+            'run_button': 'Compute the consensus in the background',
+            'table': 'Per-rater agreement with the consensus',
+        })
 
     def _refresh(self, *_: Any) -> None:
         checked = set(self.checked_names())
@@ -257,6 +265,17 @@ class UncertaintyWidget(QWidget):
         lay.addWidget(self.runner)
         lay.addWidget(QLabel("review list (click to jump)"))
         lay.addWidget(self.review, 1)
+        guide(self, "Pick an image and a model, then Estimate: the model runs several times (test-time "
+              "augmentation or MC dropout) and the heatmap shows where it is unsure. Click an entry of "
+              "the review list to go to that slice (numbers as on the slider).", {
+            'image_combo': 'Image layer to assess',
+            'model_combo': 'Models with weights only; read the card below',
+            'method': 'tta: test-time augmentation; mc_dropout: dropout left on at inference',
+            'samples': 'Number of model runs (more: smoother estimate, slower)',
+            'map_combo': 'Uncertainty measure shown as the heatmap',
+            'run_button': 'Run the model several times in the background',
+            'review': 'Places to review, most uncertain first; click to jump there',
+        })
 
     def run(self) -> bool:
         image = self.image_combo.layer()
@@ -290,8 +309,13 @@ class UncertaintyWidget(QWidget):
         yield
         self.review.blockSignals(True)
         self.review.clear()
+        affine = self.result.segmentation.affine
         for it in self.items:
-            self.review.addItem(f"{it.rank}. {it.name} — slice {it.slice_index} ({it.uncertain_ml:.1f} mL uncertain)")
+            # the number napari's axial slider shows there (the array's k runs the other way)
+            world = index_to_world(affine, tuple(it.centre_kji))
+            number = slider_position(self.viewer, (*[0.0] * (self.viewer.dims.ndim - 3), *world),
+                                     self.viewer.dims.ndim - 3)
+            self.review.addItem(f"{it.rank}. {it.name} — slice {number} ({it.uncertain_ml:.1f} mL uncertain)")
         self.review.blockSignals(False)
         self.runner.status.setText(f"{len(self.items)} places to review")
 
@@ -359,6 +383,16 @@ class QAWidget(QWidget):
         lay.addWidget(self.runner)
         lay.addWidget(self.summary)
         lay.addWidget(self.table, 1)
+        guide(self, "Pick a reference and a prediction labels layer and Evaluate: Dice, IoU, HD95 and surface "
+              "Dice per label, and an error layer (1 missed, 2 false positive). Give a folder to save the report.", {
+            'reference_combo': 'Reference (ground truth) labels layer',
+            'prediction_combo': 'Labels layer to evaluate',
+            'tolerance': 'Surface Dice tolerance (mm)',
+            'folder_edit': 'Optional folder for the HTML/CSV report',
+            'run_button': 'Compare the two layers in the background',
+            'summary': 'Where the report was written',
+            'table': 'Metrics per label',
+        })
 
     def run(self) -> bool:
         ref, pred = self.reference_combo.layer(), self.prediction_combo.layer()

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 )
 
 from medseg_napari._shortcuts import apply_window, install_shortcuts
-from medseg_napari._worker import LayerCombo, TaskRunner
+from medseg_napari._worker import LayerCombo, TaskRunner, guide
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class SeriesWidget(QWidget):
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("DICOM folder")
         browse = QPushButton("…")
+        browse.setToolTip("Browse for the DICOM folder")
         browse.clicked.connect(self._browse)
         self.scan_button = QPushButton("Scan")
         self.scan_button.clicked.connect(self.scan)
@@ -82,6 +83,16 @@ class SeriesWidget(QWidget):
         wrow.addWidget(self.window_button)
         lay.addLayout(wrow)
         install_shortcuts(napari_viewer)
+        guide(self, "Choose a DICOM folder and Scan: its series are listed (the default one selected). Open the "
+              "selected series as an image layer, then pick a window (CT presets or auto for MR).", {
+            'folder_edit': 'Folder holding the DICOM files (sub-folders are searched too)',
+            'scan_button': 'List the series found in the folder',
+            'list': 'Series in the folder: modality, description, number of slices; the default is selected',
+            'open_button': 'Open the selected series as an image layer with its physical geometry',
+            'image_combo': 'Image layer the window applies to',
+            'window_combo': 'CT window preset, or auto-contrast (percentiles) for MR',
+            'window_button': 'Apply the chosen window to the image layer',
+        })
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "DICOM folder", self.folder_edit.text())

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["SHORTCUTS", "install_shortcuts", "apply_window"]
+__all__ = ["SHORTCUTS", "install_shortcuts", "apply_window", "selected_image"]
 
 SHORTCUTS: dict[str, str] = {
     "Alt-1": "CT window: soft tissue",
@@ -71,7 +71,7 @@ def apply_window(layer: Any, preset: str) -> tuple[float, float]:
     return limits
 
 
-def _selected_image(viewer: Any) -> Any:
+def selected_image(viewer: Any) -> Any:
     from medseg_napari._layers import is_layer_type
 
     active = viewer.layers.selection.active
@@ -81,8 +81,40 @@ def _selected_image(viewer: Any) -> Any:
     return images[-1] if images else None
 
 
+def _guide_viewer(viewer: Any) -> None:
+    """Anatomical axis names and contrast sliders reaching the data's range, for medseg's layers.
+
+    Done for the layers already open and for every layer added later (once per viewer).
+    """
+    from medseg_napari._layers import METADATA_KEY, is_layer_type, widen_contrast_range
+
+    def guide(layer: Any) -> None:
+        if METADATA_KEY not in (layer.metadata or {}):
+            return
+        if is_layer_type(layer, "image") and getattr(layer.data, "ndim", 0) == 3:
+            try:
+                widen_contrast_range(layer)
+            except Exception:  # noqa: BLE001 - display only
+                pass
+        if viewer.dims.ndim >= 3:
+            from medseg_napari._view import anatomical_axes
+
+            anatomical_axes(viewer)
+
+    if viewer in _GUIDED:
+        return
+    _GUIDED.add(viewer)
+    for layer in list(viewer.layers):
+        guide(layer)
+    viewer.layers.events.inserted.connect(lambda event: guide(event.value))
+
+
+_GUIDED: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
 def install_shortcuts(viewer: Any, **widgets: Any) -> None:
     """Bind the shortcuts on ``viewer``; ``widgets`` (autoseg=, interactive=, editor=) get their keys."""
+    _guide_viewer(viewer)
     registry = _REGISTRY.setdefault(id(viewer), {})
     for name, w in widgets.items():
         registry[name] = weakref.ref(w)
@@ -96,7 +128,7 @@ def install_shortcuts(viewer: Any, **widgets: Any) -> None:
 
     for key, preset in _WINDOW_KEYS.items():
         def set_window(preset: str = preset) -> None:
-            layer = _selected_image(viewer)
+            layer = selected_image(viewer)
             if layer is not None:
                 apply_window(layer, preset)
         bind(key, set_window)

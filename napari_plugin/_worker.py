@@ -16,6 +16,7 @@ import functools
 import inspect
 import logging
 import threading
+import weakref
 import time
 from typing import Any, Callable, Iterator, Optional
 
@@ -32,7 +33,7 @@ from qtpy.QtWidgets import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TaskRunner", "LayerCombo", "notify_error"]
+__all__ = ["TaskRunner", "LayerCombo", "notify_error", "guide"]
 
 
 def _then(fn: Callable[..., Any], prepare: Callable[[Any], Any], *args: Any, **kwargs: Any) -> Any:
@@ -76,8 +77,38 @@ def notify_error(message: str) -> None:
         pass
 
 
+def guide(widget: QWidget, howto: str, tips: dict[str, str]) -> QLabel:
+    """A short how-to at the top of ``widget`` and tooltips on its controls.
+
+    Parameters
+    ----------
+    widget : QWidget
+        A dock widget with a box layout.
+    howto : str
+        Two or three sentences: what the widget is for and the usual order of actions.
+    tips : dict
+        Attribute name of a control → its tooltip.
+    """
+    label = QLabel(howto)
+    label.setWordWrap(True)
+    label.setObjectName("howto")
+    label.setStyleSheet("color: palette(mid); font-style: italic;")
+    layout = widget.layout()
+    if layout is not None and hasattr(layout, "insertWidget"):
+        layout.insertWidget(0, label)
+    for name, tip in tips.items():
+        getattr(widget, name).setToolTip(tip)
+    return label
+
+
 class _Bridge(QObject):
     progressed = Signal(int, int, str)
+
+
+def _gone(alive: list, events: list) -> None:
+    alive[0] = False
+    for e in events:
+        e.set()
 
 
 class TaskRunner(QWidget):
@@ -105,6 +136,7 @@ class TaskRunner(QWidget):
         self.status = QLabel("ready")
         self.status.setWordWrap(True)
         self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the running task at its next safe point")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
         row = QHBoxLayout()
@@ -118,7 +150,18 @@ class TaskRunner(QWidget):
         # what it hands back is dropped (the runner's own Qt widgets are gone)
         events = self._live_cancel_events = []
         alive = self._alive = [True]
-        self.destroyed.connect(lambda *_: (alive.__setitem__(0, False), [e.set() for e in events]))
+        # when the Python side goes, the task is asked to stop (a plain finalizer: no Python code
+        # runs inside Qt's own destruction, which crashed napari 0.5's test teardown)
+        weakref.finalize(self, _gone, alive, events)
+
+    def _is_alive(self) -> bool:
+        """False once the widget is gone (its viewer closed): results are then dropped."""
+        if self._alive[0]:
+            try:
+                self.objectName()  # raises RuntimeError once Qt deleted the widget
+            except RuntimeError:
+                _gone(self._alive, self._live_cancel_events)
+        return self._alive[0]
 
     @property
     def busy(self) -> bool:
@@ -194,7 +237,7 @@ class TaskRunner(QWidget):
         t0 = time.perf_counter()
 
         def done(result: Any) -> None:
-            if not self._alive[0]:
+            if not self._is_alive():
                 return
             self.status.setText(f"{label}: done in {time.perf_counter() - t0:.1f} s")
             if on_done is not None:
@@ -208,12 +251,12 @@ class TaskRunner(QWidget):
                     self._step_later(label, on_error)
 
         def failed(exc: BaseException) -> None:
-            if self._alive[0]:
+            if self._is_alive():
                 self._report(exc, label, on_error)
 
         def finish() -> None:
             self._worker = None
-            if not self._alive[0]:
+            if not self._is_alive():
                 self._steps = None
                 return
             if self._steps is not None:  # GUI steps still to run: finish after the last one
@@ -238,7 +281,7 @@ class TaskRunner(QWidget):
     def _step(self, label: str, on_error: Optional[Callable[[BaseException], None]]) -> None:
         """Run the next GUI step of an ``on_done`` generator."""
         steps = self._steps
-        if steps is None or not self._alive[0]:
+        if steps is None or not self._is_alive():
             return
         try:
             next(steps)

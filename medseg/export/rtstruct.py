@@ -307,7 +307,7 @@ def _fill_even_odd(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.nda
     return np.cumsum(diff, axis=1)[:, :-1] > 0
 
 
-def rasterize_rtstruct(path: str | Path, segmentation_or_volume) -> dict[str, np.ndarray]:
+def rasterize_rtstruct(path: str | Path, segmentation_or_volume, *, off_plane: str = "raise") -> dict[str, np.ndarray]:
     """Rasterise an RTSTRUCT's contours onto a grid (even-odd rule for nested contours).
 
     Parameters
@@ -316,6 +316,10 @@ def rasterize_rtstruct(path: str | Path, segmentation_or_volume) -> dict[str, np
         RTSTRUCT file.
     segmentation_or_volume : Segmentation or Volume
         Gives the grid (shape and affine); contours are mapped LPS → index through it.
+    off_plane : {"raise", "skip"}
+        What to do with a contour that lies between the grid's slices (or outside them):
+        raise :class:`DicomError`, or leave it out with a logged warning (opening a clinical
+        structure set whose small helper ROIs were drawn between slices).
 
     Returns
     -------
@@ -343,6 +347,10 @@ def rasterize_rtstruct(path: str | Path, segmentation_or_volume) -> dict[str, np
             kji = xyz @ inv[:3, :3].T + inv[:3, 3]
             k = float(np.round(kji[:, 0].mean()))
             if np.abs(kji[:, 0] - k).max() > 0.01 or not 0 <= k < zz:
+                if off_plane == "skip":
+                    log.warning("%s: a contour of ROI %s lies off the slice planes (index z %.3f); left out",
+                                Path(path).name, names.get(int(rc.ReferencedROINumber)), float(kji[:, 0].mean()))
+                    continue
                 raise DicomError(path, f"a contour of ROI {names.get(int(rc.ReferencedROINumber))} is off the "
                                        f"slice planes (index z {kji[:, 0].min():.3f}..{kji[:, 0].max():.3f})",
                                  "rasterise it onto the grid of its source series")

@@ -179,3 +179,51 @@ def test_ctrl_z_and_ctrl_shift_z_walk_through_accept_paint_and_smoothing(qtbot, 
     # the click widget's Undo (no prompt pending) is the same history
     assert w.undo()
     assert np.array_equal(objects.data, states[2])
+
+
+def test_open_nsclc_with_its_rtstruct_correct_gtv_and_export_rtstruct(qtbot, make_napari_viewer, real_data,
+                                                                     tmp_path):
+    """Open the clinical CT folder (its RTSTRUCT comes with it), correct GTV-1 with the brush
+    (one stroke adds, one erases), export RTSTRUCT: read back, GTV-1 differs only where edited."""
+    import pydicom
+
+    from medseg.export import rasterize_rtstruct
+
+    from medseg_napari._export import ExportWidget
+
+    folder = real_data / "nsclc_lung1_001" / "dicom"
+    viewer = make_napari_viewer(show=True)
+    layers = viewer.open(str(folder), plugin="medseg")
+    image = next(l for l in layers if L.is_layer_type(l, "image"))
+    rt = next(l for l in layers if L.is_layer_type(l, "labels"))
+    assert rt.data.shape == image.data.shape == (134, 512, 512)
+    seg0 = L.segmentation_from_layer(rt)
+    gtv = seg0.labels.names.index("GTV-1") + 1
+    original = rt.data == gtv
+    ex = ExportWidget(viewer)
+    viewer.window.add_dock_widget(ex, name="Export")
+    canvas = canvas_of(viewer, ex)
+    vol = L.volume_from_layer(image)
+    k = 74  # a slice through the tumour (GTV-1 spans k 65-85, rows 226-315, columns 290-386)
+    viewer.dims.set_point(0, L.index_to_world(vol.affine, (k, 0, 0))[0])
+    viewer.layers.selection.active = rt
+    _brush(viewer, canvas, rt, vol, gtv, k, 240, 270, 300, size=10)   # extend the tumour outline
+    _brush(viewer, canvas, rt, vol, 0, k, 300, 350, 380, size=10)     # erase a part of it
+    edited = rt.data == gtv
+    changed = edited != original
+    assert changed.sum() > 50 and np.array_equal(np.flatnonzero(changed.any(axis=(1, 2))), [k])
+    # export RTSTRUCT: this layer by default, next to the source series' files unless given
+    assert ex.labels_combo.layer() is rt
+    ex.format_combo.setCurrentText("DICOM RTSTRUCT (.dcm)")
+    ex.path_edit.setText(str(tmp_path / "corrected.rtstruct.dcm"))
+    assert ex.export()
+    qtbot.waitUntil(lambda: not ex.runner.busy, timeout=600_000)
+    assert ex.runner.last_error is None, ex.runner.status.text()
+    out = tmp_path / "corrected.rtstruct.dcm"
+    assert str(out) in ex.message.text()
+    ref = lambda ds: ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0] \
+        .RTReferencedSeriesSequence[0].SeriesInstanceUID  # noqa: E731
+    assert ref(pydicom.dcmread(out)) == ref(pydicom.dcmread(folder / "2.dcm"))
+    back = rasterize_rtstruct(out, seg0)["GTV-1"]
+    assert np.array_equal(back, edited), "GTV-1 read back differs from the corrected layer"
+    assert np.array_equal(back[~changed], original[~changed]), "GTV-1 changed where it was not edited"

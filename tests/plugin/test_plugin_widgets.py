@@ -480,3 +480,29 @@ def Qt_order(descending: bool):
     from qtpy.QtCore import Qt
 
     return Qt.SortOrder.DescendingOrder if descending else Qt.SortOrder.AscendingOrder
+
+
+def test_editor_limits_a_label_to_an_intensity_range(qtbot, viewer_with_phantom):
+    from medseg_napari._editor import EditorWidget
+
+    viewer, img, lab, image, seg = viewer_with_phantom
+    w = EditorWidget(viewer)
+    w.labels_combo.set_layer(lab)
+    w.image_combo.set_layer(img)
+    before = np.array(lab.data, copy=True)
+    liver = before == 1
+    hu = image.array[liver]
+    lo, hi = float(np.percentile(hu, 25)), float(np.percentile(hu, 75))
+    w.index.setValue(1)
+    w.operation.setCurrentText("intensity range")
+    w.range_lo.setValue(lo)
+    w.range_hi.setValue(hi)
+    assert w.apply()
+    _wait(qtbot, w)
+    assert w.runner.last_error is None, w.runner.last_error
+    kept = lab.data == 1
+    inside = liver & (image.array >= lo) & (image.array <= hi)
+    assert np.array_equal(kept, inside)
+    assert np.array_equal(lab.data[~liver], before[~liver])  # other labels untouched
+    w.undo()  # one step of napari's history
+    assert np.array_equal(lab.data, before)
