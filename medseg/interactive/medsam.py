@@ -37,10 +37,13 @@ one 2D slice from a box. This engine turns that into 3D click-to-segment:
   - a positive click on a slice the object covers adds the decoder's mask for the box of
     (current mask + the click's seed region) to that slice (union only), then re-propagates
     outwards with unions while the slices keep changing;
-  - a negative click removes the region it hits on its slice (the decoder's mask for a box
-    shrunk away from the click, intersected with the old mask; else the connected part under
-    the click), clears the slices beyond the slice when it became empty (the object is
-    contiguous in ``k``), and re-propagates outwards with intersections.
+  - a negative click removes the region it hits on its slice: the decoder's mask for the
+    mask's box shrunk past the click, intersected with the old mask, when that drops the
+    click and keeps at least half the slice; else a disc around the click as deep as the
+    click lies in the mask. It clears the slices beyond the slice when it became empty (the
+    object is contiguous in ``k``), and re-propagates outwards with intersections.
+  - re-propagation after a correction stops at a slice where the change would not be the
+    same correction (a union more than doubling the slice, an intersection halving it).
 
 Slices are the array's first axis ``k`` (axial for axial acquisitions); all prompts are voxel
 indices ``(k, j, i)`` as in :class:`~medseg.interactive.Session`.
@@ -403,13 +406,15 @@ class MedSAMEngine:
                 break
             if mode == "union" and old is not None:
                 new = old | m
-                if (new & ~old).sum() <= 0.02 * max(1, old.sum()):
-                    break
+                added = (new & ~old).sum()
+                if added <= 0.02 * max(1, old.sum()) or added > old.sum():
+                    break  # nothing to add, or not the same miss (it would more than double the slice)
                 m = new
             elif mode == "intersect" and old is not None:
                 new = old & m
-                if (old & ~new).sum() <= 0.02 * max(1, old.sum()):
-                    break
+                removed = (old & ~new).sum()
+                if removed <= 0.02 * max(1, old.sum()) or removed > 0.5 * old.sum():
+                    break  # nothing to remove, or not the same leak (it would halve the slice)
                 m = new
             masks[k] = m
             ious.append(iou)
@@ -580,16 +585,20 @@ class MedSAMEngine:
             return
         if old is None or not old[j, i]:
             return
-        lab, _ = ndi.label(old)
-        comp = lab == lab[j, i]
-        b = _bbox2d(old)
-        box = self._shrunk_box(b, j, i)
-        keep = np.zeros_like(old)
+        box = self._shrunk_box(_bbox2d(old), j, i)
+        keep = None
         if box is not None:
             m, _ = self._decode(k, box[None])
             keep = old & m[0]
-        if keep[j, i] or not keep.any():
-            keep = old & ~comp if (old & ~comp).any() else keep & ~comp
+            if keep[j, i] or keep.sum() < 0.5 * old.sum():
+                keep = None  # the decoder kept the click, or took most of the slice: not used
+        if keep is None:
+            # the click's own region: a disc as deep as the click lies in the mask, within its component
+            depth = ndi.distance_transform_edt(np.pad(old, 1))[1:-1, 1:-1][j, i]
+            lab, _ = ndi.label(old)
+            jj, ii = np.ogrid[:old.shape[0], :old.shape[1]]
+            disc = (jj - j) ** 2 + (ii - i) ** 2 <= max(depth, 1.5) ** 2
+            keep = old & ~(disc & (lab == lab[j, i]))
         masks[k] = keep
         if not keep.any():
             # the object is contiguous in k: drop the slices beyond the emptied one
@@ -626,7 +635,8 @@ class FusedEngine:
     slice side), and optionally when LiteMedSAM's mask on the first prompt's slice is at
     least ``min_model_px`` model pixels across (square root of its area; 0: off); otherwise
     to the training-free engine (a box becomes a click at the most interior voxel of
-    LiteMedSAM's mask on the box's slice, or of the box when that is empty). The choice is a
+    the largest part of LiteMedSAM's mask inside the box on its slice, or of the box when that
+    is empty). The choice is a
     function of the first prompt only, so undo and later prompts keep it.
 
     Parameters
@@ -673,9 +683,11 @@ class FusedEngine:
             lo, hi = np.minimum(a, b), np.maximum(a, b)
             k = int((lo[0] + hi[0]) // 2)
             m = eng._decode(k, np.array([[lo[1], lo[2], hi[1], hi[2]]], np.float32))[0][0]
-            if not m.any():
-                m = np.zeros(m.shape, bool)
-                m[lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
+            inbox = np.zeros(m.shape, bool)
+            inbox[lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
+            lab, n = ndi.label(m & inbox)
+            # the largest part of the mask inside the box; the box itself when there is none
+            m = lab == (1 + int(np.argmax(np.bincount(lab.ravel())[1:]))) if n else inbox
         else:
             p = tuple(int(v) for v in np.asarray(prompts.positive[0]))
             k = p[0]
