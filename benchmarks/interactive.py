@@ -327,7 +327,7 @@ def shared(engines: list[str], robots: list[str], n: int = 5, store=None, only=N
                           f"drops>0.01: {drops}")
 
 
-def medsam_latency(store=None) -> None:
+def medsam_latency(store=None, organ_slices: int = 60) -> None:
     """Encoder ORT vs eager, box-slice mask, cached correction, 60-slice organ on a 512x512x300 CT."""
     import torch
 
@@ -341,7 +341,7 @@ def medsam_latency(store=None) -> None:
     eager = EagerEncoder(eng.model)
     eng.set_image(vol)
     t_ort, t_eager = [], []
-    for k in (100, 150, 200):
+    for k in (120, 180):
         x, _ = eng._slice_input(k)
         t0 = time.perf_counter(); eng.encoder(x); t_ort.append(time.perf_counter() - t0)
         t0 = time.perf_counter(); eager(x); t_eager.append(time.perf_counter() - t0)
@@ -349,7 +349,7 @@ def medsam_latency(store=None) -> None:
     print(f"encoder per slice: {eng.encoder.name} median {np.median(t_ort):.2f} s, PyTorch eager median "
           f"{np.median(t_eager):.2f} s (ratio {np.median(t_eager) / np.median(t_ort):.1f}x)")
     # the organ spanning ~60 slices: the box slice's mask, the whole object, a cached correction
-    idx = min(table, key=lambda l: abs(int((lab == l.index).any(axis=(1, 2)).sum()) - 60)).index
+    idx = min(table, key=lambda l: abs(int((lab == l.index).any(axis=(1, 2)).sum()) - organ_slices)).index
     target = lab == idx
     nsl = int(target.any(axis=(1, 2)).sum())
     first_slice = []
@@ -437,6 +437,7 @@ def main() -> None:
     ap.add_argument("--halves", nargs="*", default=None, help="tuning and/or held-out")
     ap.add_argument("--interactions", type=int, default=5)
     ap.add_argument("--memory-n", type=int, default=500, help="interactions of --part medsam-memory")
+    ap.add_argument("--organ-slices", type=int, default=60, help="--part medsam-latency: the organ's slice count")
     ap.add_argument("--engine", default=None)
     ap.add_argument("--no-baseline", action="store_true")
     args = ap.parse_args()
@@ -457,7 +458,7 @@ def main() -> None:
     if args.part == "shared":
         shared(args.engines.split(","), args.robots.split(","), args.interactions, args.store, args.only, args.halves)
     if args.part == "medsam-latency":
-        medsam_latency()
+        medsam_latency(organ_slices=args.organ_slices)
     if args.part == "medsam-memory":
         medsam_memory(args.memory_n, args.store)
 

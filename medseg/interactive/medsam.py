@@ -213,7 +213,12 @@ class MedSAMEngine:
         if arr.ndim == 4:
             arr = arr[0]
         self.classical.set_image(volume)
-        key = (id(volume.array), arr.shape, str(arr.dtype))
+        import hashlib
+
+        # the same image keeps its embeddings: identity plus a content sample (an id alone can be
+        # reused by a new array once the old one is freed)
+        sample = hashlib.sha1(np.ascontiguousarray(arr[:, ::7, ::5]).tobytes()).hexdigest()
+        key = (id(volume.array), arr.shape, str(arr.dtype), sample)
         if key != self._image_key:
             self.cancel()
             self.cache.clear()
