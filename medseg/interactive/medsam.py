@@ -40,8 +40,9 @@ one 2D slice from a box. This engine turns that into 3D click-to-segment:
   - a negative click removes the region it hits on its slice: the decoder's mask for the
     mask's box shrunk past the click, intersected with the old mask, when that drops the
     click and keeps at least half the slice; else a disc around the click as deep as the
-    click lies in the mask. It clears the slices beyond the slice when it became empty (the
-    object is contiguous in ``k``), and re-propagates outwards with intersections.
+    click lies in the mask. It re-propagates outwards with intersections; it never clears
+    other slices wholesale (an earlier version cleared the slices beyond an emptied slice and
+    dropped a tuning-half CT lesion from Dice 0.94 to 0.38 in one click).
   - re-propagation after a correction stops at a slice where the change would not be the
     same correction (a union more than doubling the slice, an intersection halving it).
 
@@ -405,10 +406,7 @@ class MedSAMEngine:
             iou_floor = max(cfg.iou_stop, cfg.iou_rel * float(np.median(ious)) if ious else 0.0)
             if (area < cfg.min_area_px or iou < iou_floor or area > cfg.grow_max * parea
                     or area < cfg.shrink_min * parea):
-                if mode == "intersect" and old is not None:
-                    masks[k] = np.zeros_like(old)  # beyond the corrected end: gone
-                    self._clear_beyond(masks, k, d, lo, hi, frozen)
-                break
+                break  # a correction never deletes slices it cannot segment again
             if mode == "union" and old is not None:
                 new = old | m
                 added = (new & ~old).sum()
@@ -427,13 +425,6 @@ class MedSAMEngine:
                 self.listener(k, m)
             prev = m
             k += d
-
-    @staticmethod
-    def _clear_beyond(masks: dict, k: int, d: int, lo: int, hi: int, frozen: frozenset) -> None:
-        j = k + d
-        while lo <= j < hi and j not in frozen and j in masks:
-            del masks[j]
-            j += d
 
     def _both_ways(self, masks: dict, k: int, **kw) -> None:
         n = self._image.shape[0]
@@ -605,15 +596,8 @@ class MedSAMEngine:
             disc = (jj - j) ** 2 + (ii - i) ** 2 <= max(depth, 1.5) ** 2
             keep = old & ~(disc & (lab == lab[j, i]))
         masks[k] = keep
-        if not keep.any():
-            # the object is contiguous in k: drop the slices beyond the emptied one
-            above = [z for z in masks if z > k and masks[z].any()]
-            below = [z for z in masks if z < k and masks[z].any()]
-            d = 1 if len(above) <= len(below) else -1
-            n = self._image.shape[0]
-            self._clear_beyond(masks, k, d, 0, n, frozen)
-            return
-        self._both_ways(masks, k, mode="intersect", frozen=frozen)
+        if keep.any():
+            self._both_ways(masks, k, mode="intersect", frozen=frozen)
 
     @staticmethod
     def _shrunk_box(b, j: int, i: int) -> Optional[np.ndarray]:
