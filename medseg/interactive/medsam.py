@@ -35,8 +35,9 @@ one 2D slice from a box. This engine turns that into 3D click-to-segment:
   - a positive click on a slice where the object is missing seeds that slice as above and
     extends the object from it, both ways, into slices the object does not cover yet;
   - a positive click on a slice the object covers adds the decoder's mask for the box of
-    (current mask + the click's seed region) to that slice (union only), then re-propagates
-    outwards with unions while the slices keep changing;
+    (current mask + the click's seed region) to that slice (union only) - or, when that would
+    more than double the slice, only a disc reaching from the click to the mask - then
+    re-propagates outwards with unions while the slices keep changing;
   - a negative click removes the region it hits on its slice: the decoder's mask for the
     mask's box shrunk past the click, intersected with the old mask, when that drops the
     click and keeps at least half the slice; else a disc around the click as deep as the
@@ -575,8 +576,15 @@ class MedSAMEngine:
             seed = self._seed_slice(p, pos[-1:], neg[:0])
             box = self._box_around(old | seed, 1.0)
             m, _ = self._decode(k, box[None])
-            new = old | (m[0] if m[0][j, i] else seed)
-            masks[k] = new
+            cand = m[0] if m[0][j, i] else seed
+            if (cand & ~old).sum() > old.sum():
+                # not the same miss (it would more than double the slice): add only the click's
+                # own region, a disc reaching from the click to the current mask
+                gap = ndi.distance_transform_edt(~old)[j, i]
+                jj, ii = np.ogrid[:old.shape[0], :old.shape[1]]
+                disc = (jj - j) ** 2 + (ii - i) ** 2 <= max(gap + 1.0, 2.0) ** 2
+                cand = disc & seed if seed[j, i] else disc
+            masks[k] = old | cand
             self._both_ways(masks, k, mode="union", frozen=frozen)
             return
         if old is None or not old[j, i]:
