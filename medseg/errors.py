@@ -39,8 +39,8 @@ class GeometryError(InputError):
     """Two grids do not match, or an affine is not a valid voxel-to-LPS transform."""
 
 
-class FileFormatError(MedsegError, OSError):
-    """A file cannot be read or written as the format it claims to be."""
+class _PathProblem(MedsegError):
+    """An error about one file or folder; the message is ``"<path>: <problem>. <fix>"``."""
 
     def __init__(self, path: object, problem: str, fix: str = "") -> None:
         self.path = str(path)
@@ -50,6 +50,10 @@ class FileFormatError(MedsegError, OSError):
         if fix:
             msg += f". {fix}"
         super().__init__(msg)
+
+
+class FileFormatError(_PathProblem, OSError):
+    """A file cannot be read or written as the format it claims to be."""
 
 
 class DicomError(FileFormatError):
@@ -84,35 +88,17 @@ class DependencyError(MedsegError, ImportError):
     """An optional dependency is missing; the message gives the install line."""
 
 
-class OutputError(MedsegError, OSError):
+class OutputError(_PathProblem, OSError):
     """An output path is unsafe or unusable: it is (or lies inside) an input, it exists and
     overwriting was not asked for, or it is a folder where a file is expected (or the reverse)."""
-
-    def __init__(self, path: object, problem: str, fix: str = "") -> None:
-        self.path = str(path)
-        self.problem = problem
-        self.fix = fix
-        msg = f"{self.path}: {problem}"
-        if fix:
-            msg += f". {fix}"
-        super().__init__(msg)
 
 
 class OutputExistsError(OutputError, FileExistsError):
     """An output exists and ``overwrite`` (``--overwrite``) was not given."""
 
 
-class ResourceLimitError(MedsegError, MemoryError):
+class ResourceLimitError(_PathProblem, MemoryError):
     """An input declares more data than the configured memory limit allows (checked before allocating)."""
-
-    def __init__(self, path: object, problem: str, fix: str = "") -> None:
-        self.path = str(path)
-        self.problem = problem
-        self.fix = fix
-        msg = f"{self.path}: {problem}"
-        if fix:
-            msg += f". {fix}"
-        super().__init__(msg)
 
 
 class SeriesChangedError(MedsegError, RuntimeError):

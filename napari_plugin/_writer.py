@@ -81,6 +81,19 @@ def dicom_source(metadata: Mapping[str, Any]) -> Optional[Any]:
     return None
 
 
+def _dicom_source_or_raise(meta: dict, what: str) -> Any:
+    """The layer's source DICOM series (its files or folder); a named error when it has none."""
+    from medseg.errors import InputError
+
+    source = dicom_source(meta.get("metadata") or {})
+    if source is None:
+        raise InputError(
+            f"labels layer {meta.get('name', '')!r} has no DICOM source series; {what} needs one. "
+            "Segment an image opened from a DICOM folder, or save as NIfTI/NRRD instead"
+        )
+    return source
+
+
 def write_rtstruct_layer(path: str, data: Any, meta: dict) -> list[str]:
     """Write a labels layer as an RTSTRUCT referencing its source DICOM series.
 
@@ -89,16 +102,9 @@ def write_rtstruct_layer(path: str, data: Any, meta: dict) -> list[str]:
     InputError
         When the layer was not derived from a DICOM series (its metadata names no source).
     """
-    from medseg.errors import InputError
-
-    source = dicom_source(meta.get("metadata") or {})
-    if source is None:
-        raise InputError(
-            f"labels layer {meta.get('name', '')!r} has no DICOM source series; RTSTRUCT needs one. "
-            "Segment an image opened from a DICOM folder, or save as NIfTI/NRRD instead"
-        )
     from medseg.export import write_rtstruct
 
+    source = _dicom_source_or_raise(meta, "RTSTRUCT")
     out = write_rtstruct(segmentation_from_state(data, meta), path, source=source)
     return [str(out or path)]
 
@@ -111,16 +117,8 @@ def write_dicom_seg_layer(path: str, data: Any, meta: dict) -> list[str]:
     InputError
         When the layer was not derived from a DICOM series (its metadata names no source).
     """
-    from medseg.errors import InputError
-
-    source = dicom_source(meta.get("metadata") or {})
-    if source is None:
-        raise InputError(
-            f"labels layer {meta.get('name', '')!r} has no DICOM source series; DICOM SEG needs one. "
-            "Segment an image opened from a DICOM folder, or save as NIfTI/NRRD instead"
-        )
     from medseg.export import write_dicom_seg
 
-    seg = segmentation_from_state(data, meta)
-    out = write_dicom_seg(seg, path, source=source)
+    source = _dicom_source_or_raise(meta, "DICOM SEG")
+    out = write_dicom_seg(segmentation_from_state(data, meta), path, source=source)
     return [str(out or path)]
