@@ -422,19 +422,35 @@ def _map_bundle(root: Path, data: Mapping, meta: Mapping, cfg_path: Path, allow_
         raise ModelError(f"{cfg_path}: network_def._target_ {target!r} is not in medseg's whitelist "
                          f"{sorted(set(BUNDLE_TARGETS))}")
     net = _plain(net, "network_def", allow_code)
+    out_channels = _channels(net, "out_channels", 2, cfg_path)
+    in_channels = _channels(net, "in_channels", 1, cfg_path)
     network = _network_config(target, net, cfg_path)
     pre, labels_hint = _preprocessing(data, cfg_path, allow_code)
     inf = _inferer(data, pre, allow_code)
-    labels = _labels(meta, int(net.get("out_channels", 2)))
+    labels = _labels(meta, out_channels)
     post = _postprocessing_rules(data, labels, allow_code)
     try:
         cfg = ModelConfig(name=str(meta.get("name", root.name)), network=network, labels=labels,
                           description=str(meta.get("description", "")), modality="any",
-                          in_channels=int(net.get("in_channels", 1)), preprocessing=pre, inference=inf,
+                          in_channels=in_channels, preprocessing=pre, inference=inf,
                           postprocessing=post)
     except ConfigError as exc:
         raise ModelError(f"{cfg_path}: medseg cannot map this bundle: {exc}") from exc
     return cfg
+
+
+_MAX_CHANNELS = 1024  # no segmentation network has more input or output channels
+
+
+def _channels(net: Mapping, key: str, default: int, where: Path) -> int:
+    """``network_def[key]`` as a channel count in 1..1024; a named error otherwise (a hostile or
+    corrupt bundle must not make medseg build a label table of 10**20 entries)."""
+    value = net.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= _MAX_CHANNELS \
+            or value != int(value):
+        raise ModelError(f"{where}: network_def.{key} must be a whole number from 1 to {_MAX_CHANNELS}, "
+                         f"found {value!r}; fix the bundle's configs/inference.json")
+    return int(value)
 
 
 def _network_config(target: str, net: Mapping, where: Path) -> NetworkConfig:

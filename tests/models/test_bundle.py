@@ -114,3 +114,15 @@ def test_not_a_bundle(tmp_path: Path):
     (tmp_path / "configs" / "inference.json").write_text(json.dumps({"network_def": {"_target_": "UNet"}}))
     with pytest.raises(ModelError, match="no models/model.safetensors"):
         import_bundle(tmp_path)
+
+
+@pytest.mark.parametrize("value", [10**20, 0, -2, 2.5, "3", None])
+def test_bundle_with_an_impossible_channel_count_is_a_named_error(tmp_path: Path, model, value):
+    """A corrupt or hostile network_def (out_channels 10**20 overflowed while building the label
+    table, found by the fuzzer) is refused by name before anything is built."""
+    bundle = _foreign_bundle(tmp_path / "b", model)
+    cfg = json.loads((bundle / "configs" / "inference.json").read_text())
+    cfg["network_def"]["out_channels"] = value
+    (bundle / "configs" / "inference.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="out_channels must be a whole number from 1 to 1024"):
+        import_bundle(bundle)
