@@ -156,6 +156,28 @@ def build_network(config: NetworkConfig, *, in_channels: int, out_channels: int)
     except KeyError:
         raise ModelError(f"network {config.name!r} is not in the whitelist {sorted(NETWORK_BUILDERS)}") from None
     try:
+        _check_parameter_memory(config, lambda: builder(config, in_channels, out_channels))
         return builder(config, in_channels, out_channels)
-    except (ValueError, TypeError, AssertionError) as exc:
+    except (ValueError, TypeError, AssertionError, RuntimeError, OverflowError) as exc:
         raise ModelError(f"cannot build network {config.name!r} from {config}: {exc}") from exc
+
+
+def _check_parameter_memory(config: NetworkConfig, build: Callable[[], nn.Module]) -> int:
+    """Build the network on PyTorch's ``meta`` device (no memory allocated) and refuse it when its
+    parameters would need more bytes than medseg's memory limit (the one volumes obey:
+    ``MEDSEG_MAX_VOLUME_BYTES``, by default half the available memory). A corrupt or hostile
+    model config (channels of 10**6) is then a named error, not an allocation that eats the
+    machine. Returns the parameter bytes."""
+    import torch
+
+    from medseg.io.limits import human_bytes, max_volume_bytes
+
+    with torch.device("meta"):
+        net = build()
+    need = sum(p.numel() * p.element_size() for p in net.parameters())
+    limit, source = max_volume_bytes()
+    if need > limit:
+        raise ModelError(f"network {config.name!r} would need {human_bytes(need)} of parameters, more than the "
+                         f"memory limit of {human_bytes(limit)} ({source}); check its channels/features in the model "
+                         f"config, or raise the limit with MEDSEG_MAX_VOLUME_BYTES")
+    return need
