@@ -167,13 +167,18 @@ def _check_parameter_memory(config: NetworkConfig, build: Callable[[], nn.Module
     parameters would need more bytes than medseg's memory limit (the one volumes obey:
     ``MEDSEG_MAX_VOLUME_BYTES``, by default half the available memory). A corrupt or hostile
     model config (channels of 10**6) is then a named error, not an allocation that eats the
-    machine. Returns the parameter bytes."""
+    machine. Returns the parameter bytes (-1 when the constructor cannot run on ``meta``)."""
     import torch
 
     from medseg.io.limits import human_bytes, max_volume_bytes
 
-    with torch.device("meta"):
-        net = build()
+    try:
+        with torch.device("meta"):
+            net = build()
+    except (RuntimeError, NotImplementedError):
+        # a constructor that reads tensor values while building (MONAI's SwinUNETR calls .item())
+        # cannot run on the meta device: that network is built without this check
+        return -1
     need = sum(p.numel() * p.element_size() for p in net.parameters())
     limit, source = max_volume_bytes()
     if need > limit:
