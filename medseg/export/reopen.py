@@ -61,6 +61,7 @@ def find_source_series(path: str | Path, ds: Any, source: Optional[str | Path] =
     InputError
         No series with the referenced SeriesInstanceUID was found.
     """
+    from medseg.errors import SeriesSelectionError
     from medseg.io import dicom, read_volume
 
     uid = referenced_series_uid(ds)
@@ -69,12 +70,14 @@ def find_source_series(path: str | Path, ds: Any, source: Optional[str | Path] =
     for folder in folders:
         if not folder.is_dir():
             continue
+        if uid is not None:  # one scan of the folder: read_volume finds the series or says it is absent
+            try:
+                return read_volume(folder, series_uid=uid)
+            except SeriesSelectionError:
+                continue
         scan = dicom.scan_dicom(folder)
-        uids = [s.series_uid for s in scan.series]
-        if uid in uids:
-            return read_volume(folder, series_uid=uid)
         images = [s for s in scan.series if str(getattr(s, "modality", "")).upper() not in ("SEG", "RTSTRUCT")]
-        if uid is None and len(images) == 1:
+        if len(images) == 1:
             return read_volume(folder, series_uid=images[0].series_uid)
     raise InputError(f"{path}: its source series (SeriesInstanceUID {uid}) is not in "
                      f"{' or '.join(str(f) for f in folders)}; put the {getattr(ds, 'Modality', 'DICOM')} "
