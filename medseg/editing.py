@@ -253,6 +253,19 @@ def apply_mask(
     return out
 
 
+def bounding_slices(mask: np.ndarray) -> Optional[tuple[slice, ...]]:
+    """Bounding box of a boolean mask of any dimension, as slices in array order, from its axis
+    projections (cheap: no coordinate list). ``None`` when the mask is empty."""
+    m = np.asarray(mask, bool)
+    out = []
+    for ax in range(m.ndim):
+        nz = np.flatnonzero(m.any(axis=tuple(a for a in range(m.ndim) if a != ax)))
+        if nz.size == 0:
+            return None
+        out.append(slice(int(nz[0]), int(nz[-1]) + 1))
+    return tuple(out)
+
+
 def label_bbox(
     label_map: np.ndarray,
     indices: Iterable[int],
@@ -264,17 +277,11 @@ def label_bbox(
     Returns ``None`` when none of the labels is present.
     """
     lm = np.asarray(label_map)
-    sel = np.isin(lm, list(indices))
-    if not sel.any():
+    box = bounding_slices(np.isin(lm, list(indices)))
+    if box is None:
         return None
-    out = []
-    for ax in range(3):
-        proj = sel.any(axis=tuple(a for a in range(3) if a != ax))
-        nz = np.flatnonzero(proj)
-        lo = max(0, int(nz[0]) - int(margin_vox[ax]))
-        hi = min(lm.shape[ax], int(nz[-1]) + 1 + int(margin_vox[ax]))
-        out.append(slice(lo, hi))
-    return tuple(out)  # type: ignore[return-value]
+    return tuple(slice(max(0, b.start - int(m)), min(n, b.stop + int(m)))  # type: ignore[return-value]
+                 for b, m, n in zip(box, margin_vox, lm.shape))
 
 
 #: Single-mask operations by name: ``fn(mask, spacing=..., **params) -> mask``.

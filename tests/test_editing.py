@@ -169,3 +169,21 @@ def test_fill_holes_matches_scipy_on_random_masks():
         assert np.array_equal(E.fill_holes(m), ndi.binary_fill_holes(m)), p
     assert not E.fill_holes(np.zeros((3, 3, 3), bool)).any()
     assert E.fill_holes(np.ones((3, 3, 3), bool)).all()
+
+
+@pytest.mark.parametrize("shape", [(7, 9), (5, 6, 8)])
+def test_bounding_slices_equal_the_extent_of_the_voxels(shape):
+    """The one bounding-box helper (classical engine, LiteMedSAM boxes, label_bbox) against the
+    coordinates of the set voxels, in 2D and 3D; empty masks give None."""
+    from medseg.editing import bounding_slices
+
+    rng = np.random.default_rng(len(shape))
+    for _ in range(20):
+        m = rng.random(shape) > 0.97
+        box = bounding_slices(m)
+        if not m.any():
+            assert box is None
+            continue
+        where = np.argwhere(m)
+        assert box == tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(where.min(0), where.max(0)))
+    assert bounding_slices(np.zeros(shape, bool)) is None

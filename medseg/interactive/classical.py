@@ -83,6 +83,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from medseg.editing import bounding_slices
 from medseg.interactive._walker import edge_weights, solve_walker
 from medseg.volume import Volume
 
@@ -189,6 +190,11 @@ class ClassicalEngine:
         now = time.perf_counter()
         self.timings[stage] = self.timings.get(stage, 0.0) + now - self._t_last
         self._t_last = now
+
+    @property
+    def is_ct(self) -> bool:
+        """Whether the image set last is CT in HU (its Modality, or without one its value range)."""
+        return self._ct
 
     # -- image ------------------------------------------------------------------------------
     def set_image(self, volume: Volume) -> None:
@@ -799,13 +805,10 @@ def _support_radius(dist: np.ndarray, match: np.ndarray, fraction: float) -> flo
 
 
 def _bbox(mask: np.ndarray) -> tuple[slice, slice, slice]:
-    """Bounding box of a non-empty mask from its axis projections (cheap)."""
-    out = []
-    for ax in range(3):
-        other = tuple(a for a in range(3) if a != ax)
-        idx = np.nonzero(mask.any(axis=other))[0]
-        out.append(slice(int(idx[0]), int(idx[-1]) + 1))
-    return tuple(out)  # type: ignore[return-value]
+    """Bounding box of a non-empty 3D mask (slices in array order)."""
+    box = bounding_slices(mask)
+    assert box is not None, "the mask is empty"
+    return box  # type: ignore[return-value]
 
 
 def _pool_mean(arr: np.ndarray, f: np.ndarray, wshape: Sequence[int]) -> np.ndarray:

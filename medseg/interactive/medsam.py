@@ -62,6 +62,7 @@ from typing import Callable, Optional
 import numpy as np
 from scipy import ndimage as ndi
 
+from medseg.editing import bounding_slices
 from medseg.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -144,12 +145,10 @@ class EmbeddingCache:
 
 def _bbox2d(mask: np.ndarray) -> Optional[tuple[int, int, int, int]]:
     """``(j0, i0, j1, i1)`` inclusive of a 2D mask, None when empty."""
-    rows, cols = np.any(mask, 1), np.any(mask, 0)
-    if not rows.any():
+    box = bounding_slices(mask)
+    if box is None:
         return None
-    j = np.nonzero(rows)[0]
-    i = np.nonzero(cols)[0]
-    return int(j[0]), int(i[0]), int(j[-1]), int(i[-1])
+    return box[0].start, box[1].start, box[0].stop - 1, box[1].stop - 1
 
 
 class MedSAMEngine:
@@ -224,7 +223,7 @@ class MedSAMEngine:
             self.cancel()
             self.cache.clear()
             self._image, self._image_key = arr, key
-            self._norm = self._intensity_range(arr, self.classical._ct)
+            self._norm = self._intensity_range(arr, self.classical.is_ct)
             self._store_dir = self._store_for(arr)
         if self.background:
             self.prefetch(arr.shape[0] // 2)
