@@ -113,3 +113,17 @@ def test_volume_requires_valid_affine():
         Volume(np.zeros((2, 2, 2)), np.eye(3))
     with pytest.raises(GeometryError, match="singular"):
         Volume(np.zeros((2, 2, 2)), np.diag([1, 0, 1, 1]))
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_header_only_grid_equals_the_read_volume(volume, suffix, tmp_path):
+    """read_header (medseg info, memory checks) works out the grid without reading voxels: on
+    axial, flipped and oblique volumes its shape, dtype and affine equal the full read's."""
+    from medseg.io import read_header
+
+    path = write_volume(volume, tmp_path / f"img{suffix}")
+    head, full = read_header(path), read_volume(path)
+    assert head.shape == full.shape == volume.shape
+    assert head.array.dtype == full.array.dtype
+    np.testing.assert_allclose(head.affine, full.affine, atol=1e-9)
+    np.testing.assert_allclose(head.affine, volume.affine, atol=1e-4)

@@ -261,8 +261,7 @@ def read_header(path: str | Path) -> Volume:
     meta = {"source": str(p), "format": fmt, "header_only": True}
     try:
         if fmt == "nifti":
-            from medseg.geometry import ras_to_lps, reverse_axes
-            from medseg.io.nifti import nifti_header
+            from medseg.io.nifti import affine_from_nibabel, nifti_header
 
             img = nifti_header(p)
             shape = tuple(int(d) for d in img.header.get_data_shape())
@@ -272,7 +271,7 @@ def read_header(path: str | Path) -> Volume:
                 raise FileFormatError(p, f"expected a 3D or 4D NIfTI image, got shape {shape}")
             zyx = shape[::-1]
             dtype = np.dtype(img.header.get_data_dtype())
-            affine = ras_to_lps(reverse_axes(img.affine))
+            affine = affine_from_nibabel(img)
         else:
             from medseg.io.itk import affine_from_sitk
 

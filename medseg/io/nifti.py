@@ -19,7 +19,7 @@ from medseg.errors import FileFormatError, ResourceLimitError
 from medseg.geometry import lps_to_ras, ras_to_lps, reverse_axes
 from medseg.volume import Volume
 
-__all__ = ["read_nifti", "write_nifti", "volume_from_nibabel", "volume_to_nibabel", "nifti_header", "check_nifti_size"]
+__all__ = ["read_nifti", "write_nifti", "volume_from_nibabel", "affine_from_nibabel", "volume_to_nibabel", "nifti_header", "check_nifti_size"]
 
 
 def volume_from_nibabel(img: nib.Nifti1Image, meta: Mapping[str, Any] | None = None) -> Volume:
@@ -33,8 +33,13 @@ def volume_from_nibabel(img: nib.Nifti1Image, meta: Mapping[str, Any] | None = N
         arr = data.transpose(3, 2, 1, 0)
     else:
         raise ValueError(f"expected a 3D or 4D NIfTI image, got shape {data.shape}")
-    affine = ras_to_lps(reverse_axes(img.affine))
-    return Volume(np.ascontiguousarray(arr), affine, dict(meta or {}))
+    return Volume(np.ascontiguousarray(arr), affine_from_nibabel(img), dict(meta or {}))
+
+
+def affine_from_nibabel(img: nib.Nifti1Image) -> np.ndarray:
+    """medseg's affine (voxel ``(k, j, i)`` → LPS mm) of a NIfTI image: nibabel's ``(i, j, k)`` →
+    RAS affine with its axes reversed and RAS turned into LPS. Reads the header only."""
+    return ras_to_lps(reverse_axes(img.affine))
 
 
 def volume_to_nibabel(volume: Volume) -> nib.Nifti1Image:
