@@ -181,3 +181,22 @@ def test_box_robot_first_prompt():
     assert box_prompt(t) == ((3, 0, 3), (3, 10, 12))
     assert max_drop([0.5, 0.7, 0.65, 0.9, 0.8]) == pytest.approx(0.1)
     assert max_drop([0.5, 0.6]) == 0.0
+
+
+def test_box_mask_lands_where_the_object_is_on_a_non_square_slice(engine):
+    """Native (j, i) ⇄ the model's 256² frame (resize of the longest side, bottom/right padding,
+    x/y box order): an off-centre, elongated object on a 40 x 72 slice is found in place. A j/i
+    swap, a flip or a wrong scale of either mapping puts the mask elsewhere (Dice near 0)."""
+    from medseg.interactive import Session
+    from medseg.metrics import dice
+    from medseg.volume import Volume
+
+    target = np.zeros((3, 40, 72), bool)
+    target[:, 6:18, 8:38] = True  # upper left, 12 x 30 px: not symmetric under any flip or swap
+    rng = np.random.default_rng(1)
+    img = (np.where(target, 170.0, 50.0) + rng.normal(0, 8, target.shape)).astype(np.float32)
+    s = Session(engine)
+    s.set_image(Volume(img, np.diag([3.0, 1.0, 1.0, 1.0]), {}))
+    mask = s.add_box((1, 5, 7), (1, 18, 38))
+    assert dice(mask[1], target[1]) >= 0.8
+    assert not mask[1, 20:, :].any() and not mask[1, :, 45:].any()  # nothing in the mirrored places
