@@ -21,7 +21,9 @@ import argparse
 import random
 import resource
 import sys
+import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +31,37 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from safety.fuzzing import FUZZ_LIMIT_BYTES, Fuzzer  # noqa: E402
+
+
+def _rss_mb() -> float:
+    """Current (not peak) resident set size of this process, in MB, from /proc."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024**2
+    except OSError:  # not Linux: fall back to the peak
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class MemoryWatchdog(threading.Thread):
+    """Stops the run, naming the input in flight, when the resident set exceeds ``limit_mb``.
+
+    A memory bomb would otherwise take the whole machine (the kernel's OOM killer ends the
+    process without a word about which input did it).
+    """
+
+    def __init__(self, limit_mb: float) -> None:
+        super().__init__(daemon=True)
+        self.limit_mb = limit_mb
+        self.current = "(seeds)"
+
+    def run(self) -> None:
+        while True:
+            rss = _rss_mb()
+            if rss > self.limit_mb:
+                print(f"FAIL memory bomb: {rss:.0f} MB resident (> {self.limit_mb:.0f} MB) while running "
+                      f"{self.current}", flush=True)
+                os._exit(3)
+            time.sleep(0.02)
 
 
 def main() -> int:
@@ -45,6 +78,9 @@ def main() -> int:
                         heavy_share=args.heavy_share)
         print(f"seeds ready in {time.perf_counter() - t0:.1f} s ({', '.join(fuzzer.kinds())})", flush=True)
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # hard stop well above the per-input budget (8 x the volume limit over the baseline)
+        watchdog = MemoryWatchdog(_rss_mb() + 16 * FUZZ_LIMIT_BYTES / 1024**2)
+        watchdog.start()
         rng = random.Random(args.seed)
         kinds = fuzzer.kinds()
         t0 = time.perf_counter()
@@ -53,6 +89,7 @@ def main() -> int:
         last_report = t0
         while time.perf_counter() < deadline:
             kind, seed = rng.choice(kinds), rng.randrange(2**31)
+            watchdog.current = f"kind={kind} seed={seed} (Fuzzer.run_one({kind!r}, {seed}))"
             outcome = fuzzer.run_one(kind, seed)
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             if rss - rss0 > 8 * FUZZ_LIMIT_BYTES / 1024**2:
