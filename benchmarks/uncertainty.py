@@ -38,7 +38,8 @@ def main() -> None:
     from medseg.errors import ModelError
     from medseg.models import load_model
     from medseg.phantom import make_phantom
-    from medseg.uncertainty import mc_dropout_uncertainty, model_predictor, tta_uncertainty
+    from medseg.inference import model_predictor
+    from medseg.uncertainty import mc_dropout_uncertainty, tta_uncertainty
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default=None)

@@ -204,6 +204,7 @@ def _consensus_layers(result: Any) -> tuple:
 # -- uncertainty ---------------------------------------------------------------------------------
 def _run_uncertainty(volume: Any, method: str, samples: int, model_name: str, cache: dict, *,
                      progress: Any = None, cancel: Any = None) -> Any:
+    from medseg.inference import uncertainty_predictors
     from medseg.models import load_model
     from medseg.uncertainty import estimate_uncertainty, review_list
 
@@ -213,8 +214,8 @@ def _run_uncertainty(volume: Any, method: str, samples: int, model_name: str, ca
             progress(0, None, f"loading model {model_name}")
         cache.clear()
         cache[key] = load_model(model_name or None)
-    result = estimate_uncertainty(volume, method=method, model=cache[key], samples=samples,
-                                  progress=progress, cancel=cancel)
+    result = estimate_uncertainty(volume, uncertainty_predictors(method, cache[key]), method=method,
+                                  samples=samples, progress=progress, cancel=cancel)
     return result, review_list(result)
 
 

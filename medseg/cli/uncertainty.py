@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from medseg.cli._progress import tqdm_progress
     from medseg.io import read_volume
     from medseg.io.output_policy import check_output_dir, protect_inputs
+    from medseg.inference import uncertainty_predictors
     from medseg.uncertainty import estimate_uncertainty, review_list, write_uncertainty
 
     with protect_inputs([args.image]):
@@ -41,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
         with tqdm_progress("reading") as progress:
             volume = read_volume(args.image, series_uid=args.series, progress=progress)
         with tqdm_progress(args.method) as progress:
-            result = estimate_uncertainty(volume, method=args.method, model=args.model, models=args.models,
-                                          samples=args.samples, device=args.device, progress=progress)
+            predictors = uncertainty_predictors(args.method, args.model, args.models, device=args.device)
+            result = estimate_uncertainty(volume, predictors, method=args.method, samples=args.samples,
+                                          progress=progress)
         paths = write_uncertainty(result, args.output, suffix=args.format, top=args.top, overwrite=args.overwrite)
     for item in review_list(result, top=min(args.top, 5)):
         log.info("review #%d: %s on slice k=%d (%.1f mL uncertain)", item.rank, item.name, item.slice_index,

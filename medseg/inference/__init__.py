@@ -7,6 +7,10 @@
 
 from __future__ import annotations
 
+from medseg.inference.predictors import model_predictor, uncertainty_predictors
 from medseg.inference.segment import enable_dropout, predict_model_grid, predict_probabilities, segment
 
-__all__ = ["segment", "predict_probabilities", "predict_model_grid", "enable_dropout"]
+__all__ = [
+    "segment", "predict_probabilities", "predict_model_grid", "enable_dropout", "model_predictor",
+    "uncertainty_predictors",
+]

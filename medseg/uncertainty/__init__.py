@@ -1,12 +1,14 @@
 """Uncertainty of automatic segmentations: TTA, MC dropout, ensembles → maps, scores, review list.
 
+>>> from medseg.inference import uncertainty_predictors
 >>> from medseg.uncertainty import estimate_uncertainty, review_list
->>> result = estimate_uncertainty(volume, method="tta")          # bundled default model
+>>> result = estimate_uncertainty(volume, uncertainty_predictors("tta"), method="tta")  # default model
 >>> result.entropy.array            # (Z, Y, X) normalised predictive entropy on the input grid
 >>> review_list(result)[0]          # the structure and slice most worth a look
 
-Importing this package does not import torch; running a model does (lazily). Any callable
-``Volume → (C, Z, Y, X)`` probabilities can stand in for a model (see
+Importing this package does not import torch, and it never imports medseg's models or
+inference: it receives *predictors*, callables ``Volume → (C, Z, Y, X)`` probabilities
+(:func:`medseg.inference.model_predictor` makes one from a model; see
 :mod:`medseg.uncertainty.sampling`).
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence, Union
 
 from medseg.errors import InputError
 from medseg.io import csvsafe
@@ -28,7 +30,6 @@ from medseg.uncertainty.sampling import (
     Predictor,
     ensemble_uncertainty,
     mc_dropout_uncertainty,
-    model_predictor,
     tta_samples,
     tta_uncertainty,
 )
@@ -48,7 +49,6 @@ __all__ = [
     "ensemble_uncertainty",
     "uncertainty_from_samples",
     "tta_samples",
-    "model_predictor",
     "structure_scores",
     "review_list",
     "write_uncertainty",
@@ -61,12 +61,10 @@ Method = Literal["tta", "mc_dropout", "ensemble"]
 
 def estimate_uncertainty(
     volume: Volume,
+    predictor: Union[Predictor, Sequence[Predictor]],
     *,
     method: Method = "tta",
-    model: object = None,
-    models: Optional[Sequence[object]] = None,
     samples: int = 8,
-    device: str = "auto",
     seed: int = 0,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCallback] = None,
@@ -77,33 +75,36 @@ def estimate_uncertainty(
     ----------
     volume : Volume
         The image (HU for CT models).
+    predictor : callable or sequence of callables
+        ``Volume → (C, Z, Y, X)`` probabilities on the input grid. For ``"mc_dropout"`` it must
+        be stochastic; for ``"ensemble"`` one per member (:func:`medseg.inference.uncertainty_predictors`
+        builds the right ones from model names or paths).
     method : {"tta", "mc_dropout", "ensemble"}
         ``tta``: the first ``samples`` views of :data:`DEFAULT_TTA` (at most 8);
         ``mc_dropout``: ``samples`` passes with dropout on (the model needs dropout);
-        ``ensemble``: one pass per entry of ``models``.
-    model : None, str, Path or LoadedModel
-        For TTA and MC dropout; ``None`` = the bundled default model.
-    models : sequence
-        For ``ensemble``: model names, paths (e.g. checkpoints) or LoadedModels.
+        ``ensemble``: one pass per predictor.
     samples : int
         Number of TTA views or dropout passes.
-    device : {"auto", "cpu", "cuda"}
+    seed : int
+        Seeds the views' noise (TTA) or torch's generator (MC dropout).
     """
+    if method not in ("tta", "mc_dropout", "ensemble"):
+        raise InputError(f"method must be 'tta', 'mc_dropout' or 'ensemble', got {method!r}")
+    members = list(predictor) if isinstance(predictor, (list, tuple)) else None
+    if (members is not None) != (method == "ensemble"):
+        raise InputError(f"method {method!r} needs "
+                         + ("a sequence of predictors, one per ensemble member" if method == "ensemble"
+                            else "one predictor, not a sequence (a sequence is an ensemble)"))
     if method == "tta":
         if not 1 <= samples <= len(DEFAULT_TTA):
             raise InputError(f"TTA uses 1..{len(DEFAULT_TTA)} views of DEFAULT_TTA, got samples={samples}; "
                              "call tta_uncertainty with your own augmentations for more")
-        return tta_uncertainty(volume, model_predictor(model, device=device), augmentations=DEFAULT_TTA[:samples],
+        return tta_uncertainty(volume, predictor, augmentations=DEFAULT_TTA[:samples],  # type: ignore[arg-type]
                                seed=seed, progress=progress, cancel=cancel)
     if method == "mc_dropout":
-        return mc_dropout_uncertainty(volume, model_predictor(model, mc_dropout=True, device=device),
-                                      samples=samples, seed=seed, progress=progress, cancel=cancel)
-    if method == "ensemble":
-        if not models or len(models) < 2:
-            raise InputError("method 'ensemble' needs models=[at least 2 model names, paths or checkpoints]")
-        return ensemble_uncertainty(volume, [model_predictor(m, device=device) for m in models],
-                                    progress=progress, cancel=cancel)
-    raise InputError(f"method must be 'tta', 'mc_dropout' or 'ensemble', got {method!r}")
+        return mc_dropout_uncertainty(volume, predictor, samples=samples, seed=seed,  # type: ignore[arg-type]
+                                      progress=progress, cancel=cancel)
+    return ensemble_uncertainty(volume, members, progress=progress, cancel=cancel)  # type: ignore[arg-type]
 
 
 def write_uncertainty(

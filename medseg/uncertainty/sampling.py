@@ -1,8 +1,9 @@
 """Stochastic predictions: test-time augmentation (MONAI transforms), MC dropout, ensembles.
 
 Everything here works with a *predictor*: any callable ``Volume → (C, Z, Y, X)`` probabilities
-on the input grid (an ndarray or a Volume). :func:`model_predictor` wraps a medseg model
-(:func:`medseg.inference.predict_probabilities`); tests and other engines can pass their own.
+on the input grid (an ndarray or a Volume). :func:`medseg.inference.model_predictor` wraps a
+medseg model; tests and other engines pass their own. This package never imports medseg's
+models or inference: analysis receives predictors.
 torch and MONAI are imported on use only.
 """
 
@@ -25,7 +26,6 @@ __all__ = [
     "Predictor",
     "Augmentation",
     "DEFAULT_TTA",
-    "model_predictor",
     "tta_samples",
     "tta_uncertainty",
     "mc_dropout_uncertainty",
@@ -83,23 +83,6 @@ DEFAULT_TTA: tuple[Augmentation, ...] = (
     Augmentation("shift-20", intensity_shift=-20.0),
     Augmentation("rotate+4_zoom1.04_noise", rotate_deg=4.0, scale=1.04, noise_std=10.0),
 )
-
-
-def model_predictor(model: object = None, *, mc_dropout: bool = False, device: str = "auto") -> Predictor:
-    """A predictor running a medseg model (``None`` = bundled default, a name, path or LoadedModel).
-
-    With ``mc_dropout=True`` the dropout layers stay active, so each call is a new sample.
-    """
-    from medseg.inference import predict_probabilities
-    from medseg.models import load_model
-
-    loaded = load_model(model, device=device)
-
-    def predict(volume: Volume) -> Volume:
-        return predict_probabilities(volume, loaded, mc_dropout=mc_dropout)
-
-    predict.labels = loaded.labels  # type: ignore[attr-defined]
-    return predict
 
 
 def _probabilities(out: Union[np.ndarray, Volume], volume: Volume, what: str) -> np.ndarray:
@@ -219,7 +202,7 @@ def tta_uncertainty(
     volume : Volume
         The image, (Z, Y, X) or (C, Z, Y, X).
     predictor : callable
-        ``Volume → (C, Z, Y, X)`` probabilities on the input grid (see :func:`model_predictor`).
+        ``Volume → (C, Z, Y, X)`` probabilities on the input grid (e.g. :func:`medseg.inference.model_predictor`).
     augmentations : sequence of Augmentation
         Default :data:`DEFAULT_TTA` (8 views, the first the identity).
     labels : LabelTable, optional
@@ -245,7 +228,7 @@ def mc_dropout_uncertainty(
 ) -> UncertaintyResult:
     """MC dropout: ``samples`` predictions with dropout active.
 
-    ``predictor`` must be stochastic, e.g. ``model_predictor(model, mc_dropout=True)``.
+    ``predictor`` must be stochastic, e.g. ``medseg.inference.model_predictor(model, mc_dropout=True)``.
     ``seed`` seeds torch's generator for the run (restored afterwards); ``None`` leaves it.
     """
     if samples < 2:

@@ -15,6 +15,7 @@ import pytest
 
 from medseg import metrics
 from medseg.errors import CancelledError, InputError
+from medseg.inference import uncertainty_predictors
 from medseg.labels import LabelTable
 from medseg.uncertainty import (
     Augmentation,
@@ -167,11 +168,17 @@ def test_errors_and_warnings(caplog):
     with pytest.raises(InputError, match="label table has 2 labels"):
         acc.result(LabelTable.from_names(["x", "y"]))
     with pytest.raises(InputError, match="method must be"):
-        estimate_uncertainty(grid, method="bayes")
+        estimate_uncertainty(grid, good, method="bayes")
     with pytest.raises(InputError, match="TTA uses 1..8 views"):
-        estimate_uncertainty(grid, samples=9)
+        estimate_uncertainty(grid, good, samples=9)
+    with pytest.raises(InputError, match="needs a sequence of predictors"):
+        estimate_uncertainty(grid, good, method="ensemble")
+    with pytest.raises(InputError, match="not a sequence"):
+        estimate_uncertainty(grid, [good, good], method="tta")
     with pytest.raises(InputError, match="needs models="):
-        estimate_uncertainty(grid, method="ensemble", models=["a"])
+        uncertainty_predictors("ensemble", models=["a"])
+    with pytest.raises(InputError, match="method must be"):
+        uncertainty_predictors("bayes")
     with caplog.at_level(logging.WARNING):
         mc_dropout_uncertainty(grid, good, samples=2)
     assert "no active dropout" in caplog.text
@@ -187,9 +194,12 @@ def test_medseg_model_pipeline_and_cli(tiny_net, tmp_path, capsys):
     model_path = tm.save_as_medseg_model(tiny_net, tmp_path / "model")
     image, truth = tm.phantom(100)
     with tm.torch_threads(1):
-        tta = estimate_uncertainty(image, model=str(model_path), samples=3, device="cpu")
-        mc = estimate_uncertainty(image, method="mc_dropout", model=str(model_path), samples=3, device="cpu")
-        ens = estimate_uncertainty(image, method="ensemble", models=[str(model_path)] * 2, device="cpu")
+        path = str(model_path)
+        tta = estimate_uncertainty(image, uncertainty_predictors("tta", path, device="cpu"), samples=3)
+        mc = estimate_uncertainty(image, uncertainty_predictors("mc_dropout", path, device="cpu"),
+                                  method="mc_dropout", samples=3)
+        ens = estimate_uncertainty(image, uncertainty_predictors("ensemble", models=[path] * 2, device="cpu"),
+                                   method="ensemble")
     for res in (tta, mc, ens):
         assert res.labels.names[0] == "liver" and res.entropy.array.shape == image.shape
         assert metrics.dice(res.segmentation.array == 1, truth.array == 1) > 0.75
