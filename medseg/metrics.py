@@ -38,6 +38,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from medseg.editing import bounding_slices
 from medseg.errors import InputError
 
 __all__ = [
@@ -122,17 +123,10 @@ def _edges(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Surface voxels of ``a`` and ``b`` cropped to their union bounding box (+1 voxel)."""
     from scipy.ndimage import binary_erosion
 
-    union = a | b
-    if not union.any():
+    sl = bounding_slices(a | b)
+    if sl is None:
         z = np.zeros((1,) * a.ndim, dtype=bool)
         return z, z
-    lo, hi = [], []
-    for axis in range(a.ndim):
-        other = tuple(i for i in range(a.ndim) if i != axis)
-        nz = np.flatnonzero(union.any(axis=other))
-        lo.append(nz[0])
-        hi.append(nz[-1] + 1)
-    sl = tuple(slice(l, h) for l, h in zip(lo, hi))
     # pad one voxel of background so that the volume border counts as outside
     ac = np.pad(a[sl], 1)
     bc = np.pad(b[sl], 1)
@@ -483,60 +477,66 @@ def detect_lesions(
     if not 0.0 <= min_overlap <= 1.0:
         raise InputError(f"min_overlap must be a fraction in [0, 1], got {min_overlap}")
     ref, pred = _pair(reference, prediction)
-    sp = _spacing(spacing, ref.ndim)
-    vox_ml = float(np.prod(sp)) / 1000.0
+    vox_ml = float(np.prod(_spacing(spacing, ref.ndim))) / 1000.0
     structure = ndimage.generate_binary_structure(ref.ndim, connectivity)
-
-    def components(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
-        lab, n = ndimage.label(mask, structure=structure)
-        sizes = np.bincount(lab.ravel(), minlength=n + 1)
-        keep = [i for i in range(1, n + 1) if sizes[i] * vox_ml >= min_volume_ml]
-        return lab, keep
-
-    ref_lab, ref_ids = components(ref)
-    pred_lab, pred_ids = components(pred)
-    both = (ref_lab > 0) & (pred_lab > 0)
-    pairs: dict[tuple[int, int], int] = {}
-    if both.any():
-        rl, pl = ref_lab[both], pred_lab[both]
-        key, counts = np.unique(rl.astype(np.int64) * (int(pred_lab.max()) + 1) + pl, return_counts=True)
-        for k, c in zip(key.tolist(), counts.tolist()):
-            pairs[divmod(k, int(pred_lab.max()) + 1)] = c
-    ref_sizes = np.bincount(ref_lab.ravel())
-    pred_sizes = np.bincount(pred_lab.ravel())
-    ref_set, pred_set = set(ref_ids), set(pred_ids)
+    ref_lab, ref_ids = _lesion_components(ref, structure, vox_ml, min_volume_ml)
+    pred_lab, pred_ids = _lesion_components(pred, structure, vox_ml, min_volume_ml)
+    pairs = _overlap_counts(ref_lab, pred_lab)
+    ref_sizes, pred_sizes = np.bincount(ref_lab.ravel()), np.bincount(pred_lab.ravel())
     ref_centroids = ndimage.center_of_mass(ref, ref_lab, ref_ids) if ref_ids else []
     pred_centroids = ndimage.center_of_mass(pred, pred_lab, pred_ids) if pred_ids else []
 
+    ref_set, pred_set = set(ref_ids), set(pred_ids)
     hit_ids: set[int] = set()
     ref_records = []
     for rid, cen in zip(ref_ids, ref_centroids):
         partners = tuple(sorted(p for (r, p) in pairs if r == rid and p in pred_set))
         covered = sum(pairs[(rid, p)] for p in partners)
-        hit = bool(partners) and covered >= max(min_overlap * ref_sizes[rid], 1)
-        if hit:
+        if partners and covered >= max(min_overlap * ref_sizes[rid], 1):
             hit_ids.add(rid)
         psize = sum(int(pred_sizes[p]) for p in partners)
-        d = 2.0 * covered / (ref_sizes[rid] + psize)
-        ref_records.append(LesionRecord(int(rid), "reference", int(ref_sizes[rid]), float(ref_sizes[rid]) * vox_ml,
-                                        tuple(float(c) for c in cen), bool(hit), partners, float(d)))
+        ref_records.append(_lesion_record(rid, "reference", ref_sizes[rid], vox_ml, cen, rid in hit_ids, partners,
+                                          2.0 * covered / (ref_sizes[rid] + psize)))
     pred_records = []
-    tp_pred = 0
     for pid, cen in zip(pred_ids, pred_centroids):
         partners = tuple(sorted(r for (r, p) in pairs if p == pid and r in ref_set))
-        matched = any(r in hit_ids for r in partners)
-        tp_pred += int(matched)
         overlap = sum(pairs[(r, pid)] for r in partners)
         rsize = sum(int(ref_sizes[r]) for r in partners)
-        d = 2.0 * overlap / (pred_sizes[pid] + rsize)
-        pred_records.append(LesionRecord(int(pid), "prediction", int(pred_sizes[pid]), float(pred_sizes[pid]) * vox_ml,
-                                         tuple(float(c) for c in cen), matched, partners, float(d)))
-    hits = len(hit_ids)
+        pred_records.append(_lesion_record(pid, "prediction", pred_sizes[pid], vox_ml, cen,
+                                           any(r in hit_ids for r in partners), partners,
+                                           2.0 * overlap / (pred_sizes[pid] + rsize)))
+    tp_pred = sum(r.detected for r in pred_records)
     return LesionDetection(
-        hits=hits,
-        misses=len(ref_ids) - hits,
+        hits=len(hit_ids),
+        misses=len(ref_ids) - len(hit_ids),
         false_positives=len(pred_ids) - tp_pred,
         true_positive_predictions=tp_pred,
         reference=tuple(ref_records),
         prediction=tuple(pred_records),
     )
+
+
+def _lesion_components(mask: np.ndarray, structure: np.ndarray, vox_ml: float,
+                       min_volume_ml: float) -> tuple[np.ndarray, list[int]]:
+    """Connected components of ``mask`` (label image) and the ids of those of at least ``min_volume_ml``."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask, structure=structure)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    return lab, [i for i in range(1, n + 1) if sizes[i] * vox_ml >= min_volume_ml]
+
+
+def _overlap_counts(ref_lab: np.ndarray, pred_lab: np.ndarray) -> dict[tuple[int, int], int]:
+    """Voxels shared by each (reference component, predicted component) pair that overlaps."""
+    both = (ref_lab > 0) & (pred_lab > 0)
+    if not both.any():
+        return {}
+    base = int(pred_lab.max()) + 1
+    key, counts = np.unique(ref_lab[both].astype(np.int64) * base + pred_lab[both], return_counts=True)
+    return {divmod(k, base): c for k, c in zip(key.tolist(), counts.tolist())}
+
+
+def _lesion_record(cid: int, source: str, voxels: int, vox_ml: float, centroid: Sequence[float], detected: bool,
+                   partners: tuple, dice_value: float) -> "LesionRecord":
+    return LesionRecord(int(cid), source, int(voxels), float(voxels) * vox_ml, tuple(float(c) for c in centroid),
+                        bool(detected), partners, float(dice_value))

@@ -221,12 +221,70 @@ def train(
         Progress per iteration; cancel stops after the current iteration (checkpoints of the
         last finished epoch remain).
     """
-    from monai.losses import DiceCELoss
-
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     tc = training
     _seed_all(tc.seed)
+    train_cases, val_cases, train_items, val_items = _load_split(data, config, tc, progress, cancel)
+
+    from medseg.models.loader import resolve_device
+
+    device = resolve_device(tc.device)
+    network = build_network(config.network, in_channels=config.in_channels, out_channels=config.out_channels)
+    if init is not None:
+        apply_weights(network, load_weights(init), source=str(init))
+        log.info("fine-tuning from %s", init)
+    network.to(device)
+    loss_fn = _loss(config, tc, train_items, device)
+    opt = torch.optim.AdamW(network.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    total_iters = tc.epochs * tc.iterations_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: (1 - min(it, total_iters - 1) / total_iters) ** 0.9)
+    state = _resume(out, network, opt, sched) if resume else _RunState()
+
+    roi, slice_dim = _roi(config, tc)
+    if tc.patch_size is not None and tuple(tc.patch_size) != tuple(config.inference.patch_size):
+        log.warning("training patch %s differs from the inference patch %s; set inference.patch_size to the "
+                    "training patch before segmenting with this model", tc.patch_size, config.inference.patch_size)
+    step = _Step(network, loss_fn, opt, sched, _train_transforms(config, tc, roi), device, slice_dim,
+                 random.Random(tc.seed + state.epoch))
+    it_done = state.epoch * tc.iterations_per_epoch
+    t0 = time.time()
+    for epoch in range(state.epoch, tc.epochs):
+        network.train()
+        losses = []
+        for _ in range(tc.iterations_per_epoch):
+            check_cancel(cancel, "training")
+            losses.append(step(train_items, tc.batch_size))
+            it_done += 1
+            report(progress, it_done, total_iters, f"epoch {epoch + 1}/{tc.epochs} loss {np.mean(losses):.3f}")
+        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "time_s": round(time.time() - t0, 1)}
+        out_of_time = tc.max_minutes is not None and time.time() - t0 > 60 * tc.max_minutes
+        if (epoch + 1) % tc.val_every == 0 or epoch + 1 == tc.epochs or out_of_time:
+            _validate(network, config, val_items, device, record, state, out)
+        state.epoch = epoch + 1
+        state.history.append(record)
+        _write_outputs(out, network, config, "last.safetensors")
+        save_state_file({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": state.epoch,
+                         "best_score": state.best_score, "best_epoch": state.best_epoch,
+                         "history": json.dumps(state.history), "torch_rng": torch.get_rng_state()}, out / "state.pt")
+        if out_of_time:
+            log.warning("stopping after epoch %d: max_minutes=%s reached", epoch + 1, tc.max_minutes)
+            break
+    return _finish(out, network, config, state, train_cases, val_cases)
+
+
+@dataclass
+class _RunState:
+    """Where a training run stands: epochs done, the best validation so far, the history."""
+
+    epoch: int = 0
+    best_score: float = -1.0
+    best_epoch: int = -1
+    history: list[dict] = field(default_factory=list)
+
+
+def _load_split(data, config: ModelConfig, tc: TrainingConfig, progress, cancel):
+    """Cases of ``data`` split into training and validation folds, loaded and preprocessed."""
     ds_labels = dataset_labels(data)
     if ds_labels is not None and ds_labels != config.labels:
         raise InputError(f"{data}/dataset.json labels {ds_labels} differ from the config's {config.labels}; "
@@ -239,15 +297,13 @@ def train(
     nl = len(config.labels)
     train_items = load_cases(train_cases, config.preprocessing, num_labels=nl, progress=progress, cancel=cancel)
     val_items = load_cases(val_cases, config.preprocessing, num_labels=nl, progress=progress, cancel=cancel)
+    return train_cases, val_cases, train_items, val_items
 
-    from medseg.models.loader import resolve_device
 
-    device = resolve_device(tc.device)
-    network = build_network(config.network, in_channels=config.in_channels, out_channels=config.out_channels)
-    if init is not None:
-        apply_weights(network, load_weights(init), source=str(init))
-        log.info("fine-tuning from %s", init)
-    network.to(device)
+def _loss(config: ModelConfig, tc: TrainingConfig, train_items: list[dict], device):
+    """Dice + cross-entropy, with the configured class weights (``auto``: 1/sqrt(voxel count))."""
+    from monai.losses import DiceCELoss
+
     n = config.out_channels
     if tc.class_weights == "auto":
         weights = _auto_weights(train_items, n)
@@ -255,80 +311,82 @@ def train(
         weights = None
     else:
         if len(tc.class_weights) != n:
-            raise ConfigError(f"training.class_weights needs {n} values (background + {nl} labels), got {len(tc.class_weights)}")
+            raise ConfigError(f"training.class_weights needs {n} values (background + {len(config.labels)} "
+                              f"labels), got {len(tc.class_weights)}")
         weights = torch.tensor(tc.class_weights, dtype=torch.float32)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, weight=None if weights is None else weights.to(device))
-    opt = torch.optim.AdamW(network.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
-    total_iters = tc.epochs * tc.iterations_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: (1 - min(it, total_iters - 1) / total_iters) ** 0.9)
-    start_epoch, best_score, best_epoch, history = 0, -1.0, -1, []
-    state_path = out / "state.pt"
-    if resume:
-        if not state_path.is_file() or not (out / "last.safetensors").is_file():
-            raise CheckpointError(f"{out}: nothing to resume (state.pt / last.safetensors missing); train without --resume")
-        apply_weights(network, load_weights(out / "last.safetensors"), source=str(out / "last.safetensors"))
-        st = load_state_file(state_path)
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        start_epoch, best_score, best_epoch = int(st["epoch"]), float(st["best_score"]), int(st["best_epoch"])
-        history = json.loads(st["history"])
-        torch.set_rng_state(st["torch_rng"])
-        log.info("resuming at epoch %d (best %.4f at %d)", start_epoch, best_score, best_epoch)
+    return DiceCELoss(to_onehot_y=True, softmax=True, weight=None if weights is None else weights.to(device))
 
-    roi, slice_dim = _roi(config, tc)
-    if tc.patch_size is not None and tuple(tc.patch_size) != tuple(config.inference.patch_size):
-        log.warning("training patch %s differs from the inference patch %s; set inference.patch_size to the "
-                    "training patch before segmenting with this model", tc.patch_size, config.inference.patch_size)
-    tf = _train_transforms(config, tc, roi)
-    rng = random.Random(tc.seed + start_epoch)
-    it_done = start_epoch * tc.iterations_per_epoch
-    t0 = time.time()
-    for epoch in range(start_epoch, tc.epochs):
-        network.train()
-        losses = []
-        for _ in range(tc.iterations_per_epoch):
-            check_cancel(cancel, "training")
-            batch = [tf(train_items[rng.randrange(len(train_items))])[0] for _ in range(tc.batch_size)]
-            x = torch.stack([b["image"].as_tensor() if hasattr(b["image"], "as_tensor") else b["image"] for b in batch]).to(device)
-            y = torch.stack([b["label"].as_tensor() if hasattr(b["label"], "as_tensor") else b["label"] for b in batch]).to(device)
-            if slice_dim is not None:
-                x, y = x.squeeze(2 + slice_dim), y.squeeze(2 + slice_dim)
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(network(x), y.round())
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            it_done += 1
-            report(progress, it_done, total_iters, f"epoch {epoch + 1}/{tc.epochs} loss {np.mean(losses):.3f}")
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "time_s": round(time.time() - t0, 1)}
-        out_of_time = tc.max_minutes is not None and time.time() - t0 > 60 * tc.max_minutes
-        last_epoch = epoch + 1 == tc.epochs or out_of_time
-        if (epoch + 1) % tc.val_every == 0 or last_epoch:
-            if val_items:
-                metrics = evaluate_cases(network, config, val_items, device=device)
-                record.update(metrics)
-                score = metrics["mean_dice"]
-            else:
-                score = -record["loss"]
-            if score > best_score:
-                best_score, best_epoch = score, epoch + 1
-                _write_outputs(out, network, config, "best.safetensors")
-            log.info("epoch %d: %s", epoch + 1, json.dumps(record))
-        history.append(record)
-        _write_outputs(out, network, config, "last.safetensors")
-        save_state_file({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
-                         "best_score": best_score, "best_epoch": best_epoch, "history": json.dumps(history),
-                         "torch_rng": torch.get_rng_state()}, state_path)
-        if out_of_time:
-            log.warning("stopping after epoch %d: max_minutes=%s reached", epoch + 1, tc.max_minutes)
-            break
+
+def _resume(out: Path, network, opt, sched) -> _RunState:
+    """Weights, optimiser, scheduler, RNG and history of ``out``'s last finished epoch."""
+    state_path = out / "state.pt"
+    if not state_path.is_file() or not (out / "last.safetensors").is_file():
+        raise CheckpointError(f"{out}: nothing to resume (state.pt / last.safetensors missing); train without --resume")
+    apply_weights(network, load_weights(out / "last.safetensors"), source=str(out / "last.safetensors"))
+    st = load_state_file(state_path)
+    opt.load_state_dict(st["optimizer"])
+    sched.load_state_dict(st["scheduler"])
+    state = _RunState(int(st["epoch"]), float(st["best_score"]), int(st["best_epoch"]), json.loads(st["history"]))
+    torch.set_rng_state(st["torch_rng"])
+    log.info("resuming at epoch %d (best %.4f at %d)", state.epoch, state.best_score, state.best_epoch)
+    return state
+
+
+@dataclass
+class _Step:
+    """One optimisation step on a batch of random training crops; returns the loss."""
+
+    network: torch.nn.Module
+    loss_fn: object
+    opt: torch.optim.Optimizer
+    sched: object
+    transforms: object
+    device: object
+    slice_dim: Optional[int]
+    rng: random.Random
+
+    def __call__(self, items: list[dict], batch_size: int) -> float:
+        batch = [self.transforms(items[self.rng.randrange(len(items))])[0] for _ in range(batch_size)]
+        x = torch.stack([_tensor(b["image"]) for b in batch]).to(self.device)
+        y = torch.stack([_tensor(b["label"]) for b in batch]).to(self.device)
+        if self.slice_dim is not None:
+            x, y = x.squeeze(2 + self.slice_dim), y.squeeze(2 + self.slice_dim)
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.network(x), y.round())
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        return float(loss.detach())
+
+
+def _tensor(x):
+    return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
+def _validate(network, config: ModelConfig, val_items: list[dict], device, record: dict, state: _RunState,
+              out: Path) -> None:
+    """Validation Dice into ``record``; a new best is written as ``best.safetensors``."""
+    if val_items:
+        metrics = evaluate_cases(network, config, val_items, device=device)
+        record.update(metrics)
+        score = metrics["mean_dice"]
+    else:
+        score = -record["loss"]
+    if score > state.best_score:
+        state.best_score, state.best_epoch = score, record["epoch"]
+        _write_outputs(out, network, config, "best.safetensors")
+    log.info("epoch %d: %s", record["epoch"], json.dumps(record))
+
+
+def _finish(out: Path, network, config: ModelConfig, state: _RunState, train_cases, val_cases) -> TrainResult:
+    """model.yaml and history.json next to the checkpoints."""
     if not (out / "best.safetensors").is_file():
         _write_outputs(out, network, config, "best.safetensors")
     model_yaml = out / "model.yaml"
     model_yaml.write_text(yaml.safe_dump(config_to_mapping(replace(config, weights="best.safetensors")), sort_keys=False))
+    train_ids, val_ids = [c.case_id for c in train_cases], [c.case_id for c in val_cases]
     (out / "history.json").write_text(json.dumps({
-        "train_cases": [c.case_id for c in train_cases], "val_cases": [c.case_id for c in val_cases],
-        "best_epoch": best_epoch, "best_score": best_score, "history": history}, indent=1))
-    return TrainResult(out, out / "best.safetensors", out / "last.safetensors", model_yaml, best_score, best_epoch,
-                       history, [c.case_id for c in train_cases], [c.case_id for c in val_cases])
+        "train_cases": train_ids, "val_cases": val_ids,
+        "best_epoch": state.best_epoch, "best_score": state.best_score, "history": state.history}, indent=1))
+    return TrainResult(out, out / "best.safetensors", out / "last.safetensors", model_yaml, state.best_score,
+                       state.best_epoch, state.history, train_ids, val_ids)
