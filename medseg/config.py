@@ -58,70 +58,84 @@ def _where(source: str, path: str) -> str:
 
 
 def _convert(tp: Any, value: Any, source: str, path: str) -> Any:
+    """``value`` (parsed YAML/JSON) checked against the type hint ``tp`` and converted to it."""
     if tp is Any:
         return value
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{_where(source, path)} must be a mapping, got {type(value).__name__}")
-        hints = get_type_hints(tp)
-        fields = {f.name: f for f in dataclasses.fields(tp) if f.init}
-        unknown = [k for k in value if k not in fields]
-        if unknown:
-            key = f"{path}.{unknown[0]}" if path else str(unknown[0])
-            raise ConfigError(
-                f"{source}: unknown key {key!r}; allowed keys at {path or 'top level'}: {sorted(fields)}"
-            )
-        kwargs = {}
-        for name, f in fields.items():
-            sub = f"{path}.{name}" if path else name
-            if name in value:
-                kwargs[name] = _convert(hints[name], value[name], source, sub)
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-                raise ConfigError(f"{source}: missing required key {sub!r}")
-        try:
-            return tp(**kwargs)
-        except ConfigError:
-            raise
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{_where(source, path)}: {exc}") from exc
+        return _convert_dataclass(tp, value, source, path)
     if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _convert(a, value, source, path)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{_where(source, path)}: no allowed type matches {value!r}")
+        return _convert_union(tp, value, source, path)
     if origin is typing.Literal:
         allowed = get_args(tp)
         if value not in allowed:
             raise ConfigError(f"{_where(source, path)} must be one of {list(allowed)}, got {value!r}")
         return value
-    if origin in (tuple,):
-        args = get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{_where(source, path)} must be a list, got {type(value).__name__}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, source, f"{path}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise ConfigError(f"{_where(source, path)} must have {len(args)} items, got {len(value)}")
-        return tuple(_convert(a, v, source, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if origin in (list,):
-        (arg,) = get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{_where(source, path)} must be a list, got {type(value).__name__}")
-        return [_convert(arg, v, source, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin in (tuple, list):
+        return _convert_sequence(tp, value, source, path)
     if origin in (dict, Mapping) or tp is dict:
         args = get_args(tp) or (Any, Any)
         if not isinstance(value, Mapping):
             raise ConfigError(f"{_where(source, path)} must be a mapping, got {type(value).__name__}")
         return {_convert(args[0], k, source, f"{path}.{k}"): _convert(args[1], v, source, f"{path}.{k}") for k, v in value.items()}
+    return _convert_scalar(tp, value, source, path)
+
+
+def _convert_dataclass(tp: Any, value: Any, source: str, path: str) -> Any:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{_where(source, path)} must be a mapping, got {type(value).__name__}")
+    hints = get_type_hints(tp)
+    fields = {f.name: f for f in dataclasses.fields(tp) if f.init}
+    unknown = [k for k in value if k not in fields]
+    if unknown:
+        key = f"{path}.{unknown[0]}" if path else str(unknown[0])
+        raise ConfigError(
+            f"{source}: unknown key {key!r}; allowed keys at {path or 'top level'}: {sorted(fields)}"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        sub = f"{path}.{name}" if path else name
+        if name in value:
+            kwargs[name] = _convert(hints[name], value[name], source, sub)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            raise ConfigError(f"{source}: missing required key {sub!r}")
+    try:
+        return tp(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{_where(source, path)}: {exc}") from exc
+
+
+def _convert_union(tp: Any, value: Any, source: str, path: str) -> Any:
+    args = get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _convert(a, value, source, path)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    raise ConfigError(errors[0] if len(errors) == 1 else f"{_where(source, path)}: no allowed type matches {value!r}")
+
+
+def _convert_sequence(tp: Any, value: Any, source: str, path: str) -> Any:
+    args = get_args(tp)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{_where(source, path)} must be a list, got {type(value).__name__}")
+    if get_origin(tp) is list:
+        return [_convert(args[0], v, source, f"{path}[{i}]") for i, v in enumerate(value)]
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_convert(args[0], v, source, f"{path}[{i}]") for i, v in enumerate(value))
+    if len(args) != len(value):
+        raise ConfigError(f"{_where(source, path)} must have {len(args)} items, got {len(value)}")
+    return tuple(_convert(a, v, source, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+
+
+def _convert_scalar(tp: Any, value: Any, source: str, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{_where(source, path)} must be a number, got {value!r}")

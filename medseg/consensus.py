@@ -523,24 +523,12 @@ def consensus(
             raise InputError(f"segmentations[{n}] must be a Segmentation, got {type(s).__name__}")
     arrays = _arrays(segs)
     names = list(names) if names is not None else [f"rater{i + 1}" for i in range(len(segs))]
-    table = LabelTable()
-    for s in reversed(segs):
-        for lab in s.labels:
-            table = table.with_label(lab)
     present = sorted(set(int(v) for a in arrays for v in np.unique(a)) - {0})
-    for l in present:
-        if l not in table:
-            table = table.with_label(LabelTable.from_names({l: f"label_{l}"})[l])
+    table = _merged_table(segs, present)
     raters: list[dict] = [{"name": n} for n in names]
     ref = segs[0].label_map
     if method == "staple" and len(present) <= 1:
-        l = present[0] if present else 1
-        res = staple(arrays, label=l, progress=progress, cancel=cancel)
-        label_map = np.where(res.mask, l, 0).astype(np.uint8 if l < 256 else np.uint16)
-        probs = np.stack([1.0 - res.probability, res.probability]).astype(np.float32)
-        for r, row in enumerate(raters):
-            row[str(l)] = {"sensitivity": float(res.sensitivity[r]), "specificity": float(res.specificity[r])}
-        prob_labels = [0, l]
+        label_map, probs, prob_labels = _binary_staple(arrays, present, raters, progress, cancel)
     else:
         if method == "staple":
             ml = multi_label_staple(arrays, progress=progress, cancel=cancel)
@@ -558,13 +546,43 @@ def consensus(
     table = table.subset(set(used) | set(int(v) for v in np.unique(label_map) if v))
     prob_vol = None
     if probabilities and probs is not None:
-        # channels follow the label table order: channel c = c-th label of the table
-        chan = [0] + table.indices
-        full = np.zeros((len(chan),) + ref.shape, np.float32)
-        for c, l in enumerate(chan):
-            if l in prob_labels:
-                full[c] = probs[prob_labels.index(l)]
-        prob_vol = Volume(full, ref.affine, {"source": f"consensus({method})"})
+        prob_vol = Volume(_table_channels(probs, prob_labels, table), ref.affine, {"source": f"consensus({method})"})
     seg = Segmentation(ref.with_array(label_map, source=f"consensus({method})"), table, prob_vol)
     dis = Volume(disagreement_map(arrays), ref.affine, {"source": "disagreement"})
     return ConsensusResult(seg, dis, raters, method)
+
+
+def _merged_table(segs: Sequence[Segmentation], present: Sequence[int]) -> LabelTable:
+    """The inputs' label tables merged (the first name of an index wins); ``label_N`` for unnamed indices."""
+    table = LabelTable()
+    for s in reversed(segs):
+        for lab in s.labels:
+            table = table.with_label(lab)
+    for l in present:
+        if l not in table:
+            table = table.with_label(LabelTable.from_names({l: f"label_{l}"})[l])
+    return table
+
+
+def _binary_staple(arrays: list, present: Sequence[int], raters: list[dict], progress, cancel):
+    """Binary STAPLE of the one label present: label map, (2, Z, Y, X) probabilities, their labels.
+
+    Each rater's sensitivity and specificity go into ``raters``.
+    """
+    l = present[0] if present else 1
+    res = staple(arrays, label=l, progress=progress, cancel=cancel)
+    label_map = np.where(res.mask, l, 0).astype(np.uint8 if l < 256 else np.uint16)
+    probs = np.stack([1.0 - res.probability, res.probability]).astype(np.float32)
+    for r, row in enumerate(raters):
+        row[str(l)] = {"sensitivity": float(res.sensitivity[r]), "specificity": float(res.specificity[r])}
+    return label_map, probs, [0, l]
+
+
+def _table_channels(probs: np.ndarray, prob_labels: Sequence[int], table: LabelTable) -> np.ndarray:
+    """(1 + len(table), Z, Y, X) float32: channel c is the c-th label of the table (0 = background)."""
+    chan = [0] + table.indices
+    full = np.zeros((len(chan),) + probs.shape[1:], np.float32)
+    for c, l in enumerate(chan):
+        if l in prob_labels:
+            full[c] = probs[prob_labels.index(l)]
+    return full

@@ -112,6 +112,38 @@ def make_phantom(
     if affine is None:
         affine = default_phantom_affine(shape)
     shape = tuple(int(s) for s in shape)
+    body, fat_inner, organs = _anatomy(rng, variation)  # draws from rng first: same seed, same anatomy
+    pts = _world_points(shape, affine)
+    voxel_mm = float(np.cbrt(abs(np.linalg.det(affine[:3, :3]))))
+
+    f_body = _fraction_inside(body.distance(pts), voxel_mm)
+    f_inner = _fraction_inside(fat_inner.distance(pts), voxel_mm)
+    # air -> fat ring -> soft tissue
+    hu = -1000.0 * (1 - f_body) + f_body * (-100.0 * (1 - f_inner) + 40.0 * f_inner)
+    label = np.zeros(shape, dtype=np.uint8)
+    best = np.zeros(shape, dtype=np.float32)
+    for organ, index in organs:
+        f = _fraction_inside(organ.distance(pts), voxel_mm) * f_inner
+        hu = hu * (1 - f) + organ.hu * f
+        if index:
+            take = (f >= 0.5) & (f >= best * 0.999)
+            label[take] = index
+            best = np.where(take, f, best)
+    # texture: organs are not flat; low-frequency variation plus white noise
+    from scipy.ndimage import gaussian_filter
+
+    texture = gaussian_filter(rng.normal(size=shape).astype(np.float32), sigma=2.0) * 15.0
+    hu = hu + texture * f_body + rng.normal(scale=noise_hu, size=shape) * f_body
+    hu += rng.normal(scale=noise_hu * 0.3, size=shape)
+    image = Volume(np.clip(np.round(hu), -1024, 3071).astype(np.int16), affine,
+                   {"Modality": "CT", "source": f"phantom(seed={seed})"})
+    seg = Segmentation(Volume(label, affine, {"source": f"phantom(seed={seed})"}), PHANTOM_LABELS)
+    return image, seg
+
+
+def _anatomy(rng: np.random.Generator, variation: float) -> tuple:
+    """The body, its fat ring's inner boundary and the organs ``(shape, label index)`` in paint order,
+    sizes and positions (mm, LPS) drawn from ``rng``."""
 
     def jit(scale: float, n: int = 3) -> np.ndarray:
         return rng.uniform(-scale, scale, n) * variation
@@ -132,34 +164,12 @@ def make_phantom(
     direction /= np.linalg.norm(direction)
     t_centre = liver.centre + direction * liver.radii * rng.uniform(0.0, 0.45)
     tumour = _Ellipsoid(t_centre, np.full(3, rng.uniform(10.0, 17.0)), 15.0)
+    organs = [(spine, 0), (liver, 1), (spleen, 2), (kid_r, 3), (kid_l, 4), (aorta, 5), (tumour, 6)]
+    return body, fat_inner, organs
 
+
+def _world_points(shape: tuple, affine: np.ndarray) -> np.ndarray:
+    """(Z, Y, X, 3) float32 LPS millimetres of every voxel centre."""
     kk, jj, ii = np.meshgrid(*(np.arange(s, dtype=np.float32) for s in shape), indexing="ij")
     idx = np.stack([kk, jj, ii], axis=-1).reshape(-1, 3)
-    pts = (idx @ affine[:3, :3].T.astype(np.float32) + affine[:3, 3].astype(np.float32)).reshape(shape + (3,))
-    del kk, jj, ii, idx
-    voxel_mm = float(np.cbrt(abs(np.linalg.det(affine[:3, :3]))))
-
-    f_body = _fraction_inside(body.distance(pts), voxel_mm)
-    f_inner = _fraction_inside(fat_inner.distance(pts), voxel_mm)
-    # air -> fat ring -> soft tissue
-    hu = -1000.0 * (1 - f_body) + f_body * (-100.0 * (1 - f_inner) + 40.0 * f_inner)
-    label = np.zeros(shape, dtype=np.uint8)
-    best = np.zeros(shape, dtype=np.float32)
-    organs = [(spine, 0), (liver, 1), (spleen, 2), (kid_r, 3), (kid_l, 4), (aorta, 5), (tumour, 6)]
-    for organ, index in organs:
-        f = _fraction_inside(organ.distance(pts), voxel_mm) * f_inner
-        hu = hu * (1 - f) + organ.hu * f
-        if index:
-            take = (f >= 0.5) & (f >= best * 0.999)
-            label[take] = index
-            best = np.where(take, f, best)
-    # texture: organs are not flat; low-frequency variation plus white noise
-    from scipy.ndimage import gaussian_filter
-
-    texture = gaussian_filter(rng.normal(size=shape).astype(np.float32), sigma=2.0) * 15.0
-    hu = hu + texture * f_body + rng.normal(scale=noise_hu, size=shape) * f_body
-    hu += rng.normal(scale=noise_hu * 0.3, size=shape)
-    image = Volume(np.clip(np.round(hu), -1024, 3071).astype(np.int16), affine,
-                   {"Modality": "CT", "source": f"phantom(seed={seed})"})
-    seg = Segmentation(Volume(label, affine, {"source": f"phantom(seed={seed})"}), PHANTOM_LABELS)
-    return image, seg
+    return (idx @ affine[:3, :3].T.astype(np.float32) + affine[:3, 3].astype(np.float32)).reshape(shape + (3,))
