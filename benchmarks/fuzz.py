@@ -18,12 +18,13 @@ Exit code 1 when any input failed the oracle (the failing kind, target and seed 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import random
 import resource
+import signal
 import sys
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -33,35 +34,31 @@ sys.path.insert(0, str(ROOT / "tests"))
 from safety.fuzzing import FUZZ_LIMIT_BYTES, Fuzzer  # noqa: E402
 
 
-def _rss_mb() -> float:
-    """Current (not peak) resident set size of this process, in MB, from /proc."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024**2
-    except OSError:  # not Linux: fall back to the peak
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _rss_mb(pid: int) -> float:
+    """Current (not peak) resident set size of process ``pid``, in MB, from /proc (Linux)."""
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024**2
 
 
-class MemoryWatchdog(threading.Thread):
-    """Stops the run, naming the input in flight, when the resident set exceeds ``limit_mb``.
+def _watch(pid: int, limit_mb: float, label_file: str) -> None:
+    """Runs in its own process: kills ``pid`` and names the input in flight (``label_file``) when
+    ``pid``'s resident set passes ``limit_mb``.
 
-    A memory bomb would otherwise take the whole machine (the kernel's OOM killer ends the
-    process without a word about which input did it).
+    A thread cannot do this: a memory bomb inside a C call that holds the GIL grows the process
+    to the kernel's OOM killer without letting a Python thread run (seen: 24 GB in one input).
     """
-
-    def __init__(self, limit_mb: float) -> None:
-        super().__init__(daemon=True)
-        self.limit_mb = limit_mb
-        self.current = "(seeds)"
-
-    def run(self) -> None:
-        while True:
-            rss = _rss_mb()
-            if rss > self.limit_mb:
-                print(f"FAIL memory bomb: {rss:.0f} MB resident (> {self.limit_mb:.0f} MB) while running "
-                      f"{self.current}", flush=True)
-                os._exit(3)
-            time.sleep(0.02)
+    while True:
+        try:
+            rss = _rss_mb(pid)
+        except OSError:
+            return  # the fuzzer ended
+        if rss > limit_mb:
+            os.kill(pid, signal.SIGKILL)
+            label = Path(label_file).read_text()
+            print(f"FAIL memory bomb: {rss:.0f} MB resident (> {limit_mb:.0f} MB) while running {label}",
+                  flush=True)
+            return
+        time.sleep(0.01)
 
 
 def main() -> int:
@@ -78,8 +75,12 @@ def main() -> int:
                         heavy_share=args.heavy_share)
         print(f"seeds ready in {time.perf_counter() - t0:.1f} s ({', '.join(fuzzer.kinds())})", flush=True)
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        # hard stop well above the per-input budget (8 x the volume limit over the baseline)
-        watchdog = MemoryWatchdog(_rss_mb() + 16 * FUZZ_LIMIT_BYTES / 1024**2)
+        # hard stop well above the per-input budget (16 x the volume limit over the baseline)
+        label_file = Path(work) / "in-flight.txt"
+        label_file.write_text("(seeds)")
+        watchdog = multiprocessing.get_context("spawn").Process(
+            target=_watch, args=(os.getpid(), _rss_mb(os.getpid()) + 16 * FUZZ_LIMIT_BYTES / 1024**2, str(label_file)),
+            daemon=True)
         watchdog.start()
         rng = random.Random(args.seed)
         kinds = fuzzer.kinds()
@@ -89,7 +90,7 @@ def main() -> int:
         last_report = t0
         while time.perf_counter() < deadline:
             kind, seed = rng.choice(kinds), rng.randrange(2**31)
-            watchdog.current = f"kind={kind} seed={seed} (Fuzzer.run_one({kind!r}, {seed}))"
+            label_file.write_text(f"kind={kind} seed={seed} (Fuzzer.run_one({kind!r}, {seed}))")
             outcome = fuzzer.run_one(kind, seed)
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             if rss - rss0 > 8 * FUZZ_LIMIT_BYTES / 1024**2:

@@ -33,6 +33,12 @@ NETWORK_NAMES = ("unet", "dynunet", "segresnet", "swinunetr", "deeplab", "fcn")
 NetworkName = Literal["unet", "dynunet", "segresnet", "swinunetr", "deeplab", "fcn"]
 
 
+#: Structural limits of :class:`NetworkConfig` (see ``NetworkConfig._check_structure``).
+MAX_RES_UNITS = 16
+MAX_LEVELS = 12
+MAX_FEATURE_SIZE = 96  # SwinUNETR cannot be built on the meta device: its size is bounded here
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     """Which network, and its size.
@@ -50,11 +56,11 @@ class NetworkConfig:
     strides : tuple of int
         Downsampling factor between levels, ``len(channels) - 1`` entries (UNet/DynUNet/FCN).
     num_res_units : int
-        Residual units per UNet block.
+        Residual units per UNet block (0 to 16).
     dropout : float
         Dropout probability in [0, 1); > 0 makes MC dropout possible.
     feature_size : int
-        SwinUNETR embedding size (a multiple of 12).
+        SwinUNETR embedding size (a multiple of 12, at most 96).
     dilations : tuple of int
         ASPP dilation rates (``deeplab``).
     """
@@ -69,6 +75,7 @@ class NetworkConfig:
     dilations: tuple[int, ...] = (1, 2, 4, 6)
 
     def __post_init__(self) -> None:
+        self._check_structure()
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"network.dropout must be in [0, 1), got {self.dropout}")
         if not self.channels or any(c <= 0 for c in self.channels):
@@ -85,6 +92,23 @@ class NetworkConfig:
                 f"network.feature_size must be a multiple of 12 and spatial_dims 3 for swinunetr, "
                 f"got feature_size {self.feature_size}, spatial_dims {self.spatial_dims}"
             )
+
+    def _check_structure(self) -> None:
+        """Bounds on what decides how many modules the constructor builds.
+
+        The parameter-memory check (:func:`medseg.models.registry.build_network`) bounds the
+        weights, but it has to run the constructor to count them: a config asking for 10^308
+        residual units or thousands of levels would fill the memory in that very build (found by
+        the fuzzer). Real segmentation networks stay far inside these limits.
+        """
+        limits = (("num_res_units", self.num_res_units, 0, MAX_RES_UNITS),
+                  ("feature_size", self.feature_size, 1, MAX_FEATURE_SIZE))
+        for name, value, lo, hi in limits:
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ConfigError(f"network.{name} must be an integer in [{lo}, {hi}], got {value!r}")
+        for name, seq in (("channels", self.channels), ("strides", self.strides), ("dilations", self.dilations)):
+            if len(seq) > MAX_LEVELS:
+                raise ConfigError(f"network.{name} has {len(seq)} entries; medseg builds at most {MAX_LEVELS}")
 
     @property
     def downsampling(self) -> int:

@@ -137,6 +137,10 @@ def _train_transforms(config: ModelConfig, tc: TrainingConfig, roi: list[int]):
 
 
 def _roi(config: ModelConfig, tc: TrainingConfig) -> tuple[list[int], Optional[int]]:
+    """The training crop in MONAI's axis order and, for a 2D network, the axis squeezed away."""
+    if tc.patch_size is not None and tuple(tc.patch_size) != tuple(config.inference.patch_size):
+        log.warning("training patch %s differs from the inference patch %s; set inference.patch_size to the "
+                    "training patch before segmenting with this model", tc.patch_size, config.inference.patch_size)
     from medseg.inference.preprocess import model_axes
 
     patch = tc.patch_size or config.inference.patch_size
@@ -242,9 +246,6 @@ def train(
     state = _resume(out, network, opt, sched) if resume else _RunState()
 
     roi, slice_dim = _roi(config, tc)
-    if tc.patch_size is not None and tuple(tc.patch_size) != tuple(config.inference.patch_size):
-        log.warning("training patch %s differs from the inference patch %s; set inference.patch_size to the "
-                    "training patch before segmenting with this model", tc.patch_size, config.inference.patch_size)
     step = _Step(network, loss_fn, opt, sched, _train_transforms(config, tc, roi), device, slice_dim,
                  random.Random(tc.seed + state.epoch))
     it_done = state.epoch * tc.iterations_per_epoch

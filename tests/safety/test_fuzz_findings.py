@@ -142,3 +142,38 @@ def test_model_config_with_huge_channels_is_refused_before_allocating(tmp_path):
         with pytest.raises(ModelError, match="more than the memory limit of"):
             load_model(path, device="cpu", allow_untrained=True)
     assert load_model(path, device="cpu", allow_untrained=True).network is not None
+
+
+@pytest.mark.parametrize("network, match", [
+    ({"num_res_units": 1e308}, r"num_res_units must be an integer"),
+    ({"num_res_units": 17}, r"num_res_units must be an integer in \[0, 16\]"),
+    ({"channels": [4] * 14, "strides": [2] * 13}, "channels has 14 entries; medseg builds at most 12"),
+])
+def test_bundle_asking_for_unbounded_modules_is_refused_before_building(tmp_path, network, match):
+    """A bundle whose UNet asked for 1e308 residual units grew the 20-minute fuzz run to 24 GB
+    (the OOM killer) inside the constructor itself, before any parameter count could refuse it;
+    the fuzzer's out-of-process watchdog named it (kind=bundle seed=905316078)."""
+    from medseg.errors import ConfigError
+    from medseg.models import load_model
+    from medseg.models.bundle import export_bundle
+
+    import yaml
+
+    cfg = {"name": "m", "network": {"name": "unet", "spatial_dims": 3, "channels": [4, 8], "strides": [2]},
+           "labels": {1: "a"}}
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    bundle = tmp_path / "bundle"
+    export_bundle(load_model(path, device="cpu", allow_untrained=True), bundle)
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    meta.pop("medseg_config", None)  # a foreign bundle: the network comes from inference.json
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    inference["network_def"].update(network)
+    (bundle / "configs" / "inference.json").write_text(json.dumps(inference))
+    with pytest.raises((ConfigError, ModelError), match=match):
+        load_model(bundle, device="cpu")
+    cfg["network"].update(network)
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=match):
+        load_model(path, device="cpu", allow_untrained=True)
