@@ -63,6 +63,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from medseg.editing import bounding_slices
+from medseg.prompts import ObjectPrompts
 from medseg.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -434,7 +435,6 @@ class MedSAMEngine:
     # -- prompts ----------------------------------------------------------------------------
     def _classical_slice(self, p, prompts_pos: np.ndarray, prompts_neg: np.ndarray) -> Optional[np.ndarray]:
         """The training-free engine's mask on the click's slice (component holding the click)."""
-        from medseg.interactive.classical import ObjectPrompts
 
         sl, roi = self.classical.predict(ObjectPrompts(prompts_pos.reshape(-1, 3), prompts_neg.reshape(-1, 3)))
         k, j, i = p
@@ -480,7 +480,7 @@ class MedSAMEngine:
 
         Parameters
         ----------
-        prompts : medseg.interactive.classical.ObjectPrompts
+        prompts : medseg.prompts.ObjectPrompts
         blocked : (Z, Y, X) ndarray, optional
             Non-zero: locked voxels (the session removes them from the result).
         previous : (slices, mask), optional
@@ -698,7 +698,6 @@ class FusedEngine:
 
     def predict(self, prompts, *, blocked=None, previous=None):
         """As :meth:`MedSAMEngine.predict`, by the engine chosen for this object."""
-        from medseg.interactive.classical import ObjectPrompts
 
         first = (None if prompts.box is None else (tuple(prompts.box[0]), tuple(prompts.box[1])),
                  tuple(np.asarray(prompts.positive[:1]).ravel()) if prompts.box is None else ())

@@ -23,7 +23,7 @@ import numpy as np
 from medseg.errors import InputError, PromptError
 from medseg.labels import Label, LabelTable, default_color
 from medseg.memory import release_heap_fragments
-from medseg.prompts import Box, Point, Prompt, Scribble
+from medseg.prompts import Box, ObjectPrompts, Point, Prompt, Scribble
 from medseg.segmentation import Segmentation, smallest_label_dtype
 from medseg.volume import Volume
 
@@ -221,8 +221,6 @@ class Session:
         return self.mask
 
     def _gather(self):
-        from medseg.interactive.classical import ObjectPrompts
-
         pos, neg, box = [], [], None
         for p in self._obj.prompts:
             if isinstance(p, Point):
