@@ -60,6 +60,8 @@ class _SkimageRW:
 
     name = "skimage_random_walker"
     prompt_types = ("point",)
+    supports_undo = True
+    background_preparation = False
 
     def set_image(self, volume):
         from medseg.interactive.classical import ClassicalEngine
@@ -277,7 +279,8 @@ def make_bench_engine(name: str, store=None):
         from medseg.interactive import ClassicalEngine
 
         return ClassicalEngine()
-    from medseg.interactive.medsam import FusedEngine, MedSAMEngine
+    from medseg.interactive.fused import FusedEngine
+    from medseg.interactive.medsam import MedSAMEngine
 
     eng = MedSAMEngine(background=False, store=store)
     return FusedEngine(eng) if name == "fused" else eng

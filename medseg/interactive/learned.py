@@ -132,6 +132,8 @@ class LearnedEngine:
 
     name = "learned"
     prompt_types = ("point", "scribble")
+    supports_undo = True  # stateless: a prediction depends on its prompts only
+    background_preparation = False
 
     def __init__(self, config: InteractiveModelConfig, network: Any) -> None:
         self.config = config

@@ -14,13 +14,15 @@ restores its previous mask exactly; with no prompt left it re-opens the last acc
 from __future__ import annotations
 
 import logging
+import os
 import zlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from medseg.errors import InputError, PromptError
+from medseg.interactive.engine import Engine
 from medseg.labels import Label, LabelTable, default_color
 from medseg.memory import release_heap_fragments
 from medseg.prompts import Box, ObjectPrompts, Point, Prompt, Scribble
@@ -76,10 +78,11 @@ class Session:
 
     Parameters
     ----------
-    engine : object or str, optional
-        ``None`` or ``"classical"``: the training-free :class:`ClassicalEngine`; a model name or
-        config path (``"interactive_phantom"``): the learned click-guided engine; or any engine
-        object with ``set_image``, ``reset``, ``predict`` and ``prompt_types``.
+    engine : Engine, str or path, optional
+        ``None`` or ``"classical"``: the training-free :class:`ClassicalEngine`; ``"medsam"`` or
+        ``"fused"``; a model name or config path (``"interactive_phantom"``): the learned
+        click-guided engine; or any object conforming to
+        :class:`~medseg.interactive.engine.Engine`.
 
     Examples
     --------
@@ -91,10 +94,10 @@ class Session:
     >>> seg = s.segmentation
     """
 
-    def __init__(self, engine: Any = None) -> None:
+    def __init__(self, engine: Union[Engine, str, "os.PathLike[str]", None] = None) -> None:
         from medseg.interactive import make_engine
 
-        self.engine = make_engine(engine)
+        self.engine: Engine = make_engine(engine)
         self._volume: Optional[Volume] = None
         self._labels: Optional[np.ndarray] = None
         # label values present in _labels, kept up to date (not rescanned); empty: no blocking
