@@ -363,7 +363,7 @@ def medsam_latency(store=None, organ_slices: int = 60) -> None:
     t0 = time.perf_counter()
     eng.embedding(a[0])
     t_emb = time.perf_counter() - t0
-    m2, _ = eng._decode(a[0], np.array([[a[1], a[2], b[1], b[2]]], np.float32))
+    m2, _ = eng.decode_slice(a[0], np.array([[a[1], a[2], b[1], b[2]]], np.float32))
     t_box = time.perf_counter() - t0
     eng.cache.clear()
     t0 = time.perf_counter()

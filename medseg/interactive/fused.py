@@ -68,14 +68,14 @@ class FusedEngine:
 
     def _decide(self, prompts) -> tuple[str, Optional[tuple[int, int, int]]]:
         eng = self.medsam
-        small_slices = eng._scale() > self.max_upsample
+        small_slices = eng.slice_scale() > self.max_upsample
         if prompts.box is None and small_slices:
             return "classical", None
         if prompts.box is not None:
             a, b = np.asarray(prompts.box[0]), np.asarray(prompts.box[1])
             lo, hi = np.minimum(a, b), np.maximum(a, b)
             k = int((lo[0] + hi[0]) // 2)
-            m = eng._decode(k, np.array([[lo[1], lo[2], hi[1], hi[2]]], np.float32))[0][0]
+            m = eng.decode_slice(k, np.array([[lo[1], lo[2], hi[1], hi[2]]], np.float32))[0][0]
             inbox = np.zeros(m.shape, bool)
             inbox[lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
             lab, n = ndi.label(m & inbox)
@@ -84,8 +84,8 @@ class FusedEngine:
         else:
             p = tuple(int(v) for v in np.asarray(prompts.positive[0]))
             k = p[0]
-            m = eng._seed_slice(p, np.asarray(prompts.positive[:1]), np.zeros((0, 3), int))
-        size = float(np.sqrt(m.sum())) * eng._scale()
+            m = eng.seed_slice(p, np.asarray(prompts.positive[:1]), np.zeros((0, 3), int))
+        size = float(np.sqrt(m.sum())) * eng.slice_scale()
         small = small_slices or size < self.min_model_px
         seed = None
         if prompts.box is not None:

@@ -294,17 +294,18 @@ class MedSAMEngine:
         return self._bg is not None and self._bg.is_alive()
 
     # -- one slice --------------------------------------------------------------------------
-    def _scale(self) -> float:
+    def slice_scale(self) -> float:
+        """Model pixels per native pixel of a slice (256 over its longest side; > 1: enlarged)."""
         return _S / max(self._image.shape[1:])
 
-    def _decode(self, k: int, boxes_ji: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def decode_slice(self, k: int, boxes_ji: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Masks (B, H, W) bool and predicted IoU (B,) for native boxes ``(j0, i0, j1, i1)`` on slice ``k``."""
         import torch
         import torch.nn.functional as F
 
         emb = self.embedding(k)
         t0 = time.perf_counter()
-        s = self._scale()
+        s = self.slice_scale()
         h, w = self._image.shape[1:]
         nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
         b = np.asarray(boxes_ji, np.float32).reshape(-1, 4)
@@ -338,15 +339,15 @@ class MedSAMEngine:
         stop when it no longer changes). ``frozen`` slices are never written (and stop it).
         """
         cfg = self.config
-        pad = cfg.box_pad / self._scale()
+        pad = cfg.box_pad / self.slice_scale()
         prev = masks[k0]
-        ious = [float(self._decode(k0, self._box_around(prev, pad)[None])[1][0])] if prev.any() else []
+        ious = [float(self.decode_slice(k0, self._box_around(prev, pad)[None])[1][0])] if prev.any() else []
         k = k0 + d
         while lo <= k < hi and prev.any() and k not in frozen:
             old = masks.get(k)
             if mode == "extend" and old is not None and old.any():
                 break
-            m, iou = self._decode(k, self._box_around(prev, pad)[None])
+            m, iou = self.decode_slice(k, self._box_around(prev, pad)[None])
             m, iou = m[0], float(iou[0])
             if clip is not None:
                 m &= clip
@@ -396,12 +397,12 @@ class MedSAMEngine:
             return None
         return lab == lab[j, i]
 
-    def _seed_slice(self, p, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    def seed_slice(self, p, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
         """A 2D mask on the click's slice from one positive click (see the module docstring)."""
         cfg = self.config
         k, j, i = p
         h, w = self._image.shape[1:]
-        s = self._scale()
+        s = self.slice_scale()
         boxes = []
         if cfg.classical_box:
             cm = self._classical_slice(p, pos, neg)
@@ -413,7 +414,7 @@ class MedSAMEngine:
         for hs in cfg.candidate_half_sizes:
             r = hs / s
             boxes.append(np.array([max(0, j - r), max(0, i - r), min(h - 1, j + r), min(w - 1, i + r)], np.float32))
-        masks, iou = self._decode(k, np.stack(boxes))
+        masks, iou = self.decode_slice(k, np.stack(boxes))
         hold = masks[:, j, i]
         if n_classical and hold[0]:
             return masks[0]
@@ -495,7 +496,7 @@ class MedSAMEngine:
             a, b = np.asarray(prompts.box[0]), np.asarray(prompts.box[1])
             lo, hi = np.minimum(a, b), np.maximum(a, b)
             k = int((lo[0] + hi[0]) // 2)
-            m, _ = self._decode(k, np.array([[lo[1], lo[2], hi[1], hi[2]]], np.float32))
+            m, _ = self.decode_slice(k, np.array([[lo[1], lo[2], hi[1], hi[2]]], np.float32))
             masks[k] = m[0]
             kw = {}
             if hi[0] > lo[0]:  # a 3D box: its slice range and in-plane extent are limits
@@ -506,7 +507,7 @@ class MedSAMEngine:
             self._both_ways(masks, k, **kw)
         elif len(pos):
             p = tuple(int(v) for v in pos[0])
-            masks[p[0]] = self._seed_slice(p, pos[:1], neg[:0])
+            masks[p[0]] = self.seed_slice(p, pos[:1], neg[:0])
             self._both_ways(masks, p[0])
         return masks
 
@@ -515,14 +516,14 @@ class MedSAMEngine:
         old = masks.get(k)
         if positive:
             if old is None or not old.any():
-                masks[k] = self._seed_slice(p, pos[-1:], neg[:0])
+                masks[k] = self.seed_slice(p, pos[-1:], neg[:0])
                 self._both_ways(masks, k, mode="extend", frozen=frozen)
                 return
             if old[j, i]:
                 return
-            seed = self._seed_slice(p, pos[-1:], neg[:0])
+            seed = self.seed_slice(p, pos[-1:], neg[:0])
             box = self._box_around(old | seed, 1.0)
-            m, _ = self._decode(k, box[None])
+            m, _ = self.decode_slice(k, box[None])
             cand = m[0] if m[0][j, i] else seed
             if (cand & ~old).sum() > old.sum():
                 # not the same miss (it would more than double the slice): add only the click's
@@ -539,7 +540,7 @@ class MedSAMEngine:
         box = self._shrunk_box(_bbox2d(old), j, i)
         keep = None
         if box is not None:
-            m, _ = self._decode(k, box[None])
+            m, _ = self.decode_slice(k, box[None])
             keep = old & m[0]
             if keep[j, i] or keep.sum() < 0.5 * old.sum():
                 keep = None  # the decoder kept the click, or took most of the slice: not used

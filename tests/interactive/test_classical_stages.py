@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from medseg.editing import bounding_slices
 from medseg.interactive import classical_stages as st
@@ -214,7 +215,7 @@ def test_refine_band_moves_the_boundary_only_within_one_working_voxel():
     mask = upsample_nearest(wmask, f, img.shape)
     before = mask.copy()
     st.refine_band(img, mask, work, wmask, f, scale, 1.5, None)
-    band = upsample_nearest(st.ndi.binary_dilation(wmask) & ~st.ndi.binary_erosion(wmask, border_value=1), f,
+    band = upsample_nearest(ndi.binary_dilation(wmask) & ~ndi.binary_erosion(wmask, border_value=1), f,
                             img.shape)
     assert not (mask != before)[~band].any()  # nothing changes outside the band
     assert (mask != truth_shift).sum() < (before != truth_shift).sum()  # and the boundary gets closer
