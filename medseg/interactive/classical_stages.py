@@ -38,13 +38,12 @@ from medseg.editing import bounding_slices
 from medseg.intensity import CT_RANGE_HU, clip_intensity, noise_scale
 from medseg.interactive._grid import pool_mean, upsample_nearest, zoom_linear
 from medseg.interactive._walker import edge_weights, solve_walker
+from medseg.interactive.engine import Slices
 
 if TYPE_CHECKING:  # pragma: no cover
     from medseg.interactive.classical import ClassicalConfig
 
 log = logging.getLogger(__name__)
-
-Slices = tuple[slice, slice, slice]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from medseg.errors import InputError, PromptError
-from medseg.interactive.engine import Engine
+from medseg.interactive.engine import Engine, Slices
 from medseg.labels import Label, LabelTable, default_color
 from medseg.memory import release_heap_fragments
 from medseg.prompts import Box, ObjectPrompts, Point, Prompt, Scribble
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Session"]
 
-_Slices = tuple[slice, slice, slice]
+_Slices = Slices
 
 
 def _values_present(labels: np.ndarray) -> set[int]:
