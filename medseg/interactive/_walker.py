@@ -7,7 +7,8 @@ Minimises, over ``x`` in [0, 1] per voxel,
 
 with edge weights ``w_ij = exp(-beta (f_i - f_j)^2 / <(f_i - f_j)^2>) * (h_min / h_ij)``: a
 sparse, symmetric positive definite system ``(L + D) x = b`` solved with Jacobi-preconditioned
-conjugate gradients (own loop: no BLAS calls, whose thread pool stalls on a busy CPU), warm-started from the previous solution (incremental updates).
+conjugate gradients (own loop: no BLAS calls, whose thread pool stalls on a busy CPU), started
+from the prior.
 Pure numpy/scipy.
 """
 
@@ -41,7 +42,7 @@ def edge_weights(features: np.ndarray, spacing: Sequence[float], *, beta: float)
 
 
 def solve_walker(weights: list[np.ndarray], prior: np.ndarray, *, gamma: float,
-                 seeds: np.ndarray, seed_values: np.ndarray, x0: Optional[np.ndarray] = None,
+                 seeds: np.ndarray, seed_values: np.ndarray,
                  rtol: float = 1e-2, maxiter: int = 100, free_norm: bool = True) -> np.ndarray:
     """Solve the random walker with priors.
 
@@ -57,8 +58,12 @@ def solve_walker(weights: list[np.ndarray], prior: np.ndarray, *, gamma: float,
         Voxels whose value is fixed (clicks, locked labels).
     seed_values : (Z, Y, X) float ndarray
         Their values (1 foreground, 0 background); ignored elsewhere.
-    x0 : (Z, Y, X) float ndarray, optional
-        Warm start.
+    rtol, maxiter : float, int
+        Conjugate gradients stop at this relative residual or iteration count.
+    free_norm : bool
+        Judge the residual relative to the free voxels' right-hand side (a converged solve);
+        False: relative to the whole right-hand side, seeds included (a few iterations of
+        edge-aware smoothing of the prior, the training-free engine's choice).
 
     Returns
     -------
@@ -87,7 +92,7 @@ def solve_walker(weights: list[np.ndarray], prior: np.ndarray, *, gamma: float,
     d = diag + gamma + big * s
     rhs = gamma * prior.astype(np.float64) + big * s * seed_values
     a_mat = sparse.diags([d.ravel()] + bands, [0] + offsets, shape=(n, n), format="csr")
-    start = (x0 if x0 is not None else prior).astype(np.float64).ravel()
+    start = prior.astype(np.float64).ravel()
     # convergence is judged on the free voxels: the seed rows (scaled by ``big``) would
     # otherwise dominate ||b|| and stop the iteration before the prior and edges are felt
     if free_norm:

@@ -13,11 +13,12 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
 from medseg.errors import InputError
+from medseg.interactive.engine import Engine
 from medseg.progress import check_cancel, report
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def find_cases(images: str | Path, labels: str | Path, *, targets: Optional[Sequ
     return cases
 
 
-def run_benchmark(cases: Iterable[Case], *, engine: Any = None, max_clicks: int = 10,
+def run_benchmark(cases: Iterable[Case], *, engine: Union[Engine, str, None] = None, max_clicks: int = 10,
                   progress=None, cancel=None, first: str = "click") -> list[dict]:
     """Run the robot on every case; one dict of figures per target.
 

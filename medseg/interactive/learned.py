@@ -25,15 +25,13 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from medseg.errors import ConfigError, InputError, ModelError
+from medseg.intensity import to_unit_range
 from medseg.progress import check_cancel, report
 from medseg.volume import Volume
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InteractiveModelConfig", "guidance_channels", "LearnedEngine", "train_interactive",
-           "load_config", "MODELS_DIR"]
-
-MODELS_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
+__all__ = ["InteractiveModelConfig", "guidance_channels", "LearnedEngine", "train_interactive", "load_config"]
 
 
 @dataclass(frozen=True)
@@ -55,31 +53,23 @@ class InteractiveModelConfig:
 
 
 def load_config(name_or_path: str | Path) -> tuple[InteractiveModelConfig, Path]:
-    """Read an ``interactive_*.yaml`` (by name in ``configs/models`` or by path)."""
-    import yaml
+    """Read an ``interactive_*.yaml`` (a bundled name from :func:`medseg.models.models_dir`, or a path).
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, or a key is unknown or of the wrong type.
+    """
+    from medseg.config import from_mapping, load_yaml
+    from medseg.models.loader import models_dir
 
     p = Path(name_or_path)
     if not p.suffix:
-        try:
-            from importlib.resources import files
-
-            p = Path(str(files("medseg.configs") / "models" / f"{name_or_path}.yaml"))
-        except Exception:  # pragma: no cover - checkout without install
-            p = MODELS_DIR / f"{name_or_path}.yaml"
-        if not p.exists():
-            p = MODELS_DIR / f"{name_or_path}.yaml"
+        p = models_dir() / f"{name_or_path}.yaml"
     if not p.exists():
         raise ConfigError(f"interactive model {str(name_or_path)!r} not found (looked for {p}); "
                           f"use a name from configs/models (interactive_*.yaml) or a path to a .yaml")
-    data = yaml.safe_load(p.read_text()) or {}
-    known = {f for f in InteractiveModelConfig.__dataclass_fields__}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{p}: unknown key(s) {unknown}; known keys: {sorted(known)}")
-    for k in ("channels", "strides", "patch", "spacing"):
-        if k in data:
-            data[k] = tuple(data[k])
-    return InteractiveModelConfig(**data), p
+    return from_mapping(InteractiveModelConfig, load_yaml(p) or {}, source=str(p)), p
 
 
 def guidance_channels(shape: Sequence[int], positive: np.ndarray, negative: np.ndarray, *,
@@ -113,11 +103,8 @@ def guidance_channels(shape: Sequence[int], positive: np.ndarray, negative: np.n
 
 
 def _normalise(x: np.ndarray, cfg: InteractiveModelConfig) -> np.ndarray:
-    x = x.astype(np.float32)
-    if cfg.intensity == "ct":
-        return (np.clip(x, cfg.hu_min, cfg.hu_max) - cfg.hu_min) / (cfg.hu_max - cfg.hu_min)
-    lo, hi = np.percentile(x, [0.5, 99.5])
-    return (np.clip(x, lo, hi) - lo) / max(hi - lo, 1e-6)
+    """The network's image channel: the HU window (``intensity: ct``) or the percentiles, to [0, 1]."""
+    return to_unit_range(x, (cfg.hu_min, cfg.hu_max) if cfg.intensity == "ct" else None)
 
 
 def _build_network(cfg: InteractiveModelConfig):
@@ -132,6 +119,8 @@ class LearnedEngine:
 
     name = "learned"
     prompt_types = ("point", "scribble")
+    supports_undo = True  # stateless: a prediction depends on its prompts only
+    background_preparation = False
 
     def __init__(self, config: InteractiveModelConfig, network: Any) -> None:
         self.config = config
@@ -247,7 +236,6 @@ def train_interactive(data: Any = None, out_path: str | Path = "interactive_mode
         ``{"weights": path, "config": path, "loss": last mean loss, "seconds": time}``.
     """
     import torch
-    import yaml
 
     cfg = config or InteractiveModelConfig()
     rng = np.random.default_rng(seed)
@@ -260,7 +248,6 @@ def train_interactive(data: Any = None, out_path: str | Path = "interactive_mode
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=iterations)
     t0 = time.time()
     losses: list[float] = []
-    div = 2 ** len(cfg.strides)
     for it in range(iterations):
         check_cancel(cancel, "interactive training")
         img, lab = cases[rng.integers(len(cases))]
@@ -268,29 +255,12 @@ def train_interactive(data: Any = None, out_path: str | Path = "interactive_mode
         target = lab == ids[rng.integers(len(ids))]
         pos = [_sample_click(target, rng)]
         neg: list[np.ndarray] = []
-        shape = img.shape
-        padw = [(0, (-s) % div) for s in shape]
-
-        def run(train: bool):
-            g = guidance_channels(shape, np.array(pos), np.array(neg).reshape(-1, 3), sigma=cfg.guidance_sigma)
-            x = np.pad(np.concatenate([img[None], g]), [(0, 0)] + padw)
-            return net(torch.from_numpy(x[None]))[0, 0, : shape[0], : shape[1], : shape[2]]
-
         if rng.random() < click_iterations:
             net.eval()
             with torch.no_grad():
-                for _ in range(int(rng.integers(1, 4))):
-                    pred = run(False).numpy() > 0
-                    fn, fp = target & ~pred, pred & ~target
-                    err = fn if fn.sum() >= fp.sum() else fp
-                    lab_e, n = ndi.label(err)
-                    if n == 0:
-                        break
-                    big = lab_e == (np.argmax(np.bincount(lab_e.ravel())[1:]) + 1)
-                    c = _sample_click(big, rng)
-                    (pos if err is fn else neg).append(c)
+                _simulate_corrections(net, img, target, pos, neg, cfg, rng)
         net.train()
-        logit = run(True)
+        logit = _run_network(net, img, pos, neg, cfg)
         t = torch.from_numpy(target.astype(np.float32))
         p = torch.sigmoid(logit)
         dice = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
@@ -303,20 +273,56 @@ def train_interactive(data: Any = None, out_path: str | Path = "interactive_mode
         if (it + 1) % 25 == 0:
             report(progress, it + 1, iterations, f"loss {np.mean(losses[-25:]):.3f}")
             log.info("iteration %d/%d loss %.3f", it + 1, iterations, np.mean(losses[-25:]))
+    out, cpath = _save_model(net, cfg, Path(out_path))
+    return {"weights": str(out), "config": str(cpath), "loss": float(np.mean(losses[-50:])),
+            "seconds": time.time() - t0}
+
+
+def _run_network(net, img: np.ndarray, pos: list, neg: list, cfg: InteractiveModelConfig):
+    """The network's logits on a whole training image with its clicks (padded to the strides)."""
+    import torch
+
+    shape = img.shape
+    div = 2 ** len(cfg.strides)
+    g = guidance_channels(shape, np.array(pos), np.array(neg).reshape(-1, 3), sigma=cfg.guidance_sigma)
+    x = np.pad(np.concatenate([img[None], g]), [(0, 0)] + [(0, (-s) % div) for s in shape])
+    return net(torch.from_numpy(x[None]))[0, 0, : shape[0], : shape[1], : shape[2]]
+
+
+def _simulate_corrections(net, img: np.ndarray, target: np.ndarray, pos: list, neg: list,
+                          cfg: InteractiveModelConfig, rng: np.random.Generator) -> None:
+    """Add 1-3 robot clicks (in place) in the largest error of the current model's prediction."""
+    for _ in range(int(rng.integers(1, 4))):
+        pred = _run_network(net, img, pos, neg, cfg).numpy() > 0
+        fn, fp = target & ~pred, pred & ~target
+        err = fn if fn.sum() >= fp.sum() else fp
+        lab_e, n = ndi.label(err)
+        if n == 0:
+            break
+        big = lab_e == (np.argmax(np.bincount(lab_e.ravel())[1:]) + 1)
+        c = _sample_click(big, rng)
+        (pos if err is fn else neg).append(c)
+
+
+def _save_model(net, cfg: InteractiveModelConfig, out: Path) -> tuple[Path, Path]:
+    """Write the weights (.safetensors, atomically) and the config (.yaml next to it)."""
+    import yaml
     from safetensors.torch import save_file
 
-    out = Path(out_path)
+    from medseg.io.atomic import atomic_path
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out))
+    with atomic_path(out) as tmp:
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
     conf = asdict(cfg)
     conf["weights"] = out.name
     conf["name"] = out.stem
     for k in ("channels", "strides", "patch", "spacing"):
         conf[k] = list(conf[k])
     cpath = out.with_suffix(".yaml")
-    cpath.write_text(yaml.safe_dump(conf, sort_keys=False))
-    return {"weights": str(out), "config": str(cpath), "loss": float(np.mean(losses[-50:])),
-            "seconds": time.time() - t0}
+    with atomic_path(cpath) as tmp:
+        tmp.write_text(yaml.safe_dump(conf, sort_keys=False))
+    return out, cpath
 
 
 def _training_cases(data, cfg: InteractiveModelConfig, n_phantoms: int, seed: int):

@@ -55,7 +55,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -63,11 +62,13 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from medseg.editing import bounding_slices
+from medseg.interactive.embedding_cache import EmbeddingCache
+from medseg.prompts import ObjectPrompts
 from medseg.volume import Volume
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MedSAMConfig", "MedSAMEngine", "EmbeddingCache"]
+__all__ = ["MedSAMConfig", "MedSAMEngine"]
 
 _S = 256  # model input side
 
@@ -88,59 +89,6 @@ class MedSAMConfig:
     candidate_half_sizes: tuple[float, ...] = (6.0, 12.0, 24.0, 48.0)  # model px, click candidates
     classical_box: bool = True  # first click: box from the training-free engine's slice mask
     seed_radius_mm: float = 5.0  # a correction click's own region (without a classical mask)
-
-
-class EmbeddingCache:
-    """An LRU cache of per-slice embeddings bounded in bytes (thread-safe).
-
-    Parameters
-    ----------
-    max_bytes : int
-        Bound on the summed ``nbytes`` of the stored arrays.
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = int(max_bytes)
-        self._d: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-        self.nbytes = 0
-        self.peak_bytes = 0
-
-    def __contains__(self, k: int) -> bool:
-        with self._lock:
-            return k in self._d
-
-    def __len__(self) -> int:
-        return len(self._d)
-
-    def get(self, k: int) -> Optional[np.ndarray]:
-        with self._lock:
-            v = self._d.get(k)
-            if v is not None:
-                self._d.move_to_end(k)
-            return v
-
-    def room_for(self, nbytes: int) -> bool:
-        with self._lock:
-            return self.nbytes + nbytes <= self.max_bytes
-
-    def put(self, k: int, value: np.ndarray) -> None:
-        with self._lock:
-            old = self._d.pop(k, None)
-            if old is not None:
-                self.nbytes -= old.nbytes
-            while self._d and self.nbytes + value.nbytes > self.max_bytes:
-                _, ev = self._d.popitem(last=False)
-                self.nbytes -= ev.nbytes
-            if value.nbytes <= self.max_bytes:
-                self._d[k] = value
-                self.nbytes += value.nbytes
-                self.peak_bytes = max(self.peak_bytes, self.nbytes)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._d.clear()
-            self.nbytes = 0
 
 
 def _bbox2d(mask: np.ndarray) -> Optional[tuple[int, int, int, int]]:
@@ -175,6 +123,8 @@ class MedSAMEngine:
 
     name = "medsam"
     prompt_types = ("point", "box")
+    supports_undo = True
+    background_preparation = True  # slice embeddings: prefetch / cancel
 
     def __init__(self, config: Optional[MedSAMConfig] = None, *, runtime: str = "auto",
                  cache_bytes: int = 512 * 2**20, background: bool = True, threads: int = 2,
@@ -344,17 +294,18 @@ class MedSAMEngine:
         return self._bg is not None and self._bg.is_alive()
 
     # -- one slice --------------------------------------------------------------------------
-    def _scale(self) -> float:
+    def slice_scale(self) -> float:
+        """Model pixels per native pixel of a slice (256 over its longest side; > 1: enlarged)."""
         return _S / max(self._image.shape[1:])
 
-    def _decode(self, k: int, boxes_ji: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def decode_slice(self, k: int, boxes_ji: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Masks (B, H, W) bool and predicted IoU (B,) for native boxes ``(j0, i0, j1, i1)`` on slice ``k``."""
         import torch
         import torch.nn.functional as F
 
         emb = self.embedding(k)
         t0 = time.perf_counter()
-        s = self._scale()
+        s = self.slice_scale()
         h, w = self._image.shape[1:]
         nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
         b = np.asarray(boxes_ji, np.float32).reshape(-1, 4)
@@ -388,15 +339,15 @@ class MedSAMEngine:
         stop when it no longer changes). ``frozen`` slices are never written (and stop it).
         """
         cfg = self.config
-        pad = cfg.box_pad / self._scale()
+        pad = cfg.box_pad / self.slice_scale()
         prev = masks[k0]
-        ious = [float(self._decode(k0, self._box_around(prev, pad)[None])[1][0])] if prev.any() else []
+        ious = [float(self.decode_slice(k0, self._box_around(prev, pad)[None])[1][0])] if prev.any() else []
         k = k0 + d
         while lo <= k < hi and prev.any() and k not in frozen:
             old = masks.get(k)
             if mode == "extend" and old is not None and old.any():
                 break
-            m, iou = self._decode(k, self._box_around(prev, pad)[None])
+            m, iou = self.decode_slice(k, self._box_around(prev, pad)[None])
             m, iou = m[0], float(iou[0])
             if clip is not None:
                 m &= clip
@@ -434,7 +385,6 @@ class MedSAMEngine:
     # -- prompts ----------------------------------------------------------------------------
     def _classical_slice(self, p, prompts_pos: np.ndarray, prompts_neg: np.ndarray) -> Optional[np.ndarray]:
         """The training-free engine's mask on the click's slice (component holding the click)."""
-        from medseg.interactive.classical import ObjectPrompts
 
         sl, roi = self.classical.predict(ObjectPrompts(prompts_pos.reshape(-1, 3), prompts_neg.reshape(-1, 3)))
         k, j, i = p
@@ -447,12 +397,12 @@ class MedSAMEngine:
             return None
         return lab == lab[j, i]
 
-    def _seed_slice(self, p, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    def seed_slice(self, p, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
         """A 2D mask on the click's slice from one positive click (see the module docstring)."""
         cfg = self.config
         k, j, i = p
         h, w = self._image.shape[1:]
-        s = self._scale()
+        s = self.slice_scale()
         boxes = []
         if cfg.classical_box:
             cm = self._classical_slice(p, pos, neg)
@@ -464,7 +414,7 @@ class MedSAMEngine:
         for hs in cfg.candidate_half_sizes:
             r = hs / s
             boxes.append(np.array([max(0, j - r), max(0, i - r), min(h - 1, j + r), min(w - 1, i + r)], np.float32))
-        masks, iou = self._decode(k, np.stack(boxes))
+        masks, iou = self.decode_slice(k, np.stack(boxes))
         hold = masks[:, j, i]
         if n_classical and hold[0]:
             return masks[0]
@@ -480,7 +430,7 @@ class MedSAMEngine:
 
         Parameters
         ----------
-        prompts : medseg.interactive.classical.ObjectPrompts
+        prompts : medseg.prompts.ObjectPrompts
         blocked : (Z, Y, X) ndarray, optional
             Non-zero: locked voxels (the session removes them from the result).
         previous : (slices, mask), optional
@@ -546,7 +496,7 @@ class MedSAMEngine:
             a, b = np.asarray(prompts.box[0]), np.asarray(prompts.box[1])
             lo, hi = np.minimum(a, b), np.maximum(a, b)
             k = int((lo[0] + hi[0]) // 2)
-            m, _ = self._decode(k, np.array([[lo[1], lo[2], hi[1], hi[2]]], np.float32))
+            m, _ = self.decode_slice(k, np.array([[lo[1], lo[2], hi[1], hi[2]]], np.float32))
             masks[k] = m[0]
             kw = {}
             if hi[0] > lo[0]:  # a 3D box: its slice range and in-plane extent are limits
@@ -557,7 +507,7 @@ class MedSAMEngine:
             self._both_ways(masks, k, **kw)
         elif len(pos):
             p = tuple(int(v) for v in pos[0])
-            masks[p[0]] = self._seed_slice(p, pos[:1], neg[:0])
+            masks[p[0]] = self.seed_slice(p, pos[:1], neg[:0])
             self._both_ways(masks, p[0])
         return masks
 
@@ -566,14 +516,14 @@ class MedSAMEngine:
         old = masks.get(k)
         if positive:
             if old is None or not old.any():
-                masks[k] = self._seed_slice(p, pos[-1:], neg[:0])
+                masks[k] = self.seed_slice(p, pos[-1:], neg[:0])
                 self._both_ways(masks, k, mode="extend", frozen=frozen)
                 return
             if old[j, i]:
                 return
-            seed = self._seed_slice(p, pos[-1:], neg[:0])
+            seed = self.seed_slice(p, pos[-1:], neg[:0])
             box = self._box_around(old | seed, 1.0)
-            m, _ = self._decode(k, box[None])
+            m, _ = self.decode_slice(k, box[None])
             cand = m[0] if m[0][j, i] else seed
             if (cand & ~old).sum() > old.sum():
                 # not the same miss (it would more than double the slice): add only the click's
@@ -590,7 +540,7 @@ class MedSAMEngine:
         box = self._shrunk_box(_bbox2d(old), j, i)
         keep = None
         if box is not None:
-            m, _ = self._decode(k, box[None])
+            m, _ = self.decode_slice(k, box[None])
             keep = old & m[0]
             if keep[j, i] or keep.sum() < 0.5 * old.sum():
                 keep = None  # the decoder kept the click, or took most of the slice: not used
@@ -616,101 +566,3 @@ class MedSAMEngine:
             if a1 - a0 >= 2 and b1 - b0 >= 2:
                 return np.array([a0, b0, a1, b1], np.float32)
         return None
-
-
-class FusedEngine:
-    """LiteMedSAM where it is strong, the training-free engine where it is weak, chosen per object.
-
-    Rule (decided on the tuning half of the shared targets, before the held-out half was run):
-    LiteMedSAM fails on slices it must enlarge to reach its 256-pixel input. On the 91x117
-    MR abdomen (enlarged 2.2x) a box on the largest slice gave Dice 0.05-0.46 for the
-    tuning-half stomach, pancreas, aorta and right kidney (the boxes shrink slice after
-    slice); the prototype measured 0.91-0.97 on 512x512 CT. So an object goes to LiteMedSAM
-    when its image's slices are not enlarged by more than ``max_upsample`` (256 / longest
-    slice side), and optionally when LiteMedSAM's mask on the first prompt's slice is at
-    least ``min_model_px`` model pixels across (square root of its area; 0: off); otherwise
-    to the training-free engine (a box becomes a click at the most interior voxel of
-    the largest part of LiteMedSAM's mask inside the box on its slice, or of the box when that
-    is empty). The choice is a
-    function of the first prompt only, so undo and later prompts keep it.
-
-    Parameters
-    ----------
-    medsam : MedSAMEngine, optional
-    max_upsample : float
-        Largest enlargement of a slice to the model's 256 pixels that still goes to LiteMedSAM.
-    min_model_px : float
-        Size threshold (model pixels, the side of a square of the same area; 0: off).
-    """
-
-    name = "fused"
-    prompt_types = ("point", "box")
-
-    def __init__(self, medsam: Optional[MedSAMEngine] = None, max_upsample: float = 1.0,
-                 min_model_px: float = 0.0) -> None:
-        self.medsam = medsam if medsam is not None else MedSAMEngine()
-        self.classical = self.medsam.classical
-        self.min_model_px = float(min_model_px)
-        self.max_upsample = float(max_upsample)
-        self._choice: Optional[tuple] = None
-        self.last_choice = ""
-
-    def set_image(self, volume: Volume) -> None:
-        self.medsam.set_image(volume)
-        self._choice = None
-
-    def reset(self) -> None:
-        self.medsam.reset()
-
-    def prefetch(self, center: int) -> None:
-        self.medsam.prefetch(center)
-
-    def cancel(self) -> None:
-        self.medsam.cancel()
-
-    def _decide(self, prompts) -> tuple[str, Optional[tuple[int, int, int]]]:
-        eng = self.medsam
-        small_slices = eng._scale() > self.max_upsample
-        if prompts.box is None and small_slices:
-            return "classical", None
-        if prompts.box is not None:
-            a, b = np.asarray(prompts.box[0]), np.asarray(prompts.box[1])
-            lo, hi = np.minimum(a, b), np.maximum(a, b)
-            k = int((lo[0] + hi[0]) // 2)
-            m = eng._decode(k, np.array([[lo[1], lo[2], hi[1], hi[2]]], np.float32))[0][0]
-            inbox = np.zeros(m.shape, bool)
-            inbox[lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
-            lab, n = ndi.label(m & inbox)
-            # the largest part of the mask inside the box; the box itself when there is none
-            m = lab == (1 + int(np.argmax(np.bincount(lab.ravel())[1:]))) if n else inbox
-        else:
-            p = tuple(int(v) for v in np.asarray(prompts.positive[0]))
-            k = p[0]
-            m = eng._seed_slice(p, np.asarray(prompts.positive[:1]), np.zeros((0, 3), int))
-        size = float(np.sqrt(m.sum())) * eng._scale()
-        small = small_slices or size < self.min_model_px
-        seed = None
-        if prompts.box is not None:
-            dist = ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
-            j, i = np.unravel_index(int(np.argmax(dist)), dist.shape)
-            seed = (k, int(j), int(i))
-        return ("classical" if small else "medsam"), seed
-
-    def predict(self, prompts, *, blocked=None, previous=None):
-        """As :meth:`MedSAMEngine.predict`, by the engine chosen for this object."""
-        from medseg.interactive.classical import ObjectPrompts
-
-        first = (None if prompts.box is None else (tuple(prompts.box[0]), tuple(prompts.box[1])),
-                 tuple(np.asarray(prompts.positive[:1]).ravel()) if prompts.box is None else ())
-        if self._choice is None or self._choice[0] != first:
-            self._choice = (first,) + self._decide(prompts)
-        _, which, seed = self._choice
-        self.last_choice = which
-        if which == "medsam":
-            return self.medsam.predict(prompts, blocked=blocked, previous=previous)
-        pos = np.asarray(prompts.positive, int).reshape(-1, 3)
-        if seed is not None:
-            pos = np.concatenate([np.asarray([seed]), pos])
-        cp = ObjectPrompts(pos, np.asarray(prompts.negative, int).reshape(-1, 3), None, prompts.last,
-                           prompts.last_positive)
-        return self.classical.predict(cp, blocked=blocked, previous=previous)

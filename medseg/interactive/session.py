@@ -14,16 +14,18 @@ restores its previous mask exactly; with no prompt left it re-opens the last acc
 from __future__ import annotations
 
 import logging
+import os
 import zlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from medseg.errors import InputError, PromptError
+from medseg.interactive.engine import Engine, Slices
 from medseg.labels import Label, LabelTable, default_color
 from medseg.memory import release_heap_fragments
-from medseg.prompts import Box, Point, Prompt, Scribble
+from medseg.prompts import Box, ObjectPrompts, Point, Prompt, Scribble
 from medseg.segmentation import Segmentation, smallest_label_dtype
 from medseg.volume import Volume
 
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Session"]
 
-_Slices = tuple[slice, slice, slice]
+_Slices = Slices
 
 
 def _values_present(labels: np.ndarray) -> set[int]:
@@ -76,10 +78,11 @@ class Session:
 
     Parameters
     ----------
-    engine : object or str, optional
-        ``None`` or ``"classical"``: the training-free :class:`ClassicalEngine`; a model name or
-        config path (``"interactive_phantom"``): the learned click-guided engine; or any engine
-        object with ``set_image``, ``reset``, ``predict`` and ``prompt_types``.
+    engine : Engine, str or path, optional
+        ``None`` or ``"classical"``: the training-free :class:`ClassicalEngine`; ``"medsam"`` or
+        ``"fused"``; a model name or config path (``"interactive_phantom"``): the learned
+        click-guided engine; or any object conforming to
+        :class:`~medseg.interactive.engine.Engine`.
 
     Examples
     --------
@@ -91,10 +94,10 @@ class Session:
     >>> seg = s.segmentation
     """
 
-    def __init__(self, engine: Any = None) -> None:
+    def __init__(self, engine: Union[Engine, str, "os.PathLike[str]", None] = None) -> None:
         from medseg.interactive import make_engine
 
-        self.engine = make_engine(engine)
+        self.engine: Engine = make_engine(engine)
         self._volume: Optional[Volume] = None
         self._labels: Optional[np.ndarray] = None
         # label values present in _labels, kept up to date (not rescanned); empty: no blocking
@@ -221,8 +224,6 @@ class Session:
         return self.mask
 
     def _gather(self):
-        from medseg.interactive.classical import ObjectPrompts
-
         pos, neg, box = [], [], None
         for p in self._obj.prompts:
             if isinstance(p, Point):

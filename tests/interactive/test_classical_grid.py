@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medseg.interactive.classical import _pool_mean, _upsample_nearest
+from medseg.interactive._grid import pool_mean, upsample_nearest
 
 
 @pytest.mark.parametrize("shape, f", [((7, 10, 11), (2, 3, 4)), ((8, 9, 12), (1, 3, 4)),
@@ -15,7 +15,7 @@ def test_pool_mean_is_the_mean_of_each_full_block_and_a_sample_at_ragged_edges(s
     a = rng.integers(-1000, 1000, shape).astype(np.int16)
     f = np.asarray(f)
     wshape = tuple(int(np.ceil(n / k)) for n, k in zip(shape, f))
-    pooled = _pool_mean(a, f, wshape)
+    pooled = pool_mean(a, f, wshape)
     assert pooled.dtype == np.float32 and pooled.shape == wshape
     full = [n // k for n, k in zip(shape, f)]
     for idx in np.ndindex(*wshape):
@@ -33,7 +33,7 @@ def test_upsample_nearest_copies_each_working_voxel_to_its_block(shape, f):
     f = np.asarray(f)
     wshape = tuple(int(np.ceil(n / k)) for n, k in zip(shape, f))
     m = rng.random(wshape) > 0.5
-    up = _upsample_nearest(m, f, shape)
+    up = upsample_nearest(m, f, shape)
     assert up.shape == shape and up.flags.c_contiguous
     expected = m[np.ix_(*[np.arange(n) // k for n, k in zip(shape, f)])]
     np.testing.assert_array_equal(up, expected)
@@ -44,17 +44,18 @@ def test_upsample_nearest_copies_each_working_voxel_to_its_block(shape, f):
 def test_zoom_linear_matches_scipy_zoom_with_aligned_block_centres(wshape, shape):
     from scipy import ndimage as ndi
 
-    from medseg.interactive.classical import _zoom_linear
+    from medseg.interactive._grid import zoom_linear
 
     x = np.random.default_rng(2).random(wshape).astype(np.float32)
     ref = ndi.zoom(x, [n / w for n, w in zip(shape, wshape)], order=1, grid_mode=True, mode="nearest")
-    out = _zoom_linear(x, shape)
+    out = zoom_linear(x, shape)
     assert out.shape == shape and out.dtype == np.float32
     np.testing.assert_allclose(out, ref, atol=1e-6)
 
 
 def test_cached_click_terms_give_the_same_mask_as_a_fresh_computation():
-    from medseg.interactive.classical import ClassicalEngine, ObjectPrompts
+    from medseg.interactive.classical import ClassicalEngine
+    from medseg.prompts import ObjectPrompts
     from medseg.volume import Volume
 
     rng = np.random.default_rng(3)
@@ -65,10 +66,10 @@ def test_cached_click_terms_give_the_same_mask_as_a_fresh_computation():
     eng.set_image(Volume(a, np.eye(4), {"Modality": "MR"}))
     prompts = ObjectPrompts(np.array([[20, 40, 30], [15, 30, 40]]), np.array([[20, 40, 65]]))
     sl1, m1 = eng.predict(prompts)
-    terms = eng._cache["terms"]
-    assert len(terms) == 1 + 3  # the grid key and one term per click
+    terms = eng._cache.terms
+    assert len(terms) == 3  # one term per click
     sl2, m2 = eng.predict(prompts)  # every term from the cache
-    assert eng._cache["terms"] is terms
+    assert eng._cache.terms is terms
     eng.reset()
     sl3, m3 = eng.predict(prompts)  # computed afresh
     assert sl1 == sl2 == sl3

@@ -3,7 +3,8 @@
 import numpy as np
 
 from medseg.interactive import Session
-from medseg.interactive.classical import ClassicalConfig, ClassicalEngine, _cut_thin_leaks, _elongated_spatial
+from medseg.interactive.classical import ClassicalConfig, ClassicalEngine
+from medseg.interactive.classical_stages import cut_thin_leaks, elongated_spatial
 from medseg.volume import Volume
 
 
@@ -16,7 +17,7 @@ def test_elongated_prior_follows_a_tube():
     match = np.zeros(shape, bool)
     match[18:23, 18:23, :] = True  # a tube along x
     c = np.array([20, 20, 20])
-    sm = _elongated_spatial(match, c, 3.0, sp, _grids(shape, sp), ClassicalConfig(aniso=2.0, aniso_reach=4.0))
+    sm = elongated_spatial(match, c, 3.0, sp, _grids(shape, sp), ClassicalConfig(aniso=2.0, aniso_reach=4.0))
     assert sm is not None
     along, across = sm[20, 20, 26], sm[26, 20, 20]  # 6 mm along the tube vs 6 mm across it
     assert along > 3 * across
@@ -28,7 +29,7 @@ def test_elongated_prior_is_isotropic_for_a_ball():
     shape, sp = (40, 40, 40), (1.0, 1.0, 1.0)
     zz, yy, xx = np.ogrid[:40, :40, :40]
     match = (zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2 <= 12 ** 2
-    sm = _elongated_spatial(match, np.array([20, 20, 20]), 4.0, sp, _grids(shape, sp), ClassicalConfig(aniso=2.0))
+    sm = elongated_spatial(match, np.array([20, 20, 20]), 4.0, sp, _grids(shape, sp), ClassicalConfig(aniso=2.0))
     vals = [sm[26, 20, 20], sm[20, 26, 20], sm[20, 20, 26]]
     assert max(vals) / min(vals) < 1.1
 
@@ -38,7 +39,7 @@ def test_thin_leak_is_cut_and_the_body_kept():
     body = (zz - 15) ** 2 + (yy - 15) ** 2 + (xx - 15) ** 2 <= 10 ** 2
     leak = np.zeros_like(body)
     leak[15, 15, 15:58] = True  # one voxel thick, 40 voxels long
-    out = _cut_thin_leaks(body | leak, np.array([[15, 15, 15]]), (1.0, 1.0, 1.0), 0.5)
+    out = cut_thin_leaks(body | leak, np.array([[15, 15, 15]]), (1.0, 1.0, 1.0), 0.5)
     assert np.array_equal(out & body, body)  # the body is untouched, boundary included
     assert not out[15, 15, 35:].any()  # the far part of the leak is gone
 
@@ -46,7 +47,7 @@ def test_thin_leak_is_cut_and_the_body_kept():
 def test_thin_leak_cut_keeps_a_thin_target_clicked_in_its_middle():
     m = np.zeros((10, 10, 60), bool)
     m[4:6, 4:6, 5:55] = True  # a thin tube is the object itself: nothing thicker to keep
-    out = _cut_thin_leaks(m, np.array([[4, 4, 30]]), (1.0, 1.0, 1.0), 0.5)
+    out = cut_thin_leaks(m, np.array([[4, 4, 30]]), (1.0, 1.0, 1.0), 0.5)
     assert out.sum() >= 0.9 * m.sum()
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from medseg.errors import CheckpointError
-from medseg.interactive.medsam import EmbeddingCache
+from medseg.interactive.embedding_cache import EmbeddingCache
 
 
 def _need_wheel():
