@@ -51,6 +51,13 @@ class InteractiveModelConfig:
     weights: str = "interactive_phantom.safetensors"
     description: str = ""
 
+    def __post_init__(self) -> None:
+        from medseg.models.config import NetworkConfig
+
+        # the network's structure obeys the same bounds as every medseg network (levels, strides,
+        # residual units: what decides how many modules the constructor builds)
+        NetworkConfig("unet", 3, tuple(self.channels), tuple(self.strides), self.num_res_units)
+
 
 def load_config(name_or_path: str | Path) -> tuple[InteractiveModelConfig, Path]:
     """Read an ``interactive_*.yaml`` (a bundled name from :func:`medseg.models.models_dir`, or a path).

@@ -177,3 +177,21 @@ def test_bundle_asking_for_unbounded_modules_is_refused_before_building(tmp_path
     path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match=match):
         load_model(path, device="cpu", allow_untrained=True)
+
+
+def test_learned_interactive_config_obeys_the_network_bounds(tmp_path):
+    """An interactive_*.yaml is a network config too: the same structural bounds apply."""
+    import yaml
+
+    from medseg.errors import ConfigError
+    from medseg.interactive.learned import load_config
+
+    path = tmp_path / "interactive_x.yaml"
+    path.write_text(yaml.safe_dump({"num_res_units": 10**9}))
+    with pytest.raises(ConfigError, match=r"num_res_units must be an integer in \[0, 16\]"):
+        load_config(path)
+    path.write_text(yaml.safe_dump({"channels": [4, 8], "strides": [2, 2]}))
+    with pytest.raises(ConfigError, match="strides needs len"):
+        load_config(path)
+    path.write_text(yaml.safe_dump({"channels": [4, 8], "strides": [2]}))
+    assert load_config(path)[0].channels == (4, 8)
