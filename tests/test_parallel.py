@@ -171,6 +171,25 @@ def test_cancel_kills_a_task_that_ignores_it_and_the_pool_stays_usable():
         pool.shutdown()
 
 
+
+def test_an_idle_worker_that_died_is_replaced():
+    """A worker killed while idle (no task to fail) is noticed when the next task is handed to it."""
+    pool = ProcessPool(1)
+    try:
+        first = pool.call(_pid)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not _zombie_or_gone(first) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = pool.call(_pid)
+        assert second != first
+        assert pool.call(_pid) == second
+    finally:
+        pool.shutdown()
+    assert not pool.running
+    with pytest.raises(RuntimeError, match="has ended"):
+        pool.submit("late", _pid)
+
 def _zombie_or_gone(pid: int) -> bool:
     """True when ``pid`` no longer runs (a zombie waiting for its parent counts as gone)."""
     try:

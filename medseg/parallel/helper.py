@@ -32,7 +32,7 @@ _HELPER: Optional[ProcessPool] = None
 def _helper() -> ProcessPool:
     global _HELPER
     with _LOCK:
-        if _HELPER is None:
+        if _HELPER is None or not _HELPER.running:  # none yet, or it ended (its worker could not start)
             _HELPER = ProcessPool(1, name="medseg-helper")
         return _HELPER
 

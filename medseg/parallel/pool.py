@@ -258,7 +258,7 @@ class ProcessPool:
         self._waiting: list[_Queued] = []
         self._seq = itertools.count()
         self._slots: list[_Slot] = []
-        self._closed = self._stopping = self._terminate = False
+        self._closed = self._stopping = self._terminate = self._ended = False
         self._error: Optional[BaseException] = None
         self._started_ok, self._failed_starts = False, 0
         self._life_r, self._life_w = self._ctx.Pipe(duplex=False)
@@ -267,8 +267,16 @@ class ProcessPool:
 
     # -- calling side -------------------------------------------------------------------------------
     def submit(self, key: Any, fn: Callable[..., Any], *args: Any, priority: float = 0) -> None:
-        """Queue ``fn(*args)`` (picklable) under ``key``; higher ``priority`` runs first."""
+        """Queue ``fn(*args)`` (picklable) under ``key``; higher ``priority`` runs first.
+
+        Raises
+        ------
+        RuntimeError
+            The pool has ended (shut down, or its workers could not start).
+        """
         with self._lock:
+            if self._ended:
+                raise RuntimeError(f"{self._name} has ended: start a new pool")
             heapq.heappush(self._waiting, _Queued((-priority, next(self._seq)), key, fn, args))
         self._inbox.put(None)
 
@@ -350,6 +358,12 @@ class ProcessPool:
                 self._waiters.pop(key, None)
             if not ended:  # the caller left (its progress callback raised): stop the task too
                 self.cancel(key, 0.0)
+
+    @property
+    def running(self) -> bool:
+        """False once the pool has ended (no task submitted now would run)."""
+        with self._lock:
+            return not self._ended
 
     def shutdown(self, *, terminate: bool = False, timeout: float = 600.0) -> None:
         """Stop the workers (``terminate``: kill them now) and wait for them."""
@@ -508,7 +522,7 @@ class ProcessPool:
         return False
 
     def _dispatch(self) -> None:
-        for s in self._slots:
+        for s in list(self._slots):
             if not s.ready or s.key is not None:
                 continue
             with self._lock:
@@ -518,10 +532,11 @@ class ProcessPool:
             s.key, s.cancelled, s.cancel.value = item.key, False, 0
             try:
                 s.future = s.executor.submit(_worker_task, item.key, item.fn, item.args)
-            except (BrokenProcessPool, RuntimeError):  # it died meanwhile: the task waits for another
-                s.key, s.ready = None, False
+            except (BrokenProcessPool, RuntimeError):  # it died while idle: the task waits for its replacement
+                s.key = None
                 with self._lock:
                     heapq.heappush(self._waiting, item)
+                log.warning("an idle worker of %s died (%s)", self._name, self._retire(s))
                 continue
             s.future.add_done_callback(lambda f, slot=s: self._inbox.put(("future", slot, f)))
 
@@ -537,10 +552,11 @@ class ProcessPool:
                 self._emit(PoolEvent("cancelled", key=s.key))
         self._slots.clear()
         with self._lock:
-            waiting, self._waiting = self._waiting, []
+            waiting, self._waiting, self._ended = self._waiting, [], True
         for item in waiting:
             if item.key in self._waiters:
-                self._emit(PoolEvent("cancelled", key=item.key))
+                self._emit(PoolEvent("cancelled", key=item.key) if self._error is None else
+                           PoolEvent("error", key=item.key, error=self._error))
         self._life_w.close()
         self._life_r.close()
 
