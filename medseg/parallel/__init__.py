@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+from medseg.parallel.context import available_cores, pin_threads, process_context
 from medseg.parallel.helper import main_is_guarded, run_in_process, shutdown_helper
 from medseg.parallel.pool import (
     CANCEL_GRACE_S,
@@ -22,9 +23,6 @@ from medseg.parallel.pool import (
     ProcessPool,
     WorkerCrashedError,
     WorkerStartError,
-    available_cores,
-    pin_threads,
-    process_context,
     worker_cancelled,
     worker_progress,
 )

@@ -16,6 +16,11 @@ the GIL). What it guarantees:
 * :meth:`ProcessPool.cancel` sets the task's cancel flag (see :func:`worker_cancelled`), and kills
   the worker when the task has not ended ``grace_s`` later; the pool stays usable.
 * Progress: a task calls :func:`worker_progress`; the caller receives ``"progress"`` events.
+
+Why one executor per worker rather than one executor with ``max_workers=N``: when a worker of a
+shared executor dies, the executor fails every pending future with ``BrokenProcessPool`` and
+terminates all its other workers, so the task that crashed cannot be told from the tasks that
+were merely stopped with it, and those would have to be re-run.
 """
 
 from __future__ import annotations
@@ -27,26 +32,23 @@ import multiprocessing as mp
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional
 
 from medseg.errors import CancelledError, MedsegError
+from medseg.parallel.context import process_context
 
-__all__ = ["ProcessPool", "PoolEvent", "WorkerStartError", "WorkerCrashedError", "process_context",
-           "available_cores", "pin_threads", "worker_progress", "worker_cancelled", "CANCEL_GRACE_S"]
+__all__ = ["ProcessPool", "PoolEvent", "WorkerStartError", "WorkerCrashedError", "worker_progress",
+           "worker_cancelled", "CANCEL_GRACE_S"]
 
 log = logging.getLogger(__name__)
 
 #: seconds a cancelled task may take to stop by itself before its worker is killed
 CANCEL_GRACE_S = 1.0
-#: thread-pool variables read by OpenMP, MKL, OpenBLAS, numexpr and ITK when they start
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-                "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
 
 
 class WorkerStartError(MedsegError, RuntimeError):
@@ -55,44 +57,6 @@ class WorkerStartError(MedsegError, RuntimeError):
 
 class WorkerCrashedError(MedsegError, RuntimeError):
     """The worker process running a task died (killed, segfault, out of memory)."""
-
-
-# -- helpers for both sides ---------------------------------------------------------------------
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, e.g. under ``taskset`` or a container's cpuset),
-    else ``os.cpu_count()``."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - platforms without affinity
-        return max(1, os.cpu_count() or 1)
-
-
-def pin_threads(threads: int) -> None:
-    """Limit this process's thread pools to ``threads`` (a worker's share of the cores).
-
-    Sets the OpenMP/MKL/OpenBLAS/ITK variables for libraries loaded from now on, and the pools of
-    torch and SimpleITK when they are already imported.
-    """
-    for var in _THREAD_VARS:
-        os.environ[var] = str(threads)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
-    if "SimpleITK" in sys.modules:
-        sys.modules["SimpleITK"].ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-
-
-def process_context(preload: Optional[Sequence[str]] = None):
-    """A ``forkserver`` context (a clean process that never ran threads, Qt or torch), with the
-    modules ``preload`` imported once in the fork server; ``spawn`` where there is no fork.
-
-    The fork server is started once per process, so the preload list of the first pool wins.
-    """
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        if preload:
-            ctx.set_forkserver_preload(list(preload))
-        return ctx
-    return mp.get_context("spawn")  # pragma: no cover - Windows
 
 
 def _picklable(exc: BaseException) -> BaseException:
