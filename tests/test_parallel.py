@@ -173,17 +173,20 @@ def test_cancel_kills_a_task_that_ignores_it_and_the_pool_stays_usable():
 
 
 def test_an_idle_worker_that_died_is_replaced():
-    """A worker killed while idle (no task to fail) is noticed when the next task is handed to it."""
+    """A worker killed while idle (no task to fail) costs no task: the next task goes to a new worker,
+    whether the pool sees the death before handing the task out or only when the task fails."""
     pool = ProcessPool(1)
     try:
-        first = pool.call(_pid)
-        os.kill(first, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while not _zombie_or_gone(first) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        second = pool.call(_pid)
-        assert second != first
-        assert pool.call(_pid) == second
+        pid = pool.call(_pid)
+        for wait in (False, True, False, True, False):
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while wait and not _zombie_or_gone(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            new = pool.call(_pid)  # not WorkerCrashedError: the task never reached the dead worker
+            assert new != pid
+            pid = new
+        assert pool.call(_pid) == pid
     finally:
         pool.shutdown()
     assert not pool.running
@@ -225,3 +228,49 @@ def test_run_in_process_shares_large_arrays_and_cancel_stops_it():
         np.testing.assert_array_equal(run_in_process(_double, arr), arr * 2)  # usable after
     finally:
         shutdown_helper()
+
+
+_ORPHAN_SCRIPT = """
+import sys, time
+from medseg.parallel import ProcessPool
+
+def pid():
+    import os
+    return os.getpid()
+
+def sleep_long():
+    time.sleep(600)
+
+if __name__ == "__main__":
+    pool = ProcessPool(1)
+    print(pool.call(pid), flush=True)
+    pool.submit("long", sleep_long)  # the worker is busy when its caller is killed
+    time.sleep(600)
+"""
+
+
+def test_workers_exit_when_their_caller_is_killed(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "caller.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    # stderr dropped: the killed caller's resource tracker reports the semaphores it cleans up
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    worker = None
+    try:
+        worker = int(proc.stdout.readline())
+        time.sleep(0.5)  # the long task has reached the worker
+        assert not _zombie_or_gone(worker)
+        proc.kill()  # SIGKILL: no clean-up code runs in the caller
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while not _zombie_or_gone(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _zombie_or_gone(worker), "the worker outlived its killed caller"
+    finally:
+        proc.kill()
+        proc.stdout.close()
+        if worker is not None and not _zombie_or_gone(worker):  # do not leave it running on failure
+            os.kill(worker, signal.SIGKILL)

@@ -98,7 +98,7 @@ def _worker_init(channel, cancel, lifeline) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _watch_parent(lifeline)
     _STATE = _WorkerState(channel, cancel)
-    channel.put((None, os.getpid()))  # the pool can kill a worker whose setup still runs
+    channel.put(("pid", None, os.getpid()))  # the pool can kill a worker whose setup still runs
 
 
 def _worker_setup(setup: Optional[Callable[..., None]], args: tuple) -> int:
@@ -114,6 +114,7 @@ def _worker_setup(setup: Optional[Callable[..., None]], args: tuple) -> int:
 def _worker_task(key: Any, fn: Callable[..., Any], args: tuple) -> Any:
     assert _STATE is not None
     _STATE.key = key
+    _STATE.channel.put(("start", key, None))  # from now on, a death of this worker is this task's
     try:
         return fn(*args)
     except BaseException as exc:
@@ -129,7 +130,7 @@ def worker_progress(*payload: Any) -> None:
     """
     if _STATE is not None and _STATE.key is not None:
         try:
-            _STATE.channel.put((_STATE.key, payload))
+            _STATE.channel.put(("progress", _STATE.key, payload))
         except (OSError, ValueError):
             pass
 
@@ -166,6 +167,8 @@ class _Slot:
     process: Any = None
     ready: bool = False
     key: Any = None
+    item: Optional["_Queued"] = None
+    started: bool = False
     future: Optional[Future] = None
     kill_at: Optional[float] = None
     cancelled: bool = False
@@ -399,9 +402,11 @@ class ProcessPool:
         for s in self._slots:
             try:
                 while not s.channel.empty():  # progress is written before the result (a SimpleQueue
-                    key, payload = s.channel.get()  # has no feeder thread), so none is left behind
-                    if key is None:
+                    kind, key, payload = s.channel.get()  # has no feeder thread): none is left behind
+                    if kind == "pid":
                         s.pid = payload
+                    elif kind == "start":
+                        s.started = s.started or key == s.key
                     else:
                         self._emit(PoolEvent("progress", key=key, progress=payload))
             except (OSError, EOFError, ValueError):
@@ -412,8 +417,8 @@ class ProcessPool:
             return
         if fut is slot.setup:
             return self._set_up(slot, fut)
-        key, slot.key, slot.future, slot.kill_at = slot.key, None, None, None
         self._forward_progress()  # what it reported before it ended
+        key, item, slot.key, slot.item, slot.future, slot.kill_at = slot.key, slot.item, None, None, None, None
         exc = fut.exception()
         if exc is None:
             self._emit(PoolEvent("done", key=key, result=fut.result()))
@@ -423,6 +428,11 @@ class ProcessPool:
             how = self._retire(slot)
             if slot.cancelled:
                 self._emit(PoolEvent("cancelled", key=key))
+            elif not slot.started and item is not None:  # it died idle, before the task reached it
+                log.warning("a worker of %s died (%s) before starting %s: the task waits for another", self._name,
+                            how, key)
+                with self._lock:
+                    heapq.heappush(self._waiting, item)
             else:
                 log.warning("the worker running %s died (%s)", key, how)
                 self._emit(PoolEvent("crashed", key=key, error=f"worker process {slot.pid} {how}"))
@@ -493,11 +503,11 @@ class ProcessPool:
                 item = heapq.heappop(self._waiting) if self._waiting and not self._stopping else None
             if item is None:
                 break
-            s.key, s.cancelled, s.cancel.value = item.key, False, 0
+            s.key, s.item, s.started, s.cancelled, s.cancel.value = item.key, item, False, False, 0
             try:
                 s.future = s.executor.submit(_worker_task, item.key, item.fn, item.args)
             except (BrokenProcessPool, RuntimeError):  # it died while idle: the task waits for its replacement
-                s.key = None
+                s.key, s.item = None, None
                 with self._lock:
                     heapq.heappush(self._waiting, item)
                 log.warning("an idle worker of %s died (%s)", self._name, self._retire(s))
