@@ -41,6 +41,20 @@ def _then(fn: Callable[..., Any], prepare: Callable[[Any], Any], *args: Any, **k
     return prepare(fn(*args, **kwargs))
 
 
+def _task_body(fn: Callable[..., Any], args: tuple, process: bool,
+               prepare: Optional[Callable[[Any], Any]]) -> tuple[Callable[..., Any], tuple]:
+    """The worker thread's function and arguments: ``fn`` itself, or ``fn`` handed to the helper
+    process (:func:`medseg.parallel.run_in_process`), then ``prepare`` applied to its result."""
+    if process:
+        from medseg.parallel import run_in_process
+
+        args = (fn, *args)
+        fn = run_in_process
+    if prepare is not None:
+        fn = functools.partial(_then, fn, prepare)
+    return fn, args
+
+
 class _OneShot:
     """A task's function and arguments, given up as the call starts.
 
@@ -203,8 +217,9 @@ class TaskRunner(QWidget):
         """Run ``fn`` in a worker thread; returns False (and does nothing) while busy.
 
         With ``process=True`` the worker thread hands ``fn`` to a helper process (see
-        :mod:`._process`): for library code that holds the GIL. ``fn`` and its arguments must
-        then be picklable.
+        :func:`medseg.parallel.run_in_process`): for library code that holds the GIL. ``fn`` and
+        its arguments must then be picklable; Cancel stops the helper when ``fn`` does not stop
+        by itself.
 
         ``prepare(result)``, when given, runs in the worker thread (never in the helper process)
         after ``fn``, and ``on_done`` receives what it returns: the place to turn results into
@@ -222,13 +237,7 @@ class TaskRunner(QWidget):
         self._cancel = threading.Event()
         self._live_cancel_events[:] = [self._cancel]
         self.last_error = None
-        if process:
-            from medseg_napari._process import run_in_process
-
-            args = (fn, *args)
-            fn = run_in_process
-        if prepare is not None:
-            fn = functools.partial(_then, fn, prepare)
+        fn, args = _task_body(fn, args, process, prepare)
         worker = FunctionWorker(_OneShot(fn, args, kwargs), progress=self._progress, cancel=self._cancel.is_set)
         self._worker = worker
         self.bar.setRange(0, 0)

@@ -261,6 +261,29 @@ def discover_series(
             on_task(t)
 
     # image files first (cheap, header only): their series can start while the DICOM headers are read
+    label_maps = _image_files(root, ignored, select)
+    scan = scan_dicom(root, progress=progress, cancel=cancel)
+    for s in scan.series:
+        files = [f for f in s.files if not ignored(f)]
+        if files:
+            select(_dicom_task(s, files))
+    out = Discovery()
+    for sk in scan.skipped:
+        p = Path(sk.path)
+        suffix = full_suffix(p)
+        if ignored(p) or suffix in IMAGE_SUFFIXES or suffix in _DATA_SUFFIXES or suffix in _SIDE_SUFFIXES:
+            continue
+        out.skipped.append(SkippedItem(str(p), sk.reason))
+    out.skipped.extend(label_maps)
+    out.skipped.extend(item for _, item in sorted(excluded, key=lambda e: e[0]))
+    out.tasks = sorted(selected, key=lambda t: t.id)
+    log.info("%s: %d series selected, %d skipped", root, len(out.tasks), len(out.skipped))
+    return out
+
+
+def _image_files(root: Path, ignored: Callable[[Path], bool], select: Callable[[SeriesTask], None]) -> list:
+    """Walk ``root`` for NIfTI/NRRD/MHA files, passing each one's task to ``select``; returns the
+    label maps found (files with a ``.labels.json`` table), which are not series."""
     label_maps: list[SkippedItem] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not ignored(Path(dirpath) / d))
@@ -278,27 +301,15 @@ def discover_series(
             select(SeriesTask(safe_name(stem, 48) + "_" + _short_hash(rel), "file", str(p), description=name,
                               n_slices=(int(shape[2]) if len(shape) >= 3 else 1) if shape else None,
                               voxels=math.prod(shape[:3]) if shape else None, files=fingerprint([p])))
-    scan = scan_dicom(root, progress=progress, cancel=cancel)
-    out = Discovery()
-    for s in scan.series:
-        files = [f for f in s.files if not ignored(f)]
-        if not files:
-            continue
-        folder = os.path.commonpath([str(Path(f).parent) for f in files])
-        sid = safe_name(f"{s.modality or 'XX'}_{s.series_number if s.series_number is not None else 'x'}_"
-                        f"{s.description or 'series'}", 48) + "_" + _short_hash(s.series_uid)
-        n = s.shape[0] if s.shape else s.n_images
-        select(SeriesTask(sid, "dicom", folder, s.series_uid, s.modality or "", s.description or "",
-                          int(n) if n is not None else None, s.problem,
-                          voxels=math.prod(s.shape) if s.shape else None, files=fingerprint(files)))
-    for sk in scan.skipped:
-        p = Path(sk.path)
-        suffix = full_suffix(p)
-        if ignored(p) or suffix in IMAGE_SUFFIXES or suffix in _DATA_SUFFIXES or suffix in _SIDE_SUFFIXES:
-            continue
-        out.skipped.append(SkippedItem(str(p), sk.reason))
-    out.skipped.extend(label_maps)
-    out.skipped.extend(item for _, item in sorted(excluded, key=lambda e: e[0]))
-    out.tasks = sorted(selected, key=lambda t: t.id)
-    log.info("%s: %d series selected, %d skipped", root, len(out.tasks), len(out.skipped))
-    return out
+    return label_maps
+
+
+def _dicom_task(s, files: list) -> SeriesTask:
+    """The task of one scanned DICOM series (``s``: a scan result series) made of ``files``."""
+    folder = os.path.commonpath([str(Path(f).parent) for f in files])
+    sid = safe_name(f"{s.modality or 'XX'}_{s.series_number if s.series_number is not None else 'x'}_"
+                    f"{s.description or 'series'}", 48) + "_" + _short_hash(s.series_uid)
+    n = s.shape[0] if s.shape else s.n_images
+    return SeriesTask(sid, "dicom", folder, s.series_uid, s.modality or "", s.description or "",
+                      int(n) if n is not None else None, s.problem,
+                      voxels=math.prod(s.shape) if s.shape else None, files=fingerprint(files))

@@ -172,6 +172,41 @@ def run_batch(
         each, including resumed ones and failures with their reason) and ``skipped`` (files
         that are not images and series excluded by the selection rule).
     """
+    study, out = _check_paths(study_dir, out_dir, config, segmenter)
+    t0 = time.perf_counter()
+    with _locked(out):
+        _clean_stale(out)
+        run = _Run(study, out, config, progress)
+        pool = None
+        if config.workers > 1 and not config.scheduler:
+            # started now: worker start-up and model loading overlap the discovery below
+            pool = LocalPool(config.workers, _pool_spec(config), str(out), run.options,
+                             threads=max(1, available_cores() // config.workers))
+        try:
+            run.discover(pool, cancel)
+            _execute(run, pool, segmenter, series_progress, cancel)
+        except BaseException as exc:
+            if pool is not None:
+                pool.shutdown(terminate=True)
+            if isinstance(exc, (KeyboardInterrupt, CancelledError)):
+                # Ctrl-C, SIGTERM (the CLI turns it into KeyboardInterrupt) or cancel: the workers are
+                # stopped; no unfinished folder stays; the summary says what was done
+                _clean_stale(out)
+                summary = _summary(study, out, config, run.found or Discovery(), run.records, time.perf_counter() - t0)
+                summary["status"] = "interrupted"
+                summary["not_run"] = sorted(t.id for t in run.todo if t.id not in run.records)
+                _write_summary(out, summary)
+            raise
+        if pool is not None:
+            pool.shutdown()
+        summary = _summary(study, out, config, run.found, run.records, time.perf_counter() - t0)
+        _write_summary(out, summary)
+    return summary
+
+
+def _check_paths(study_dir: str | Path, out_dir: str | Path, config: BatchConfig,
+                 segmenter: Optional[Segmenter]) -> tuple[Path, Path]:
+    """The resolved study and output folders; raises for combinations that cannot run."""
     study = Path(study_dir).resolve()
     out = Path(out_dir).resolve()
     if out == study or same_path(out, study):
@@ -184,70 +219,66 @@ def run_batch(
     if segmenter is not None and (config.workers > 1 or config.scheduler):
         raise InputError("a ready segmenter object only runs in this process; use config.segmenter "
                          "(a SegmenterSpec) with workers > 1 or Dask")
-    t0 = time.perf_counter()
-    with _locked(out):
-        _clean_stale(out)
-        options = config.series_options
-        pool = None
-        if config.workers > 1 and not config.scheduler:
-            # started now: worker start-up and model loading overlap the discovery below
-            pool = LocalPool(config.workers, _pool_spec(config), str(out), options,
-                             threads=max(1, available_cores() // config.workers))
-        todo: list = []
-        records: dict = {}
-        found: Optional[Discovery] = None
-        try:
+    return study, out
 
-            def found_one(task: SeriesTask) -> None:
-                done = _is_done(out, task, config)
-                if done is not None:
-                    records[task.id] = {**done, "resumed": True}
-                else:
-                    todo.append(task)
-                    if pool is not None:
-                        pool.submit(task)  # starts while discovery goes on
 
-            found = discover_series(study, rule=config.selection, exclude=out, cancel=cancel, on_task=found_one)
-            if pool is not None:
-                pool.close_inputs()
-            total = len(found.tasks)
-            log.info("%d series: %d done before, %d to run", total, len(records), len(todo))
-            report(progress, len(records), total, "series")
+@dataclass
+class _Run:
+    """What a batch run has found and finished so far."""
 
-            def finished(rec: dict) -> None:
-                records[rec["id"]] = {**rec, "resumed": False}
-                report(progress, len(records), total, f"{rec['id']}: {rec['status']}")
+    study: Path
+    out: Path
+    config: BatchConfig
+    progress: Optional[ProgressCallback]
+    todo: list = field(default_factory=list)
+    records: dict = field(default_factory=dict)
+    found: Optional[Discovery] = None
+    total: int = 0
 
-            if pool is not None:
-                def crashed(task: SeriesTask, why: str) -> None:
-                    finished(_crash_record(task, out, options, why))
+    @property
+    def options(self) -> SeriesOptions:
+        return self.config.series_options
 
-                if run_pool(pool, finished, crashed, series_progress, cancel):
-                    check_cancel(lambda: True, "batch")
-            elif todo and config.scheduler:
-                _run_dask(todo, out, config, options, finished, cancel)
-            elif todo:
-                seg_fn = segmenter or config.segmenter.build()
-                for task in sorted(todo, key=lambda t: t.id):
-                    check_cancel(cancel, "batch")
-                    finished(process_series(task, out, options, seg_fn, progress=series_progress))
-        except BaseException as exc:
-            if pool is not None:
-                pool.shutdown(terminate=True)
-            if isinstance(exc, (KeyboardInterrupt, CancelledError)):
-                # Ctrl-C, SIGTERM (the CLI turns it into KeyboardInterrupt) or cancel: the workers are
-                # stopped; no unfinished folder stays; the summary says what was done
-                _clean_stale(out)
-                summary = _summary(study, out, config, found or Discovery(), records, time.perf_counter() - t0)
-                summary["status"] = "interrupted"
-                summary["not_run"] = sorted(t.id for t in todo if t.id not in records)
-                _write_summary(out, summary)
-            raise
+    def discover(self, pool: Optional[LocalPool], cancel: Optional[CancelCallback]) -> None:
+        """Find the series; finished ones are resumed, the others queued (and sent to ``pool`` at once)."""
+        def found_one(task: SeriesTask) -> None:
+            done = _is_done(self.out, task, self.config)
+            if done is not None:
+                self.records[task.id] = {**done, "resumed": True}
+            else:
+                self.todo.append(task)
+                if pool is not None:
+                    pool.submit(task)  # starts while discovery goes on
+
+        self.found = discover_series(self.study, rule=self.config.selection, exclude=self.out, cancel=cancel,
+                                     on_task=found_one)
         if pool is not None:
-            pool.shutdown()
-        summary = _summary(study, out, config, found, records, time.perf_counter() - t0)
-        _write_summary(out, summary)
-    return summary
+            pool.close_inputs()
+        self.total = len(self.found.tasks)
+        log.info("%d series: %d done before, %d to run", self.total, len(self.records), len(self.todo))
+        report(self.progress, len(self.records), self.total, "series")
+
+    def finished(self, rec: dict) -> None:
+        self.records[rec["id"]] = {**rec, "resumed": False}
+        report(self.progress, len(self.records), self.total, f"{rec['id']}: {rec['status']}")
+
+    def crashed(self, task: SeriesTask, why: str) -> None:
+        self.finished(_crash_record(task, self.out, self.options, why))
+
+
+def _execute(run: _Run, pool: Optional[LocalPool], segmenter: Optional[Segmenter],
+             series_progress: Optional[SeriesProgress], cancel: Optional[CancelCallback]) -> None:
+    """Process the series still to do: in the local pool, on Dask, or one by one in this process."""
+    if pool is not None:
+        if run_pool(pool, run.finished, run.crashed, series_progress, cancel):
+            check_cancel(lambda: True, "batch")
+    elif run.todo and run.config.scheduler:
+        _run_dask(run.todo, run.out, run.config, run.options, run.finished, cancel)
+    elif run.todo:
+        seg_fn = segmenter or run.config.segmenter.build()
+        for task in sorted(run.todo, key=lambda t: t.id):
+            check_cancel(cancel, "batch")
+            run.finished(process_series(task, run.out, run.options, seg_fn, progress=series_progress))
 
 
 def _pool_spec(config: BatchConfig) -> SegmenterSpec:

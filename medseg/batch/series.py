@@ -125,38 +125,7 @@ def process_series(
             progress(task.id, done, steps, message)
 
     try:
-        if task.problem:
-            from medseg.errors import DicomError
-
-            raise DicomError(task.path, task.problem, "fix or remove the series; the others were processed")
-        say(0, "reading")
-        t0 = time.perf_counter()
-        volume = _read(task, options)
-        check_unchanged(task, volume.meta.get("files") or [])
-        record["timings_s"]["read"] = round(time.perf_counter() - t0, 4)
-        record["shape_zyx"] = list(volume.shape)
-        record["spacing_zyx_mm"] = [round(s, 6) for s in volume.spacing]
-        record["warnings"] = list(volume.meta.get("warnings", []))
-        say(1, "segmenting")
-        t0 = time.perf_counter()
-        seg = segmenter(volume)
-        volume.require_same_grid(seg.label_map, what="segmentation")
-        record["timings_s"]["segment"] = round(time.perf_counter() - t0, 4)
-        say(2, "exporting")
-        formats = list(options.formats)
-        if task.kind != "dicom":
-            for f in DICOM_FORMATS:
-                if f in formats:
-                    formats.remove(f)
-                    record["skipped_formats"][f] = "the source is not DICOM"
-        if formats:
-            result = export_segmentation(seg, tmp, formats=formats, image=volume,
-                                         algorithm=options.segmenter.name, seg_type=options.seg_type)
-            record["outputs"] = result["files"]
-            record["skipped_formats"].update(result["skipped"])
-            record["timings_s"].update({f"export_{k}": v for k, v in result["timings_s"].items()})
-        vols = seg.volumes_ml()
-        record["label_volumes_ml"] = {l.name: round(vols[l.index], 6) for l in seg.labels}
+        _segment_and_export(task, options, segmenter, tmp, record, say)
         record["status"] = "ok"
     except Exception as exc:  # one bad series never stops the batch: record why
         shutil.rmtree(tmp, ignore_errors=True)
@@ -172,6 +141,43 @@ def process_series(
     publish_folder(tmp, final)
     say(steps, record["status"])
     return record
+
+
+def _segment_and_export(task: SeriesTask, options: SeriesOptions, segmenter: Segmenter, tmp: Path, record: dict,
+                        say: Callable[[int, str], None]) -> None:
+    """Read, segment and export one series into ``tmp``, filling ``record``; raises on failure."""
+    if task.problem:
+        from medseg.errors import DicomError
+
+        raise DicomError(task.path, task.problem, "fix or remove the series; the others were processed")
+    say(0, "reading")
+    t0 = time.perf_counter()
+    volume = _read(task, options)
+    check_unchanged(task, volume.meta.get("files") or [])
+    record["timings_s"]["read"] = round(time.perf_counter() - t0, 4)
+    record["shape_zyx"] = list(volume.shape)
+    record["spacing_zyx_mm"] = [round(s, 6) for s in volume.spacing]
+    record["warnings"] = list(volume.meta.get("warnings", []))
+    say(1, "segmenting")
+    t0 = time.perf_counter()
+    seg = segmenter(volume)
+    volume.require_same_grid(seg.label_map, what="segmentation")
+    record["timings_s"]["segment"] = round(time.perf_counter() - t0, 4)
+    say(2, "exporting")
+    formats = list(options.formats)
+    if task.kind != "dicom":
+        for f in DICOM_FORMATS:
+            if f in formats:
+                formats.remove(f)
+                record["skipped_formats"][f] = "the source is not DICOM"
+    if formats:
+        result = export_segmentation(seg, tmp, formats=formats, image=volume,
+                                     algorithm=options.segmenter.name, seg_type=options.seg_type)
+        record["outputs"] = result["files"]
+        record["skipped_formats"].update(result["skipped"])
+        record["timings_s"].update({f"export_{k}": v for k, v in result["timings_s"].items()})
+    vols = seg.volumes_ml()
+    record["label_volumes_ml"] = {l.name: round(vols[l.index], 6) for l in seg.labels}
 
 
 def _read(task: SeriesTask, options: SeriesOptions):

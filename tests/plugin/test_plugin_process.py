@@ -8,7 +8,7 @@ import textwrap
 import types
 from pathlib import Path
 
-from medseg_napari._process import main_is_guarded
+from medseg.parallel import main_is_guarded
 
 SCRIPT = """
 import numpy as np
@@ -16,7 +16,7 @@ from medseg.labels import LabelTable
 from medseg.segmentation import Segmentation
 from medseg.volume import Volume
 from medseg_napari._export import label_statistics_rows
-from medseg_napari._process import run_in_process
+from medseg.parallel import run_in_process
 
 arr = np.zeros((4, 8, 8), np.uint8)
 arr[1:3, 2:6, 2:6] = 1

@@ -106,6 +106,43 @@ def test_task_runner_cancel(qtbot, make_napari_viewer):
     assert "cancelled" in r.status.text()
 
 
+
+def _stuck_in_helper(*, progress=None, cancel=None):
+    """Helper-process work that reports progress once, then never looks at ``cancel``."""
+    import time
+
+    progress(1, 10, "started")
+    time.sleep(600)
+
+
+def _helper_pid(*, progress=None, cancel=None):
+    import os
+
+    return os.getpid()
+
+
+def test_task_runner_cancel_stops_helper_process_work(qtbot, make_napari_viewer):
+    """Cancel stops work in the helper process even when it ignores the cancel flag (the helper is
+    killed), and the next helper task runs in a fresh helper."""
+    from medseg.errors import CancelledError
+
+    from medseg_napari._worker import TaskRunner
+
+    r = TaskRunner()
+    qtbot.addWidget(r)
+    got = []
+    assert r.start(_helper_pid, process=True, label="pid", on_done=got.append)
+    qtbot.waitUntil(lambda: not r.busy, timeout=WAIT_MS)
+    assert r.start(_stuck_in_helper, process=True, label="stuck")
+    qtbot.waitUntil(lambda: r.bar.maximum() == 10, timeout=WAIT_MS)  # running in the helper
+    r.cancel()
+    qtbot.waitUntil(lambda: not r.busy, timeout=30_000)  # not the 600 s of the task
+    assert isinstance(r.last_error, CancelledError)
+    assert "cancelled" in r.status.text()
+    assert r.start(_helper_pid, process=True, label="pid", on_done=got.append)
+    qtbot.waitUntil(lambda: not r.busy, timeout=WAIT_MS)
+    assert r.last_error is None and len(got) == 2 and got[0] != got[1] and got[1] != __import__("os").getpid()
+
 # -- click to segment ---------------------------------------------------------------------------
 def _liver_voxel(seg):
     idx = np.argwhere(seg.array == 1)
