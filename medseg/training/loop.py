@@ -137,7 +137,7 @@ def _train_transforms(config: ModelConfig, tc: TrainingConfig, roi: list[int]):
 
 
 def _roi(config: ModelConfig, tc: TrainingConfig) -> tuple[list[int], Optional[int]]:
-    from medseg.inference.preprocess import model_axes
+    from medseg.models.config import model_axes
 
     patch = tc.patch_size or config.inference.patch_size
     axes = model_axes(config.preprocessing)
