@@ -146,12 +146,21 @@ def model_grid(volume: Volume, config: PreprocessingConfig) -> tuple[np.ndarray,
             tuple(int(s) for s in x.peek_pending_shape()))
 
 
-def is_permutation(model_affine: np.ndarray, volume: Volume) -> bool:
-    """True when the model grid is the input grid up to axis permutation/flips (no resampling)."""
-    m = np.linalg.inv(np.asarray(model_affine, float)) @ geometry.LPS_TO_RAS @ volume.affine
+def _input_to_model(model_affine: np.ndarray, volume: Volume) -> np.ndarray:
+    """(4, 4): input voxel ``(k, j, i)`` → LPS → RAS → model voxel ``(i', j', k')``."""
+    return np.linalg.inv(np.asarray(model_affine, float)) @ geometry.LPS_TO_RAS @ volume.affine
+
+
+def _is_index_permutation(m: np.ndarray) -> bool:
+    """True when the voxel map ``m`` only permutes and flips axes and shifts by whole voxels."""
     r = np.round(m[:3, :3])
     return bool(np.allclose(m[:3, :3], r, atol=1e-6) and np.allclose(m[:3, 3], np.round(m[:3, 3]), atol=1e-4)
                 and np.all(np.abs(r).sum(0) == 1) and np.all(np.abs(r).sum(1) == 1))
+
+
+def is_permutation(model_affine: np.ndarray, volume: Volume) -> bool:
+    """True when the model grid is the input grid up to axis permutation/flips (no resampling)."""
+    return _is_index_permutation(_input_to_model(model_affine, volume))
 
 
 class GridPermutation:
@@ -170,7 +179,7 @@ class GridPermutation:
     def __init__(self, model_affine: np.ndarray, volume: Volume) -> None:
         if not is_permutation(model_affine, volume):
             raise InputError("the model grid is not the input grid up to axis permutation and flips")
-        m = np.linalg.inv(np.asarray(model_affine, float)) @ geometry.LPS_TO_RAS @ volume.affine
+        m = _input_to_model(model_affine, volume)
         r = np.round(m[:3, :3]).astype(int)
         self.axes = tuple(int(np.nonzero(r[a])[0][0]) for a in range(3))
         self.signs = tuple(int(r[a, self.axes[a]]) for a in range(3))
@@ -318,7 +327,7 @@ class SlabArgmax:
 
     def __init__(self, volume: Volume, model_affine: np.ndarray, model_shape: tuple[int, int, int], axis: int,
                  dtype, *, max_points: int = 2**18) -> None:
-        self.m = np.linalg.inv(np.asarray(model_affine, float)) @ geometry.LPS_TO_RAS @ volume.affine
+        self.m = _input_to_model(model_affine, volume)
         self.shape = tuple(int(s) for s in model_shape)
         self.axis = int(axis)
         self.label_map = np.zeros(volume.shape, dtype=dtype)
@@ -470,7 +479,7 @@ def map_to_input_grid(
         raise InputError(f"mode must be 'bilinear' or 'nearest' (labels are never interpolated), got {mode!r}")
     dev = model_tensor.device
     # input (k, j, i) → RAS → model (i', j', k')
-    m = np.linalg.inv(np.asarray(model_affine, float)) @ geometry.LPS_TO_RAS @ volume.affine
+    m = _input_to_model(model_affine, volume)
     fast = _permutation_slab(model_tensor, m, volume.shape, zslice)
     if fast is not None:
         return fast
@@ -496,16 +505,12 @@ def map_to_input_grid(
 def _permutation_slab(model_tensor: torch.Tensor, m: np.ndarray, shape: tuple[int, int, int],
                       zslice: slice) -> Optional[torch.Tensor]:
     """Exact copy when the grids differ only by axis permutation/flips (no interpolation)."""
-    lin = m[:3, :3]
-    r = np.round(lin)
-    t = np.round(m[:3, 3])
-    if not (np.allclose(lin, r, atol=1e-6) and np.allclose(m[:3, 3], t, atol=1e-4)
-            and np.all(np.abs(r).sum(0) == 1) and np.all(np.abs(r).sum(1) == 1)):
+    if not _is_index_permutation(m):
         return None
+    r, t = np.round(m[:3, :3]), np.round(m[:3, 3])
     # model axis a = sign * input axis b + offset; build index tensors per input axis
     src = model_tensor
     idx = []
-    out_axes = []
     for b, size in enumerate(shape):
         a = int(np.nonzero(r[:, b])[0][0])
         sign = r[a, b]
@@ -514,7 +519,6 @@ def _permutation_slab(model_tensor: torch.Tensor, m: np.ndarray, shape: tuple[in
         if pos.min() < 0 or pos.max() >= src.shape[1 + a]:
             return None
         idx.append((a, pos))
-        out_axes.append(a)
     # gather: permute model axes into input order, then index each axis
     order = [0] + [1 + a for a, _ in idx]
     out = src.permute(order)
