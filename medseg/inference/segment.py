@@ -241,8 +241,10 @@ def _run_windows(data: Any, model: LoadedModel, *, output: Output, stitch_bytes:
     cfg = model.config
     roi, predictor, _ = _roi_and_predictor(model)
     shape = tuple(int(s) for s in data.shape[2:])
-    total = math.ceil(len(WindowSplitter(roi, overlap=cfg.inference.overlap, order=order).locations(shape))
-                      / cfg.inference.sw_batch_size)
+    # the order worked out once (tile_order weighs every window order), then given to the splitters
+    order = WindowSplitter(roi, overlap=cfg.inference.overlap, order=order).visit_order(shape)
+    windows = WindowSplitter(roi, overlap=cfg.inference.overlap, order=order).locations(shape)
+    total = math.ceil(len(windows) / cfg.inference.sw_batch_size)
     done = [0]
 
     def counted(patch: torch.Tensor) -> torch.Tensor:
