@@ -297,18 +297,22 @@ class RegionMerger(Merger):
         return self._weight
 
     def _weighted(self, values: torch.Tensor) -> torch.Tensor:
-        """One window's outputs ``(C, *roi)`` times the importance map, in place where the buffer allows."""
+        """One window's outputs ``(C, *roi)`` times the importance map, in place (no second window of outputs)."""
         out = values[0].to(self.dtype)
         weight = self._weights(out.device)
-        # the caller's tensor is never written into; a converted copy (mixed precision) is
-        out = out * weight if out.data_ptr() == values.data_ptr() else out.mul_(weight)
+        out = out * weight if out.requires_grad else out.mul_(weight)
         if self.acc_dtype == torch.float16 and not bool(out.abs().amax() <= self.f16_safe):  # also catches NaN
             self.acc_dtype = self.dtype
             self._acc = {t: a.to(self.dtype) for t, a in self._acc.items()}
         return out.to(self.device)
 
     def aggregate(self, values: torch.Tensor, location: Sequence[int]) -> None:
-        """Add one window's outputs ``(1, C, *patch_size)`` at ``location``; finish the tiles it completes."""
+        """Add one window's outputs ``(1, C, *patch_size)`` at ``location``; finish the tiles it completes.
+
+        ``values`` is weighted in place (as :class:`~monai.inferers.PatchInferer` hands over the
+        network's own output, no second window of outputs is allocated): pass a tensor you no
+        longer need.
+        """
         if self.is_finalized:
             raise InputError("this RegionMerger is finalized; make a new one for another image")
         out = self._weighted(values)
