@@ -323,10 +323,13 @@ class SlabArgmax:
     max_points : int
         Input voxels handled per step (bounds the temporaries: about 60 bytes a point with
         7 classes, 16 MB at the default).
+    min_slab : int
+        Complete regions are joined into slabs of at least this many model slices along
+        ``axis`` before they are labelled (fewer passes over the input grid).
     """
 
     def __init__(self, volume: Volume, model_affine: np.ndarray, model_shape: tuple[int, int, int], axis: int,
-                 dtype, *, max_points: int = 2**18) -> None:
+                 dtype, *, max_points: int = 2**18, min_slab: int = 16) -> None:
         self.m = _input_to_model(model_affine, volume)
         self.shape = tuple(int(s) for s in model_shape)
         self.axis = int(axis)
@@ -334,6 +337,9 @@ class SlabArgmax:
         self._tail: Optional[torch.Tensor] = None
         self._next = 0
         self._pending: dict = {}  # slab start -> [stop, probabilities, voxels filled]
+        self._ready: list = []    # complete slabs from _next to _done, not yet labelled
+        self._done = 0
+        self.min_slab = int(min_slab)
         # cut the input along the input axis that moves fastest along the model axis, so that
         # each input chunk meets few slabs
         self._in_axis = int(np.argmax(np.abs(self.m[self.axis, :3])))
@@ -353,9 +359,14 @@ class SlabArgmax:
         local[self.axis] = slice(0, hi - lo)
         entry[1][(slice(None),) + tuple(local)] = region
         entry[2] += region[0].numel()
-        while self._next in self._pending and self._pending[self._next][2] == self._pending[self._next][1][0].numel():
-            stop, probabilities, _ = self._pending.pop(self._next)
-            self.add_slab(slice(self._next, stop), probabilities)
+        while self._done in self._pending and self._pending[self._done][2] == self._pending[self._done][1][0].numel():
+            stop, probabilities, _ = self._pending.pop(self._done)
+            self._ready.append(probabilities)
+            self._done = stop
+            if self._done - self._next >= self.min_slab or self._done == self.shape[self.axis]:
+                # thin slabs joined: fewer passes over the input grid
+                ready, self._ready = self._ready, []
+                self.add_slab(slice(self._next, self._done), torch.cat(ready, dim=1 + self.axis))
 
     def result(self) -> np.ndarray:
         """The ``(Z, Y, X)`` label map, once every slab is in."""
