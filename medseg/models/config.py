@@ -26,6 +26,8 @@ __all__ = [
     "load_config",
     "config_from_mapping",
     "config_to_mapping",
+    "model_axes",
+    "monai_pixdim",
     "NETWORK_NAMES",
 ]
 
@@ -176,6 +178,22 @@ class PreprocessingConfig:
         code = self.orientation.upper()
         if len(code) != 3 or sorted(code.replace("L", "R").replace("P", "A").replace("I", "S")) != ["A", "R", "S"]:
             raise ConfigError(f"preprocessing.orientation must be a 3-letter code like 'RAS', got {self.orientation!r}")
+
+
+def monai_pixdim(config: PreprocessingConfig) -> tuple[float, float, float]:
+    """Target spacing in MONAI's ``(i, j, k)`` order, for the axes *after* reorientation.
+
+    ``target_spacing`` is ``(z, y, x)``: S/I gets z, A/P gets y, R/L gets x.
+    """
+    sz, sy, sx = config.target_spacing
+    by = {"R": sx, "L": sx, "A": sy, "P": sy, "S": sz, "I": sz}
+    return tuple(float(by[c]) for c in config.orientation.upper())  # type: ignore[return-value]
+
+
+def model_axes(config: PreprocessingConfig) -> tuple[int, int, int]:
+    """For each model-grid tensor axis, the medseg array axis (0=z, 1=y, 2=x) it corresponds to."""
+    by = {"R": 2, "L": 2, "A": 1, "P": 1, "S": 0, "I": 0}
+    return tuple(by[c] for c in config.orientation.upper())  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

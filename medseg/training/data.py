@@ -125,7 +125,7 @@ def load_case(case: Case, preprocessing, *, num_labels: int) -> dict:
 
     Returns ``{"image": (C, I, J, K) tensor, "label": (1, I, J, K) tensor, "case_id": str}``.
     """
-    from medseg.inference.preprocess import preprocess_labels, preprocess_volume
+    from medseg.inference.mapping import preprocess_labels, preprocess_volume
     from medseg.io import read_volume
 
     image = read_volume(case.image)

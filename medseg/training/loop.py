@@ -141,7 +141,7 @@ def _roi(config: ModelConfig, tc: TrainingConfig) -> tuple[list[int], Optional[i
     if tc.patch_size is not None and tuple(tc.patch_size) != tuple(config.inference.patch_size):
         log.warning("training patch %s differs from the inference patch %s; set inference.patch_size to the "
                     "training patch before segmenting with this model", tc.patch_size, config.inference.patch_size)
-    from medseg.inference.preprocess import model_axes
+    from medseg.models.config import model_axes
 
     patch = tc.patch_size or config.inference.patch_size
     axes = model_axes(config.preprocessing)

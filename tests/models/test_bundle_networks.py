@@ -23,7 +23,8 @@ import torch
 
 from medseg.errors import ModelError
 from medseg.inference import segment
-from medseg.inference.preprocess import model_axes, preprocess_labels, preprocess_volume
+from medseg.inference.mapping import preprocess_labels, preprocess_volume
+from medseg.models.config import model_axes
 from medseg.io import read_volume, write_volume
 from medseg.models import LoadedModel, config_from_mapping, config_to_mapping, list_models, load_config, load_model
 from medseg.models.bundle import export_bundle, import_bundle

@@ -76,7 +76,7 @@ def test_model_config_with_a_zero_stride_is_a_config_error(tmp_path):
 
 def test_segment_refuses_an_affine_with_parallel_axes(tmp_path):
     from medseg.errors import GeometryError
-    from medseg.inference.preprocess import check_orientable
+    from medseg.inference.mapping import check_orientable
     from medseg.volume import Volume
 
     affine = np.array([[-1e30, 0.0, 8.0, -60.0], [0.0, 8.0, 0.0, -60.0], [8.0, 0.0, 0.0, -28.0], [0, 0, 0, 1.0]])
