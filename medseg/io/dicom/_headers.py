@@ -71,6 +71,8 @@ class FileRecord:
     pixel_offset: Optional[int] = None
     pixel_length: Optional[int] = None
     modality_lut: bool = False
+    #: SOPClassUID (from the file meta when the data set lacks it)
+    sop_class: str = ""
 
     @property
     def fast(self) -> bool:
@@ -383,6 +385,7 @@ def _records(path: str, ds: Dataset, ts: str, sop_class: str, offset: Optional[i
         pixel_offset=offset if ts in _NATIVE else None,
         pixel_length=length if ts in _NATIVE else None,
         modality_lut=ds.get_item(T["ModalityLUTSequence"]) is not None,
+        sop_class=sop_class,
     )
     _check_pixel_header(rec, length if ts in _NATIVE else None)
     if rec.pixel_length is not None:
