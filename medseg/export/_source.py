@@ -93,16 +93,20 @@ class SourceSeries:
                 raise DicomError(f, f"cannot read the source DICOM header ({exc})",
                                  "pass the original, unmodified source series") from exc
             self._fill_uids(ds, k)
-            if str(ds.SOPInstanceUID) != uid:
-                raise DicomError(f, f"the file now holds SOP instance {ds.SOPInstanceUID}, not {uid} as when the "
+            if str(ds.get("SOPInstanceUID", "") or "") != uid:
+                raise DicomError(f, f"the file now holds SOP instance {ds.get('SOPInstanceUID')!r}, not {uid} as when the "
                                     "series was read", "read the source series again before exporting")
             out.append(ds)
         return out
 
     def _fill_uids(self, ds: Any, k: int) -> None:
-        """Set the UIDs a de-identified header lacks (in memory only; files are never touched)."""
-        if not str(ds.get("SOPInstanceUID", "") or ""):
-            ds.SOPInstanceUID = self.sop_instance_uids[k]
+        """Set the UIDs a de-identified header lacks (in memory only; files are never touched):
+        SOP Instance/Class UIDs from the file meta (as the reader does), Study/Series the
+        references'."""
+        meta = getattr(ds, "file_meta", None)
+        for key in ("SOPInstanceUID", "SOPClassUID"):
+            if not str(ds.get(key, "") or "") and meta is not None and meta.get("MediaStorage" + key):
+                setattr(ds, key, meta.get("MediaStorage" + key))
         if not str(ds.get("SOPClassUID", "") or ""):
             ds.SOPClassUID = self.sop_class_uids[k]
         ds.StudyInstanceUID = self.study_uid
@@ -142,8 +146,8 @@ def _record_of(source: SourceLike, segmentation: Segmentation) -> DicomSource:
     from medseg.io.dicom import dicom_source_from_files, read_dicom_source
 
     if isinstance(source, Volume):
-        if source.dicom_source is not None:
-            return source.dicom_source  # type: ignore[return-value]
+        if isinstance(source.dicom_source, DicomSource):
+            return source.dicom_source
         files = source.meta.get("files")
         if not files:
             raise InputError(

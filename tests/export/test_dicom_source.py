@@ -194,3 +194,19 @@ def test_folder_source_reads_headers_not_pixels(real_data, real_ct, real_ct_seg,
     refs = [str(i.ReferencedSOPInstanceUID) for i in pydicom.dcmread(out).ReferencedFrameOfReferenceSequence[0]
             .RTReferencedStudySequence[0].RTReferencedSeriesSequence[0].ContourImageSequence]
     assert refs == real_ct.dicom_source.sop_instance_uids
+
+
+def test_a_source_file_replaced_after_reading_is_refused(real_data, tmp_path):
+    """SEG hands highdicom the files' own headers: each must still hold the recorded instance."""
+    from medseg.errors import DicomError
+    from medseg.io import read_volume
+
+    folder = tmp_path / "ct"
+    shutil.copytree(real_data / "ct_dicom_series", folder)
+    volume = read_volume(folder)
+    seg = Segmentation(Volume((volume.array > 0).astype(np.uint8), volume.affine), real_ct_labels())
+    files = volume.dicom_source.files
+    shutil.copyfile(files[6], files[5])  # slice 5's file now holds slice 6's instance
+    with pytest.raises(DicomError, match="now holds SOP instance"):
+        write_dicom_seg(seg, tmp_path / "s.dcm", source=volume)
+    assert not (tmp_path / "s.dcm").exists()

@@ -23,6 +23,10 @@ What the reader guarantees (the geometry rules are detailed in
   while segmentation works on modality values;
 * colour images and objects without patient geometry are refused with a named reason.
 
+The returned Volume carries its :class:`DicomSource` (``volume.dicom_source``, see
+:mod:`medseg.io.dicom.source`): the files, UIDs and per-slice positions that DICOM SEG and
+RTSTRUCT exports reference; :func:`read_dicom_source` gives the same record from headers only.
+
 Every failure is a :class:`~medseg.errors.DicomError` (file, problem, fix) or a
 :class:`~medseg.errors.SeriesSelectionError`; never a raw pydicom traceback.
 """
