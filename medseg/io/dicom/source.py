@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from medseg.errors import DicomError, GeometryError
+from medseg.io.dicom._geometry import affine_from_dicom
 
 __all__ = ["SourceSlice", "DicomSource", "source_from_images", "dicom_source_from_files"]
 
@@ -137,8 +138,8 @@ class DicomSource:
         if shape != self.shape:
             raise GeometryError(f"{what} grid {shape} does not match the source series grid {self.shape} "
                                 f"(slices, rows, columns); {_FIX}")
-        row, col = np.asarray(self.orientation[:3], float), np.asarray(self.orientation[3:], float)
-        inplane = np.column_stack([col * self.pixel_spacing[0], row * self.pixel_spacing[1]])
+        # the in-plane columns (y, x) of the one DICOM affine (position and step do not enter them)
+        inplane = affine_from_dicom(self.orientation, self.pixel_spacing, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))[:3, 1:3]
         if not np.allclose(a[:3, 1:3], inplane, atol=INPLANE_TOL_MM):
             raise GeometryError(
                 f"{what} in-plane axes {np.round(a[:3, 1:3].T, 4).tolist()} (y, x) do not match the source "
