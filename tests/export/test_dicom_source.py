@@ -210,3 +210,26 @@ def test_a_source_file_replaced_after_reading_is_refused(real_data, tmp_path):
     with pytest.raises(DicomError, match="now holds SOP instance"):
         write_dicom_seg(seg, tmp_path / "s.dcm", source=volume)
     assert not (tmp_path / "s.dcm").exists()
+
+
+def test_interpolated_slices_have_no_source_and_are_refused(tmp_path):
+    from medseg.geometry import make_affine
+    from medseg.io import read_volume
+    from medseg.io.dicom_write import write_dicom_series
+
+    arr = (np.arange(12 * 16 * 14).reshape(12, 16, 14) % 500 - 200).astype(np.int16)
+    files = write_dicom_series(Volume(arr, make_affine((2.5, 0.9, 0.8), (3.0, -7.0, 11.0))), tmp_path / "gap", seed=5)
+    gone = files[5]
+    gone.unlink()  # a missing slice: the reader interpolates it
+    volume = read_volume(tmp_path / "gap")
+    src = volume.dicom_source
+    assert src.interpolated == [5] and src.slices[5] is None
+    assert str(gone) not in src.files and len(src.files) == 12
+    headers = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in files if f != gone}
+    for k, s in enumerate(src.slices):
+        if s is not None:
+            assert np.allclose(s.position, pydicom.dcmread(headers[s.sop_instance_uid]).ImagePositionPatient)
+            assert np.allclose(volume.index_to_world(np.array([[k, 0, 0]]))[0], s.position, atol=1e-3)
+    seg = Segmentation(Volume((volume.array > 0).astype(np.uint8), volume.affine), real_ct_labels())
+    with pytest.raises(GeometryError, match="were interpolated"):
+        write_rtstruct(seg, tmp_path / "r.dcm", source=volume)
