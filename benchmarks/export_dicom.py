@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SERIES = {"ct20": "ct_dicom_series", "nsclc134": "nsclc_lung1_001/dicom"}
 
 
-def measure(real: Path, runs: int) -> dict[str, float]:
+def measure(real: Path, runs: int, only: str = "") -> dict[str, float]:
     """Median seconds per (series, format, source kind) in this interpreter."""
     import medseg
     from medseg.batch.segmenters import threshold_segment
@@ -41,6 +41,8 @@ def measure(real: Path, runs: int) -> dict[str, float]:
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, sub in SERIES.items():
+            if only and name not in only.split(","):
+                continue
             folder = real / sub
             volume = read_volume(folder)
             seg = threshold_segment(volume)
@@ -56,9 +58,10 @@ def measure(real: Path, runs: int) -> dict[str, float]:
     return out
 
 
-def child(path: Path, real: Path, runs: int) -> dict[str, float]:
+def child(path: Path, real: Path, runs: int, only: str = "") -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(path))
-    res = subprocess.run([sys.executable, __file__, "--child", "--runs", str(runs), "--real", str(real)],
+    res = subprocess.run([sys.executable, __file__, "--child", "--runs", str(runs), "--real", str(real),
+                          "--series", only],
                          env=env, capture_output=True, text=True, check=True)
     sys.stderr.write(res.stderr)
     return json.loads(res.stdout)
@@ -70,20 +73,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "data" / "real")
     ap.add_argument("--baseline", type=Path, default=None, help="another checkout to compare with")
+    ap.add_argument("--series", default="", help="comma-separated subset of: " + ", ".join(SERIES))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(measure(args.real, args.runs)))
+        print(json.dumps(measure(args.real, args.runs, args.series)))
         return
     if args.baseline is None:
-        for key, t in measure(args.real, args.runs).items():
+        for key, t in measure(args.real, args.runs, args.series).items():
             print(f"{key:40s} {t * 1000:9.1f} ms")
         return
     base: dict[str, list[float]] = {}
     this: dict[str, list[float]] = {}
     for _ in range(args.rounds):
         for store, path in ((base, args.baseline), (this, ROOT)):
-            for key, t in child(path, args.real, args.runs).items():
+            for key, t in child(path, args.real, args.runs, args.series).items():
                 store.setdefault(key, []).append(t)
     print(f"{'export':40s} {'baseline ms':>12s} {'this ms':>9s} {'this/base':>9s}")
     for key in base:
