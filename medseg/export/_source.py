@@ -23,10 +23,10 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-from medseg.errors import DicomError, GeometryError, InputError
+from medseg.core.errors import DicomError, GeometryError, InputError
 from medseg.io.dicom.source import DicomSource
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 
 __all__ = ["SourceSeries", "load_source", "content_uid"]
 

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from medseg.errors import InputError
-from medseg.progress import CancelCallback, ProgressCallback, check_cancel, report
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.core.errors import InputError
+from medseg.core.progress import CancelCallback, ProgressCallback, check_cancel, report
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 
 __all__ = ["FORMATS", "DICOM_FORMATS", "parse_formats", "export_segmentation"]
 

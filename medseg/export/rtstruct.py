@@ -18,12 +18,12 @@ from typing import Any, Optional
 import numpy as np
 
 from medseg import __version__
-from medseg.errors import DicomError, InputError
+from medseg.core.errors import DicomError, InputError
 from medseg.export._common import codes_of, exported_labels, now_dicom
 from medseg.export._source import SourceLike, SourceSeries, content_uid, load_source
 from medseg.io.atomic import atomic_path
-from medseg.progress import CancelCallback, ProgressCallback, StepProgress
-from medseg.segmentation import Segmentation
+from medseg.core.progress import CancelCallback, ProgressCallback, StepProgress
+from medseg.core.segmentation import Segmentation
 
 __all__ = ["write_rtstruct", "mask_contours", "rasterize_rtstruct"]
 

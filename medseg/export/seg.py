@@ -17,12 +17,12 @@ from typing import Any, Literal, Optional
 import numpy as np
 
 from medseg import __version__
-from medseg.errors import DependencyError, InputError
+from medseg.core.errors import DependencyError, InputError
 from medseg.export._common import codes_of, exported_labels
 from medseg.export._source import SourceLike, content_uid, load_source
 from medseg.io.atomic import atomic_path
-from medseg.progress import CancelCallback, ProgressCallback, StepProgress
-from medseg.segmentation import Segmentation
+from medseg.core.progress import CancelCallback, ProgressCallback, StepProgress
+from medseg.core.segmentation import Segmentation
 
 __all__ = ["write_dicom_seg", "read_dicom_seg"]
 
@@ -79,7 +79,7 @@ def write_dicom_seg(
     series_description, series_number
         Of the new SEG series.
     progress, cancel : callables, optional
-        See :mod:`medseg.progress`.
+        See :mod:`medseg.core.progress`.
 
     Returns
     -------
@@ -191,8 +191,8 @@ def read_dicom_seg(path: str | Path, *, source: SourceLike, segmentation: Segmen
     hd = _hd()
     seg = hd.seg.segread(str(path))
     if segmentation is None:
-        from medseg.labels import LabelTable
-        from medseg.volume import Volume
+        from medseg.core.labels import LabelTable
+        from medseg.core.volume import Volume
 
         if not isinstance(source, Volume):
             raise InputError("read_dicom_seg needs segmentation= (for the grid) unless source is a Volume "

@@ -15,11 +15,11 @@ from typing import Literal, Optional
 
 import numpy as np
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 from medseg.io import csvsafe
 from medseg.io.atomic import atomic_path
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 
 __all__ = ["label_statistics", "write_statistics"]
 

@@ -22,12 +22,12 @@ import torch
 from monai.data import MetaTensor
 from torch.nn import functional as F
 
-from medseg import geometry
-from medseg.errors import InputError
+from medseg.core import geometry
+from medseg.core.errors import InputError
 from medseg.inference.convert import ras_affine, volume_to_metatensor
 from medseg.inference.merger import argmax_channels
 from medseg.models.config import IntensityConfig, PreprocessingConfig, monai_pixdim
-from medseg.volume import Volume
+from medseg.core.volume import Volume
 
 __all__ = ["is_permutation", "spatial_transforms", "intensity_transform", "preprocess_volume", "preprocess_labels",
            "model_grid", "map_to_input_grid", "input_slabs", "check_orientable", "GridPermutation",
@@ -45,7 +45,7 @@ def check_orientable(volume: Volume) -> None:
     """
     import nibabel as nib
 
-    from medseg.errors import GeometryError
+    from medseg.core.errors import GeometryError
 
     aff = ras_affine(volume.affine)
     try:

@@ -31,7 +31,7 @@ import torch
 from monai.inferers import Merger, PatchInferer, Splitter
 from torch.nn import functional as F
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 
 __all__ = ["sliding_window", "WindowSplitter", "RegionMerger", "RegionSink", "tile_order", "scan_interval",
            "argmax_channels", "softmax_"]

@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 from medseg.inference.mapping import (
     GridPermutation,
     InputGridLabels,
@@ -43,12 +43,12 @@ from medseg.inference.mapping import (
 )
 from medseg.inference.merger import Output, RegionSink, WindowSplitter, argmax_channels, sliding_window
 from medseg.inference.postprocess import postprocess_label_map
-from medseg.memory import release_free_memory
+from medseg.core.memory import release_free_memory
 from medseg.models.config import model_axes
 from medseg.models.loader import LoadedModel, load_model
-from medseg.progress import CancelCallback, ProgressCallback, check_cancel, report
-from medseg.segmentation import Segmentation, smallest_label_dtype
-from medseg.volume import Volume
+from medseg.core.progress import CancelCallback, ProgressCallback, check_cancel, report
+from medseg.core.segmentation import Segmentation, smallest_label_dtype
+from medseg.core.volume import Volume
 
 __all__ = ["segment", "predict_probabilities", "predict_model_grid", "enable_dropout"]
 
@@ -94,7 +94,7 @@ def segment(
         stitching where two classes nearly tie (measured: under 0.1 % of voxels). Windows
         with logits large enough to overflow float16 switch it back to float32.
     progress, cancel : callables, optional
-        See :mod:`medseg.progress`.
+        See :mod:`medseg.core.progress`.
 
     Returns
     -------

@@ -1,4 +1,4 @@
-"""Write an image :class:`~medseg.volume.Volume` as a classic single-frame DICOM series.
+"""Write an image :class:`~medseg.core.volume.Volume` as a classic single-frame DICOM series.
 
 One file per array slice ``z`` (``IM00001.dcm`` …), CT Image Storage (or MR Image Storage
 for ``modality="MR"``), explicit VR little endian, signed 16-bit stored values with
@@ -22,11 +22,11 @@ from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
-from medseg.errors import GeometryError, InputError
-from medseg.geometry import spacing_of
+from medseg.core.errors import GeometryError, InputError
+from medseg.core.geometry import spacing_of
 from medseg.io.atomic import atomic_path
-from medseg.progress import CancelCallback, ProgressCallback, StepProgress
-from medseg.volume import Volume
+from medseg.core.progress import CancelCallback, ProgressCallback, StepProgress
+from medseg.core.volume import Volume
 
 __all__ = ["write_dicom_series", "choose_rescale"]
 
@@ -110,7 +110,7 @@ def write_dicom_series(
     overwrite : bool
         Replace the ``*.dcm`` files of a non-empty ``folder``.
     progress, cancel : callables, optional
-        See :mod:`medseg.progress`.
+        See :mod:`medseg.core.progress`.
 
     Returns
     -------

@@ -7,7 +7,7 @@ config as plain data under ``"medseg_config"``), ``models/model.pt`` (a plain st
 
 Import reads bundle configs as *data*. Only whitelisted ``_target_`` names are recognised and
 any ``$`` expression or ``@``/``%`` reference in a value medseg needs is refused with
-:class:`~medseg.errors.ModelError` unless the caller opts in with ``allow_code=True``.
+:class:`~medseg.core.errors.ModelError` unless the caller opts in with ``allow_code=True``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from medseg.config import load_yaml
-from medseg.errors import ConfigError, MedsegError, ModelError
+from medseg.core.config import load_yaml
+from medseg.core.errors import ConfigError, MedsegError, ModelError
 from medseg.models.config import (
     InferenceConfig,
     IntensityConfig,

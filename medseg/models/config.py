@@ -1,8 +1,8 @@
 """Model configurations: YAML data validated into frozen dataclasses.
 
-A model config is pure data (``yaml.safe_load`` + :func:`medseg.config.from_mapping`): the
+A model config is pure data (``yaml.safe_load`` + :func:`medseg.core.config.from_mapping`): the
 network is chosen by name from a whitelist (:mod:`medseg.models.registry`), never by an
-import path. Unknown keys raise :class:`~medseg.errors.ConfigError` naming the file and the key
+import path. Unknown keys raise :class:`~medseg.core.errors.ConfigError` naming the file and the key
 path. Per-axis values follow medseg's array order ``(z, y, x)``.
 """
 
@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
 
-from medseg.config import from_mapping, load_yaml
-from medseg.errors import ConfigError
-from medseg.labels import LabelTable
+from medseg.core.config import from_mapping, load_yaml
+from medseg.core.errors import ConfigError
+from medseg.core.labels import LabelTable
 
 __all__ = [
     "NetworkConfig",

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from medseg.errors import FileFormatError, InputError
+from medseg.core.errors import FileFormatError, InputError
 from medseg.io import IMAGE_SUFFIXES
 from medseg.io.atomic import full_suffix
-from medseg.progress import CancelCallback, ProgressCallback, StepProgress
+from medseg.core.progress import CancelCallback, ProgressCallback, StepProgress
 
 __all__ = ["Case", "find_cases", "split_cases", "case_fold", "dataset_labels", "load_case"]
 

@@ -13,11 +13,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from medseg.errors import GeometryError
+from medseg.core.errors import GeometryError
 from medseg.export import write_dicom_seg, write_rtstruct
 from medseg.io.dicom import DicomSource, orthogonalize, read_dicom_source
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 
 
 def _headers(files):
@@ -153,13 +153,13 @@ def test_new_grids_drop_the_record(real_ct, tmp_path):
 
 
 def real_ct_labels():
-    from medseg.labels import LabelTable
+    from medseg.core.labels import LabelTable
 
     return LabelTable.from_names({1: "body"})
 
 
 def test_orthogonalize_drops_the_record_of_a_tilted_series(tmp_path):
-    from medseg.geometry import make_affine
+    from medseg.core.geometry import make_affine
     from medseg.io import read_volume
     from medseg.io.dicom_write import write_dicom_series
 
@@ -198,7 +198,7 @@ def test_folder_source_reads_headers_not_pixels(real_data, real_ct, real_ct_seg,
 
 def test_a_source_file_replaced_after_reading_is_refused(real_data, tmp_path):
     """SEG hands highdicom the files' own headers: each must still hold the recorded instance."""
-    from medseg.errors import DicomError
+    from medseg.core.errors import DicomError
     from medseg.io import read_volume
 
     folder = tmp_path / "ct"
@@ -213,7 +213,7 @@ def test_a_source_file_replaced_after_reading_is_refused(real_data, tmp_path):
 
 
 def test_interpolated_slices_have_no_source_and_are_refused(tmp_path):
-    from medseg.geometry import make_affine
+    from medseg.core.geometry import make_affine
     from medseg.io import read_volume
     from medseg.io.dicom_write import write_dicom_series
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from monai.inferers import AvgMerger, PatchInferer, SlidingWindowSplitter
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 from medseg.inference.mapping import GridPermutation, InputGridLabels, preprocess_labels
 from medseg.inference.merger import RegionMerger
 from medseg.models.config import PreprocessingConfig
-from medseg.volume import Volume
+from medseg.core.volume import Volume
 
 from .grids import grid
 

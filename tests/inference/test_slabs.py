@@ -11,7 +11,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from monai.transforms import ScaleIntensityRange
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 from medseg.inference import segment
 from medseg.inference.postprocess import postprocess_label_map
 from medseg.inference.mapping import SlabArgmax, map_to_input_grid, preprocess_volume, spatial_transforms
@@ -20,8 +20,8 @@ from medseg.inference.segment import _label_map
 from medseg.models import load_model
 from medseg.models.config import IntensityConfig, PreprocessingConfig
 from medseg.inference.convert import volume_to_metatensor
-from medseg.phantom import make_phantom
-from medseg.volume import Volume
+from medseg.samples.phantom import make_phantom
+from medseg.core.volume import Volume
 
 from .grids import grid
 
@@ -146,7 +146,7 @@ def test_lean_preprocessing_gives_the_float_first_values(kind, dtype):
 
 def test_lean_preprocessing_never_writes_into_the_input():
     # a float32 image already on the model grid in RAS order: every spatial transform is the identity
-    from medseg.geometry import make_affine
+    from medseg.core.geometry import make_affine
 
     arr = np.linspace(-500, 500, 1 * 4 * 5 * 6, dtype=np.float32).reshape(1, 4, 5, 6)
     direction = np.diag([-1.0, -1.0, 1.0])  # LPS axes reversed = RAS
@@ -160,7 +160,7 @@ def test_lean_preprocessing_never_writes_into_the_input():
 
 
 def test_postprocessing_with_more_components_than_uint16_holds():
-    from medseg.labels import LabelTable
+    from medseg.core.labels import LabelTable
     from medseg.models import PostprocessingConfig
 
     lm = np.zeros((3, 600, 600), np.uint8)

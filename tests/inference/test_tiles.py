@@ -10,18 +10,18 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
-from medseg.errors import InputError
-from medseg.geometry import make_affine
+from medseg.core.errors import InputError
+from medseg.core.geometry import make_affine
 from medseg.inference import segment
-from medseg.memory import release_free_memory
+from medseg.core.memory import release_free_memory
 from medseg.inference.postprocess import _drop, postprocess_label_map
 from medseg.inference.mapping import GridPermutation, PermutedInput, model_grid, preprocess_volume
 from medseg.inference.merger import _cuts, _live_peak, _monai_windows, sliding_window, tile_order
-from medseg.labels import LabelTable
+from medseg.core.labels import LabelTable
 from medseg.models import PostprocessingConfig, load_model
 from medseg.models.config import IntensityConfig, PreprocessingConfig
-from medseg.phantom import make_phantom
-from medseg.volume import Volume
+from medseg.samples.phantom import make_phantom
+from medseg.core.volume import Volume
 
 from .grids import grid
 

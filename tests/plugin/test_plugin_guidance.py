@@ -76,7 +76,7 @@ def test_axes_planes_patient_mm_and_contrast_range(viewer_ct):
 
 
 def test_new_labels_get_distinct_colours(phantom):
-    from medseg.labels import LabelTable, default_color
+    from medseg.core.labels import LabelTable, default_color
 
     cmap = L.label_colormap(LabelTable.from_names(["liver"]))
     colours = {tuple(np.round(cmap.map(v), 3)) for v in range(1, 8)}

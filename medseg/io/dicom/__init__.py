@@ -1,4 +1,4 @@
-"""DICOM series: scan a folder, pick a series, load it as a :class:`~medseg.volume.Volume`.
+"""DICOM series: scan a folder, pick a series, load it as a :class:`~medseg.core.volume.Volume`.
 
 >>> scan = scan_dicom("study/")                     # headers only, nested folders
 >>> [(s.series_uid, s.modality, s.n_images) for s in scan.series]
@@ -27,8 +27,8 @@ The returned Volume carries its :class:`DicomSource` (``volume.dicom_source``, s
 :mod:`medseg.io.dicom.source`): the files, UIDs and per-slice positions that DICOM SEG and
 RTSTRUCT exports reference; :func:`read_dicom_source` gives the same record from headers only.
 
-Every failure is a :class:`~medseg.errors.DicomError` (file, problem, fix) or a
-:class:`~medseg.errors.SeriesSelectionError`; never a raw pydicom traceback.
+Every failure is a :class:`~medseg.core.errors.DicomError` (file, problem, fix) or a
+:class:`~medseg.core.errors.SeriesSelectionError`; never a raw pydicom traceback.
 """
 
 from __future__ import annotations
@@ -43,15 +43,15 @@ from typing import Any, Optional
 
 import numpy as np
 
-from medseg import geometry
-from medseg.errors import DicomError, GeometryError, SeriesSelectionError
+from medseg.core import geometry
+from medseg.core.errors import DicomError, GeometryError, SeriesSelectionError
 from medseg.io.dicom._geometry import StackPlan, plan_stack
 from medseg.io.dicom._headers import HeaderInfo, ImageRecord, Skip, read_header
 from medseg.io.dicom._pixels import read_pixels
 from medseg.io.dicom._tilt import orthogonalize
 from medseg.io.dicom.source import DicomSource, SourceSlice, dicom_source_from_files, source_from_images
-from medseg.progress import CancelCallback, ProgressCallback, StepProgress
-from medseg.volume import Volume
+from medseg.core.progress import CancelCallback, ProgressCallback, StepProgress
+from medseg.core.volume import Volume
 
 __all__ = ["DicomScan", "SeriesInfo", "SkippedFile", "DicomSource", "SourceSlice", "scan_dicom", "select_series",
            "read_dicom", "read_dicom_source", "dicom_source_from_files", "orthogonalize"]
@@ -88,7 +88,7 @@ class SeriesInfo:
     origin : (3,) floats or None
         LPS mm of voxel ``(0, 0, 0)``.
     orientation : str
-        Three letters, e.g. ``'SPL'`` (see :func:`medseg.geometry.orientation_code`).
+        Three letters, e.g. ``'SPL'`` (see :func:`medseg.core.geometry.orientation_code`).
     warnings : list of str
         Geometry findings (tilt, missing slices, uneven spacing, duplicate copies).
     problem : str or None
@@ -200,7 +200,7 @@ def scan_dicom(
     folder : str or Path
         A folder (nested and mixed content allowed) or one DICOM file.
     progress, cancel : callables, optional
-        See :mod:`medseg.progress`; one step per file.
+        See :mod:`medseg.core.progress`; one step per file.
 
     Returns
     -------
@@ -323,7 +323,7 @@ def read_dicom(
     strict : bool
         Refuse (DicomError) irregular slice spacing instead of resampling it.
     progress, cancel : callables, optional
-        See :mod:`medseg.progress`.
+        See :mod:`medseg.core.progress`.
 
     Returns
     -------

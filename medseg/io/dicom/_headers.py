@@ -334,7 +334,7 @@ _DISTINGUISH = {"AcquisitionNumber": 0x00200012, "EchoNumbers": 0x00180086, "Tem
 def _check_pixel_header(rec: FileRecord, native_length: Optional[int]) -> None:
     """Rows, Columns, NumberOfFrames, SamplesPerPixel and BitsAllocated: sane, consistent with the
     length of native pixel data, and within the memory limit (:mod:`medseg.io.limits`); else Skip."""
-    from medseg.errors import ResourceLimitError
+    from medseg.core.errors import ResourceLimitError
     from medseg.io.limits import check_declared_size
 
     if rec.rows <= 0 or rec.columns <= 0:

@@ -7,8 +7,8 @@ Reference UIDs, and per slice the SOP Instance/Class UIDs and the ``ImagePositio
 from the file. It holds no affine: the Volume's affine is the geometry, and
 :meth:`DicomSource.check_grid` verifies that a grid is the one these slices lie on.
 
-The record is tied to one grid. :class:`~medseg.volume.Volume` checks it on construction,
-:meth:`~medseg.volume.Volume.with_array` keeps it (same grid), and every transformation that
+The record is tied to one grid. :class:`~medseg.core.volume.Volume` checks it on construction,
+:meth:`~medseg.core.volume.Volume.with_array` keeps it (same grid), and every transformation that
 makes a new grid (crop, resample, reorient, :func:`~medseg.io.dicom.orthogonalize`) builds a
 new Volume without it, so an export can never use stale per-slice positions.
 """
@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from medseg.errors import DicomError, GeometryError
+from medseg.core.errors import DicomError, GeometryError
 from medseg.io.dicom._geometry import affine_from_dicom
 
 __all__ = ["SourceSlice", "DicomSource", "source_from_images", "dicom_source_from_files"]

@@ -7,8 +7,8 @@ from typing import Any, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 
-from medseg import geometry
-from medseg.errors import GeometryError, InputError
+from medseg.core import geometry
+from medseg.core.errors import GeometryError, InputError
 
 __all__ = ["Volume", "SourceRecord"]
 
@@ -17,7 +17,7 @@ class SourceRecord(Protocol):
     """A record of the acquired images behind a grid (:class:`medseg.io.dicom.DicomSource`)."""
 
     def check_grid(self, shape: Sequence[int], affine: np.ndarray, *, what: str = ...) -> None:
-        """Raise :class:`~medseg.errors.GeometryError` unless ``(shape, affine)`` is the record's grid."""
+        """Raise :class:`~medseg.core.errors.GeometryError` unless ``(shape, affine)`` is the record's grid."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,7 +78,7 @@ class Volume:
     ) -> "Volume":
         """Build a Volume from spacing ``(z, y, x)`` mm, LPS origin and direction columns.
 
-        See :func:`medseg.geometry.make_affine` for the default (axial) direction.
+        See :func:`medseg.core.geometry.make_affine` for the default (axial) direction.
         """
         return cls(array, geometry.make_affine(spacing, origin, direction), meta or {})
 

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Literal, Optional, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 
 __all__ = [
     "smooth",
