@@ -46,7 +46,7 @@ import numpy as np
 from medseg.core import geometry
 from medseg.core.errors import DicomError, GeometryError, SeriesSelectionError
 from medseg.io.dicom._geometry import StackPlan, plan_stack
-from medseg.io.dicom._headers import HeaderInfo, ImageRecord, Skip, read_header
+from medseg.io.dicom._headers import HeaderInfo, ImageRecord, SeriesTags, Skip, read_header
 from medseg.io.dicom._pixels import read_pixels
 from medseg.io.dicom._tilt import orthogonalize
 from medseg.io.dicom.source import DicomSource, SourceSlice, dicom_source_from_files, source_from_images
@@ -69,7 +69,7 @@ class SkippedFile:
 
 
 @dataclass
-class SeriesInfo:
+class SeriesInfo(SeriesTags):
     """One image series found by :func:`scan_dicom` (headers only; no pixels read).
 
     Attributes
@@ -95,14 +95,6 @@ class SeriesInfo:
         Why the series cannot be loaded, or None.
     """
 
-    series_uid: str
-    study_uid: str
-    frame_of_reference_uid: str
-    modality: str
-    description: str
-    series_number: Optional[int]
-    patient_id: str
-    patient_name: str
     files: list[str] = field(default_factory=list)
     n_images: int = 0
     shape: Optional[tuple[int, int, int]] = None

@@ -108,8 +108,8 @@ class ImageRecord:
 
 
 @dataclass
-class HeaderInfo:
-    """Series-level tags of a file plus its images."""
+class SeriesTags:
+    """The series-level tags medseg groups and describes series by."""
 
     series_uid: str
     study_uid: str
@@ -119,6 +119,12 @@ class HeaderInfo:
     series_number: Optional[int]
     patient_id: str
     patient_name: str
+
+
+@dataclass
+class HeaderInfo(SeriesTags):
+    """Series-level tags of a file plus its images."""
+
     sop_class: str
     gantry_tilt: Optional[float]
     images: list[ImageRecord]
