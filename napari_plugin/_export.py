@@ -52,7 +52,7 @@ def default_export_path(layer: Any, suffix: str) -> Path:
     The source is the layer's own medseg metadata (``meta["source"]`` of a file, the DICOM
     folder) or that of the image it was derived from (``metadata["medseg"]["source"]``).
     """
-    from medseg.export._common import safe_name
+    from medseg.export import safe_name
 
     from medseg_napari._layers import METADATA_KEY
 

@@ -95,3 +95,15 @@ def test_every_part_of_medseg_is_in_a_layer():
                if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.stem != "__init__")}
     assert present - documented == set(), f"place {sorted(present - documented)} in docs/ARCHITECTURE.md's layers"
     assert documented - present == set(), f"docs/ARCHITECTURE.md names missing parts {sorted(documented - present)}"
+
+
+def test_the_plugin_contract_forbids_every_private_module():
+    """The plugin's arrow ("medseg's public API only") is a forbidden contract; it must name every
+    private module, including ones added later."""
+    private = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in _modules()
+                     if p.name.startswith("_") and p.name != "__init__.py")
+    plugin = [c for c in _contracts() if c["type"] == "forbidden" and c["source_modules"] == ["medseg_napari"]]
+    assert len(plugin) == 1, "pyproject.toml lost the napari plugin's public-API contract"
+    assert sorted(plugin[0]["forbidden_modules"]) == private, "list every medseg._private module in the contract"
+    napari_free = [c for c in _contracts() if c["type"] == "forbidden" and c["source_modules"] == ["medseg"]]
+    assert napari_free and "medseg_napari" in napari_free[0]["forbidden_modules"]

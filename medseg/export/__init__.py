@@ -18,6 +18,7 @@ format         function                                  files
 
 from __future__ import annotations
 
+from medseg.export._common import safe_name
 from medseg.export.api import FORMATS, DICOM_FORMATS, export_segmentation, parse_formats
 from medseg.export.labelmap import write_label_map
 from medseg.export.mesh import label_mesh, write_stl
@@ -26,6 +27,7 @@ from medseg.export.seg import read_dicom_seg, write_dicom_seg
 from medseg.export.stats import label_statistics, write_statistics
 
 __all__ = [
+    "safe_name",
     "FORMATS",
     "DICOM_FORMATS",
     "export_segmentation",

@@ -116,12 +116,17 @@ def _wait_for_partial(proc: subprocess.Popen, out: Path, timeout: float = 120.0)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_stops_the_workers_with_the_parent(study, tmp_path, sig):
     pytest.importorskip("psutil")
-    out = tmp_path / "out"
-    proc = _start_batch(study, out)
-    _wait_for_partial(proc, out)
-    workers = _children(proc.pid)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    for attempt in range(5):
+        out = tmp_path / f"out{attempt}"
+        proc = _start_batch(study, out)
+        _wait_for_partial(proc, out)
+        workers = _children(proc.pid)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            break
+        # the whole batch (about a second) finished before the signal arrived: nothing was
+        # interrupted, so this attempt says nothing about signals; try again
     assert proc.returncode == 130, err[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] in ("interrupted", "complete")  # a fast machine may have finished the last one
