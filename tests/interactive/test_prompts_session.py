@@ -262,3 +262,36 @@ def test_sync_labels_keeps_outside_edits_and_never_reuses_a_painted_value():
     s.sync_labels(out)
     assert 3 not in s.segmentation.labels.indices
     assert not s.sync_labels(out), "nothing changed: no copy, no change reported"
+
+
+def test_reopen_corrects_a_loaded_segment_locally_and_accepts_it_back_under_its_index_and_name():
+    """A loaded segment (not made by clicks) reopened: a negative click removes only a part
+    near it, undo restores the mask as loaded, accept keeps the index, name and colour."""
+    from medseg.interactive.session import REOPEN_RADIUS_MM
+
+    vol = _blobs()
+    arr = np.zeros(vol.shape, np.uint8)
+    arr[5:15, 5:18, 5:18] = 3                      # the first cube, drawn elsewhere, as label 3
+    arr[5:15, 22:35, 22:35] = 1
+    table = LabelTable((Label(1, "other", (0, 255, 0)), Label(3, "GTV-1", (10, 20, 250))))
+    s = Session()
+    s.set_image(vol, segmentation=Segmentation(vol.with_array(arr), table))
+    original = arr == 3
+    with pytest.raises(PromptError, match="no voxel has label 7"):
+        s.reopen(7)
+    assert np.array_equal(s.reopen(3), original)
+    assert 3 not in s.locked and s.segmentation.labels.names == ["other"]
+    with pytest.raises(PromptError, match="not empty"):
+        s.reopen(1)
+    click = (10, 6, 11)                            # near the cube's top edge
+    mask = s.add_point(click, positive=False).copy()
+    removed = original & ~mask
+    assert removed.sum() > 0 and not (mask & ~original).any()
+    d = np.sqrt((((np.argwhere(removed) - click) * np.asarray(vol.spacing)) ** 2).sum(axis=1))
+    assert d.max() <= REOPEN_RADIUS_MM, "a correction changed the segment far from the click"
+    assert s.undo() and np.array_equal(s.mask, original)
+    s.add_point(click, positive=False)
+    assert s.accept() == 3
+    seg = s.segmentation
+    assert seg.labels[3] == table[3]
+    assert np.array_equal(seg.array == 3, original & ~removed) and np.array_equal(seg.array == 1, arr == 1)
