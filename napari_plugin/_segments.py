@@ -17,7 +17,9 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QDoubleSpinBox,
+    QHBoxLayout,
     QFormLayout,
     QTableWidget,
     QTableWidgetItem,
@@ -61,9 +63,27 @@ class SegmentListWidget(QWidget):
         self.brush_mm = QDoubleSpinBox(suffix=" mm", minimum=0.5, maximum=100.0, value=5.0, singleStep=0.5)
         self.brush_mm.valueChanged.connect(self._set_brush)
         self.runner = TaskRunner()
+        from medseg_napari._paint_range import IntensityLimit
+
+        self.limit = IntensityLimit(on_change=self.runner.status.setText)
+        self.limit_check = QCheckBox("paint only within")
+        self.limit_low = QDoubleSpinBox(minimum=-5000.0, maximum=50000.0, value=-100.0, singleStep=10.0)
+        self.limit_high = QDoubleSpinBox(minimum=-5000.0, maximum=50000.0, value=300.0, singleStep=10.0)
+        self.limit_image = LayerCombo(napari_viewer, "image")
+        for w in (self.limit_check,):
+            w.toggled.connect(self._set_limit)
+        for w in (self.limit_low, self.limit_high):
+            w.valueChanged.connect(self._set_limit)
+        self.limit_image.currentTextChanged.connect(self._set_limit)
+        self.labels_combo.currentTextChanged.connect(self._set_limit)
+        limit_row = QHBoxLayout()
+        for w in (self.limit_check, self.limit_low, self.limit_high):
+            limit_row.addWidget(w)
         form = QFormLayout()
         form.addRow("labels layer", self.labels_combo)
         form.addRow("brush size", self.brush_mm)
+        form.addRow("intensity", limit_row)
+        form.addRow("of image", self.limit_image)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(self.table, 1)
@@ -74,6 +94,11 @@ class SegmentListWidget(QWidget):
                         "labels_combo": "Labels layer whose segments are listed",
                         "table": "Segments: colour, show, lock, index, name (double-click the name to rename)",
                         "brush_mm": "napari's paint/erase brush diameter in millimetres",
+                        "limit_check": "When on, a brush stroke paints only voxels whose image value (HU on CT) "
+                                       "lies between the two values; erasing is not limited",
+                        "limit_low": "Lowest intensity painted (HU on CT)",
+                        "limit_high": "Highest intensity painted (HU on CT)",
+                        "limit_image": "The image whose intensities limit painting (on the labels layer's grid)",
                     })
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             ev.connect(self.refresh)
@@ -104,6 +129,7 @@ class SegmentListWidget(QWidget):
                 self.table.setRowCount(0)
                 return
             layer.events.paint.connect(self.refresh)
+            self._set_limit()
             table = self.table_of_layer()
             hidden = set(self._md().get("hidden", ()))
             locked = set(locked_of(layer))
@@ -192,6 +218,12 @@ class SegmentListWidget(QWidget):
         index = self._index_of_row(row) if row >= 0 else None
         if index is not None and self.layer() is not None:
             self.layer().selected_label = index
+
+    def _set_limit(self, *_: Any) -> None:
+        """Apply the intensity-limit controls to the watched labels layer and image."""
+        self.limit.enabled = self.limit_check.isChecked()
+        self.limit.low, self.limit.high = sorted((self.limit_low.value(), self.limit_high.value()))
+        self.limit.attach(self.layer(), self.limit_image.layer())
 
     def _set_brush(self, mm: float) -> None:
         layer = self.layer()

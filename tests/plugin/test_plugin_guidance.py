@@ -75,6 +75,41 @@ def test_axes_planes_patient_mm_and_contrast_range(viewer_ct):
     assert w.set_window("lung") == pytest.approx(L.window_limits("lung"))
 
 
+def test_status_bar_shows_the_cursor_in_patient_mm_on_a_real_mouse_move(qtbot, make_napari_viewer, phantom):
+    """napari's own status bar (public ``viewer.status``) shows L/P/S mm of the cursor beside
+    napari's coordinates when the mouse moves over the canvas; off with 'cursor in mm' off."""
+    from medseg_napari._view import ViewWidget
+
+    from .mouse import canvas_of, hover
+
+    image, _ = phantom
+    viewer = make_napari_viewer(show=True)
+    L.add_layer_data(viewer, L.image_layer_data(image.with_array(image.array, Modality="CT"), name="ct"))
+    w = ViewWidget(viewer)
+    viewer.window.add_dock_widget(w, name="View")
+    canvas = canvas_of(viewer, w)
+    qtbot.wait(100)
+
+    def shown() -> str:
+        s = viewer.status
+        return str(s.get("coordinates", "")) if isinstance(s, dict) else str(s)
+
+    k = image.shape[0] // 2
+    viewer.dims.set_point(0, L.index_to_world(image.affine, (k, 0, 0))[0])
+    for j, i in ((10, 20), (30, 12)):
+        world = L.index_to_world(image.affine, (k, j, i))
+        hover(viewer, canvas, world)
+        mm = L.patient_position_text(viewer.cursor.position)
+        qtbot.waitUntil(lambda: mm in shown(), timeout=10_000)
+        x, y, z = image.affine[:3, :3] @ np.array([k, j, i]) + image.affine[:3, 3]
+        assert abs(abs(x) - float(mm.split()[1])) < 1.0 and abs(abs(y) - float(mm.split()[3])) < 1.0
+        assert abs(abs(z) - float(mm.split()[5])) < 1e-3
+    w.cursor_mm.setChecked(False)
+    hover(viewer, canvas, L.index_to_world(image.affine, (k, 20, 20)))
+    qtbot.wait(200)
+    assert " mm" not in shown()
+
+
 def test_new_labels_get_distinct_colours(phantom):
     from medseg.labels import LabelTable, default_color
 

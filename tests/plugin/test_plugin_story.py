@@ -241,7 +241,7 @@ def test_open_nsclc_with_its_rtstruct_correct_gtv_with_clicks_and_brush_and_expo
     sp = np.asarray(vol.spacing)
     changed_at = np.argwhere(by_clicks)
     near = np.min([np.sqrt((((changed_at - c) * sp) ** 2).sum(axis=1)) for c in clicks], axis=0)
-    assert near.max() <= REOPEN_RADIUS_MM + 1e-6
+    assert near.max() <= REOPEN_RADIUS_MM + np.linalg.norm(sp)  # a click lands within a voxel of its aim
     # one brush stroke extends the tumour outline
     viewer.layers.selection.active = objects
     _brush(viewer, canvas, objects, vol, gtv, k, 240, 270, 300, size=10)
@@ -267,3 +267,65 @@ def test_open_nsclc_with_its_rtstruct_correct_gtv_with_clicks_and_brush_and_expo
     assert np.array_equal(back, edited), "GTV-1 read back differs from the corrected layer"
     assert np.array_equal(back[~changed], original[~changed]), "GTV-1 changed where it was not edited"
     assert (back[by_clicks] != original[by_clicks]).all() and (back[by_brush] != original[by_brush]).any()
+
+
+def test_brush_limited_to_an_intensity_range_paints_only_in_range_voxels_in_one_undo_step(
+        qtbot, make_napari_viewer, real_ct):
+    """Segment list: 'paint only within' 0..250 HU; a real brush drag across the liver's edge
+    into fat and air paints only the voxels in range, and one Ctrl-Z undoes the whole stroke."""
+    from medseg.labels import LabelTable
+    from medseg.segmentation import Segmentation
+
+    from medseg_napari._segments import SegmentListWidget
+
+    viewer = make_napari_viewer(show=True)
+    vol = real_ct
+    img = L.add_layer_data(viewer, L.image_layer_data(vol, name="ct"))
+    empty = Segmentation(vol.with_array(np.zeros(vol.shape, np.uint8)), LabelTable(()))
+    lab = L.add_layer_data(viewer, L.labels_layer_data(empty, name="drawn"))
+    w = SegmentListWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Segments")
+    canvas = canvas_of(viewer, w)
+    w.labels_combo.set_layer(lab)
+    w.limit_image.set_layer(img)
+    k, j = LIVER[0], LIVER[1]
+    viewer.dims.set_point(0, _world(vol, (k, 0, 0))[0])
+    viewer.layers.selection.active = lab
+    sizes = [canvas.size()]
+
+    def settled():  # the dock's layout settles: the canvas keeps one size for both strokes
+        qtbot.wait(150)
+        sizes.append(canvas.size())
+        return sizes[-1] == sizes[-2]
+
+    qtbot.waitUntil(settled, timeout=10_000)
+    # the stroke without the limit: its footprint crosses the body's edge
+    _brush(viewer, canvas, lab, vol, 1, k, j, 20, 180, size=8)
+    footprint = lab.data == 1
+    hu = vol.array
+    in_range = (hu >= 0) & (hu <= 250)
+    assert (footprint & in_range).sum() > 50 and (footprint & ~in_range).sum() > 50
+    lab.undo()
+    assert not lab.data.any()
+    # the same stroke with the limit on
+    w.limit_low.setValue(0.0)
+    w.limit_high.setValue(250.0)
+    w.limit_check.setChecked(True)
+    _brush(viewer, canvas, lab, vol, 1, k, j, 20, 180, size=8)
+    qtbot.waitUntil(lambda: "left out" in w.runner.status.text(), timeout=10_000)
+    painted = lab.data == 1
+    assert not (painted & ~in_range).any(), "the brush painted outside the intensity range"
+    # the same drag paints the same voxels in range (up to the brush's pixel rounding when the
+    # dock's layout moves the canvas between the two strokes)
+    expected = footprint & in_range
+    assert (painted & expected).sum() / (painted | expected).sum() > 0.9
+    left_out = int(w.runner.status.text().split(": ")[-1].split()[0])
+    assert left_out > 50
+    # one undo step for the limited stroke; erasing is never limited
+    lab.undo()
+    assert not lab.data.any()
+    lab.redo()
+    assert np.array_equal(lab.data == 1, footprint & in_range)
+    _brush(viewer, canvas, lab, vol, 0, k, j - 2, 10, 190, size=16)
+    qtbot.wait(50)
+    assert not lab.data.any()
