@@ -18,8 +18,10 @@ from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
+    QColorDialog,
     QDoubleSpinBox,
     QHBoxLayout,
+    QPushButton,
     QFormLayout,
     QTableWidget,
     QTableWidgetItem,
@@ -51,6 +53,7 @@ class SegmentListWidget(QWidget):
         self.viewer = napari_viewer
         self._layer: Any = None
         self._filling = False
+        self.color_dialog: Optional[QColorDialog] = None  # the colour dialog last opened
         self.labels_combo = LayerCombo(napari_viewer, "labels")
         self.labels_combo.currentTextChanged.connect(self.refresh)
         self.table = QTableWidget(0, len(_COLS))
@@ -90,9 +93,10 @@ class SegmentListWidget(QWidget):
         lay.addWidget(self.runner)
         guide(self, "Choose a labels layer: its segments are listed with their colour. Untick 'show' to hide "
                     "a segment, tick 'lock' to protect it from corrections and new objects, double-click a "
-                    "name to rename it. Selecting a row makes napari's brush paint that segment.", {
+                    "name to rename it, click a colour to change it. Selecting a row makes napari's brush paint that segment.", {
                         "labels_combo": "Labels layer whose segments are listed",
-                        "table": "Segments: colour, show, lock, index, name (double-click the name to rename)",
+                        "table": "Segments: colour (click to change), show, lock, index, name (double-click "
+                                 "the name to rename)",
                         "brush_mm": "napari's paint/erase brush diameter in millimetres",
                         "limit_check": "When on, a brush stroke paints only voxels whose image value (HU on CT) "
                                        "lies between the two values; erasing is not limited",
@@ -139,6 +143,7 @@ class SegmentListWidget(QWidget):
                 swatch.setBackground(QColor(*lab.color))
                 swatch.setFlags(Qt.ItemFlag.ItemIsEnabled)
                 self.table.setItem(r, 0, swatch)
+                self.table.setCellWidget(r, 0, self._color_button(lab.index, lab.color))
                 for c, on in ((1, lab.index not in hidden), (2, lab.index in locked)):
                     box = QTableWidgetItem("")
                     box.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsSelectable)
@@ -200,6 +205,36 @@ class SegmentListWidget(QWidget):
                                            if l.index == index and l.name != name else l for l in table)))
         self.runner.status.setText(f"segment {index} renamed to {name}")
         return True
+
+    def _color_button(self, index: int, color: tuple) -> QPushButton:
+        button = QPushButton("")
+        button.setToolTip(f"Change the colour of segment {index} (used on screen and in exports)")
+        button.setStyleSheet("background-color: rgb(%d, %d, %d)" % tuple(color))
+        button.clicked.connect(lambda *_: self.choose_color(index))
+        return button
+
+    def choose_color(self, index: int) -> QColorDialog:
+        """Open Qt's colour dialog for segment ``index``; choosing a colour applies it."""
+        table = self.table_of_layer()
+        current = QColor(*table[index].color) if index in table else QColor(255, 255, 255)
+        self.color_dialog = QColorDialog(current, self)
+        self.color_dialog.colorSelected.connect(
+            lambda c: self.set_color(index, (c.red(), c.green(), c.blue())))
+        self.color_dialog.open()
+        return self.color_dialog
+
+    def set_color(self, index: int, color: tuple) -> None:
+        """Colour segment ``index`` with ``color`` (3 ints 0-255): the layer's colormap and the
+        label table that exports write (SEG's display colour, RTSTRUCT's ROI colour, sidecars)."""
+        from dataclasses import replace
+
+        from medseg.labels import LabelTable
+
+        table = self.table_of_layer()
+        rgb = tuple(int(c) for c in color)
+        self._write_table(LabelTable(tuple(replace(l, color=rgb) if l.index == index else l for l in table)))
+        self.refresh()
+        self.runner.status.setText(f"segment {index} coloured {rgb}")
 
     def set_visible(self, index: int, visible: bool) -> None:
         """Show or hide segment ``index`` (hidden: drawn transparent; its voxels are kept)."""

@@ -171,6 +171,39 @@ def test_segment_list_rename_hide_lock_select_and_brush_mm(qtbot, viewer_ct):
     assert lab.brush_size == 12
 
 
+def test_segment_list_colour_button_recolours_the_layer_and_the_exported_table(qtbot, viewer_ct, tmp_path):
+    """Clicking a segment's colour button opens Qt's colour dialog; the colour chosen goes to
+    the layer's colormap and to the label table an export writes (read back from the sidecar)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtGui import QColor
+
+    from medseg.io import read_segmentation
+
+    from medseg_napari._segments import SegmentListWidget
+    from medseg_napari._writer import write_labels
+
+    viewer, img, lab, image, seg = viewer_ct
+    w = SegmentListWidget(viewer)
+    w.labels_combo.set_layer(lab)
+    row = 1
+    index = int(w.table.item(row, 3).text())
+    assert L.labels_from_layer(lab)[index].color != (12, 200, 34)
+    qtbot.mouseClick(w.table.cellWidget(row, 0), Qt.MouseButton.LeftButton)
+    dialog = w.color_dialog
+    assert dialog is not None and dialog.isVisible()
+    dialog.setCurrentColor(QColor(12, 200, 34))
+    dialog.accept()
+    assert L.labels_from_layer(lab)[index].color == (12, 200, 34)
+    assert np.allclose(lab.colormap.map(index)[:3], np.array([12, 200, 34]) / 255.0, atol=1 / 255)
+    others = [l for l in seg.labels if l.index != index]
+    assert all(L.labels_from_layer(lab)[l.index].color == l.color for l in others)
+    assert w.table.item(row, 0).background().color().getRgb()[:3] == (12, 200, 34)
+    out = tmp_path / "recoloured.nii.gz"
+    data, meta, _ = lab.as_layer_data_tuple()
+    write_labels(str(out), data, meta)
+    assert read_segmentation(out).labels[index].color == (12, 200, 34)
+
+
 def test_3d_surfaces_of_accepted_segments(qtbot, viewer_ct):
     from medseg_napari._view import ViewWidget
 
