@@ -269,10 +269,14 @@ def test_reopen_corrects_a_loaded_segment_locally_and_accepts_it_back_under_its_
     near it, undo restores the mask as loaded, accept keeps the index, name and colour."""
     from medseg.interactive.session import REOPEN_RADIUS_MM
 
-    vol = _blobs()
+    rng = np.random.default_rng(0)
+    img = rng.normal(0.0, 5.0, (20, 90, 90)).astype(np.float32)
+    img[3:17, 5:70, 5:70] += 200.0                 # a large bright block (28 x 65 x 65 mm)
+    img[3:17, 75:88, 75:88] += 200.0
+    vol = Volume.from_spacing(img, (2.0, 1.0, 1.0), meta={"Modality": "CT"})
     arr = np.zeros(vol.shape, np.uint8)
-    arr[5:15, 5:18, 5:18] = 3                      # the first cube, drawn elsewhere, as label 3
-    arr[5:15, 22:35, 22:35] = 1
+    arr[3:17, 5:70, 5:70] = 3                      # drawn elsewhere, as label 3
+    arr[3:17, 75:88, 75:88] = 1
     table = LabelTable((Label(1, "other", (0, 255, 0)), Label(3, "GTV-1", (10, 20, 250))))
     s = Session()
     s.set_image(vol, segmentation=Segmentation(vol.with_array(arr), table))
@@ -283,7 +287,7 @@ def test_reopen_corrects_a_loaded_segment_locally_and_accepts_it_back_under_its_
     assert 3 not in s.locked and s.segmentation.labels.names == ["other"]
     with pytest.raises(PromptError, match="not empty"):
         s.reopen(1)
-    click = (10, 6, 11)                            # near the cube's top edge
+    click = (10, 8, 60)                            # near the block's edge
     mask = s.add_point(click, positive=False).copy()
     removed = original & ~mask
     assert removed.sum() > 0 and not (mask & ~original).any()
