@@ -293,14 +293,21 @@ def test_brush_limited_to_an_intensity_range_paints_only_in_range_voxels_in_one_
     viewer.layers.selection.active = lab
     sizes = [canvas.size()]
 
-    def settled():  # the dock's layout settles: the canvas keeps one size for both strokes
+    def settled():  # the dock's layout (the list, the status) settles before each stroke
         qtbot.wait(150)
         sizes.append(canvas.size())
         return sizes[-1] == sizes[-2]
 
     qtbot.waitUntil(settled, timeout=10_000)
+    # zoomed in on the stroke (about 2 canvas pixels per mm): pixel rounding of the mouse
+    # position stays well under the brush, so the same drag paints the same voxels
+    cam = L.viewer_camera(viewer)
+    centre = _world(vol, (k, j, 100))
+    cam.center = tuple(centre[a] for a in viewer.dims.displayed)
+    cam.zoom = 2.0
+    qtbot.waitUntil(settled, timeout=10_000)
     # the stroke without the limit: its footprint crosses the body's edge
-    _brush(viewer, canvas, lab, vol, 1, k, j, 20, 180, size=8)
+    _brush(viewer, canvas, lab, vol, 1, k, j, 62, 138, size=8)
     footprint = lab.data == 1
     hu = vol.array
     in_range = (hu >= 0) & (hu <= 250)
@@ -311,21 +318,22 @@ def test_brush_limited_to_an_intensity_range_paints_only_in_range_voxels_in_one_
     w.limit_low.setValue(0.0)
     w.limit_high.setValue(250.0)
     w.limit_check.setChecked(True)
-    _brush(viewer, canvas, lab, vol, 1, k, j, 20, 180, size=8)
+    qtbot.waitUntil(settled, timeout=10_000)
+    _brush(viewer, canvas, lab, vol, 1, k, j, 62, 138, size=8)
     qtbot.waitUntil(lambda: "left out" in w.runner.status.text(), timeout=10_000)
     painted = lab.data == 1
     assert not (painted & ~in_range).any(), "the brush painted outside the intensity range"
     # the same drag paints the same voxels in range (up to the brush's pixel rounding when the
     # dock's layout moves the canvas between the two strokes)
     expected = footprint & in_range
-    assert (painted & expected).sum() / (painted | expected).sum() > 0.9
+    assert (painted & expected).sum() / (painted | expected).sum() > 0.95
     left_out = int(w.runner.status.text().split(": ")[-1].split()[0])
-    assert left_out > 50
+    assert left_out > 50 and abs(left_out - int((footprint & ~in_range).sum())) <= 0.05 * left_out
     # one undo step for the limited stroke; erasing is never limited
     lab.undo()
     assert not lab.data.any()
     lab.redo()
     assert np.array_equal(lab.data == 1, footprint & in_range)
-    _brush(viewer, canvas, lab, vol, 0, k, j - 2, 10, 190, size=16)
+    _brush(viewer, canvas, lab, vol, 0, k, j, 56, 144, size=16)
     qtbot.wait(50)
     assert not lab.data.any()
