@@ -216,8 +216,17 @@ def test_open_nsclc_with_its_rtstruct_correct_gtv_with_clicks_and_brush_and_expo
     _wait(qtbot, w)
     objects = w.objects_layer
     assert np.array_equal(objects.data, rt.data)
-    objects.selected_label = gtv  # what picking GTV-1 in the segment list does
-    assert w.reopen()
+    # pick GTV-1 in the segment list, then "Correct with clicks"
+    from qtpy.QtCore import Qt
+
+    from medseg_napari._segments import SegmentListWidget
+
+    segments = SegmentListWidget(viewer)
+    segments.labels_combo.set_layer(objects)
+    row = next(r for r in range(segments.table.rowCount()) if segments.table.item(r, 4).text() == "GTV-1")
+    segments.table.setCurrentCell(row, 4)
+    assert objects.selected_label == gtv
+    qtbot.mouseClick(w.reopen_button, Qt.MouseButton.LeftButton)
     _wait(qtbot, w)
     assert not (objects.data == gtv).any() and np.array_equal(w.preview_layer.data > 0, original)
     assert w.name_edit.text() == "GTV-1"
