@@ -415,8 +415,17 @@ class Session:
         return self.mask
 
     def reset(self) -> None:
-        """Drop the current object's prompts and mask (accepted objects stay)."""
+        """Drop the current object's prompts and mask (accepted objects stay).
+
+        A reopened segment (:meth:`reopen`) keeps its mask as reopened: only its corrections go.
+        """
         self._need_image()
+        obj = self._obj
+        if obj.base is not None:
+            obj.prompts, obj.history = [], []
+            self._set_patch(obj.base)
+            self.engine.reset()
+            return
         self._set_patch(_EMPTY)
         self._obj = _Object()
         self.engine.reset()

@@ -295,6 +295,9 @@ def test_reopen_corrects_a_loaded_segment_locally_and_accepts_it_back_under_its_
     assert d.max() <= REOPEN_RADIUS_MM, "a correction changed the segment far from the click"
     assert s.undo() and np.array_equal(s.mask, original)
     s.add_point(click, positive=False)
+    s.reset()  # drops the corrections, not the segment
+    assert np.array_equal(s.mask, original) and not s.prompts
+    s.add_point(click, positive=False)
     assert s.accept() == 3
     seg = s.segmentation
     assert seg.labels[3] == table[3]
