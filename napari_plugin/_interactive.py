@@ -344,7 +344,8 @@ class InteractiveWidget(QWidget):
             'name_edit': 'Name of the object to accept, e.g. liver (medseg knows SNOMED codes for common organs)',
             'accept_button': 'Lock the current object into the objects layer under the name (Alt-A)',
             'undo_button': "Undo the last prompt; with none left, napari's undo of the objects layer (Alt-Z)",
-            'reset_button': "Drop the current object's prompts and mask; a segment opened with Correct with clicks goes back to how it was (Alt-R)",
+            'reset_button': "Drop the current object's prompts and mask; a segment opened with Correct with "
+                            "clicks goes back to how it was (Alt-R)",
             'reopen_button': "Make the objects layer's selected label (pick it in the segment list) the current "
                              "object: clicks then correct it near where you click, and Accept writes it back "
                              "under the same number and name",

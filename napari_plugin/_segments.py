@@ -93,7 +93,8 @@ class SegmentListWidget(QWidget):
         lay.addWidget(self.runner)
         guide(self, "Choose a labels layer: its segments are listed with their colour. Untick 'show' to hide "
                     "a segment, tick 'lock' to protect it from corrections and new objects, double-click a "
-                    "name to rename it, click a colour to change it. Selecting a row makes napari's brush paint that segment.", {
+                    "name to rename it, click a colour to change it. Selecting a row makes napari's brush "
+                    "paint that segment.", {
                         "labels_combo": "Labels layer whose segments are listed",
                         "table": "Segments: colour (click to change), show, lock, index, name (double-click "
                                  "the name to rename)",

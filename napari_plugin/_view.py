@@ -148,7 +148,8 @@ class ViewWidget(QWidget):
             wgrid.addWidget(b, n // 3, n % 3)
         self._status_mm: Optional[str] = None  # the patient-mm text last added to viewer.status
         self.cursor_mm = QCheckBox("cursor in mm")
-        self.cursor_mm.setToolTip("Show the mouse position in patient millimetres (LPS: R/L, A/P, S/I) on the canvas and in the status bar")
+        self.cursor_mm.setToolTip("Show the mouse position in patient millimetres (LPS: R/L, A/P, S/I) on the "
+                                  "canvas and in the status bar")
         self.cursor_mm.toggled.connect(self._set_cursor_overlay)
         self.labels_combo = LayerCombo(napari_viewer, "labels")
         self.labels_combo.setToolTip("Labels layer whose segments are drawn as 3D surfaces")
