@@ -3,7 +3,8 @@
 After each stroke (a labels layer's public ``events.paint``, one per undo step), the stroke is
 taken back with the layer's public ``undo`` and only its voxels whose image value lies in
 ``[low, high]`` (HU on CT) are written again with ``data_setitem``: one undo step, as if the
-brush had skipped the other voxels. Erasing (new value 0) is never limited. The image must be
+brush had skipped the other voxels. Erasing (new value 0) is never limited, nor are edits made
+while the layer is not in paint or fill mode (the plugin's accepts and corrections). The image must be
 on the labels layer's grid (same shape), as the plugin's layers are.
 """
 
@@ -76,6 +77,8 @@ class IntensityLimit:
 
     def _on_paint(self, event: Any = None) -> None:
         if not self.enabled or self._busy or self.layer is None or self.image is None:
+            return
+        if str(self.layer.mode) not in ("paint", "fill"):  # the plugin's own edits (accept, corrections)
             return
         from qtpy.QtCore import QTimer
 

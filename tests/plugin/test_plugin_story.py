@@ -347,3 +347,8 @@ def test_brush_limited_to_an_intensity_range_paints_only_in_range_voxels_in_one_
     _brush(viewer, canvas, lab, vol, 0, k, j, 56, 144, size=16)
     qtbot.wait(50)
     assert not lab.data.any()
+    # an edit not made with the brush (the click widget's accept, a correction) is not limited
+    lab.mode = "pan_zoom"
+    lab.data_setitem(np.nonzero(footprint), 2)
+    qtbot.wait(50)
+    assert np.array_equal(lab.data == 2, footprint)
