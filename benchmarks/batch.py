@@ -53,7 +53,7 @@ import numpy as np
 
 def make_study(root: Path, n: int, shape: tuple[int, int, int]) -> None:
     from medseg.io.dicom_write import write_dicom_series
-    from medseg.phantom import default_phantom_affine, make_phantom
+    from medseg.samples.phantom import default_phantom_affine, make_phantom
 
     for s in range(n):
         image, _ = make_phantom(shape=shape, affine=default_phantom_affine(shape, (5.0, 2.2, 2.2)), seed=s)
@@ -252,9 +252,9 @@ def bench_seg(tmp: Path, args) -> None:
     from medseg.export import read_dicom_seg, write_dicom_seg
     from medseg.io import read_volume
     from medseg.io.dicom_write import write_dicom_series
-    from medseg.labels import LabelTable
-    from medseg.phantom import default_phantom_affine, make_phantom
-    from medseg.segmentation import Segmentation
+    from medseg.core.labels import LabelTable
+    from medseg.samples.phantom import default_phantom_affine, make_phantom
+    from medseg.core.segmentation import Segmentation
 
     shape = (64, 256, 256)
     image, _ = make_phantom(shape=shape, affine=default_phantom_affine(shape, (4.0, 1.4, 1.4)), seed=1)

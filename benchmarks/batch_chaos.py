@@ -37,7 +37,7 @@ def make_study(root: Path) -> dict:
     """Good DICOM and NIfTI series, a corrupt one, one to vanish, one to grow, one duplicated."""
     from medseg.io import write_volume
     from medseg.io.dicom_write import write_dicom_series
-    from medseg.phantom import default_phantom_affine, make_phantom
+    from medseg.samples.phantom import default_phantom_affine, make_phantom
 
     shape = (12, 48, 48)
     aff = default_phantom_affine(shape, (10.0, 8.0, 8.0))

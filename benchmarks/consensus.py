@@ -1,4 +1,4 @@
-"""Benchmark: STAPLE for 5 raters on a 512×512×300 label map (SimpleITK, via medseg.consensus).
+"""Benchmark: STAPLE for 5 raters on a 512×512×300 label map (SimpleITK, via medseg.analysis.consensus).
 
 Prints wall time, peak memory and how well the raters' known sensitivity/specificity are
 recovered, with majority voting on the same data as the in-run baseline.
@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from medseg import consensus as cs
-from medseg import metrics
+from medseg.analysis import consensus as cs
+from medseg.analysis import metrics
 
 SENS = [0.95, 0.85, 0.75, 0.90, 0.65]
 SPEC = [0.995, 0.98, 0.999, 0.97, 0.99]

@@ -18,9 +18,9 @@ def main() -> None:
     import torch
 
     from medseg.inference import segment
-    from medseg.metrics import dice
+    from medseg.analysis.metrics import dice
     from medseg.models import load_model
-    from medseg.phantom import make_phantom
+    from medseg.samples.phantom import make_phantom
     from medseg.training.phantom_dataset import random_phantom_grid
 
     ap = argparse.ArgumentParser()

@@ -18,7 +18,7 @@ import torch
 
 from medseg.inference import segment
 from medseg.models import load_model
-from medseg.phantom import default_phantom_affine, make_phantom
+from medseg.samples.phantom import default_phantom_affine, make_phantom
 
 
 def main() -> None:

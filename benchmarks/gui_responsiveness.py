@@ -41,9 +41,9 @@ import numpy as np
 
 
 def make_volume(shape):
-    from medseg.phantom import default_phantom_affine, make_phantom
-    from medseg.segmentation import Segmentation
-    from medseg.volume import Volume
+    from medseg.samples.phantom import default_phantom_affine, make_phantom
+    from medseg.core.segmentation import Segmentation
+    from medseg.core.volume import Volume
 
     f = 4
     small = tuple(max(8, s // f) for s in shape)

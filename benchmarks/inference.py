@@ -5,7 +5,7 @@ fresh subprocess so that peak RSS (``VmHWM``) belongs to that measurement only.
 
 Baseline: after the imports and the model load, both sides run the network once on one
 window of zeros (the model's patch size), give the allocator's free pages back to the OS
-(:func:`medseg.memory.release_free_memory`) and reset the process's peak RSS
+(:func:`medseg.core.memory.release_free_memory`) and reset the process's peak RSS
 (``/proc/self/clear_refs``); the baseline is the resident set then, and the figures are the
 peak above it. The warm-up takes out one-time runtime state that does not depend on the
 volume: on the first forward pass MKL keeps about 41 MB of GEMM buffers for reuse
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 def _volume(size, spacing):
     import numpy as np
 
-    from medseg.phantom import default_phantom_affine, make_phantom
+    from medseg.samples.phantom import default_phantom_affine, make_phantom
 
     x, y, z = size
     shape = (z, y, x)
@@ -82,7 +82,7 @@ def _baseline_mb(model) -> float:
     """Warm the network up on one window, release the free heap, reset the peak: the resident set then."""
     import torch
 
-    from medseg.memory import release_free_memory
+    from medseg.core.memory import release_free_memory
 
     cfg = model.config
     roi = list(cfg.inference.patch_size)[::-1]  # (z, y, x) -> MONAI's (x, y, z) for the RAS model grid
@@ -106,8 +106,8 @@ def one(kind: str, size, mode: str, threads: int, path: str) -> dict:
     import numpy as np
     import torch
 
-    from medseg.phantom import default_phantom_affine
-    from medseg.volume import Volume
+    from medseg.samples.phantom import default_phantom_affine
+    from medseg.core.volume import Volume
 
     import monai.inferers  # noqa: F401  (imports count in the baseline, not in the measurement)
 

@@ -167,8 +167,8 @@ def accuracy(engine, baseline: bool) -> None:
 
 
 def big_phantom():
-    from medseg.phantom import default_phantom_affine, make_phantom
-    from medseg.volume import Volume
+    from medseg.samples.phantom import default_phantom_affine, make_phantom
+    from medseg.core.volume import Volume
 
     small = (100, 256, 256)
     sp = (1.25, 0.7, 0.7)
@@ -392,7 +392,7 @@ def medsam_memory(n: int = 500, store=None) -> None:
     """
     from medseg.interactive import Session
     from medseg.interactive.medsam import MedSAMEngine
-    from medseg.volume import Volume
+    from medseg.core.volume import Volume
 
     vol, lab, table = big_phantom()
     z0 = 138

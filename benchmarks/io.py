@@ -76,7 +76,7 @@ def report(title: str, medians: dict[str, float]) -> None:
 
 def generated_series(folder: Path, slices: int) -> Path:
     from medseg.io.dicom_write import write_dicom_series
-    from medseg.volume import Volume
+    from medseg.core.volume import Volume
 
     rng = np.random.default_rng(0)
     z, y, x = np.ogrid[:slices, :512, :512]

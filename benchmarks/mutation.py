@@ -50,10 +50,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: module key -> (path, its own test files, functions to mutate or None for all)
 MODULES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...] | None]] = {
-    "geometry": ("medseg/geometry.py",
+    "geometry": ("medseg/core/geometry.py",
                  ("tests/test_geometry_roundtrip.py", "tests/test_core.py", "tests/test_geometry_properties.py"),
                  None),
-    "volume": ("medseg/volume.py",
+    "volume": ("medseg/core/volume.py",
                ("tests/test_core.py", "tests/test_geometry_roundtrip.py", "tests/test_geometry_properties.py"),
                None),
     "dicom_geometry": ("medseg/io/dicom/_geometry.py",
@@ -63,8 +63,8 @@ MODULES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...] | None]] = {
                "tests/io/test_conversions.py"), None),
     "itk": ("medseg/io/itk.py",
             ("tests/test_geometry_roundtrip.py", "tests/test_core.py", "tests/io/test_conversions.py"), None),
-    "metrics": ("medseg/metrics.py", ("tests/qa/test_metrics.py",), None),
-    "consensus": ("medseg/consensus.py", ("tests/qa/test_consensus.py",), None),
+    "metrics": ("medseg/analysis/metrics.py", ("tests/qa/test_metrics.py",), None),
+    "consensus": ("medseg/analysis/consensus.py", ("tests/qa/test_consensus.py",), None),
     "atomic": ("medseg/io/atomic.py", ("tests/io/test_atomic.py", "tests/batch/test_batch.py"), None),
     "batch_runner": ("medseg/batch/runner.py",
                      ("tests/batch/test_batch.py", "tests/batch/test_crash_and_parallel.py"),

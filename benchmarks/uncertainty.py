@@ -35,11 +35,11 @@ def enrichment(unc: np.ndarray, err: np.ndarray, top: float = 0.10) -> tuple[flo
 def main() -> None:
     import torch
 
-    from medseg.errors import ModelError
+    from medseg.core.errors import ModelError
     from medseg.models import load_model
-    from medseg.phantom import make_phantom
+    from medseg.samples.phantom import make_phantom
     from medseg.inference import model_predictor
-    from medseg.uncertainty import mc_dropout_uncertainty, tta_uncertainty
+    from medseg.analysis.uncertainty import mc_dropout_uncertainty, tta_uncertainty
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default=None)
@@ -76,7 +76,7 @@ def main() -> None:
     plain = model_predictor(loaded)
     mc_pred = model_predictor(loaded, mc_dropout=True)
 
-    from medseg.phantom import default_phantom_affine
+    from medseg.samples.phantom import default_phantom_affine
 
     tshape = tuple(args.timing_shape)
     image, _ = make_phantom(seed=args.seeds[0], shape=tshape,
@@ -113,8 +113,8 @@ def main() -> None:
                 if region == "volume":
                     ratios[name].append(r)
     # do the per-structure scores point at the structures that are actually wrong?
-    from medseg import metrics
-    from medseg.uncertainty import review_list, structure_scores
+    from medseg.analysis import metrics
+    from medseg.analysis.uncertainty import review_list, structure_scores
 
     image, truth = make_phantom(seed=args.seeds[0], **grid)
     res = tta_uncertainty(image, plain)

@@ -8,10 +8,10 @@ Core types are re-exported here; see :mod:`medseg.io` for reading and writing sc
 
 from __future__ import annotations
 
-from medseg.errors import MedsegError
-from medseg.labels import Code, Label, LabelTable
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.core.errors import MedsegError
+from medseg.core.labels import Code, Label, LabelTable
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 
 __all__ = ["Volume", "Segmentation", "Label", "LabelTable", "Code", "MedsegError", "__version__"]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Correct-boundaries dock widget: label edits from :mod:`medseg.editing`, with undo.
+"""Correct-boundaries dock widget: label edits from :mod:`medseg.core.editing`, with undo.
 
 Paint and erase are napari's own tools. This widget adds smoothing, hole filling, island
 removal / keep largest, grow / shrink by a margin in mm, logical operations between labels and
@@ -63,9 +63,9 @@ def edit_region(
     and the number of voxels changed), or
     ``None`` when the label (and, for logical operations, the other label) is absent.
     """
-    from medseg import editing
-    from medseg.errors import InputError
-    from medseg.progress import check_cancel
+    from medseg.core import editing
+    from medseg.core.errors import InputError
+    from medseg.core.progress import check_cancel
 
     if progress:
         progress(0, 3, f"{operation}: finding label {index}")
@@ -216,7 +216,7 @@ class EditorWidget(QWidget):
 
     def locked_labels(self) -> tuple[int, ...]:
         """Parse the locked-labels field (comma or space separated indices)."""
-        from medseg.errors import InputError
+        from medseg.core.errors import InputError
 
         text = self.locked.text().replace(",", " ").split()
         from medseg_napari._segments import locked_of

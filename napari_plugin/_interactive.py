@@ -16,7 +16,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 import numpy as np
-from medseg.labels import LabelTable
+from medseg.core.labels import LabelTable
 from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -31,8 +31,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from medseg.editing import bounding_slices
-from medseg.errors import PromptError
+from medseg.core.editing import bounding_slices
+from medseg.core.errors import PromptError
 from medseg_napari._layers import (
     METADATA_KEY,
     add_layer_data,
@@ -54,8 +54,8 @@ from medseg_napari._worker import LayerCombo, TaskRunner, guide
 if TYPE_CHECKING:  # pragma: no cover - the session is imported when one starts
     from medseg.interactive.engine import Engine
     from medseg.interactive.session import Session
-    from medseg.segmentation import Segmentation
-    from medseg.volume import Volume
+    from medseg.core.segmentation import Segmentation
+    from medseg.core.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ PROMPTS_NAME = "prompts"
 
 def session_layers(seg: Any, image_name: str, source: dict) -> dict:
     """Worker thread: layer data and layer objects of a new session (objects, preview, prompts)."""
-    from medseg.labels import Label, LabelTable
+    from medseg.core.labels import Label, LabelTable
 
     objects = labels_layer_data(seg, name=f"{image_name} objects", opacity=0.5)
     objects[1]["metadata"][METADATA_KEY]["source"] = source
@@ -156,7 +156,7 @@ def merge_tables(old: Any, new: Any) -> Any:
     Names of values no longer in the map are kept (a redo in napari's history brings their
     voxels back); an old entry whose name a new one now uses is dropped.
     """
-    from medseg.labels import LabelTable
+    from medseg.core.labels import LabelTable
 
     entries = {l.index: l for l in old}
     taken = {l.name for l in new}
@@ -539,7 +539,7 @@ class InteractiveWidget(QWidget):
         layer = self.objects_layer
         if layer is None or layer not in self.viewer.layers:
             return None
-        from medseg.labels import LabelTable
+        from medseg.core.labels import LabelTable
 
         md = (layer.metadata or {}).get(METADATA_KEY) or {}
         table = LabelTable.from_dict(md["labels"]) if md.get("labels") else LabelTable()

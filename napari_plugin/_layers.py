@@ -30,11 +30,11 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from medseg.errors import GeometryError, PromptError
-from medseg.geometry import check_affine
-from medseg.labels import Label, LabelTable, default_color
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.core.errors import GeometryError, PromptError
+from medseg.core.geometry import check_affine
+from medseg.core.labels import Label, LabelTable, default_color
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 
 __all__ = [
     "WORLD_FROM_LPS",

@@ -90,7 +90,7 @@ def _is_label_file(path: Path, volume: Any) -> bool:
 
 def read_image_file(path: Union[PathLike, Sequence[PathLike]]) -> Optional[list]:
     """Layer data for a NIfTI, NRRD or MetaImage file (labels when it is a label map)."""
-    from medseg.errors import MedsegError
+    from medseg.core.errors import MedsegError
     from medseg.io import read_segmentation, read_volume
 
     from medseg_napari._layers import image_layer_data, labels_layer_data
@@ -173,7 +173,7 @@ def _labels_on_series(seg: Any, image_name: str, folder: Path) -> tuple:
 
 def _objects_next_to(folder: Path, image: tuple) -> list:
     """Labels layers of the SEG / RTSTRUCT files in ``folder`` that reference the opened series."""
-    from medseg.errors import MedsegError
+    from medseg.core.errors import MedsegError
     from medseg.export.reopen import read_dicom_labels
 
     from medseg_napari._layers import METADATA_KEY, volume_from_layer
@@ -186,7 +186,7 @@ def _objects_next_to(folder: Path, image: tuple) -> list:
             continue
         try:
             if volume is None:
-                from medseg.volume import Volume
+                from medseg.core.volume import Volume
 
                 volume = Volume(image[0], md["affine"], dict(md.get("meta") or {}))
             seg = read_dicom_labels(f, source=folder, volume=volume)
@@ -216,7 +216,7 @@ def read_dicom_object(path: PathLike) -> list:
 
 def read_dicom_folder(path: Union[PathLike, Sequence[PathLike]]) -> Optional[list]:
     """Layer data for a DICOM folder (or file): its default series, the others listed."""
-    from medseg.errors import MedsegError
+    from medseg.core.errors import MedsegError
 
     from medseg_napari._layers import METADATA_KEY
 

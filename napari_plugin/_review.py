@@ -1,7 +1,7 @@
 """Quality-review dock widgets: consensus, uncertainty (with a review list), QA report.
 
-Thin UIs over :func:`medseg.consensus.consensus`, :func:`medseg.uncertainty.estimate_uncertainty`
-/ :func:`medseg.uncertainty.review_list` and :func:`medseg.evaluate.evaluate`; all compute runs
+Thin UIs over :func:`medseg.analysis.consensus.consensus`, :func:`medseg.analysis.uncertainty.estimate_uncertainty`
+/ :func:`medseg.analysis.uncertainty.review_list` and :func:`medseg.analysis.evaluate.evaluate`; all compute runs
 in worker threads (layers are converted to medseg objects there too, and the output layers are
 built there). A re-run updates the widget's previous output layers in place (same name, same
 grid; see :func:`._layers.show_layer`).
@@ -91,9 +91,9 @@ def jump_to(viewer: Any, affine: np.ndarray, index_kji: tuple[int, int, int]) ->
 
 # -- consensus ----------------------------------------------------------------------------------
 def _run_consensus(states: list, names: list[str], method: str, *, progress: Any = None, cancel: Any = None) -> Any:
-    from medseg.consensus import consensus
+    from medseg.analysis.consensus import consensus
 
-    from medseg.segmentation import Segmentation
+    from medseg.core.segmentation import Segmentation
 
     segs = [_seg(s) for s in states]
     res = consensus(segs, method=method, names=names, progress=progress, cancel=cancel)
@@ -206,7 +206,7 @@ def _run_uncertainty(volume: Any, method: str, samples: int, model_name: str, ca
                      progress: Any = None, cancel: Any = None) -> Any:
     from medseg.inference import uncertainty_predictors
     from medseg.models import load_model
-    from medseg.uncertainty import estimate_uncertainty, review_list
+    from medseg.analysis.uncertainty import estimate_uncertainty, review_list
 
     key = (model_name, "auto")
     if key not in cache:
@@ -341,7 +341,7 @@ _QA_COLUMNS = ["name", "dice", "iou", "hd95_mm", "surface_dice", "volume_referen
 
 def _run_qa(ref_state: tuple, pred_state: tuple, tolerance: float, folder: Optional[str], *,
             progress: Any = None, cancel: Any = None) -> Any:
-    from medseg.evaluate import evaluate, write_report
+    from medseg.analysis.evaluate import evaluate, write_report
 
     ref, pred = _seg(ref_state), _seg(pred_state)
     report = evaluate(ref, pred, tolerance_mm=tolerance, progress=progress, cancel=cancel)
@@ -419,8 +419,8 @@ class QAWidget(QWidget):
 
 def _qa_layers(result: Any) -> tuple:
     """Worker thread: the error labels layer (missed / false positive) of a QA result."""
-    from medseg.labels import Label, LabelTable
-    from medseg.segmentation import Segmentation
+    from medseg.core.labels import Label, LabelTable
+    from medseg.core.segmentation import Segmentation
 
     report, errors, paths = result
     table = LabelTable((Label(1, "missed", (255, 60, 60)), Label(2, "false positive", (60, 140, 255))))

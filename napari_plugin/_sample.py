@@ -21,7 +21,7 @@ def _sample_study():
             return image, read_segmentation(labels)
     except ImportError:
         pass
-    from medseg.phantom import make_phantom
+    from medseg.samples.phantom import make_phantom
 
     log.info("sample_data files not found; generating the phantom")
     image, seg = make_phantom(shape=(40, 128, 128), seed=20261128)

@@ -195,7 +195,7 @@ class SegmentListWidget(QWidget):
         """Rename segment ``index`` (names stay unique; an empty or taken name is refused)."""
         from dataclasses import replace
 
-        from medseg.labels import LabelTable
+        from medseg.core.labels import LabelTable
 
         table = self.table_of_layer()
         if not name or name in [l.name for l in table if l.index != index]:

@@ -306,7 +306,7 @@ class TaskRunner(QWidget):
             self._finish_pending()
 
     def _report(self, exc: BaseException, label: str, on_error: Optional[Callable[[BaseException], None]]) -> None:
-        from medseg.errors import CancelledError
+        from medseg.core.errors import CancelledError
 
         self.last_error = exc
         if isinstance(exc, CancelledError):

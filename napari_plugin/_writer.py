@@ -18,9 +18,9 @@ log = logging.getLogger(__name__)
 
 
 def segmentation_from_state(data: Any, meta: Mapping[str, Any]):
-    """:class:`~medseg.segmentation.Segmentation` from a labels layer's data and state."""
-    from medseg.segmentation import Segmentation
-    from medseg.volume import Volume
+    """:class:`~medseg.core.segmentation.Segmentation` from a labels layer's data and state."""
+    from medseg.core.segmentation import Segmentation
+    from medseg.core.volume import Volume
 
     from medseg_napari._layers import METADATA_KEY, affine_from_state, labels_from_layer
 
@@ -83,7 +83,7 @@ def dicom_source(metadata: Mapping[str, Any]) -> Optional[Any]:
 
 def _dicom_source_or_raise(meta: dict, what: str) -> Any:
     """The layer's source DICOM series (its files or folder); a named error when it has none."""
-    from medseg.errors import InputError
+    from medseg.core.errors import InputError
 
     source = dicom_source(meta.get("metadata") or {})
     if source is None:

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from medseg.io import write_segmentation, write_volume
-from medseg.phantom import make_phantom
+from medseg.samples.phantom import make_phantom
 
 SEED = 20261128
 HERE = Path(__file__).resolve().parent

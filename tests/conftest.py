@@ -39,7 +39,7 @@ def real_data() -> Path:
 @pytest.fixture(scope="session")
 def phantom():
     """One small generated CT phantom ``(image, segmentation)``, seed 0, 32x64x64."""
-    from medseg.phantom import default_phantom_affine, make_phantom
+    from medseg.samples.phantom import default_phantom_affine, make_phantom
 
     shape = (32, 64, 64)
     return make_phantom(shape=shape, affine=default_phantom_affine(shape, (6.0, 5.4, 5.4)), seed=0)

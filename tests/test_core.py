@@ -9,13 +9,13 @@ from typing import Literal, Optional
 import numpy as np
 import pytest
 
-from medseg.config import from_mapping, load_yaml
-from medseg.errors import ConfigError, FileFormatError, GeometryError, InputError, OutputError
+from medseg.core.config import from_mapping, load_yaml
+from medseg.core.errors import ConfigError, FileFormatError, GeometryError, InputError, OutputError
 from medseg.io import read_segmentation, read_volume, sidecar_path, write_segmentation, write_volume
-from medseg.labels import Code, Label, LabelTable
-from medseg.phantom import PHANTOM_LABELS, make_phantom
-from medseg.segmentation import Segmentation, smallest_label_dtype
-from medseg.volume import Volume
+from medseg.core.labels import Code, Label, LabelTable
+from medseg.samples.phantom import PHANTOM_LABELS, make_phantom
+from medseg.core.segmentation import Segmentation, smallest_label_dtype
+from medseg.core.volume import Volume
 
 
 def test_label_table_json_roundtrip(tmp_path):
@@ -95,7 +95,7 @@ def test_phantom_is_deterministic_and_realistic(phantom):
 
 def test_phantom_same_anatomy_on_flipped_grid():
     """The phantom is defined in LPS mm: a flipped grid sees the same anatomy, flipped."""
-    from medseg.phantom import default_phantom_affine
+    from medseg.samples.phantom import default_phantom_affine
 
     shape = (20, 48, 48)
     a = default_phantom_affine(shape, (8.0, 7.0, 7.0))

@@ -1,12 +1,12 @@
-"""medseg.editing: spacing-aware label edits (no napari)."""
+"""medseg.core.editing: spacing-aware label edits (no napari)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from medseg import editing as E
-from medseg.errors import InputError
+from medseg.core import editing as E
+from medseg.core.errors import InputError
 
 
 def ball(shape, centre, radius_mm, spacing):
@@ -175,7 +175,7 @@ def test_fill_holes_matches_scipy_on_random_masks():
 def test_bounding_slices_equal_the_extent_of_the_voxels(shape):
     """The one bounding-box helper (classical engine, LiteMedSAM boxes, label_bbox) against the
     coordinates of the set voxels, in 2D and 3D; empty masks give None."""
-    from medseg.editing import bounding_slices
+    from medseg.core.editing import bounding_slices
 
     rng = np.random.default_rng(len(shape))
     for _ in range(20):

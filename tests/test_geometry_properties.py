@@ -1,4 +1,4 @@
-"""Property tests of the geometry core (medseg.geometry, medseg.volume) with Hypothesis.
+"""Property tests of the geometry core (medseg.core.geometry, medseg.core.volume) with Hypothesis.
 
 Random oblique directions, spacings and origins; each property is one that a silent geometry
 bug (a mirrored axis, a tolerance off by a factor of 1000, a swapped column) would break.
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medseg import geometry
-from medseg.errors import GeometryError, InputError
-from medseg.volume import Volume
+from medseg.core import geometry
+from medseg.core.errors import GeometryError, InputError
+from medseg.core.volume import Volume
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 

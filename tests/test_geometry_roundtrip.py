@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medseg.errors import GeometryError
-from medseg.geometry import make_affine, orientation_code
+from medseg.core.errors import GeometryError
+from medseg.core.geometry import make_affine, orientation_code
 from medseg.io import read_volume, write_volume
 from medseg.io.itk import volume_from_sitk, volume_to_sitk
 from medseg.io.nifti import volume_from_nibabel, volume_to_nibabel
-from medseg.volume import Volume
+from medseg.core.volume import Volume
 
 
 def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:

@@ -22,7 +22,7 @@ def test_every_subpackage_is_listed_in_pyproject():
 
 def test_import_medseg_is_light():
     code = (
-        "import sys, medseg, medseg.io, medseg.phantom, medseg.cli\n"
+        "import sys, medseg, medseg.io, medseg.samples.phantom, medseg.cli\n"
         "import medseg.cli as c; c.build_parser()\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'torch','monai','napari','qtpy','PyQt6','PyQt5','PySide6','magicgui','vispy'})\n"

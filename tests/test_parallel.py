@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.errors import CancelledError, ModelError
+from medseg.core.errors import CancelledError, ModelError
 from medseg.parallel import (
     ProcessPool,
     WorkerStartError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from medseg.io import read_segmentation, read_volume
-from medseg.phantom import make_phantom
+from medseg.samples.phantom import make_phantom
 from medseg.samples import sample_ct, sample_dicom_dir, sample_labels
 
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 from medseg.export._common import safe_name
 from medseg.io import IMAGE_SUFFIXES
 from medseg.io.atomic import full_suffix
-from medseg.progress import CancelCallback, ProgressCallback
+from medseg.core.progress import CancelCallback, ProgressCallback
 
 __all__ = ["SeriesTask", "SkippedItem", "Discovery", "SelectionRule", "discover_series", "fingerprint",
            "check_unchanged"]
@@ -89,12 +89,12 @@ def fingerprint(paths) -> tuple:
 
 
 def check_unchanged(task: "SeriesTask", loaded_files=()) -> None:
-    """Raise :class:`~medseg.errors.SeriesChangedError` when the series' files differ from discovery.
+    """Raise :class:`~medseg.core.errors.SeriesChangedError` when the series' files differ from discovery.
 
     Every discovered file must still exist with the same size and modification time, and every
     file that was loaded (``loaded_files``) must have been discovered.
     """
-    from medseg.errors import SeriesChangedError
+    from medseg.core.errors import SeriesChangedError
 
     if not task.files:
         return

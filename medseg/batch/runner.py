@@ -25,12 +25,12 @@ from medseg.batch.discovery import Discovery, SelectionRule, SeriesTask, discove
 from medseg.batch.pool import LocalPool, available_cores, run_pool
 from medseg.batch.segmenters import Segmenter, SegmenterSpec
 from medseg.batch.series import SeriesOptions, SeriesProgress, process_series, read_record
-from medseg.errors import CancelledError, InputError, OutputError
+from medseg.core.errors import CancelledError, InputError, OutputError
 from medseg.export.api import parse_formats
 from medseg.io import csvsafe
 from medseg.io.atomic import atomic_path
 from medseg.io.output_policy import is_inside, same_path
-from medseg.progress import CancelCallback, ProgressCallback, check_cancel, report
+from medseg.core.progress import CancelCallback, ProgressCallback, check_cancel, report
 
 __all__ = ["BatchConfig", "run_batch"]
 
@@ -304,7 +304,7 @@ def _run_dask(todo, out, config, options, finished, cancel) -> None:
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError as exc:  # pragma: no cover - declared dependency
-        from medseg.errors import DependencyError
+        from medseg.core.errors import DependencyError
 
         raise DependencyError("Dask runs need distributed: pip install 'dask[distributed]'") from exc
     resources = {"GPU": 1} if config.segmenter.uses_gpu else None

@@ -15,9 +15,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from medseg.labels import ANATOMY, Code, Label, LabelTable
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.core.labels import ANATOMY, Code, Label, LabelTable
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 
 __all__ = ["SegmenterSpec", "Segmenter", "threshold_segment", "THRESHOLD_LABELS"]
 

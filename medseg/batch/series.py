@@ -147,7 +147,7 @@ def _segment_and_export(task: SeriesTask, options: SeriesOptions, segmenter: Seg
                         say: Callable[[int, str], None]) -> None:
     """Read, segment and export one series into ``tmp``, filling ``record``; raises on failure."""
     if task.problem:
-        from medseg.errors import DicomError
+        from medseg.core.errors import DicomError
 
         raise DicomError(task.path, task.problem, "fix or remove the series; the others were processed")
     say(0, "reading")

@@ -16,7 +16,7 @@ import pkgutil
 import sys
 from typing import Optional, Sequence
 
-from medseg.errors import MedsegError
+from medseg.core.errors import MedsegError
 
 __all__ = ["main", "build_parser"]
 

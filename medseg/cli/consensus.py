@@ -52,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from medseg.cli._progress import tqdm_progress
-    from medseg.consensus import agreement_matrices, consensus
-    from medseg.errors import InputError
-    from medseg.evaluate import json_ready
+    from medseg.analysis.consensus import agreement_matrices, consensus
+    from medseg.core.errors import InputError
+    from medseg.analysis.evaluate import json_ready
     from medseg.io import read_segmentation, write_segmentation, write_volume
     from medseg.io.atomic import atomic_path
 

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from medseg.export import export_segmentation
     from medseg.inference import segment
     from medseg.io import read_segmentation, read_volume
-    from medseg.metrics import dice
+    from medseg.analysis.metrics import dice
     from medseg.samples import sample_dicom_dir, sample_labels
 
     out = Path(args.out)

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medseg.cli._progress import tqdm_progress
-    from medseg.evaluate import evaluate, write_report
+    from medseg.analysis.evaluate import evaluate, write_report
     from medseg.io import read_segmentation, read_volume
     from medseg.io.output_policy import check_output_dir, protect_inputs
 

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from medseg.export import export_segmentation
     from medseg.io import read_segmentation, read_volume, sidecar_path
     from medseg.io.output_policy import check_output_dir, protect_inputs
-    from medseg.segmentation import Segmentation
+    from medseg.core.segmentation import Segmentation
 
     with protect_inputs([args.labels, sidecar_path(args.labels), args.image]):
         # the files this export writes are checked by export_segmentation; here, before any

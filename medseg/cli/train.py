@@ -43,11 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from medseg.errors import InputError
+    from medseg.core.errors import InputError
 
     if not args.data or not args.output:
         raise InputError("medseg train needs DATA and OUTPUT folders: medseg train DATA OUT [--config NAME]")
-    from medseg.errors import OutputError
+    from medseg.core.errors import OutputError
     from medseg.io.output_policy import check_output_dir, is_inside, protect_inputs, same_path
 
     # the dataset folder may hold the run folder (its files have other names), but not be it or lie in it
@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from medseg.cli._progress import tqdm_progress
-    from medseg.errors import DependencyError, InputError
+    from medseg.core.errors import DependencyError, InputError
 
     if args.interactive:
         try:

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from medseg.io import read_volume
     from medseg.io.output_policy import check_output_dir, protect_inputs
     from medseg.inference import uncertainty_predictors
-    from medseg.uncertainty import estimate_uncertainty, review_list, write_uncertainty
+    from medseg.analysis.uncertainty import estimate_uncertainty, review_list, write_uncertainty
 
     with protect_inputs([args.image]):
         check_output_dir(args.output, overwrite=True)  # a file, an input? (existing outputs: at writing)

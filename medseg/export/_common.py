@@ -6,8 +6,8 @@ import logging
 import re
 from datetime import datetime, timezone
 
-from medseg.labels import Code, Label, default_color
-from medseg.segmentation import Segmentation
+from medseg.core.labels import Code, Label, default_color
+from medseg.core.segmentation import Segmentation
 
 __all__ = ["exported_labels", "codes_of", "safe_name", "DEFAULT_CATEGORY", "DEFAULT_TYPE", "now_dicom"]
 
@@ -38,9 +38,9 @@ def exported_labels(segmentation: Segmentation) -> list[Label]:
 
 def codes_of(label: Label) -> tuple[Code, Code]:
     """(category, type) codes of a label: its own, else the SNOMED CT codes medseg knows for its
-    name (:func:`medseg.labels.known_codes`: liver, spleen, ...), else SNOMED CT Tissue/Tissue."""
+    name (:func:`medseg.core.labels.known_codes`: liver, spleen, ...), else SNOMED CT Tissue/Tissue."""
     if label.code is None:
-        from medseg.labels import known_codes
+        from medseg.core.labels import known_codes
 
         code, category = known_codes(label.name)
         if code is not None:

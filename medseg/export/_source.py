@@ -1,10 +1,16 @@
 """The source DICOM series a DICOM SEG or RTSTRUCT refers to, checked against the label grid.
 
 DICOM objects that annotate images must reference the exact source instances (Study, Series and
-SOP Instance UIDs, Frame of Reference) and lie on their planes. This module loads the source
-headers in array z order and verifies, slice by slice, that the segmentation grid is the source
-grid: a label map that was resampled or read with another convention is refused rather than
-written onto the wrong voxels.
+SOP Instance UIDs, Frame of Reference) and lie on their planes. Everything here comes from the
+reader's :class:`~medseg.io.dicom.DicomSource` record (``volume.dicom_source``): the files and
+UIDs in array z order and each slice's ImagePositionPatient. No geometry is derived here: the
+record checks, slice by slice, that the segmentation's grid is the one its slices lie on, and a
+label map that was resampled or read with another convention is refused rather than written
+onto the wrong voxels.
+
+Given only a folder or a list of files, the record comes from the reader's header scan
+(:func:`~medseg.io.dicom.read_dicom_source`, :func:`~medseg.io.dicom.dicom_source_from_files`);
+no pixel is read.
 """
 
 from __future__ import annotations
@@ -13,13 +19,14 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 
-from medseg.errors import DicomError, GeometryError, InputError
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.core.errors import DicomError, GeometryError, InputError
+from medseg.io.dicom.source import DicomSource
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 
 __all__ = ["SourceSeries", "load_source", "content_uid"]
 
@@ -30,136 +37,136 @@ SourceLike = Union[Volume, str, Path, Sequence[Union[str, Path]]]
 
 @dataclass(frozen=True)
 class SourceSeries:
-    """Headers of a source image series in array z order.
+    """The checked source of an export: the reader's record plus the UIDs to reference.
 
     Attributes
     ----------
-    datasets : list of pydicom.Dataset
-        One per slice (``datasets[k]`` is array slice ``k``), read without pixel data.
-    affine : (4, 4) ndarray
-        Voxel ``(k, j, i)`` → LPS mm of the series, recomputed from the headers.
-    shape : (3,) ints
-        ``(Z, Y, X)``.
+    record : DicomSource
+        Files, SOP instances and positions in array z order (no interpolated slice).
+    study_uid, series_uid : str
+        The record's UIDs; when de-identification emptied them, deterministic ``2.25`` UIDs
+        derived from the SOP Instance UIDs, so that every export of one series references the
+        same study and series.
     """
 
-    datasets: list
-    affine: np.ndarray
-    shape: tuple[int, int, int]
-
-    @property
-    def first(self):
-        return self.datasets[0]
-
-    @property
-    def study_uid(self) -> str:
-        return str(self.first.StudyInstanceUID)
-
-    @property
-    def series_uid(self) -> str:
-        return str(self.first.SeriesInstanceUID)
+    record: DicomSource
+    study_uid: str
+    series_uid: str
 
     @property
     def frame_of_reference_uid(self) -> str:
-        return str(self.first.FrameOfReferenceUID)
+        return self.record.frame_of_reference_uid
+
+    @property
+    def files(self) -> list[str]:
+        """Slice files in array z order."""
+        return [s.file for s in self.record.slices]  # type: ignore[union-attr]
 
     @property
     def sop_instance_uids(self) -> list[str]:
-        return [str(ds.SOPInstanceUID) for ds in self.datasets]
+        return [s.sop_instance_uid for s in self.record.slices]  # type: ignore[union-attr]
 
+    @property
+    def sop_class_uids(self) -> list[str]:
+        return [s.sop_class_uid for s in self.record.slices]  # type: ignore[union-attr]
 
-def _read_headers(files: Sequence[str | Path]):
-    import pydicom
+    def first_header(self) -> Any:
+        """The header (no pixels) of slice 0: patient, study and equipment attributes to copy."""
+        return self.headers([0])[0]
 
-    out = []
-    for f in files:
-        try:
-            out.append(pydicom.dcmread(str(f), stop_before_pixels=True))
-        except Exception as exc:  # pydicom raises many types for broken files
-            raise DicomError(f, f"cannot read the source DICOM header ({exc})",
-                             "pass the original, unmodified source series") from exc
-    _repair_uids(out, files)
-    return out
+    def headers(self, indices: Sequence[int] | None = None) -> list:
+        """pydicom headers (no pixels) of the given slices (default all), with the UIDs to reference.
 
+        Raises
+        ------
+        DicomError
+            A file is unreadable, or now holds another SOP instance than when it was read.
+        """
+        import pydicom
 
-def _repair_uids(datasets: list, files: Sequence) -> None:
-    """Fill UIDs that de-identification emptied, in the in-memory headers only.
+        out = []
+        for k in range(len(self.record.slices)) if indices is None else indices:
+            f, uid = self.files[k], self.sop_instance_uids[k]
+            try:
+                ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+            except Exception as exc:  # pydicom raises many types for broken files
+                raise DicomError(f, f"cannot read the source DICOM header ({exc})",
+                                 "pass the original, unmodified source series") from exc
+            self._fill_uids(ds, k)
+            if str(ds.get("SOPInstanceUID", "") or "") != uid:
+                raise DicomError(f, f"the file now holds SOP instance {ds.get('SOPInstanceUID')!r}, not {uid} as when the "
+                                    "series was read", "read the source series again before exporting")
+            out.append(ds)
+        return out
 
-    SOP Class/Instance UIDs come from the file meta (which de-identifiers often keep); empty
-    Study/Series UIDs get deterministic ``2.25`` UIDs derived from the SOP Instance UIDs, so
-    every export of the same series references the same study and series. Source files are
-    never touched.
-    """
-    repaired = set()
-    for ds in datasets:
+    def _fill_uids(self, ds: Any, k: int) -> None:
+        """Set the UIDs a de-identified header lacks (in memory only; files are never touched):
+        SOP Instance/Class UIDs from the file meta (as the reader does), Study/Series the
+        references'."""
         meta = getattr(ds, "file_meta", None)
-        if not str(ds.get("SOPClassUID", "") or "") and meta is not None and meta.get("MediaStorageSOPClassUID"):
-            ds.SOPClassUID = meta.MediaStorageSOPClassUID
-            repaired.add("SOPClassUID")
-        if not str(ds.get("SOPInstanceUID", "") or "") and meta is not None and meta.get("MediaStorageSOPInstanceUID"):
-            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-            repaired.add("SOPInstanceUID")
-        for key in ("SOPClassUID", "SOPInstanceUID", "FrameOfReferenceUID"):
-            if not str(ds.get(key, "") or ""):
-                raise DicomError(files[0], f"source slice has no {key}",
-                                 "DICOM SEG/RTSTRUCT must reference it; use the original (not de-identified) series")
-    sops = sorted(str(ds.SOPInstanceUID) for ds in datasets)
-    for key in ("StudyInstanceUID", "SeriesInstanceUID"):
-        values = {str(ds.get(key, "") or "") for ds in datasets}
-        if values == {""}:
-            uid = content_uid(key, sops)
-            for ds in datasets:
-                setattr(ds, key, uid)
-            repaired.add(key)
-    if repaired:
-        log.warning("source series lacks %s (de-identified?); used file-meta / derived UIDs in the references",
-                    ", ".join(sorted(repaired)))
+        for key in ("SOPInstanceUID", "SOPClassUID"):
+            if not str(ds.get(key, "") or "") and meta is not None and meta.get("MediaStorage" + key):
+                setattr(ds, key, meta.get("MediaStorage" + key))
+        if not str(ds.get("SOPClassUID", "") or ""):
+            ds.SOPClassUID = self.sop_class_uids[k]
+        ds.StudyInstanceUID = self.study_uid
+        ds.SeriesInstanceUID = self.series_uid
 
 
-def load_source(source: SourceLike, segmentation: Segmentation, *, atol: float = 0.01) -> SourceSeries:
-    """Load and check the source series of ``segmentation``.
+def load_source(source: SourceLike, segmentation: Segmentation) -> SourceSeries:
+    """The source series of ``segmentation``, checked against its grid.
 
     Parameters
     ----------
     source : Volume, path or list of paths
-        A Volume read from DICOM (its ``meta["files"]`` lists the slice files in array z
-        order), a DICOM folder (read with :func:`medseg.io.read_volume`), or the slice files
-        in array z order.
+        A Volume read from DICOM (its ``dicom_source`` record; a Volume rebuilt without the
+        record but with ``meta["files"]`` has those files' headers scanned), a DICOM folder
+        (headers scanned, series chosen by the label map's ``meta["SeriesInstanceUID"]``), or
+        the slice files in array z order.
     segmentation : Segmentation
         Must lie on the source grid.
-    atol : float
-        Tolerance in mm (positions) and in direction cosines.
 
     Raises
     ------
     InputError
-        ``source`` carries no DICOM file list (e.g. a NIfTI image).
+        ``source`` carries no DICOM source (e.g. a NIfTI image), or is multi-frame.
     GeometryError
-        The label grid differs from the source series' grid.
+        The label grid differs from the source series' grid, or the source has interpolated slices.
     DicomError
-        A source header is unreadable or lacks the geometry attributes.
+        A source header is unreadable or lacks the geometry attributes or UIDs.
     """
+    record = _record_of(source, segmentation)
+    _check_references(record)
+    record.check_grid(segmentation.label_map.shape, segmentation.affine)
+    return SourceSeries(record, *_reference_uids(record))
+
+
+def _record_of(source: SourceLike, segmentation: Segmentation) -> DicomSource:
+    """The DicomSource of a Volume, a DICOM folder or file, or a list of slice files."""
+    from medseg.io.dicom import dicom_source_from_files, read_dicom_source
+
     if isinstance(source, Volume):
+        if isinstance(source.dicom_source, DicomSource):
+            return source.dicom_source
         files = source.meta.get("files")
         if not files:
             raise InputError(
-                "source volume has no meta['files'] (it was not read from DICOM); DICOM SEG and "
-                "RTSTRUCT need the source DICOM series: pass the DICOM folder or a Volume from read_volume"
-            )
-    elif isinstance(source, (str, Path)):
+                "source volume has no meta['files'] and no dicom_source (it was not read from DICOM); DICOM SEG "
+                "and RTSTRUCT need the source DICOM series: pass the DICOM folder or a Volume from read_volume")
+        return dicom_source_from_files(_slice_files(files))
+    if isinstance(source, (str, Path)):
         p = Path(source)
         if p.is_dir() or p.suffix.lower() in (".dcm", ".ima", ""):
-            from medseg.io import read_volume
+            return read_dicom_source(p, series_uid=segmentation.label_map.meta.get("SeriesInstanceUID"))
+        raise InputError(f"source {p} is not a DICOM folder or file; DICOM SEG/RTSTRUCT need DICOM sources")
+    files = [str(f) if f is not None else None for f in source]
+    if not files:
+        raise InputError("source file list is empty; pass the source series' slice files in z order")
+    return dicom_source_from_files(_slice_files(files))
 
-            vol = read_volume(p, series_uid=segmentation.label_map.meta.get("SeriesInstanceUID"))
-            files = vol.meta.get("files")
-            if not files:
-                raise InputError(f"{p}: the DICOM reader returned no file list; cannot reference the source")
-        else:
-            raise InputError(f"source {p} is not a DICOM folder or file; DICOM SEG/RTSTRUCT need DICOM sources")
-    else:
-        files = [str(f) if f is not None else None for f in source]
-        if not files:
-            raise InputError("source file list is empty; pass the source series' slice files in z order")
+
+def _slice_files(files: Sequence) -> list[str]:
+    """One file per slice: refuse interpolated slices (None) and multi-frame files."""
     missing = [k for k, f in enumerate(files) if f is None]
     if missing:
         raise GeometryError(
@@ -168,57 +175,41 @@ def load_source(source: SourceLike, segmentation: Segmentation, *, atol: float =
             f"export NIfTI instead, or read the series with strict=True to find the gap"
         )
     if len(set(files)) != len(files):
-        raise InputError("the source is a multi-frame image; DICOM SEG/RTSTRUCT export supports "
-                         "single-frame series (one file per slice) only")
-    datasets = _read_headers(files)
-    affine = _affine_from_headers(datasets, files)
-    shape = (len(datasets), int(datasets[0].Rows), int(datasets[0].Columns))
-    seg_shape = segmentation.label_map.shape
-    if seg_shape != shape or not np.allclose(affine, segmentation.affine, atol=atol):
-        raise GeometryError(
-            f"label map grid {seg_shape} origin {np.round(segmentation.label_map.origin, 3).tolist()} "
-            f"spacing {np.round(segmentation.label_map.spacing, 4).tolist()} does not match the source "
-            f"series grid {shape} origin {np.round(affine[:3, 3], 3).tolist()} spacing "
-            f"{np.round(np.linalg.norm(affine[:3, :3], axis=0), 4).tolist()}; segment the source series "
-            f"itself (or resample the labels onto it) before exporting DICOM"
-        )
-    uids = {str(ds.SeriesInstanceUID) for ds in datasets}
-    if len(uids) != 1:
-        raise DicomError(files[0], f"source files belong to {len(uids)} series", "pass one series")
-    return SourceSeries(datasets, affine, shape)
+        raise InputError(_MULTI_FRAME)
+    return [str(f) for f in files]
 
 
-def _affine_from_headers(datasets: list, files: Sequence) -> np.ndarray:
-    """Voxel (k, j, i) → LPS affine from ImagePosition/Orientation/PixelSpacing, checking every slice."""
-    first = datasets[0]
-    try:
-        iop = np.asarray(first.ImageOrientationPatient, dtype=float)
-        ps = np.asarray(first.PixelSpacing, dtype=float)  # (row spacing = y, column spacing = x)
-        ipp = np.asarray([ds.ImagePositionPatient for ds in datasets], dtype=float)
-    except AttributeError as exc:
-        raise DicomError(files[0], f"source slice lacks geometry ({exc})",
-                         "DICOM SEG/RTSTRUCT need ImagePositionPatient, ImageOrientationPatient and PixelSpacing") from exc
-    row_dir, col_dir = iop[:3], iop[3:]  # row_dir: direction of increasing column index i
-    affine = np.eye(4)
-    affine[:3, 2] = row_dir * ps[1]
-    affine[:3, 1] = col_dir * ps[0]
-    affine[:3, 3] = ipp[0]
-    if len(datasets) > 1:
-        step = ipp[1] - ipp[0]
-    else:
-        normal = np.cross(row_dir, col_dir)
-        step = normal * float(getattr(first, "SliceThickness", 1.0) or 1.0)
-    affine[:3, 0] = step
-    for k, (ds, pos) in enumerate(zip(datasets, ipp)):
-        expected = affine[:3, 3] + k * step
-        if not np.allclose(pos, expected, atol=0.05):
-            raise GeometryError(
-                f"{files[k]}: slice {k} lies at {np.round(pos, 3).tolist()} but a regular series needs "
-                f"{np.round(expected, 3).tolist()}; the source has a missing or irregular slice"
-            )
-        if not np.allclose(np.asarray(ds.ImageOrientationPatient, float), iop, atol=1e-4):
-            raise GeometryError(f"{files[k]}: orientation differs from the first slice's")
-    return affine
+_MULTI_FRAME = ("the source is a multi-frame image; DICOM SEG/RTSTRUCT export supports single-frame series "
+                "(one file per slice) only")
+
+
+def _check_references(record: DicomSource) -> None:
+    """Every slice must be a single-frame source instance with the UIDs an export references."""
+    _slice_files(record.files)
+    if any(s.frame is not None for s in record.slices):  # type: ignore[union-attr]
+        raise InputError(_MULTI_FRAME)
+    first = record.files[0]
+    if not record.frame_of_reference_uid:
+        raise DicomError(first, "source slice has no FrameOfReferenceUID",
+                         "DICOM SEG/RTSTRUCT must reference it; use the original (not de-identified) series")
+    for s in record.slices:
+        for key, value in (("SOPClassUID", s.sop_class_uid), ("SOPInstanceUID", s.sop_instance_uid)):  # type: ignore[union-attr]
+            if not value:
+                raise DicomError(s.file, f"source slice has no {key}",  # type: ignore[union-attr]
+                                 "DICOM SEG/RTSTRUCT must reference it; use the original (not de-identified) series")
+
+
+def _reference_uids(record: DicomSource) -> tuple[str, str]:
+    """(Study, Series) Instance UIDs to reference; derived from the SOP instances when blank."""
+    sops = sorted(record.sop_instance_uids)  # type: ignore[type-var]
+    study = record.study_uid or content_uid("StudyInstanceUID", sops)
+    series = record.series_uid or content_uid("SeriesInstanceUID", sops)
+    repaired = [k for k, v in (("StudyInstanceUID", record.study_uid), ("SeriesInstanceUID", record.series_uid))
+                if not v]
+    if repaired:
+        log.warning("source series lacks %s (de-identified?); used derived UIDs in the references",
+                    ", ".join(repaired))
+    return study, series
 
 
 def content_uid(*parts: object) -> str:

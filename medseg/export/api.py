@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from medseg.errors import InputError
-from medseg.progress import CancelCallback, ProgressCallback, check_cancel, report
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.core.errors import InputError
+from medseg.core.progress import CancelCallback, ProgressCallback, check_cancel, report
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 
 __all__ = ["FORMATS", "DICOM_FORMATS", "parse_formats", "export_segmentation"]
 
@@ -64,8 +64,8 @@ def export_segmentation(
     formats : str or list of str
         Names from :data:`FORMATS`.
     image : Volume, optional
-        The source image: needed for ``stats`` intensities and, read from DICOM (with
-        ``meta["files"]``), for ``seg`` and ``rtstruct``.
+        The source image: needed for ``stats`` intensities and, read from DICOM (with its
+        ``dicom_source`` record), for ``seg`` and ``rtstruct``.
     algorithm : str, optional
         Name of the model that produced the labels (recorded in SEG/RTSTRUCT).
     seg_type : {"binary", "labelmap"}
@@ -95,12 +95,12 @@ def export_segmentation(
 
     fmts = parse_formats(formats)
     folder = Path(folder)
-    has_dicom = image is not None and bool(image.meta.get("files"))
+    has_dicom = image is not None and (image.dicom_source is not None or bool(image.meta.get("files")))
     wanted_dicom = [f for f in fmts if f in DICOM_FORMATS]
     if wanted_dicom and not has_dicom:
         raise InputError(
             f"formats {wanted_dicom} need the source DICOM series: pass image= read from DICOM "
-            f"(read_volume on the DICOM folder); the given image has no meta['files']"
+            f"(read_volume on the DICOM folder); the given image has no dicom_source and no meta['files']"
         )
     inputs = inputs_of(segmentation, image)
     with protect_inputs(inputs):

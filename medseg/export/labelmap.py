@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medseg.errors import FileFormatError
+from medseg.core.errors import FileFormatError
 from medseg.io import IMAGE_SUFFIXES, sidecar_path, write_segmentation
 from medseg.io.atomic import full_suffix
-from medseg.segmentation import Segmentation
+from medseg.core.segmentation import Segmentation
 
 __all__ = ["write_label_map"]
 

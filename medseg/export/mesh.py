@@ -19,11 +19,11 @@ from typing import Literal, Optional
 
 import numpy as np
 
-from medseg.errors import DependencyError, InputError
+from medseg.core.errors import DependencyError, InputError
 from medseg.export._common import exported_labels, safe_name
 from medseg.io.atomic import atomic_path
-from medseg.progress import CancelCallback, ProgressCallback, StepProgress
-from medseg.segmentation import Segmentation
+from medseg.core.progress import CancelCallback, ProgressCallback, StepProgress
+from medseg.core.segmentation import Segmentation
 
 __all__ = ["label_mesh", "write_stl", "signed_volume"]
 

@@ -19,9 +19,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from medseg.errors import InputError
-from medseg.labels import Code, Label, LabelTable, default_color, known_codes
-from medseg.segmentation import Segmentation, smallest_label_dtype
+from medseg.core.errors import InputError
+from medseg.core.labels import Code, Label, LabelTable, default_color, known_codes
+from medseg.core.segmentation import Segmentation, smallest_label_dtype
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def find_source_series(path: str | Path, ds: Any, source: Optional[str | Path] =
     InputError
         No series with the referenced SeriesInstanceUID was found.
     """
-    from medseg.errors import SeriesSelectionError
+    from medseg.core.errors import SeriesSelectionError
     from medseg.io import dicom, read_volume
 
     uid = referenced_series_uid(ds)

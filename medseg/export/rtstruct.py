@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from medseg import __version__
-from medseg.errors import DicomError, InputError
+from medseg.core.errors import DicomError, InputError
 from medseg.export._common import codes_of, exported_labels, now_dicom
-from medseg.export._source import SourceLike, content_uid, load_source
+from medseg.export._source import SourceLike, SourceSeries, content_uid, load_source
 from medseg.io.atomic import atomic_path
-from medseg.progress import CancelCallback, ProgressCallback, StepProgress
-from medseg.segmentation import Segmentation
+from medseg.core.progress import CancelCallback, ProgressCallback, StepProgress
+from medseg.core.segmentation import Segmentation
 
 __all__ = ["write_rtstruct", "mask_contours", "rasterize_rtstruct"]
 
@@ -139,22 +139,38 @@ def write_rtstruct(
         The label grid is not the source grid.
     """
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 
     src = load_source(source, segmentation)
     labels = exported_labels(segmentation)
     if not labels:
         raise InputError("the label map is empty (only background); an RTSTRUCT needs at least one ROI")
     steps = StepProgress(len(labels) + 1, "RTSTRUCT", progress=progress, cancel=cancel)
-    first = src.first
-    arr = segmentation.array
-    affine = segmentation.affine
-    series_uid = content_uid("rt-series", src.series_uid, arr, [str(l) for l in labels])
+    series_uid = content_uid("rt-series", src.series_uid, segmentation.array, [str(l) for l in labels])
+    ds = _structure_set(src, series_uid, structure_set_label=structure_set_label,
+                        series_description=series_description, series_number=series_number)
+    _add_rois(ds, segmentation, labels, src, algorithm, steps)
+    with atomic_path(path) as tmp:
+        pydicom.dcmwrite(str(tmp), ds, enforce_file_format=True)
+    steps.step()
+    log.info("wrote RTSTRUCT %s (%d ROIs)", path, len(labels))
+    return Path(path)
+
+
+_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                  "ReferringPhysicianName", "StudyID", "AccessionNumber")
+_PATIENT_STUDY_OPTIONAL = ("IssuerOfPatientID", "StudyDescription", "PatientAge")
+
+
+def _structure_set(src: SourceSeries, series_uid: str, *, structure_set_label: str, series_description: str,
+                   series_number: int) -> Any:
+    """The RTSTRUCT data set without ROIs: file meta, patient and study (copied from the first
+    source header), RT series, equipment, structure set and the referenced source instances."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+
     sop_uid = content_uid("rt-instance", series_uid)
     date, time = now_dicom()
-
+    first = src.first_header()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = RTSTRUCT_SOP_CLASS
     meta.MediaStorageSOPInstanceUID = sop_uid
@@ -166,11 +182,9 @@ def write_rtstruct(
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
     ds.SOPClassUID = RTSTRUCT_SOP_CLASS
     ds.SOPInstanceUID = sop_uid
-    # Patient and General Study: copied from the source
-    for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+    for key in _PATIENT_STUDY:
         setattr(ds, key, first.get(key, "") or "")
-    for key in ("IssuerOfPatientID", "StudyDescription", "PatientAge"):
+    for key in _PATIENT_STUDY_OPTIONAL:
         if first.get(key):
             setattr(ds, key, first.get(key))
     ds.StudyInstanceUID = src.study_uid
@@ -188,15 +202,32 @@ def write_rtstruct(
     # Structure Set
     ds.StructureSetLabel = structure_set_label[:16]
     ds.StructureSetDate, ds.StructureSetTime = date, time
-    contour_images = []
-    for sds in src.datasets:
-        item = Dataset()
-        item.ReferencedSOPClassUID = sds.SOPClassUID
-        item.ReferencedSOPInstanceUID = sds.SOPInstanceUID
-        contour_images.append(item)
+    ds.ReferencedFrameOfReferenceSequence = _referenced_frame(src)
+    # Frame of Reference module (part of the RT Structure Set IOD since 2021)
+    ds.FrameOfReferenceUID = src.frame_of_reference_uid
+    ds.PositionReferenceIndicator = first.get("PositionReferenceIndicator", "") or ""
+    return ds
+
+
+def _image_ref(sop_class_uid: str, sop_instance_uid: str) -> Any:
+    """A ContourImageSequence item referencing one source instance."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.ReferencedSOPClassUID = sop_class_uid
+    item.ReferencedSOPInstanceUID = sop_instance_uid
+    return item
+
+
+def _referenced_frame(src: SourceSeries) -> Any:
+    """ReferencedFrameOfReferenceSequence: frame → study → series → every source instance."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
     rt_series = Dataset()
     rt_series.SeriesInstanceUID = src.series_uid
-    rt_series.ContourImageSequence = Sequence(contour_images)
+    rt_series.ContourImageSequence = Sequence(
+        [_image_ref(c, i) for c, i in zip(src.sop_class_uids, src.sop_instance_uids)])
     rt_study = Dataset()
     rt_study.ReferencedSOPClassUID = DETACHED_STUDY_SOP_CLASS
     rt_study.ReferencedSOPInstanceUID = src.study_uid
@@ -204,74 +235,99 @@ def write_rtstruct(
     frame = Dataset()
     frame.FrameOfReferenceUID = src.frame_of_reference_uid
     frame.RTReferencedStudySequence = Sequence([rt_study])
-    ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
-    # Frame of Reference module (part of the RT Structure Set IOD since 2021)
-    ds.FrameOfReferenceUID = src.frame_of_reference_uid
-    ds.PositionReferenceIndicator = first.get("PositionReferenceIndicator", "") or ""
+    return Sequence([frame])
+
+
+def _add_rois(ds: Any, segmentation: Segmentation, labels: list, src: SourceSeries, algorithm: Optional[str],
+              steps: StepProgress) -> None:
+    """StructureSetROI, ROIContour and RTROIObservations sequences: one ROI per label."""
+    from pydicom.sequence import Sequence
 
     roi_items, contour_items, observation_items = [], [], []
-    empty_rois = []
     for number, label in enumerate(labels, start=1):
-        roi = Dataset()
-        roi.ROINumber = number
-        roi.ReferencedFrameOfReferenceUID = src.frame_of_reference_uid
-        roi.ROIName = label.name[:64]
-        roi.ROIGenerationAlgorithm = "AUTOMATIC" if algorithm else "MANUAL"
-        if algorithm:
-            roi.ROIGenerationDescription = f"{algorithm} (medseg {__version__})"[:64]
-        roi_items.append(roi)
-
-        contours = []
-        mask = arr == label.index
-        for k in np.flatnonzero(mask.any(axis=(1, 2))):
-            for c in mask_contours(mask[k]):
-                kji = np.column_stack([np.full(len(c), float(k)), c])
-                xyz = kji @ affine[:3, :3].T + affine[:3, 3]
-                item = Dataset()
-                img = Dataset()
-                img.ReferencedSOPClassUID = src.datasets[k].SOPClassUID
-                img.ReferencedSOPInstanceUID = src.datasets[k].SOPInstanceUID
-                item.ContourImageSequence = Sequence([img])
-                item.ContourGeometricType = "CLOSED_PLANAR"
-                item.NumberOfContourPoints = len(xyz)
-                item[_CONTOUR_DATA] = _ds_raw(_CONTOUR_DATA, xyz.ravel())
-                contours.append(item)
-        if not contours:
-            empty_rois.append(label.name)
-        rc = Dataset()
-        rc.ROIDisplayColor = list(label.color)
-        rc.ReferencedROINumber = number
-        rc.ContourSequence = Sequence(contours)
-        contour_items.append(rc)
-
-        obs = Dataset()
-        obs.ObservationNumber = number
-        obs.ReferencedROINumber = number
-        obs.RTROIInterpretedType = "ORGAN" if label.category is None or label.category.value == "123037004" else ""
-        obs.ROIInterpreter = ""
-        _, prop = codes_of(label)
-        code = Dataset()
-        code.CodeValue = prop.value
-        code.CodingSchemeDesignator = prop.scheme
-        code.CodeMeaning = prop.meaning[:64]
-        obs.RTROIIdentificationCodeSequence = Sequence([code])
-        observation_items.append(obs)
+        roi_items.append(_roi(number, label, src.frame_of_reference_uid, algorithm))
+        contours = _label_contours(segmentation, label.index, src)
+        if not contours:  # pragma: no cover - labels are taken from the map, so each has voxels
+            raise DicomError(src.files[0], f"no contour for ROI {label.name}")
+        contour_items.append(_roi_contour(number, label, contours))
+        observation_items.append(_observation(number, label))
         steps.step()
-    if empty_rois:  # pragma: no cover - labels are taken from the map, so each has voxels
-        raise DicomError(path, f"no contour for ROIs {empty_rois}")
     ds.StructureSetROISequence = Sequence(roi_items)
     ds.ROIContourSequence = Sequence(contour_items)
     ds.RTROIObservationsSequence = Sequence(observation_items)
     ds.ApprovalStatus = "UNAPPROVED"
-
     for rc in ds.ROIContourSequence:  # keep the raw ContourData raw when writing
         for item in rc.ContourSequence:
             item.set_original_encoding(False, True, item._character_set)
-    with atomic_path(path) as tmp:
-        pydicom.dcmwrite(str(tmp), ds, enforce_file_format=True)
-    steps.step()
-    log.info("wrote RTSTRUCT %s (%d ROIs)", path, len(labels))
-    return Path(path)
+
+
+def _roi(number: int, label: Any, frame_of_reference_uid: str, algorithm: Optional[str]) -> Any:
+    """A StructureSetROISequence item."""
+    from pydicom.dataset import Dataset
+
+    roi = Dataset()
+    roi.ROINumber = number
+    roi.ReferencedFrameOfReferenceUID = frame_of_reference_uid
+    roi.ROIName = label.name[:64]
+    roi.ROIGenerationAlgorithm = "AUTOMATIC" if algorithm else "MANUAL"
+    if algorithm:
+        roi.ROIGenerationDescription = f"{algorithm} (medseg {__version__})"[:64]
+    return roi
+
+
+def _label_contours(segmentation: Segmentation, index: int, src: SourceSeries) -> list:
+    """ContourSequence items of one label: the closed contours of each slice ``k`` mapped
+    voxel → LPS through the label map's affine (checked against the source slices), each
+    referencing source instance ``k``."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    affine = segmentation.affine
+    mask = segmentation.array == index
+    uids, classes = src.sop_instance_uids, src.sop_class_uids
+    out = []
+    for k in np.flatnonzero(mask.any(axis=(1, 2))):
+        for c in mask_contours(mask[k]):
+            kji = np.column_stack([np.full(len(c), float(k)), c])
+            xyz = kji @ affine[:3, :3].T + affine[:3, 3]
+            item = Dataset()
+            item.ContourImageSequence = Sequence([_image_ref(classes[k], uids[k])])
+            item.ContourGeometricType = "CLOSED_PLANAR"
+            item.NumberOfContourPoints = len(xyz)
+            item[_CONTOUR_DATA] = _ds_raw(_CONTOUR_DATA, xyz.ravel())
+            out.append(item)
+    return out
+
+
+def _roi_contour(number: int, label: Any, contours: list) -> Any:
+    """A ROIContourSequence item."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    rc = Dataset()
+    rc.ROIDisplayColor = list(label.color)
+    rc.ReferencedROINumber = number
+    rc.ContourSequence = Sequence(contours)
+    return rc
+
+
+def _observation(number: int, label: Any) -> Any:
+    """An RTROIObservationsSequence item with the label's identification code."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    obs = Dataset()
+    obs.ObservationNumber = number
+    obs.ReferencedROINumber = number
+    obs.RTROIInterpretedType = "ORGAN" if label.category is None or label.category.value == "123037004" else ""
+    obs.ROIInterpreter = ""
+    _, prop = codes_of(label)
+    code = Dataset()
+    code.CodeValue = prop.value
+    code.CodingSchemeDesignator = prop.scheme
+    code.CodeMeaning = prop.meaning[:64]
+    obs.RTROIIdentificationCodeSequence = Sequence([code])
+    return obs
 
 
 def _fill_even_odd(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 
 from medseg import __version__
-from medseg.errors import DependencyError, InputError
+from medseg.core.errors import DependencyError, InputError
 from medseg.export._common import codes_of, exported_labels
 from medseg.export._source import SourceLike, content_uid, load_source
 from medseg.io.atomic import atomic_path
-from medseg.progress import CancelCallback, ProgressCallback, StepProgress
-from medseg.segmentation import Segmentation
+from medseg.core.progress import CancelCallback, ProgressCallback, StepProgress
+from medseg.core.segmentation import Segmentation
 
 __all__ = ["write_dicom_seg", "read_dicom_seg"]
 
@@ -35,6 +35,12 @@ def _hd():
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise DependencyError("DICOM SEG export needs highdicom: pip install 'highdicom>=0.23'") from exc
     return hd
+
+
+#: equipment and content attributes of every SEG medseg writes
+_EQUIPMENT = dict(manufacturer="medseg", manufacturer_model_name="medseg", software_versions=__version__,
+                  device_serial_number="0", content_label="MEDSEG",
+                  content_description="Segmentation exported by medseg")
 
 
 def _code(hd, code):
@@ -73,7 +79,7 @@ def write_dicom_seg(
     series_description, series_number
         Of the new SEG series.
     progress, cancel : callables, optional
-        See :mod:`medseg.progress`.
+        See :mod:`medseg.core.progress`.
 
     Returns
     -------
@@ -88,8 +94,6 @@ def write_dicom_seg(
         The label grid is not the source grid.
     """
     hd = _hd()
-    from pydicom.sr.codedict import codes
-
     if segmentation_type not in ("binary", "labelmap"):
         raise InputError(f"segmentation_type must be 'binary' or 'labelmap', got {segmentation_type!r}")
     steps = StepProgress(3, "DICOM SEG", progress=progress, cancel=cancel)
@@ -98,61 +102,71 @@ def write_dicom_seg(
     if not labels:
         raise InputError("the label map is empty (only background); a DICOM SEG needs at least one segment")
     steps.step()
-    lut = np.zeros(int(segmentation.array.max()) + 1, dtype=np.uint16)
-    for number, label in enumerate(labels, start=1):
-        lut[label.index] = number
-    dtype = np.uint8 if len(labels) < 256 else np.uint16
-    pixels = lut[segmentation.array].astype(dtype)
-    descriptions = []
-    for number, label in enumerate(labels, start=1):
-        category, prop = codes_of(label)
-        kwargs = {}
-        if algorithm:
-            kwargs["algorithm_identification"] = hd.AlgorithmIdentificationSequence(
-                name=algorithm, family=codes.cid7162.ArtificialIntelligence, version=__version__)
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=label.name[:64],
-            segmented_property_category=_code(hd, category),
-            segmented_property_type=_code(hd, prop),
-            algorithm_type="AUTOMATIC" if algorithm else "MANUAL",
-            tracking_id=f"label {label.index}",
-            tracking_uid=content_uid("tracking", src.series_uid, label.index, label.name),
-            display_color=hd.color.CIELabColor.from_rgb(*label.color) if hasattr(hd.color.CIELabColor, "from_rgb") else None,
-            **kwargs,
-        ))
+    pixels = _segment_numbers(segmentation, labels)
     series_uid = content_uid("seg-series", src.series_uid, segmentation_type, pixels, [str(l) for l in labels])
     seg = hd.seg.Segmentation(
-        source_images=src.datasets,
+        source_images=src.headers(),
         pixel_array=pixels,
         segmentation_type=segmentation_type.upper(),
-        segment_descriptions=descriptions,
+        segment_descriptions=_segment_descriptions(hd, labels, src.series_uid, algorithm),
         series_instance_uid=series_uid,
         series_number=series_number,
         sop_instance_uid=content_uid("seg-instance", series_uid),
         instance_number=1,
-        manufacturer="medseg",
-        manufacturer_model_name="medseg",
-        software_versions=__version__,
-        device_serial_number="0",
         series_description=series_description[:64],
-        content_label="MEDSEG",
-        content_description="Segmentation exported by medseg"[:64],
         omit_empty_frames=True,
+        **_EQUIPMENT,
     )
-    # highdicom draws a random Dimension Organization UID; derive it from the content instead
-    # so that the same segmentation always gives the same object
-    dim_uid = content_uid("seg-dimensions", series_uid)
-    old = {str(item.DimensionOrganizationUID) for item in seg.get("DimensionOrganizationSequence", [])}
-    for item in list(seg.get("DimensionOrganizationSequence", [])) + list(seg.get("DimensionIndexSequence", [])):
-        if str(item.get("DimensionOrganizationUID", "")) in old:
-            item.DimensionOrganizationUID = dim_uid
+    _derive_dimension_uid(seg, series_uid)
     steps.step()
     with atomic_path(path) as tmp:
         seg.save_as(str(tmp))
     steps.step()
     log.info("wrote DICOM SEG %s (%d segments, %s)", path, len(labels), segmentation_type)
     return Path(path)
+
+
+def _segment_numbers(segmentation: Segmentation, labels: list) -> np.ndarray:
+    """(Z, Y, X) map of segment numbers 1..N (label-index order), uint8 or uint16."""
+    lut = np.zeros(int(segmentation.array.max()) + 1, dtype=np.uint16)
+    for number, label in enumerate(labels, start=1):
+        lut[label.index] = number
+    return lut[segmentation.array].astype(np.uint8 if len(labels) < 256 else np.uint16)
+
+
+def _segment_descriptions(hd: Any, labels: list, source_series_uid: str, algorithm: Optional[str]) -> list:
+    """One highdicom SegmentDescription per label: name, codes, colour, tracking ID and UID."""
+    from pydicom.sr.codedict import codes
+
+    out = []
+    for number, label in enumerate(labels, start=1):
+        category, prop = codes_of(label)
+        kwargs = {}
+        if algorithm:
+            kwargs["algorithm_identification"] = hd.AlgorithmIdentificationSequence(
+                name=algorithm, family=codes.cid7162.ArtificialIntelligence, version=__version__)
+        out.append(hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=label.name[:64],
+            segmented_property_category=_code(hd, category),
+            segmented_property_type=_code(hd, prop),
+            algorithm_type="AUTOMATIC" if algorithm else "MANUAL",
+            tracking_id=f"label {label.index}",
+            tracking_uid=content_uid("tracking", source_series_uid, label.index, label.name),
+            display_color=hd.color.CIELabColor.from_rgb(*label.color) if hasattr(hd.color.CIELabColor, "from_rgb") else None,
+            **kwargs,
+        ))
+    return out
+
+
+def _derive_dimension_uid(seg: Any, series_uid: str) -> None:
+    """Replace highdicom's random Dimension Organization UID by one derived from the content,
+    so that the same segmentation always gives the same object."""
+    dim_uid = content_uid("seg-dimensions", series_uid)
+    old = {str(item.DimensionOrganizationUID) for item in seg.get("DimensionOrganizationSequence", [])}
+    for item in list(seg.get("DimensionOrganizationSequence", [])) + list(seg.get("DimensionIndexSequence", [])):
+        if str(item.get("DimensionOrganizationUID", "")) in old:
+            item.DimensionOrganizationUID = dim_uid
 
 
 def read_dicom_seg(path: str | Path, *, source: SourceLike, segmentation: Segmentation | None = None) -> np.ndarray:
@@ -177,8 +191,8 @@ def read_dicom_seg(path: str | Path, *, source: SourceLike, segmentation: Segmen
     hd = _hd()
     seg = hd.seg.segread(str(path))
     if segmentation is None:
-        from medseg.labels import LabelTable
-        from medseg.volume import Volume
+        from medseg.core.labels import LabelTable
+        from medseg.core.volume import Volume
 
         if not isinstance(source, Volume):
             raise InputError("read_dicom_seg needs segmentation= (for the grid) unless source is a Volume "

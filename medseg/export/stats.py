@@ -15,11 +15,11 @@ from typing import Literal, Optional
 
 import numpy as np
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 from medseg.io import csvsafe
 from medseg.io.atomic import atomic_path
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 
 __all__ = ["label_statistics", "write_statistics"]
 
@@ -68,51 +68,73 @@ def label_statistics(
     if connectivity not in _STRUCTURES:
         raise InputError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
     arr = segmentation.array
+    values = None
     if image is not None:
         segmentation.label_map.require_same_grid(image, what="image")
         values = np.asarray(image.array if image.array.ndim == 3 else image.array[0], dtype=np.float64)
-    vml = segmentation.label_map.voxel_volume_ml
     flat = arr.ravel()
     n = max(int(flat.max(initial=0)), segmentation.labels.max_index) + 1
     counts = np.bincount(flat, minlength=n)
-    if image is not None:
-        v = values.ravel()
-        sums = np.bincount(flat, weights=v, minlength=n)
-        sq = np.bincount(flat, weights=v * v, minlength=n)
+    moments = _intensity_sums(flat, values, n)
     indices = [i for i in range(1, n) if counts[i] or (include_absent and i in segmentation.labels)]
-    objects = ndimage.find_objects(arr)
-    structure = ndimage.generate_binary_structure(3, _STRUCTURES[connectivity])
+    objects = ndimage.find_objects(arr)  # bounding box of label i at i - 1
     out_labels = []
     for index in indices:
         name = segmentation.labels[index].name if index in segmentation.labels else f"label_{index}"
-        entry: dict = {"index": index, "name": name, "voxels": int(counts[index]),
-                       "volume_ml": float(counts[index] * vml), "mean": None, "std": None, "min": None, "max": None}
-        items = []
-        if counts[index]:
-            if image is not None:
-                mean = sums[index] / counts[index]
-                entry["mean"] = float(mean)
-                entry["std"] = float(np.sqrt(max(sq[index] / counts[index] - mean * mean, 0.0)))
-            box = objects[index - 1]
-            mask = arr[box] == index
-            if image is not None:
-                vals = values[box][mask]
-                entry["min"], entry["max"] = float(vals.min()), float(vals.max())
-            comp, ncomp = ndimage.label(mask, structure=structure)
-            sizes = np.bincount(comp.ravel(), minlength=ncomp + 1)[1:]
-            centres = np.asarray(ndimage.center_of_mass(mask, comp, range(1, ncomp + 1)), dtype=float).reshape(-1, 3)
-            centres += np.array([s.start for s in box], dtype=float)
-            lps = centres @ segmentation.affine[:3, :3].T + segmentation.affine[:3, 3]
-            for rank, c in enumerate(np.argsort(-sizes, kind="stable"), start=1):
-                items.append({"id": rank, "voxels": int(sizes[c]), "volume_ml": float(sizes[c] * vml),
-                              "centroid_lps_mm": [round(float(x), 3) for x in lps[c]]})
-        entry["instances"] = {"count": len(items), "connectivity": connectivity, "items": items}
+        entry = _label_entry(segmentation, index, name, int(counts[index]), moments, values, objects, connectivity)
         out_labels.append(entry)
     return {
         "spacing_zyx_mm": [float(s) for s in segmentation.label_map.spacing],
-        "voxel_volume_ml": vml,
+        "voxel_volume_ml": segmentation.label_map.voxel_volume_ml,
         "labels": out_labels,
     }
+
+
+def _intensity_sums(flat: np.ndarray, values: Optional[np.ndarray], n: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """Per-label sums of values and of squared values (None without an image)."""
+    if values is None:
+        return None
+    v = values.ravel()
+    return np.bincount(flat, weights=v, minlength=n), np.bincount(flat, weights=v * v, minlength=n)
+
+
+def _label_entry(segmentation: Segmentation, index: int, name: str, count: int,
+                 moments: Optional[tuple[np.ndarray, np.ndarray]], values: Optional[np.ndarray], objects: list,
+                 connectivity: int) -> dict:
+    """One label's statistics: size, intensities (with an image) and connected instances."""
+    vml = segmentation.label_map.voxel_volume_ml
+    entry: dict = {"index": index, "name": name, "voxels": count,
+                   "volume_ml": float(count * vml), "mean": None, "std": None, "min": None, "max": None}
+    items: list[dict] = []
+    if count:
+        if moments is not None:
+            mean = moments[0][index] / count
+            entry["mean"] = float(mean)
+            entry["std"] = float(np.sqrt(max(moments[1][index] / count - mean * mean, 0.0)))
+        box = objects[index - 1]
+        mask = segmentation.array[box] == index
+        if values is not None:
+            vals = values[box][mask]
+            entry["min"], entry["max"] = float(vals.min()), float(vals.max())
+        items = _instances(mask, box, segmentation.affine, vml, connectivity)
+    entry["instances"] = {"count": len(items), "connectivity": connectivity, "items": items}
+    return entry
+
+
+def _instances(mask: np.ndarray, box: tuple, affine: np.ndarray, vml: float, connectivity: int) -> list[dict]:
+    """Connected components of ``mask`` (the label inside its bounding ``box``), largest first,
+    with voxel count, volume in mL and centroid in LPS mm."""
+    from scipy import ndimage
+
+    structure = ndimage.generate_binary_structure(3, _STRUCTURES[connectivity])
+    comp, ncomp = ndimage.label(mask, structure=structure)
+    sizes = np.bincount(comp.ravel(), minlength=ncomp + 1)[1:]
+    centres = np.asarray(ndimage.center_of_mass(mask, comp, range(1, ncomp + 1)), dtype=float).reshape(-1, 3)
+    centres += np.array([s.start for s in box], dtype=float)
+    lps = centres @ affine[:3, :3].T + affine[:3, 3]
+    return [{"id": rank, "voxels": int(sizes[c]), "volume_ml": float(sizes[c] * vml),
+             "centroid_lps_mm": [round(float(x), 3) for x in lps[c]]}
+            for rank, c in enumerate(np.argsort(-sizes, kind="stable"), start=1)]
 
 
 def _labels_csv(stats: dict) -> str:

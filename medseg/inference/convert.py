@@ -1,9 +1,9 @@
-"""Geometry conversion point 2: :class:`~medseg.volume.Volume` ⇄ MONAI ``MetaTensor``.
+"""Geometry conversion point 2: :class:`~medseg.core.volume.Volume` ⇄ MONAI ``MetaTensor``.
 
 medseg: array ``(Z, Y, X)`` (or ``(C, Z, Y, X)``), affine maps the index ``(k, j, i)`` to LPS mm.
 MONAI: tensor ``(C, I, J, K)`` in index order (fastest axis first, as nibabel/ITK), affine maps
 ``(i, j, k)`` to RAS mm. The conversion transposes the spatial axes and changes the affine by
-:func:`medseg.geometry.reverse_axes` and :func:`medseg.geometry.lps_to_ras`; nothing is
+:func:`medseg.core.geometry.reverse_axes` and :func:`medseg.core.geometry.lps_to_ras`; nothing is
 resampled, so it is exact and its own inverse.
 """
 
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from medseg import geometry
-from medseg.errors import GeometryError
-from medseg.volume import Volume
+from medseg.core import geometry
+from medseg.core.errors import GeometryError
+from medseg.core.volume import Volume
 
 __all__ = ["volume_to_metatensor", "metatensor_to_volume", "ras_affine", "lps_affine"]
 

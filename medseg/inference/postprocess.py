@@ -7,8 +7,8 @@ from typing import Mapping
 import numpy as np
 from scipy import ndimage
 
-from medseg.errors import InputError
-from medseg.labels import LabelTable
+from medseg.core.errors import InputError
+from medseg.core.labels import LabelTable
 from medseg.models.config import PostprocessingConfig
 
 __all__ = ["postprocess_label_map"]

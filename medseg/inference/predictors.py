@@ -1,10 +1,10 @@
 """Predictors for the analysis layer: a medseg model as a ``Volume → probabilities`` callable.
 
-:mod:`medseg.uncertainty` works with any predictor and never imports models or inference
+:mod:`medseg.analysis.uncertainty` works with any predictor and never imports models or inference
 (the dependency arrows of docs/ARCHITECTURE.md); this module is where a model becomes one.
 
 >>> from medseg.inference import uncertainty_predictors
->>> from medseg.uncertainty import estimate_uncertainty
+>>> from medseg.analysis.uncertainty import estimate_uncertainty
 >>> result = estimate_uncertainty(volume, uncertainty_predictors("tta"), method="tta")
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence, Union
 
-from medseg.errors import InputError
-from medseg.volume import Volume
+from medseg.core.errors import InputError
+from medseg.core.volume import Volume
 
 __all__ = ["model_predictor", "uncertainty_predictors"]
 
@@ -24,7 +24,7 @@ def model_predictor(model: object = None, *, mc_dropout: bool = False, device: s
     """A predictor running a medseg model (``None`` = bundled default, a name, path or LoadedModel).
 
     Returns a callable ``Volume → Volume`` of (C, Z, Y, X) softmax probabilities on the input
-    grid, with the model's :class:`~medseg.labels.LabelTable` as its ``labels`` attribute.
+    grid, with the model's :class:`~medseg.core.labels.LabelTable` as its ``labels`` attribute.
     With ``mc_dropout=True`` the dropout layers stay active, so each call is a new sample.
     """
     from medseg.inference.segment import predict_probabilities
@@ -41,7 +41,7 @@ def model_predictor(model: object = None, *, mc_dropout: bool = False, device: s
 
 def uncertainty_predictors(method: str, model: object = None, models: Optional[Sequence[object]] = None, *,
                            device: str = "auto") -> Union[Predictor, list[Predictor]]:
-    """The predictor(s) :func:`medseg.uncertainty.estimate_uncertainty` needs for ``method``.
+    """The predictor(s) :func:`medseg.analysis.uncertainty.estimate_uncertainty` needs for ``method``.
 
     ``"tta"``: ``model`` as is; ``"mc_dropout"``: ``model`` with its dropout layers active;
     ``"ensemble"``: one predictor per entry of ``models`` (names, paths or LoadedModels, at

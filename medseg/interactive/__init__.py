@@ -1,7 +1,7 @@
 """Click-to-segment: a promptable 3D session, a training-free engine and a learned one.
 
 ``Session`` holds the image, the accepted objects (one label map, locked) and the current
-object; prompts are voxel indices ``(k, j, i)`` (:mod:`medseg.prompts`). Engines conform to
+object; prompts are voxel indices ``(k, j, i)`` (:mod:`medseg.core.prompts`). Engines conform to
 the :class:`~medseg.interactive.engine.Engine` protocol:
 
 * ``"classical"`` (default, :class:`ClassicalEngine`): training-free, numpy/scipy only;
@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from typing import Union
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 from medseg.interactive.classical import ClassicalConfig, ClassicalEngine
 from medseg.interactive.engine import Engine
 from medseg.interactive.session import Session

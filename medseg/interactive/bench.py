@@ -17,9 +17,9 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 from medseg.interactive.engine import Engine
-from medseg.progress import check_cancel, report
+from medseg.core.progress import check_cancel, report
 
 log = logging.getLogger(__name__)
 

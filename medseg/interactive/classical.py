@@ -17,13 +17,13 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
-from medseg.editing import bounding_slices
+from medseg.core.editing import bounding_slices
 from medseg.interactive import classical_stages as st
 from medseg.interactive._grid import paste_overlap, pool_any, pool_fraction
 from medseg.interactive.classical_stages import WorkGrid
 from medseg.interactive.engine import Slices
-from medseg.prompts import ObjectPrompts
-from medseg.volume import Volume
+from medseg.core.prompts import ObjectPrompts
+from medseg.core.volume import Volume
 
 log = logging.getLogger(__name__)
 

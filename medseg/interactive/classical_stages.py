@@ -34,8 +34,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
-from medseg.editing import bounding_slices
-from medseg.intensity import CT_RANGE_HU, clip_intensity, noise_scale
+from medseg.core.editing import bounding_slices
+from medseg.core.intensity import CT_RANGE_HU, clip_intensity, noise_scale
 from medseg.interactive._grid import pool_mean, upsample_nearest, zoom_linear
 from medseg.interactive._walker import edge_weights, solve_walker
 from medseg.interactive.engine import Slices
@@ -140,7 +140,7 @@ def pooling_factors(roi_shape: Sequence[int], spacing: Sequence[float], max_voxe
 def working_image(roi: np.ndarray, f: np.ndarray, wshape: Sequence[int], ct: bool) -> tuple[np.ndarray, float]:
     """The ROI mean-pooled by ``f`` and normalised: ``(work, scale)``.
 
-    CT is clipped to :data:`~medseg.intensity.CT_RANGE_HU`, other images to their 0.5-99.5
+    CT is clipped to :data:`~medseg.core.intensity.CT_RANGE_HU`, other images to their 0.5-99.5
     percentiles (on the working grid), then divided by ``scale`` (robust noise level).
     """
     work = pool_mean(roi, f, wshape) if np.any(f > 1) else roi.astype(np.float32)

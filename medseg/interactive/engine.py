@@ -18,8 +18,8 @@ from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
 
-from medseg.prompts import ObjectPrompts
-from medseg.volume import Volume
+from medseg.core.prompts import ObjectPrompts
+from medseg.core.volume import Volume
 
 __all__ = ["Engine", "BackgroundPreparation", "Slices"]
 
@@ -36,7 +36,7 @@ class Engine(Protocol):
     name : str
         Short name used in messages (``"classical"``, ``"medsam"``...).
     prompt_types : tuple of str
-        The prompt kinds it takes, from :data:`medseg.prompts.PROMPT_TYPES`.
+        The prompt kinds it takes, from :data:`medseg.core.prompts.PROMPT_TYPES`.
     supports_undo : bool
         After :meth:`reset`, predictions depend only on the arguments of :meth:`predict`.
     background_preparation : bool

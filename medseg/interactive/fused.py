@@ -8,8 +8,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from medseg.interactive.medsam import MedSAMEngine
-from medseg.prompts import ObjectPrompts
-from medseg.volume import Volume
+from medseg.core.prompts import ObjectPrompts
+from medseg.core.volume import Volume
 
 __all__ = ["FusedEngine"]
 

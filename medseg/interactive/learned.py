@@ -24,10 +24,10 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from medseg.errors import ConfigError, InputError, ModelError
-from medseg.intensity import to_unit_range
-from medseg.progress import check_cancel, report
-from medseg.volume import Volume
+from medseg.core.errors import ConfigError, InputError, ModelError
+from medseg.core.intensity import to_unit_range
+from medseg.core.progress import check_cancel, report
+from medseg.core.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def load_config(name_or_path: str | Path) -> tuple[InteractiveModelConfig, Path]
     ConfigError
         If the file is missing, or a key is unknown or of the wrong type.
     """
-    from medseg.config import from_mapping, load_yaml
+    from medseg.core.config import from_mapping, load_yaml
     from medseg.models.loader import models_dir
 
     p = Path(name_or_path)
@@ -229,7 +229,7 @@ def train_interactive(data: Any = None, out_path: str | Path = "interactive_mode
     Parameters
     ----------
     data : None, folder pair or list
-        ``None``: generated phantoms (:func:`medseg.phantom.make_phantom`); a tuple
+        ``None``: generated phantoms (:func:`medseg.samples.phantom.make_phantom`); a tuple
         ``(images_dir, labels_dir)`` of files with matching names; or a list of
         ``(image Volume, label map ndarray)`` pairs. Images are resampled to the config grid.
     out_path : path
@@ -335,7 +335,7 @@ def _save_model(net, cfg: InteractiveModelConfig, out: Path) -> tuple[Path, Path
 def _training_cases(data, cfg: InteractiveModelConfig, n_phantoms: int, seed: int):
     cases = []
     if data is None:
-        from medseg.phantom import default_phantom_affine, make_phantom
+        from medseg.samples.phantom import default_phantom_affine, make_phantom
 
         for s in range(n_phantoms):
             img, seg = make_phantom(shape=cfg.patch, affine=default_phantom_affine(cfg.patch, cfg.spacing),

@@ -61,10 +61,10 @@ from typing import Callable, Optional
 import numpy as np
 from scipy import ndimage as ndi
 
-from medseg.editing import bounding_slices
+from medseg.core.editing import bounding_slices
 from medseg.interactive.embedding_cache import EmbeddingCache
-from medseg.prompts import ObjectPrompts
-from medseg.volume import Volume
+from medseg.core.prompts import ObjectPrompts
+from medseg.core.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +430,7 @@ class MedSAMEngine:
 
         Parameters
         ----------
-        prompts : medseg.prompts.ObjectPrompts
+        prompts : medseg.core.prompts.ObjectPrompts
         blocked : (Z, Y, X) ndarray, optional
             Non-zero: locked voxels (the session removes them from the result).
         previous : (slices, mask), optional

@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from medseg.errors import CheckpointError, DependencyError
+from medseg.core.errors import CheckpointError, DependencyError
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def run_robot(session, target: np.ndarray, *, spacing: Sequence[float], n_clicks
     metrics_at : int
         Surface Dice at 2 mm and HD95 are measured on the mask after this many clicks.
     """
-    from medseg.metrics import dice, hausdorff95, surface_dice
+    from medseg.analysis.metrics import dice, hausdorff95, surface_dice
 
     target = np.asarray(target, bool)
     session.reset()

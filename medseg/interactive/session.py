@@ -21,13 +21,13 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from medseg.errors import InputError, PromptError
+from medseg.core.errors import InputError, PromptError
 from medseg.interactive.engine import Engine, Slices
-from medseg.labels import Label, LabelTable, default_color
-from medseg.memory import release_heap_fragments
-from medseg.prompts import Box, ObjectPrompts, Point, Prompt, Scribble
-from medseg.segmentation import Segmentation, smallest_label_dtype
-from medseg.volume import Volume
+from medseg.core.labels import Label, LabelTable, default_color
+from medseg.core.memory import release_heap_fragments
+from medseg.core.prompts import Box, ObjectPrompts, Point, Prompt, Scribble
+from medseg.core.segmentation import Segmentation, smallest_label_dtype
+from medseg.core.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Reading and writing scans and segmentations.
 
-Every reader returns a :class:`~medseg.volume.Volume` in medseg's one convention (array
+Every reader returns a :class:`~medseg.core.volume.Volume` in medseg's one convention (array
 ``(Z, Y, X)``, affine voxel → LPS mm); every writer takes one. Formats:
 
 ========================  ============================  =========================
@@ -24,12 +24,12 @@ from typing import Optional
 
 import numpy as np
 
-from medseg.errors import FileFormatError, MedsegError
+from medseg.core.errors import FileFormatError, MedsegError
 from medseg.io.atomic import atomic_path, full_suffix
-from medseg.labels import LabelTable
-from medseg.progress import CancelCallback, ProgressCallback
-from medseg.segmentation import Segmentation, smallest_label_dtype
-from medseg.volume import Volume
+from medseg.core.labels import LabelTable
+from medseg.core.progress import CancelCallback, ProgressCallback
+from medseg.core.segmentation import Segmentation, smallest_label_dtype
+from medseg.core.volume import Volume
 
 __all__ = [
     "read_volume",
@@ -99,7 +99,7 @@ def read_volume(
         SeriesInstanceUID to load from a DICOM folder holding several series; the default
         rule is documented in :func:`medseg.io.dicom.select_series`.
     progress, cancel : callables, optional
-        See :mod:`medseg.progress`.
+        See :mod:`medseg.core.progress`.
 
     Returns
     -------

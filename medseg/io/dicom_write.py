@@ -1,4 +1,4 @@
-"""Write an image :class:`~medseg.volume.Volume` as a classic single-frame DICOM series.
+"""Write an image :class:`~medseg.core.volume.Volume` as a classic single-frame DICOM series.
 
 One file per array slice ``z`` (``IM00001.dcm`` …), CT Image Storage (or MR Image Storage
 for ``modality="MR"``), explicit VR little endian, signed 16-bit stored values with
@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
-from medseg.errors import GeometryError, InputError
+from medseg.core.errors import GeometryError, InputError
+from medseg.core.geometry import spacing_of
 from medseg.io.atomic import atomic_path
-from medseg.progress import CancelCallback, ProgressCallback, StepProgress
-from medseg.volume import Volume
+from medseg.core.progress import CancelCallback, ProgressCallback, StepProgress
+from medseg.core.volume import Volume
 
 __all__ = ["write_dicom_series", "choose_rescale"]
 
@@ -108,7 +110,7 @@ def write_dicom_series(
     overwrite : bool
         Replace the ``*.dcm`` files of a non-empty ``folder``.
     progress, cancel : callables, optional
-        See :mod:`medseg.progress`.
+        See :mod:`medseg.core.progress`.
 
     Returns
     -------
@@ -123,16 +125,61 @@ def write_dicom_series(
     GeometryError
         When the row and column axes of the affine are not orthogonal.
     """
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+    arr = volume.array
+    slope, intercept = _checked_rescale(arr, modality, rescale)
+    row, col, normal = _slice_axes(volume.affine)
+    uid = _uid_maker(seed, uid_prefix)
+    spec = _Series(
+        modality=modality, study_uid=uid("study"), series_uid=uid("series", series_number),
+        for_uid=uid("frame-of-reference"), series_number=series_number, patient_name=patient_name,
+        patient_id=patient_id, series_description=series_description, study_description=study_description,
+        study_date=study_date, slope=slope, intercept=intercept, affine=volume.affine, normal=normal,
+        iop=[_ds(float(v)) for v in (*row, *col)])
+    out = _prepare_folder(Path(folder), overwrite)
+    steps = StepProgress(arr.shape[0], "writing DICOM series", progress=progress, cancel=cancel)
+    written = [_write_slice(spec, k, arr, out, uid("instance", series_number, k), steps) for k in range(arr.shape[0])]
+    log.info("wrote %d DICOM slices to %s (series %s)", len(written), out, spec.series_uid)
+    return written
 
-    if volume.array.ndim != 3:
-        raise InputError(f"write_dicom_series needs a (Z, Y, X) volume, got shape {volume.array.shape}; "
+
+def _write_slice(spec: "_Series", k: int, arr: np.ndarray, out: Path, sop_uid: str, steps: StepProgress) -> Path:
+    """Write slice ``k`` atomically as ``IM<k+1>.dcm`` (zero-padded to at least 5 digits)."""
+    path = out / f"IM{k + 1:0{max(5, len(str(arr.shape[0])))}d}.dcm"
+    with atomic_path(path) as tmp:
+        _slice_dataset(spec, k, arr[k], sop_uid).save_as(tmp, enforce_file_format=True)
+    steps.step()
+    return path
+
+
+@dataclass(frozen=True)
+class _Series:
+    """What every slice of one written series shares."""
+
+    modality: str
+    study_uid: str
+    series_uid: str
+    for_uid: str
+    series_number: int
+    patient_name: str
+    patient_id: str
+    series_description: str
+    study_description: str
+    study_date: str
+    slope: float
+    intercept: float
+    affine: np.ndarray
+    normal: np.ndarray
+    iop: list
+
+
+def _checked_rescale(arr: np.ndarray, modality: str, rescale: Any) -> tuple[float, float]:
+    """(slope, intercept) from ``rescale`` (or :func:`choose_rescale`); InputError for a 4D
+    array, an unknown modality, or values that do not fit int16 with them."""
+    if arr.ndim != 3:
+        raise InputError(f"write_dicom_series needs a (Z, Y, X) volume, got shape {arr.shape}; "
                          "write one channel at a time")
     if modality not in _SOP:
         raise InputError(f"modality must be one of {sorted(_SOP)}, got {modality!r}")
-    arr = volume.array
     slope, intercept = choose_rescale(arr, modality) if rescale == "auto" else (float(rescale[0]), float(rescale[1]))
     if slope <= 0:
         raise InputError(f"rescale slope must be > 0, got {slope}")
@@ -141,22 +188,34 @@ def write_dicom_series(
     if smin < _I16.min or smax > _I16.max:
         raise InputError(f"values {lo}..{hi} do not fit int16 with slope {slope} and intercept {intercept} "
                          f"(stored {smin}..{smax}); use rescale='auto' or a larger slope")
-    a = volume.affine
+    return slope, intercept
+
+
+def _slice_axes(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit row (x), column (y) and slice-normal LPS vectors of an affine; GeometryError unless
+    the row and column axes are orthogonal."""
     row = a[:3, 2] / np.linalg.norm(a[:3, 2])
     col = a[:3, 1] / np.linalg.norm(a[:3, 1])
     if abs(float(row @ col)) > 1e-6:
         raise GeometryError("the volume's x and y axes are not orthogonal; DICOM slices need a rectangular "
                             "pixel grid: resample the volume first")
-    normal = np.cross(row, col)
-    slice_gap = abs(float(a[:3, 0] @ normal))  # > 0: the Volume's affine is never singular
-    spacing_z, spacing_y, spacing_x = volume.spacing
+    return row, col, np.cross(row, col)
+
+
+def _uid_maker(seed: int | str, uid_prefix: Optional[str]) -> Callable[..., str]:
+    """UIDs derived from ``seed`` and what they name (deterministic)."""
+    import pydicom
+    from pydicom.uid import generate_uid
 
     def uid(*what: object) -> str:
         return generate_uid(prefix=uid_prefix or pydicom.uid.PYDICOM_ROOT_UID,
                             entropy_srcs=[str(seed), *(str(w) for w in what)])
 
-    study_uid, series_uid, for_uid = uid("study"), uid("series", series_number), uid("frame-of-reference")
-    out = Path(folder)
+    return uid
+
+
+def _prepare_folder(out: Path, overwrite: bool) -> Path:
+    """Create ``out``; refuse a non-empty one unless ``overwrite`` (then delete its ``*.dcm``)."""
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise InputError(f"{out}: folder is not empty; write a DICOM series into an empty folder "
@@ -164,80 +223,94 @@ def write_dicom_series(
         for old in out.glob("*.dcm"):
             old.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    width = max(5, len(str(arr.shape[0])))
-    steps = StepProgress(arr.shape[0], "writing DICOM series", progress=progress, cancel=cancel)
-    written: list[Path] = []
-    iop = [_ds(float(v)) for v in (*row, *col)]
-    for k in range(arr.shape[0]):
-        sop_uid = uid("instance", series_number, k)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = _SOP[modality]
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = "MEDSEG_0_1"
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"] if modality == "CT" else ["DERIVED", "SECONDARY", "OTHER"]
-        ds.SOPClassUID = _SOP[modality]
-        ds.SOPInstanceUID = sop_uid
-        ds.StudyDate = ds.SeriesDate = ds.ContentDate = study_date
-        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
-        ds.AccessionNumber = ""
-        ds.Modality = modality
-        ds.Manufacturer = "medseg"
-        ds.ReferringPhysicianName = ""
-        ds.StudyDescription = study_description
-        ds.SeriesDescription = series_description
-        ds.Laterality = ""
-        ds.PatientName = patient_name
-        ds.PatientID = patient_id
-        ds.PatientBirthDate = ""
-        ds.PatientSex = ""
-        if modality == "CT":
-            ds.KVP = ""
-        else:
-            ds.ScanningSequence = "RM"
-            ds.SequenceVariant = "NONE"
-            ds.ScanOptions = ""
-            ds.MRAcquisitionType = "3D"
-            ds.EchoTime = ""
-            ds.RepetitionTime = ""
-            ds.EchoTrainLength = ""
-        ds.SliceThickness = _ds(slice_gap)
-        ds.SpacingBetweenSlices = _ds(slice_gap)
-        ds.PatientPosition = "HFS"
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.StudyID = "1"
-        ds.SeriesNumber = series_number
-        ds.AcquisitionNumber = 1
-        ds.InstanceNumber = k + 1
-        position = a[:3, 3] + k * a[:3, 0]
-        ds.ImagePositionPatient = [_ds(float(v)) for v in position]
-        ds.ImageOrientationPatient = iop
-        ds.FrameOfReferenceUID = for_uid
-        ds.PositionReferenceIndicator = ""
-        ds.SliceLocation = _ds(float(position @ normal))
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = int(arr.shape[1]), int(arr.shape[2])
-        ds.PixelSpacing = [_ds(spacing_y), _ds(spacing_x)]
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept = _ds(intercept)
-        ds.RescaleSlope = _ds(slope)
-        if modality == "CT":
-            ds.RescaleType = "HU"
-        stored = np.rint((arr[k].astype(np.float64) - intercept) / slope).astype("<i2")
-        ds.PixelData = stored.tobytes()
-        path = out / f"IM{k + 1:0{width}d}.dcm"
-        with atomic_path(path) as tmp:
-            ds.save_as(tmp, enforce_file_format=True)
-        written.append(path)
-        steps.step()
-    log.info("wrote %d DICOM slices to %s (series %s)", len(written), out, series_uid)
-    return written
+    return out
+
+
+def _slice_dataset(spec: _Series, k: int, pixels: np.ndarray, sop_uid: str) -> Any:
+    """The data set of slice ``k``: identification, patient/study/series, plane, pixels."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = _SOP[spec.modality]
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "MEDSEG_0_1"
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"] if spec.modality == "CT" else ["DERIVED", "SECONDARY", "OTHER"]
+    ds.SOPClassUID = _SOP[spec.modality]
+    ds.SOPInstanceUID = sop_uid
+    _patient_study_series(ds, spec, k)
+    _plane(ds, spec, k)
+    _pixel_module(ds, spec, pixels)
+    return ds
+
+
+def _patient_study_series(ds: Any, spec: _Series, k: int) -> None:
+    """Patient, study, series, equipment and the modality's required acquisition attributes."""
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = spec.study_date
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
+    ds.AccessionNumber = ""
+    ds.Modality = spec.modality
+    ds.Manufacturer = "medseg"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = spec.study_description
+    ds.SeriesDescription = spec.series_description
+    ds.Laterality = ""
+    ds.PatientName = spec.patient_name
+    ds.PatientID = spec.patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    if spec.modality == "CT":
+        ds.KVP = ""
+    else:
+        ds.ScanningSequence = "RM"
+        ds.SequenceVariant = "NONE"
+        ds.ScanOptions = ""
+        ds.MRAcquisitionType = "3D"
+        ds.EchoTime = ""
+        ds.RepetitionTime = ""
+        ds.EchoTrainLength = ""
+    ds.PatientPosition = "HFS"
+    ds.StudyInstanceUID = spec.study_uid
+    ds.SeriesInstanceUID = spec.series_uid
+    ds.StudyID = "1"
+    ds.SeriesNumber = spec.series_number
+    ds.AcquisitionNumber = 1
+    ds.InstanceNumber = k + 1
+
+
+def _plane(ds: Any, spec: _Series, k: int) -> None:
+    """Image Plane of slice ``k``, exactly from the affine (see the module docstring)."""
+    a = spec.affine
+    slice_gap = abs(float(a[:3, 0] @ spec.normal))  # > 0: the Volume's affine is never singular
+    _, spacing_y, spacing_x = spacing_of(a)
+    ds.SliceThickness = _ds(slice_gap)
+    ds.SpacingBetweenSlices = _ds(slice_gap)
+    position = a[:3, 3] + k * a[:3, 0]
+    ds.ImagePositionPatient = [_ds(float(v)) for v in position]
+    ds.ImageOrientationPatient = spec.iop
+    ds.FrameOfReferenceUID = spec.for_uid
+    ds.PositionReferenceIndicator = ""
+    ds.SliceLocation = _ds(float(position @ spec.normal))
+    ds.PixelSpacing = [_ds(spacing_y), _ds(spacing_x)]
+
+
+def _pixel_module(ds: Any, spec: _Series, pixels: np.ndarray) -> None:
+    """Signed 16-bit stored values with RescaleSlope/Intercept."""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleIntercept = _ds(spec.intercept)
+    ds.RescaleSlope = _ds(spec.slope)
+    if spec.modality == "CT":
+        ds.RescaleType = "HU"
+    stored = np.rint((pixels.astype(np.float64) - spec.intercept) / spec.slope).astype("<i2")
+    ds.PixelData = stored.tobytes()

@@ -1,4 +1,4 @@
-"""SimpleITK image ⇄ :class:`~medseg.volume.Volume` (conversion point 1 of the geometry convention).
+"""SimpleITK image ⇄ :class:`~medseg.core.volume.Volume` (conversion point 1 of the geometry convention).
 
 ITK stores spacing, origin and direction in index order ``(i, j, k)`` (fastest axis first) and
 in LPS. ``sitk.GetArrayFromImage`` already returns array order ``(k, j, i)``, so only the
@@ -12,8 +12,8 @@ from typing import Any, Mapping
 import numpy as np
 import SimpleITK as sitk
 
-from medseg.geometry import check_affine
-from medseg.volume import Volume
+from medseg.core.geometry import check_affine
+from medseg.core.volume import Volume
 
 __all__ = ["volume_from_sitk", "volume_to_sitk", "affine_from_sitk"]
 
@@ -47,7 +47,7 @@ def volume_to_sitk(volume: Volume) -> sitk.Image:
     ``(C, Z, Y, X)`` arrays become vector images. An affine with shear (non-orthogonal axes)
     cannot be represented by ITK and raises ``GeometryError``.
     """
-    from medseg.errors import GeometryError
+    from medseg.core.errors import GeometryError
 
     arr = volume.array
     if arr.ndim == 4:

@@ -3,7 +3,7 @@
 Every reader computes the bytes a file declares (dimensions × bytes per voxel, from the header
 alone) and calls :func:`check_declared_size` before reading pixels. A NIfTI header claiming
 54 TB, a 9 MB ``.nii.gz`` that inflates to 2 GiB, or a DICOM with Rows = Columns = 65535 is
-refused with :class:`~medseg.errors.ResourceLimitError` naming the header fields and the limit,
+refused with :class:`~medseg.core.errors.ResourceLimitError` naming the header fields and the limit,
 instead of failing inside an allocation (or swapping the machine to a halt).
 
 The limit, in bytes:
@@ -26,7 +26,7 @@ import contextvars
 import os
 from typing import Iterator, Optional, Sequence
 
-from medseg.errors import InputError, ResourceLimitError
+from medseg.core.errors import InputError, ResourceLimitError
 
 __all__ = [
     "ENV_VAR",

@@ -1,4 +1,4 @@
-"""NIfTI ⇄ :class:`~medseg.volume.Volume` through nibabel (conversion point 1).
+"""NIfTI ⇄ :class:`~medseg.core.volume.Volume` through nibabel (conversion point 1).
 
 NIfTI's affine maps the file's index order ``(i, j, k)`` to **RAS**. nibabel picks the
 sform when its code is > 0, otherwise the qform (``img.affine``), which is the NIfTI
@@ -15,9 +15,9 @@ from typing import Any, Mapping
 import nibabel as nib
 import numpy as np
 
-from medseg.errors import FileFormatError, ResourceLimitError
-from medseg.geometry import lps_to_ras, ras_to_lps, reverse_axes
-from medseg.volume import Volume
+from medseg.core.errors import FileFormatError, ResourceLimitError
+from medseg.core.geometry import lps_to_ras, ras_to_lps, reverse_axes
+from medseg.core.volume import Volume
 
 __all__ = ["read_nifti", "write_nifti", "volume_from_nibabel", "affine_from_nibabel", "volume_to_nibabel", "nifti_header", "check_nifti_size"]
 

@@ -10,7 +10,7 @@
 3. **Write atomically** (:func:`medseg.io.atomic.atomic_path`): a reader never sees a
    half-written file, and a failed write leaves the previous file untouched.
 4. A file output that is an existing folder (``out.nii.gz/``), or a folder output that is an
-   existing file, is a named :class:`~medseg.errors.OutputError`, never ``IsADirectoryError``.
+   existing file, is a named :class:`~medseg.core.errors.OutputError`, never ``IsADirectoryError``.
 
 Inputs are registered for a whole command with :func:`protect_inputs`; every
 :func:`~medseg.io.atomic.atomic_path` under it refuses a target that collides with one, so a
@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
-from medseg.errors import OutputError, OutputExistsError
+from medseg.core.errors import OutputError, OutputExistsError
 
 __all__ = [
     "protect_inputs",

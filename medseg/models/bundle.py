@@ -7,7 +7,7 @@ config as plain data under ``"medseg_config"``), ``models/model.pt`` (a plain st
 
 Import reads bundle configs as *data*. Only whitelisted ``_target_`` names are recognised and
 any ``$`` expression or ``@``/``%`` reference in a value medseg needs is refused with
-:class:`~medseg.errors.ModelError` unless the caller opts in with ``allow_code=True``.
+:class:`~medseg.core.errors.ModelError` unless the caller opts in with ``allow_code=True``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from medseg.config import load_yaml
-from medseg.errors import ConfigError, MedsegError, ModelError
+from medseg.core.config import load_yaml
+from medseg.core.errors import ConfigError, MedsegError, ModelError
 from medseg.models.config import (
     InferenceConfig,
     IntensityConfig,
@@ -27,6 +27,8 @@ from medseg.models.config import (
     PreprocessingConfig,
     config_from_mapping,
     config_to_mapping,
+    model_axes,
+    monai_pixdim,
 )
 
 __all__ = ["export_bundle", "import_bundle", "BUNDLE_TARGETS", "unread_code"]
@@ -49,8 +51,6 @@ _SLICE_ARRAY_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
 
 def _slice_dim(config: ModelConfig) -> Optional[int]:
     """Model-grid axis a 2D model slides along (None for 3D): as medseg's own slice-wise path."""
-    from medseg.inference.preprocess import model_axes
-
     if config.network.spatial_dims != 2:
         return None
     return model_axes(config.preprocessing).index(_SLICE_ARRAY_AXIS[config.inference.slice_axis])
@@ -136,8 +136,6 @@ def _skimage_min_size_inclusive() -> bool:
 
 
 def _inference_config(config: ModelConfig) -> dict:
-    from medseg.inference.preprocess import model_axes, monai_pixdim
-
     pre = config.preprocessing
     axes = model_axes(pre)
     roi = [int(config.inference.patch_size[a]) for a in axes]
@@ -233,24 +231,35 @@ def export_bundle(model, folder: str | Path) -> Path:
     Path
         The bundle folder.
     """
-    import monai
-    import numpy as np
     import torch
 
     from medseg.models.checkpoint import save_weights
 
     root = Path(folder)
-    (root / "configs").mkdir(parents=True, exist_ok=True)
-    (root / "models").mkdir(parents=True, exist_ok=True)
-    (root / "docs").mkdir(parents=True, exist_ok=True)
+    for sub in ("configs", "models", "docs"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
     cfg: ModelConfig = model.config
     inference = _inference_config(cfg)
     (root / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
-    roi = inference["inferer"]["roi_size"]
     target = inference["network_def"]["_target_"]
+    meta = _bundle_metadata(cfg, roi=inference["inferer"]["roi_size"], target=target)
+    (root / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2))
+    state = {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
+    torch.save(state, root / "models" / "model.pt")
+    save_weights(state, root / "models" / "model.safetensors")
+    (root / "docs" / "README.md").write_text(_bundle_readme(cfg, target))
+    return root
+
+
+def _bundle_metadata(cfg: ModelConfig, *, roi: list[int], target: str) -> dict:
+    """``configs/metadata.json``: versions, the network's input/output format and the medseg config."""
+    import monai
+    import numpy as np
+    import torch
+
     needs_medseg = target.startswith("medseg.")
     channel_def = {"0": "background", **{str(i): n for i, n in cfg.labels.items()}}
-    meta = {
+    return {
         "version": "0.1.0", "monai_version": monai.__version__, "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
         "optional_packages_version": {"medseg": _medseg_version()} if needs_medseg else {},
@@ -269,13 +278,13 @@ def export_bundle(model, folder: str | Path) -> Path:
                                  "value_range": [0, 1], "is_patch_data": True, "channel_def": channel_def}}},
         "medseg_config": config_to_mapping(cfg),
     }
-    (root / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2))
-    state = {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
-    torch.save(state, root / "models" / "model.pt")
-    save_weights(state, root / "models" / "model.safetensors")
+
+
+def _bundle_readme(cfg: ModelConfig, target: str) -> str:
+    """``docs/README.md``: how to run the bundle and what it needs."""
     slice_dim = _slice_dim(cfg)
     notes = [f"Network: `{target}` ({cfg.network.spatial_dims}D)."]
-    if needs_medseg:
+    if target.startswith("medseg."):
         notes.append(f"`{target}` is medseg's own class: `monai.bundle` imports it, so medseg must be "
                      "installed in the environment that runs this bundle.")
     if slice_dim is not None:
@@ -286,12 +295,10 @@ def export_bundle(model, folder: str | Path) -> Path:
     if any(r.min_size_ml > 0 for r in cfg.postprocessing.values()) and _skimage_min_size_inclusive():
         notes.append("With scikit-image 0.26 (issue #8001) `RemoveSmallObjectsd` also removes components of "
                      "exactly the minimum size, which medseg keeps.")
-    (root / "docs" / "README.md").write_text(
-        f"# {cfg.name}\n\n{cfg.description}\n\nExported by medseg. Run:\n\n"
-        "    python -m monai.bundle run --config_file configs/inference.json --bundle_root . "
-        "--dataset_dir IMAGES --output_dir OUT\n\n" + "\n".join(notes) + "\n\nLabels: "
-        + ", ".join(f"{i} {n}" for i, n in cfg.labels.items()) + "\n")
-    return root
+    return (f"# {cfg.name}\n\n{cfg.description}\n\nExported by medseg. Run:\n\n"
+            "    python -m monai.bundle run --config_file configs/inference.json --bundle_root . "
+            "--dataset_dir IMAGES --output_dir OUT\n\n" + "\n".join(notes) + "\n\nLabels: "
+            + ", ".join(f"{i} {n}" for i, n in cfg.labels.items()) + "\n")
 
 
 # -- import -------------------------------------------------------------------------------
@@ -471,8 +478,6 @@ def _transforms(data: Mapping, key: str) -> list[Mapping]:
 
 
 def _preprocessing(data: Mapping, where: Path, allow_code: bool) -> tuple[PreprocessingConfig, None]:
-    from medseg.inference.preprocess import model_axes
-
     axcodes, pixdim, intensity, diagonal = "RAS", None, IntensityConfig(kind="none"), False
     for t in _transforms(data, "preprocessing"):
         name = str(t.get("_target_", "")).split(".")[-1]
@@ -498,8 +503,6 @@ def _preprocessing(data: Mapping, where: Path, allow_code: bool) -> tuple[Prepro
 
 def _inferer(data: Mapping, pre: PreprocessingConfig, allow_code: bool) -> InferenceConfig:
     """Sliding-window settings; a ``SliceInferer`` maps to a 2D model's ``slice_axis``."""
-    from medseg.inference.preprocess import model_axes
-
     inf = data.get("inferer")
     if not isinstance(inf, Mapping):
         return InferenceConfig()

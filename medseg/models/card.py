@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from medseg.errors import ConfigError
+from medseg.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

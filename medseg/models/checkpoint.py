@@ -2,7 +2,7 @@
 
 A ``.pt``/``.pth`` file whose pickle stream needs anything beyond tensors and plain containers
 (classes, functions: the way malicious checkpoints run code) is refused with
-:class:`~medseg.errors.CheckpointError`; nothing in it is executed.
+:class:`~medseg.core.errors.CheckpointError`; nothing in it is executed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from medseg.errors import CheckpointError
+from medseg.core.errors import CheckpointError
 from medseg.io.atomic import atomic_path
 
 __all__ = ["save_weights", "load_weights", "load_state_file", "save_state_file", "apply_weights"]

@@ -1,8 +1,8 @@
 """Model configurations: YAML data validated into frozen dataclasses.
 
-A model config is pure data (``yaml.safe_load`` + :func:`medseg.config.from_mapping`): the
+A model config is pure data (``yaml.safe_load`` + :func:`medseg.core.config.from_mapping`): the
 network is chosen by name from a whitelist (:mod:`medseg.models.registry`), never by an
-import path. Unknown keys raise :class:`~medseg.errors.ConfigError` naming the file and the key
+import path. Unknown keys raise :class:`~medseg.core.errors.ConfigError` naming the file and the key
 path. Per-axis values follow medseg's array order ``(z, y, x)``.
 """
 
@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
 
-from medseg.config import from_mapping, load_yaml
-from medseg.errors import ConfigError
-from medseg.labels import LabelTable
+from medseg.core.config import from_mapping, load_yaml
+from medseg.core.errors import ConfigError
+from medseg.core.labels import LabelTable
 
 __all__ = [
     "NetworkConfig",
@@ -26,6 +26,8 @@ __all__ = [
     "load_config",
     "config_from_mapping",
     "config_to_mapping",
+    "model_axes",
+    "monai_pixdim",
     "NETWORK_NAMES",
 ]
 
@@ -176,6 +178,22 @@ class PreprocessingConfig:
         code = self.orientation.upper()
         if len(code) != 3 or sorted(code.replace("L", "R").replace("P", "A").replace("I", "S")) != ["A", "R", "S"]:
             raise ConfigError(f"preprocessing.orientation must be a 3-letter code like 'RAS', got {self.orientation!r}")
+
+
+def monai_pixdim(config: PreprocessingConfig) -> tuple[float, float, float]:
+    """Target spacing in MONAI's ``(i, j, k)`` order, for the axes *after* reorientation.
+
+    ``target_spacing`` is ``(z, y, x)``: S/I gets z, A/P gets y, R/L gets x.
+    """
+    sz, sy, sx = config.target_spacing
+    by = {"R": sx, "L": sx, "A": sy, "P": sy, "S": sz, "I": sz}
+    return tuple(float(by[c]) for c in config.orientation.upper())  # type: ignore[return-value]
+
+
+def model_axes(config: PreprocessingConfig) -> tuple[int, int, int]:
+    """For each model-grid tensor axis, the medseg array axis (0=z, 1=y, 2=x) it corresponds to."""
+    by = {"R": 2, "L": 2, "A": 1, "P": 1, "S": 0, "I": 0}
+    return tuple(by[c] for c in config.orientation.upper())  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from medseg.errors import CheckpointError, ConfigError, MedsegError, ModelError
-from medseg.labels import LabelTable
+from medseg.core.errors import CheckpointError, ConfigError, MedsegError, ModelError
+from medseg.core.labels import LabelTable
 from medseg.models.config import ModelConfig, config_from_mapping, load_config
 
 if TYPE_CHECKING:  # pragma: no cover

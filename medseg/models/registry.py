@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from medseg.errors import ModelError
+from medseg.core.errors import ModelError
 from medseg.models.config import NetworkConfig
 
 __all__ = ["build_network", "network_spec", "network_config_from_spec", "NETWORK_BUILDERS", "NETWORK_TARGETS"]

@@ -87,7 +87,7 @@ def _rebuild(module: str, name: str, message: str) -> BaseException:
             return exc
     except Exception:  # noqa: BLE001 - e.g. FileFormatError(path, problem): fall back
         pass
-    from medseg.errors import MedsegError
+    from medseg.core.errors import MedsegError
 
     return MedsegError(f"{name}: {message}")
 
@@ -132,7 +132,7 @@ def run_in_process(fn: Callable[..., Any], *args: Any, progress: Any = None, can
     Meant to be called from a worker thread: it blocks until the result is back, forwarding
     progress to ``progress(done, total, message)``. Once ``cancel()`` is true the helper's
     ``cancel()`` is true too; a task that has not ended ``grace_s`` seconds later is stopped by
-    killing the helper (a new one serves the next call) and :class:`~medseg.errors.CancelledError`
+    killing the helper (a new one serves the next call) and :class:`~medseg.core.errors.CancelledError`
     is raised. ``fn`` and its arguments must be picklable. Exceptions come back as the same
     medseg error class when possible. When the program's main script has no ``__main__`` guard
     (:func:`main_is_guarded`), ``fn`` runs in the calling thread instead.

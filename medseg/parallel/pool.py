@@ -39,7 +39,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
-from medseg.errors import CancelledError, MedsegError
+from medseg.core.errors import CancelledError, MedsegError
 from medseg.parallel.context import process_context
 
 __all__ = ["ProcessPool", "PoolEvent", "WorkerStartError", "WorkerCrashedError", "worker_progress",

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from medseg.errors import FileFormatError, InputError
+from medseg.core.errors import FileFormatError, InputError
 from medseg.io import IMAGE_SUFFIXES
 from medseg.io.atomic import full_suffix
-from medseg.progress import CancelCallback, ProgressCallback, StepProgress
+from medseg.core.progress import CancelCallback, ProgressCallback, StepProgress
 
 __all__ = ["Case", "find_cases", "split_cases", "case_fold", "dataset_labels", "load_case"]
 
@@ -125,7 +125,7 @@ def load_case(case: Case, preprocessing, *, num_labels: int) -> dict:
 
     Returns ``{"image": (C, I, J, K) tensor, "label": (1, I, J, K) tensor, "case_id": str}``.
     """
-    from medseg.inference.preprocess import preprocess_labels, preprocess_volume
+    from medseg.inference.mapping import preprocess_labels, preprocess_volume
     from medseg.io import read_volume
 
     image = read_volume(case.image)

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 import yaml
 
-from medseg.config import from_mapping, load_yaml
-from medseg.errors import CheckpointError, ConfigError, InputError
+from medseg.core.config import from_mapping, load_yaml
+from medseg.core.errors import CheckpointError, ConfigError, InputError
 from medseg.models.checkpoint import apply_weights, load_state_file, load_weights, save_state_file, save_weights
 from medseg.models.config import ModelConfig, config_to_mapping
 from medseg.models.registry import build_network
-from medseg.progress import CancelCallback, ProgressCallback, check_cancel, report
+from medseg.core.progress import CancelCallback, ProgressCallback, check_cancel, report
 from medseg.training.data import dataset_labels, find_cases, load_cases, split_cases
 
 __all__ = ["TrainingConfig", "TrainResult", "train", "load_training_config", "evaluate_cases"]
@@ -141,7 +141,7 @@ def _roi(config: ModelConfig, tc: TrainingConfig) -> tuple[list[int], Optional[i
     if tc.patch_size is not None and tuple(tc.patch_size) != tuple(config.inference.patch_size):
         log.warning("training patch %s differs from the inference patch %s; set inference.patch_size to the "
                     "training patch before segmenting with this model", tc.patch_size, config.inference.patch_size)
-    from medseg.inference.preprocess import model_axes
+    from medseg.models.config import model_axes
 
     patch = tc.patch_size or config.inference.patch_size
     axes = model_axes(config.preprocessing)

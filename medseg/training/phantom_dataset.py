@@ -8,8 +8,8 @@ from typing import Optional
 
 import numpy as np
 
-from medseg.geometry import make_affine
-from medseg.progress import CancelCallback, ProgressCallback, StepProgress
+from medseg.core.geometry import make_affine
+from medseg.core.progress import CancelCallback, ProgressCallback, StepProgress
 
 __all__ = ["random_phantom_grid", "write_phantom_dataset"]
 
@@ -66,7 +66,7 @@ def write_phantom_dataset(
         Vary spacing, flips and obliquity (robust models); False = one axial grid.
     """
     from medseg.io import write_segmentation, write_volume
-    from medseg.phantom import PHANTOM_LABELS, make_phantom
+    from medseg.samples.phantom import PHANTOM_LABELS, make_phantom
 
     root = Path(folder)
     (root / "imagesTr").mkdir(parents=True, exist_ok=True)

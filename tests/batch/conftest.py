@@ -12,7 +12,7 @@ import pytest
 def make_study(root: Path, *, n_series: int = 2, shape=(12, 40, 40), nifti: bool = True) -> Path:
     from medseg.io import write_volume
     from medseg.io.dicom_write import write_dicom_series
-    from medseg.phantom import default_phantom_affine, make_phantom
+    from medseg.samples.phantom import default_phantom_affine, make_phantom
 
     for s in range(n_series):
         image, _ = make_phantom(shape=shape, affine=default_phantom_affine(shape, (10.0, 8.0, 8.0)), seed=s)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from medseg.batch import BatchConfig, SegmenterSpec, SelectionRule, discover_series, run_batch, threshold_segment
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 
 ALL = ("nifti", "seg", "rtstruct", "stl", "stats")
 THRESHOLD = SegmenterSpec("threshold")
@@ -21,7 +21,7 @@ def _fault_study(study):
     from pydicom.data import get_testdata_file
 
     from medseg.io.dicom_write import write_dicom_series
-    from medseg.phantom import default_phantom_affine, make_phantom
+    from medseg.samples.phantom import default_phantom_affine, make_phantom
 
     misc = study / "misc"
     misc.mkdir()
@@ -84,7 +84,7 @@ def test_fault_injection(study, tmp_path, tree_hashes):
 
 def test_selection_rule(study):
     from medseg.io import write_segmentation
-    from medseg.phantom import make_phantom
+    from medseg.samples.phantom import make_phantom
 
     _, seg = make_phantom(shape=(8, 16, 16), seed=1)
     write_segmentation(seg, study / "nifti" / "reference_labels.nii.gz")
@@ -170,7 +170,7 @@ def test_cli_batch_and_export(study, tmp_path, capsys):
 
 
 def test_progress_and_cancel(study, tmp_path):
-    from medseg.errors import CancelledError
+    from medseg.core.errors import CancelledError
 
     batch, per_series = [], []
     run_batch(study, tmp_path / "a", config=BatchConfig(formats=("nifti",), segmenter=THRESHOLD),
@@ -200,7 +200,7 @@ def test_cancelled_multi_worker_batch_raises_cancelled(study, tmp_path):
     """A pooled batch the user cancels must raise CancelledError and never report itself complete:
     the series finished before the cancel stay published, and summary.json says "interrupted" and
     lists exactly the series not run."""
-    from medseg.errors import CancelledError
+    from medseg.core.errors import CancelledError
 
     out = tmp_path / "out"
 
@@ -289,7 +289,7 @@ def test_an_error_in_a_pooled_batch_kills_the_running_series(tmp_path):
     series is killed (its unfinished output is never published and the next run cleans it up)
     instead of being left to finish."""
     from medseg.io.dicom_write import write_dicom_series
-    from medseg.phantom import default_phantom_affine, make_phantom
+    from medseg.samples.phantom import default_phantom_affine, make_phantom
 
     study = tmp_path / "study"
     shape = (24, 96, 96)  # large enough that exporting every format takes far longer than stopping

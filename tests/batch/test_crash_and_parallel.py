@@ -22,7 +22,7 @@ ALL = ("nifti", "seg", "rtstruct", "stl", "stats")
 
 def _kill_study(root: Path) -> Path:
     from medseg.io.dicom_write import write_dicom_series
-    from medseg.phantom import default_phantom_affine, make_phantom
+    from medseg.samples.phantom import default_phantom_affine, make_phantom
 
     shape = (24, 96, 96)
     for s in range(4):

@@ -8,7 +8,7 @@ from medseg.batch import BatchConfig, SegmenterSpec, run_batch
 
 
 def test_batch_with_default_model(study, tmp_path):
-    from medseg.errors import ModelError
+    from medseg.core.errors import ModelError
 
     spec = SegmenterSpec(None, "cpu", threads=2)
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from medseg.batch import BatchConfig, SegmenterSpec, run_batch
-from medseg.errors import CancelledError
+from medseg.core.errors import CancelledError
 
 THRESHOLD = SegmenterSpec("threshold")
 

@@ -20,7 +20,7 @@ ALL = ("nifti", "seg", "rtstruct", "stl", "stats")
 
 def _study(root: Path, n: int) -> Path:
     from medseg.io.dicom_write import write_dicom_series
-    from medseg.phantom import default_phantom_affine, make_phantom
+    from medseg.samples.phantom import default_phantom_affine, make_phantom
 
     shape = (24, 96, 96)
     for s in range(n):
@@ -84,7 +84,7 @@ def test_a_killed_worker_costs_only_its_series(tmp_path, tree_hashes):
 
 
 def test_model_error_in_the_workers_is_raised_as_in_process(study, tmp_path):
-    from medseg.errors import ModelError
+    from medseg.core.errors import ModelError
 
     spec = SegmenterSpec("no_such_model", "cpu")
     with pytest.raises(ModelError, match="no_such_model"):
@@ -96,7 +96,7 @@ def test_model_error_in_the_workers_is_raised_as_in_process(study, tmp_path):
 
 def test_discovery_streams_selected_series_with_their_size(study):
     from medseg.io import write_volume
-    from medseg.phantom import make_phantom
+    from medseg.samples.phantom import make_phantom
 
     image, _ = make_phantom(shape=(10, 20, 30), seed=3)
     write_volume(image, study / "nifti" / "small.nii.gz")

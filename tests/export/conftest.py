@@ -9,8 +9,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from medseg.labels import MORPHOLOGY, Code, Label
-from medseg.segmentation import Segmentation
+from medseg.core.labels import MORPHOLOGY, Code, Label
+from medseg.core.segmentation import Segmentation
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from medseg.errors import DicomError, GeometryError, InputError
+from medseg.core.errors import DicomError, GeometryError, InputError
 from medseg.export import rasterize_rtstruct, read_dicom_seg, write_dicom_seg, write_rtstruct
 from medseg.export._source import load_source
-from medseg.labels import LabelTable
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.core.labels import LabelTable
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 
 
 def test_seg_real_ct_valid_and_exact(real_ct, real_ct_seg, tmp_path, dciodvfy_errors, dice):
@@ -60,7 +60,7 @@ def test_rtstruct_real_ct_valid_and_dice(real_ct, real_ct_seg, tmp_path, dciodvf
 def test_seg_and_rtstruct_roundtrip_on_written_series(grid, phantom, tmp_path, dice):
     from medseg.io import read_volume
     from medseg.io.dicom_write import write_dicom_series
-    from medseg.phantom import make_phantom
+    from medseg.samples.phantom import make_phantom
 
     shape = (12, 40, 44)
     sp = np.array([4.0, 3.0, 2.5])

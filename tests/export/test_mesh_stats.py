@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medseg.errors import FileFormatError, GeometryError, InputError
+from medseg.core.errors import FileFormatError, GeometryError, InputError
 from medseg.export import (export_segmentation, label_mesh, label_statistics, parse_formats, write_label_map,
                            write_statistics, write_stl)
 from medseg.export.mesh import signed_volume
 from medseg.io import read_segmentation
-from medseg.labels import LabelTable
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.core.labels import LabelTable
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 
 AFFINES = {
     "axial": np.array([[0, 0, 0.8, -20], [0, 0.9, 0, 10], [2.0, 0, 0, 5], [0, 0, 0, 1]], float),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medseg.geometry import make_affine
+from medseg.core.geometry import make_affine
 
 AXIAL = np.array([[0.0, 0, 1], [0, 1, 0], [1, 0, 0]])
 

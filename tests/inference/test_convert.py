@@ -7,11 +7,11 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from medseg.errors import GeometryError, InputError
+from medseg.core.errors import GeometryError, InputError
 from medseg.inference.convert import metatensor_to_volume, volume_to_metatensor
-from medseg.inference.preprocess import map_to_input_grid, preprocess_labels, preprocess_volume
+from medseg.inference.mapping import map_to_input_grid, preprocess_labels, preprocess_volume
 from medseg.models import IntensityConfig, PreprocessingConfig
-from medseg.volume import Volume
+from medseg.core.volume import Volume
 
 from .grids import KINDS, grid
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.errors import CancelledError, InputError
+from medseg.core.errors import CancelledError, InputError
 from medseg.inference import enable_dropout, predict_probabilities, segment
 from medseg.inference.postprocess import postprocess_label_map
-from medseg.labels import LabelTable
+from medseg.core.labels import LabelTable
 from medseg.models import LoadedModel, PostprocessingConfig, config_from_mapping
 from medseg.models.registry import build_network
-from medseg.volume import Volume
+from medseg.core.volume import Volume
 
 from .grids import KINDS, grid
 

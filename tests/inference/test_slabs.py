@@ -1,5 +1,5 @@
-"""Slab-wise stitching: the same numbers as MONAI's sliding_window_inference, the same class map as
-the whole-volume path, outputs on the input grid, and memory-lean preprocessing with the same values."""
+"""The resampled class-map path: regions gathered into slabs and sampled onto the input grid give the
+whole-volume path's class map; memory-lean preprocessing gives the same values."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ import torch
 from monai.inferers import sliding_window_inference
 from monai.transforms import ScaleIntensityRange
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 from medseg.inference import segment
 from medseg.inference.postprocess import postprocess_label_map
-from medseg.inference.preprocess import SlabArgmax, preprocess_volume, spatial_transforms
-from medseg.inference.segment import _label_map_by_slabs
-from medseg.inference.stitch import argmax_channels, slab_axis, sliding_window_slabs
+from medseg.inference.mapping import SlabArgmax, map_to_input_grid, preprocess_volume, spatial_transforms
+from medseg.inference.merger import argmax_channels, sliding_window, tile_order
+from medseg.inference.segment import _label_map
 from medseg.models import load_model
 from medseg.models.config import IntensityConfig, PreprocessingConfig
 from medseg.inference.convert import volume_to_metatensor
-from medseg.phantom import make_phantom
-from medseg.volume import Volume
+from medseg.samples.phantom import make_phantom
+from medseg.core.volume import Volume
 
 from .grids import grid
 
@@ -32,59 +32,43 @@ def _net(out_channels=4):
                                torch.nn.Conv3d(6, out_channels, 3, padding=1)).eval()
 
 
-@pytest.mark.parametrize("shape, roi, overlap, batch", [
-    ((37, 29, 23), (12, 10, 8), 0.25, 1),
-    ((37, 29, 23), (12, 10, 8), 0.5, 3),
-    ((30, 7, 21), (9, 12, 8), 0.25, 2),      # axis 1 shorter than the window: padded as MONAI pads
-])
-@pytest.mark.parametrize("mode", ["gaussian", "constant"])
-def test_slabs_along_axis_0_are_monai(shape, roi, overlap, batch, mode):
-    x = torch.randn((1, 1) + shape, generator=torch.Generator().manual_seed(1))
-    net = _net()
-    with torch.inference_mode():
-        ref = sliding_window_inference(x, roi, batch, net, overlap=overlap, mode=mode, padding_mode="replicate")[0]
-        out = torch.full_like(ref, float("nan"))
-        slabs = []
-        for slab, part in sliding_window_slabs(x, roi, net, overlap=overlap, mode=mode, sw_batch_size=batch, axis=0):
-            slabs.append(slab)
-            out[:, slab] = part
-    assert len(slabs) > 2
-    assert [s.start for s in slabs] == [0] + [s.stop for s in slabs[:-1]] and slabs[-1].stop == shape[0]
-    if batch == 1:
-        torch.testing.assert_close(out, ref, rtol=0, atol=0)
-    else:  # batches are taken within a row, so the network sees other batches: float rounding
-        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+@pytest.mark.parametrize("kind, axis", [("axial", 0), ("flipped", 1), ("oblique", 2), ("oblique", 0)])
+def test_slab_argmax_from_regions_in_any_order_is_the_whole_inverse(kind, axis):
+    """Regions arriving out of order, gathered into slabs along ``axis``: the class map of the
+    trilinear inverse of the whole model-grid probabilities."""
+    shape, affine = grid(kind, (14, 18, 16), (3.0, 3.5, 3.5))
+    image = Volume(np.zeros(shape, np.int16), affine)
+    cfg = PreprocessingConfig(target_spacing=(4.0, 4.0, 4.0), orientation="RAS")
+    x = preprocess_volume(image, cfg)
+    model_affine, model_shape = np.asarray(x.affine, float), tuple(x.shape[1:])
+    logits = torch.randn((4,) + model_shape, generator=torch.Generator().manual_seed(5))
+    probs = torch.nn.functional.avg_pool3d(logits[None], 3, 1, 1)[0].mul_(6).softmax(0)   # smooth: few ties
+    expected = argmax_channels(map_to_input_grid(probs, model_affine, image, slice(0, shape[0])), torch.int32)
+    cuts = [sorted({0, n} | set(range(3, n, 4))) for n in model_shape]
+    boxes = [tuple(slice(c[i], c[i + 1]) for c, i in zip(cuts, idx))
+             for idx in np.ndindex(*(len(c) - 1 for c in cuts))]
+    order = np.random.default_rng(6).permutation(len(boxes))
+    for min_slab in (1, 5, 16):   # every region its own slab, some joined, all joined
+        inverse = SlabArgmax(image, model_affine, model_shape, axis, np.uint8, min_slab=min_slab)
+        for k in order:
+            inverse.add(boxes[k], probs[(slice(None),) + boxes[k]].clone())
+        agree = np.mean(inverse.result() == expected.numpy())
+        assert agree >= 0.999, (min_slab, agree)
+    with pytest.raises(InputError, match="missing model slices"):
+        SlabArgmax(image, model_affine, model_shape, axis, np.uint8).result()
 
 
-@pytest.mark.parametrize("axis", [1, 2])
-def test_slabs_along_other_axes_match_monai_to_rounding(axis):
-    shape, roi = (25, 33, 41), (10, 12, 14)
-    x = torch.randn((1, 1) + shape, generator=torch.Generator().manual_seed(2))
-    net = _net()
-    with torch.inference_mode():
-        ref = sliding_window_inference(x, roi, 1, net, overlap=0.25, mode="gaussian")[0]
-        out = torch.full_like(ref, float("nan"))
-        n = 0
-        for slab, part in sliding_window_slabs(x, roi, net, overlap=0.25, axis=axis):
-            index = [slice(None)] * 4
-            index[1 + axis] = slab
-            out[tuple(index)] = part
-            n += 1
-    assert n > 2
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
-
-
-def test_slab_axis_prefers_monai_order_unless_memory_halves():
-    assert slab_axis((100, 100, 100), (48, 64, 80)) == 0
-    assert slab_axis((512, 512, 300), (80, 64, 48)) == 0       # 393 vs 315 MB: not worth it
-    assert slab_axis((200, 200, 200), (64, 64, 1)) == 2        # 2D model: one slice along its axis
+def test_tile_order_is_monai_order_unless_memory_drops():
+    assert tile_order((100, 100, 100), (48, 64, 80), 0.25) == (0, 1, 2)
+    order = tile_order((200, 200, 200), (64, 64, 1), 0.25)   # 2D model: one slice along axis 2
+    assert order != (0, 1, 2) and order[0] == 2
 
 
 def test_slab_argmax_refuses_slabs_out_of_order():
     shape, affine = grid("oblique", (6, 8, 8), (4.0, 4.0, 4.0))
     inverse = SlabArgmax(Volume(np.zeros(shape, np.int16), affine), np.eye(4), (8, 8, 6), 0, np.uint8)
     with pytest.raises(InputError, match="slabs must arrive in order"):
-        inverse.add(slice(2, 4), torch.zeros(3, 2, 8, 6))
+        inverse.add_slab(slice(2, 4), torch.zeros(3, 2, 8, 6))
 
 
 def _small_window_model(patch=(16, 24, 32)):
@@ -112,9 +96,9 @@ def test_slab_path_matches_whole_volume_on_the_input_grid(kind, spacing):
     # not a trivial map: the large organs are found
     assert len(np.unique(slabwise.array)) >= 5
     if kind == "oblique":
-        # the other stitching axes, each cutting the model grid into several slabs
+        # slabs along the other model axes (the outermost axis of the window order)
         for axis in (1, 2):
-            lm = _label_map_by_slabs(image, model, np.uint8, _axis=axis)
+            lm = _label_map(image, model, np.uint8, _order=(axis, 0, 3 - axis))
             agree = np.mean(lm == whole.array)
             assert agree >= 0.999, f"axis {axis}: {agree:.5f}"
         # postprocessing still runs on the slab path
@@ -162,7 +146,7 @@ def test_lean_preprocessing_gives_the_float_first_values(kind, dtype):
 
 def test_lean_preprocessing_never_writes_into_the_input():
     # a float32 image already on the model grid in RAS order: every spatial transform is the identity
-    from medseg.geometry import make_affine
+    from medseg.core.geometry import make_affine
 
     arr = np.linspace(-500, 500, 1 * 4 * 5 * 6, dtype=np.float32).reshape(1, 4, 5, 6)
     direction = np.diag([-1.0, -1.0, 1.0])  # LPS axes reversed = RAS
@@ -176,7 +160,7 @@ def test_lean_preprocessing_never_writes_into_the_input():
 
 
 def test_postprocessing_with_more_components_than_uint16_holds():
-    from medseg.labels import LabelTable
+    from medseg.core.labels import LabelTable
     from medseg.models import PostprocessingConfig
 
     lm = np.zeros((3, 600, 600), np.uint8)
@@ -194,4 +178,4 @@ def test_postprocessing_with_more_components_than_uint16_holds():
 
 def test_stitching_takes_one_image():
     with pytest.raises(InputError, match=r"one image \(1, C, \*spatial\)"):
-        next(sliding_window_slabs(torch.zeros(2, 1, 8, 8, 8), (4, 4, 4), _net(), overlap=0.25))
+        sliding_window(torch.zeros(2, 1, 8, 8, 8), (4, 4, 4), _net(), overlap=0.25)

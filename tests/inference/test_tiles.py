@@ -10,18 +10,18 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
-from medseg.errors import InputError
-from medseg.geometry import make_affine
+from medseg.core.errors import InputError
+from medseg.core.geometry import make_affine
 from medseg.inference import segment
-from medseg.memory import release_free_memory
+from medseg.core.memory import release_free_memory
 from medseg.inference.postprocess import _drop, postprocess_label_map
-from medseg.inference.preprocess import GridPermutation, PermutedInput, model_grid, preprocess_volume
-from medseg.inference.stitch import _live_peak, _tile_grid, scan_interval, sliding_window_tiles, tile_order
-from medseg.labels import LabelTable
+from medseg.inference.mapping import GridPermutation, PermutedInput, model_grid, preprocess_volume
+from medseg.inference.merger import _cuts, _live_peak, _monai_windows, sliding_window, tile_order
+from medseg.core.labels import LabelTable
 from medseg.models import PostprocessingConfig, load_model
 from medseg.models.config import IntensityConfig, PreprocessingConfig
-from medseg.phantom import make_phantom
-from medseg.volume import Volume
+from medseg.samples.phantom import make_phantom
+from medseg.core.volume import Volume
 
 from .grids import grid
 
@@ -32,18 +32,29 @@ def _net(out_channels=4):
                                torch.nn.Conv3d(6, out_channels, 3, padding=1)).eval()
 
 
+class _Partition:
+    """A sink that checks that the finished regions partition the image and assembles them."""
+
+    def __init__(self, shape):
+        self.out = None
+        self.shape = tuple(shape)
+
+    def add(self, box, region):
+        if self.out is None:
+            self.out = torch.full((region.shape[0],) + self.shape, float("nan"), dtype=torch.float32)
+        index = (slice(None),) + box
+        assert torch.isnan(self.out[index]).all(), f"region {box} overlaps another"
+        self.out[index] = region.float()
+
+    def result(self):
+        assert not torch.isnan(self.out).any(), "the regions leave voxels out"
+        return self.out
+
+
 def _stitch(x, roi, net, **kw):
-    """Assemble the tiles, checking that they partition the image."""
-    out = None
+    """Blended logits, assembled from the finished regions, checking that they partition the image."""
     with torch.inference_mode():
-        for box, part in sliding_window_tiles(x, roi, net, **kw):
-            if out is None:
-                out = torch.full((part.shape[0],) + tuple(x.shape[2:]), float("nan"), dtype=torch.float32)
-            index = (slice(None),) + box
-            assert torch.isnan(out[index]).all(), f"tile {box} overlaps another"
-            out[index] = part.float()
-    assert not torch.isnan(out).any(), "the tiles leave voxels out"
-    return out
+        return sliding_window(x, roi, net, output="logits", sink=_Partition(x.shape[2:]), **kw)
 
 
 @pytest.mark.parametrize("shape, roi, overlap, batch", [
@@ -76,21 +87,19 @@ def test_tiles_in_other_orders_match_monai_to_rounding(order):
 
 def test_tiles_refuse_a_batch_and_a_bad_order():
     with pytest.raises(InputError, match=r"one image \(1, C, \*spatial\)"):
-        next(sliding_window_tiles(torch.zeros(2, 1, 8, 8, 8), (4, 4, 4), _net(), overlap=0.25))
+        sliding_window(torch.zeros(2, 1, 8, 8, 8), (4, 4, 4), _net(), overlap=0.25)
     with pytest.raises(InputError, match="permutation"):
-        next(sliding_window_tiles(torch.zeros(1, 1, 8, 8, 8), (4, 4, 4), _net(), overlap=0.25, order=(0, 0, 1)))
+        sliding_window(torch.zeros(1, 1, 8, 8, 8), (4, 4, 4), _net(), overlap=0.25, order=(0, 0, 1))
 
 
 def test_tile_order_holds_less_than_a_slab():
-    from monai.data.utils import dense_patch_slices
-
     for size, roi in [((512, 512, 300), (80, 64, 48)), ((256, 256, 128), (80, 64, 48))]:
-        windows = dense_patch_slices(size, roi, scan_interval(size, roi, 0.25))
-        cuts, cover = _tile_grid(size, roi, windows)
+        monai_order = _monai_windows(size, roi, 0.25, (0, 1, 2))
+        cuts = _cuts(size, roi, [sorted({w[a] for w in monai_order}) for a in range(3)])
         best = tile_order(size, roi, 0.25)
-        held = _live_peak(windows, cuts, cover, best)
-        assert held <= _live_peak(windows, cuts, cover, (0, 1, 2))
-        slab = min(roi[a] * np.prod(size) // size[a] for a in range(3))  # the slab-wise ring's voxels
+        held = _live_peak(_monai_windows(size, roi, 0.25, best), roi, cuts)
+        assert held <= _live_peak(monai_order, roi, cuts)
+        slab = min(roi[a] * np.prod(size) // size[a] for a in range(3))  # a slab-wise ring's voxels
         assert held < 0.5 * slab, (size, best, held, slab)
     # no choice to make: MONAI's order
     assert tile_order((20, 20, 20), (32, 32, 32), 0.25) == (0, 1, 2)

@@ -55,8 +55,8 @@ def test_zoom_linear_matches_scipy_zoom_with_aligned_block_centres(wshape, shape
 
 def test_cached_click_terms_give_the_same_mask_as_a_fresh_computation():
     from medseg.interactive.classical import ClassicalEngine
-    from medseg.prompts import ObjectPrompts
-    from medseg.volume import Volume
+    from medseg.core.prompts import ObjectPrompts
+    from medseg.core.volume import Volume
 
     rng = np.random.default_rng(3)
     a = rng.normal(0, 15, (40, 90, 90)).astype(np.float32)

@@ -5,7 +5,7 @@ import pytest
 
 from medseg.interactive import Session
 from medseg.interactive.classical import ClassicalConfig, ClassicalEngine
-from medseg.volume import Volume
+from medseg.core.volume import Volume
 
 
 def _blob():

@@ -5,7 +5,7 @@ import numpy as np
 from medseg.interactive import Session
 from medseg.interactive.classical import ClassicalConfig, ClassicalEngine
 from medseg.interactive.classical_stages import cut_thin_leaks, elongated_spatial
-from medseg.volume import Volume
+from medseg.core.volume import Volume
 
 
 def _grids(shape, sp):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from medseg.editing import bounding_slices
+from medseg.core.editing import bounding_slices
 from medseg.interactive import classical_stages as st
 from medseg.interactive._grid import upsample_nearest
 from medseg.interactive.classical import ClassicalConfig

@@ -14,10 +14,10 @@ import time
 import numpy as np
 import pytest
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 from medseg.interactive import ClassicalEngine, Session, make_engine
 from medseg.interactive.engine import BackgroundPreparation, Engine
-from medseg.volume import Volume
+from medseg.core.volume import Volume
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medseg.errors import ConfigError
+from medseg.core.errors import ConfigError
 from medseg.interactive import Session
 from medseg.interactive.robot import most_interior_voxel, next_click, run_robot
 

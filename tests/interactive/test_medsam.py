@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
-from medseg.errors import CheckpointError
+from medseg.core.errors import CheckpointError
 from medseg.interactive.embedding_cache import EmbeddingCache
 
 
@@ -50,7 +50,7 @@ def engine(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sphere():
     """A bright ellipsoid (radius 6 slices x 20 px) in noise, 16 x 64 x 64, 3 x 1 x 1 mm."""
-    from medseg.volume import Volume
+    from medseg.core.volume import Volume
 
     z, y, x = np.mgrid[:16, :64, :64]
     target = ((z - 8) * 3.0) ** 2 + (y - 31) ** 2 + (x - 33) ** 2 < 20.0 ** 2
@@ -127,7 +127,7 @@ def test_embedding_cache_stays_under_its_bound():
 
 def test_box_on_one_slice_gives_3d_sphere(engine, sphere):
     from medseg.interactive import Session
-    from medseg.metrics import dice
+    from medseg.analysis.metrics import dice
 
     vol, target = sphere
     s = Session(engine)
@@ -142,7 +142,7 @@ def test_box_on_one_slice_gives_3d_sphere(engine, sphere):
 
 def test_click_and_corrections(engine, sphere):
     from medseg.interactive import Session
-    from medseg.metrics import dice
+    from medseg.analysis.metrics import dice
 
     vol, target = sphere
     s = Session(engine)
@@ -188,8 +188,8 @@ def test_box_mask_lands_where_the_object_is_on_a_non_square_slice(engine):
     x/y box order): an off-centre, elongated object on a 40 x 72 slice is found in place. A j/i
     swap, a flip or a wrong scale of either mapping puts the mask elsewhere (Dice near 0)."""
     from medseg.interactive import Session
-    from medseg.metrics import dice
-    from medseg.volume import Volume
+    from medseg.analysis.metrics import dice
+    from medseg.core.volume import Volume
 
     target = np.zeros((3, 40, 72), bool)
     target[:, 6:18, 8:38] = True  # upper left, 12 x 30 px: not symmetric under any flip or swap

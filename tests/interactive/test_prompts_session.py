@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from medseg.errors import InputError, PromptError
+from medseg.core.errors import InputError, PromptError
 from medseg.interactive import Session
-from medseg.prompts import Box, Point, Scribble, to_index
-from medseg.segmentation import Segmentation
-from medseg.labels import Label, LabelTable
-from medseg.volume import Volume
+from medseg.core.prompts import Box, Point, Scribble, to_index
+from medseg.core.segmentation import Segmentation
+from medseg.core.labels import Label, LabelTable
+from medseg.core.volume import Volume
 
 
 def _blobs() -> Volume:
@@ -204,7 +204,7 @@ def test_release_returns_freed_fragmented_pages(allocator):
         pytest.skip(f"{_TCMALLOC} not installed (apt install libtcmalloc-minimal4)")
     code = """
 import os, sys
-from medseg.memory import release_free_memory, release_heap_fragments
+from medseg.core.memory import release_free_memory, release_heap_fragments
 
 def rss_mb():
     with open("/proc/self/statm") as fh:
@@ -235,8 +235,8 @@ print("ok")
 def test_sync_labels_keeps_outside_edits_and_never_reuses_a_painted_value():
     """A viewer's paint and erase, taken with sync_labels, survive the next accept."""
     from medseg.interactive import Session
-    from medseg.labels import Label, LabelTable
-    from medseg.volume import Volume
+    from medseg.core.labels import Label, LabelTable
+    from medseg.core.volume import Volume
 
     img = np.zeros((8, 32, 32), np.float32)
     img[2:6, 4:14, 4:14] = 100.0

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.geometry import make_affine
-from medseg.volume import Volume
+from medseg.core.geometry import make_affine
+from medseg.core.volume import Volume
 
 
 def ramp_volume(shape=(6, 12, 10), *, direction=None, spacing=(2.0, 0.8, 0.7), origin=(-10.0, 20.0, 5.0),

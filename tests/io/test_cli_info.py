@@ -10,8 +10,8 @@ import pytest
 from dicom_helpers import ramp_volume, write_series
 from medseg.cli import main
 from medseg.io import write_segmentation, write_volume
-from medseg.labels import LabelTable
-from medseg.segmentation import Segmentation
+from medseg.core.labels import LabelTable
+from medseg.core.segmentation import Segmentation
 
 
 def test_info_dicom_folder_lists_series_and_skipped(tmp_path, capsys):

@@ -14,11 +14,11 @@ import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medseg.errors import FileFormatError, GeometryError
-from medseg.geometry import make_affine
+from medseg.core.errors import FileFormatError, GeometryError
+from medseg.core.geometry import make_affine
 from medseg.io.itk import affine_from_sitk, volume_from_sitk, volume_to_sitk
 from medseg.io.nifti import read_nifti, volume_from_nibabel, volume_to_nibabel, write_nifti
-from medseg.volume import Volume
+from medseg.core.volume import Volume
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 spacings = st.tuples(*(st.floats(0.2, 8.0) for _ in range(3)))

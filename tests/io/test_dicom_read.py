@@ -11,10 +11,10 @@ import pydicom
 import pytest
 
 from dicom_helpers import align_to, flipped_direction, oblique_direction, ramp_volume, write_series
-from medseg.errors import DicomError, MedsegError, SeriesSelectionError
+from medseg.core.errors import DicomError, MedsegError, SeriesSelectionError
 from medseg.io import read_volume
 from medseg.io.dicom import read_dicom, scan_dicom, select_series
-from medseg.volume import Volume
+from medseg.core.volume import Volume
 
 
 def _edit(path: Path, **tags) -> None:
@@ -300,7 +300,7 @@ def test_float_rescale_and_bits_stored(axial, tmp_path):
 
 
 def test_progress_and_cancel(axial):
-    from medseg.errors import CancelledError
+    from medseg.core.errors import CancelledError
 
     vol, folder, _ = axial
     calls = []

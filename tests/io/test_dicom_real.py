@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from dicom_helpers import align_to
-from medseg.geometry import LPS_TO_RAS, reverse_axes
+from medseg.core.geometry import LPS_TO_RAS, reverse_axes
 from medseg.io.dicom import read_dicom, scan_dicom
-from medseg.volume import Volume
+from medseg.core.volume import Volume
 
 pytestmark = pytest.mark.real_data
 

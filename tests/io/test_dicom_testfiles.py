@@ -16,7 +16,7 @@ import pytest
 from pydicom.data import get_testdata_file, get_testdata_files
 
 from dicom_helpers import align_to, oblique_direction, ramp_volume, write_series
-from medseg.errors import DicomError, MedsegError, SeriesSelectionError
+from medseg.core.errors import DicomError, MedsegError, SeriesSelectionError
 from medseg.io.dicom import read_dicom
 
 with warnings.catch_warnings():

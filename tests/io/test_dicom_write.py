@@ -10,10 +10,10 @@ import pydicom
 import pytest
 
 from dicom_helpers import align_to, flipped_direction, oblique_direction, ramp_volume
-from medseg.errors import GeometryError, InputError
+from medseg.core.errors import GeometryError, InputError
 from medseg.io.dicom import read_dicom
 from medseg.io.dicom_write import choose_rescale, write_dicom_series
-from medseg.volume import Volume
+from medseg.core.volume import Volume
 
 GRIDS = {"axial": None, "flipped": flipped_direction(), "oblique": oblique_direction()}
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medseg.errors import FileFormatError
-from medseg.geometry import make_affine
+from medseg.core.errors import FileFormatError
+from medseg.core.geometry import make_affine
 from medseg.io import read_volume, write_volume
-from medseg.volume import Volume
+from medseg.core.volume import Volume
 
 
 @pytest.mark.parametrize("damage", ["truncated_header", "zero_dims"])

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.errors import ModelError
+from medseg.core.errors import ModelError
 from medseg.inference import segment
 from medseg.io import read_volume, write_volume
 from medseg.models import load_model
 from medseg.models.bundle import export_bundle, import_bundle
-from medseg.phantom import make_phantom
+from medseg.samples.phantom import make_phantom
 
-from medseg.geometry import make_affine
+from medseg.core.geometry import make_affine
 
 
 def _oblique(shape, spacing):

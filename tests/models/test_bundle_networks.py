@@ -21,15 +21,16 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.errors import ModelError
+from medseg.core.errors import ModelError
 from medseg.inference import segment
-from medseg.inference.preprocess import model_axes, preprocess_labels, preprocess_volume
+from medseg.inference.mapping import preprocess_labels, preprocess_volume
+from medseg.models.config import model_axes
 from medseg.io import read_volume, write_volume
 from medseg.models import LoadedModel, config_from_mapping, config_to_mapping, list_models, load_config, load_model
 from medseg.models.bundle import export_bundle, import_bundle
 from medseg.models.registry import NETWORK_TARGETS, build_network, network_config_from_spec, network_spec
-from medseg.geometry import make_affine
-from medseg.phantom import make_phantom
+from medseg.core.geometry import make_affine
+from medseg.samples.phantom import make_phantom
 
 def _rotation(axis, degrees):
     a = np.asarray(axis, float) / np.linalg.norm(axis)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medseg.errors import CheckpointError, ConfigError, ModelError
+from medseg.core.errors import CheckpointError, ConfigError, ModelError
 from medseg.models import NetworkConfig, load_model
 from medseg.models.checkpoint import apply_weights, load_state_file, load_weights, save_weights
 from medseg.models.loader import config_from_checkpoint, resolve_device

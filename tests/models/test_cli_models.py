@@ -9,7 +9,7 @@ import pytest
 
 from medseg.cli import main
 from medseg.io import read_segmentation, read_volume, write_volume
-from medseg.phantom import default_phantom_affine, make_phantom
+from medseg.samples.phantom import default_phantom_affine, make_phantom
 
 
 def test_models_lists_bundled_configs(capsys):

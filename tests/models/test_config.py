@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medseg.errors import ConfigError
+from medseg.core.errors import ConfigError
 from medseg.models import config_from_mapping, config_to_mapping, load_config
 
 BASE = {

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from medseg.inference import segment
-from medseg.metrics import dice
+from medseg.analysis.metrics import dice
 from medseg.models import load_model
-from medseg.phantom import make_phantom
+from medseg.samples.phantom import make_phantom
 from medseg.training.phantom_dataset import random_phantom_grid
 
 LARGE = {1: "liver", 2: "spleen", 3: "kidney_right", 4: "kidney_left"}

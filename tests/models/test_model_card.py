@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.errors import ConfigError
+from medseg.core.errors import ConfigError
 from medseg.models import list_models
 from medseg.models.card import ModelCard, card_for, domain_warnings, load_card
-from medseg.phantom import default_phantom_affine, make_phantom
-from medseg.volume import Volume
+from medseg.samples.phantom import default_phantom_affine, make_phantom
+from medseg.core.volume import Volume
 
 
 def test_bundled_model_card_is_a_demonstration_card():

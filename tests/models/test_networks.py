@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medseg.errors import ModelError
+from medseg.core.errors import ModelError
 from medseg.models import NetworkConfig, list_models, load_config
 from medseg.models.registry import build_network
 

@@ -111,7 +111,7 @@ def test_status_bar_shows_the_cursor_in_patient_mm_on_a_real_mouse_move(qtbot, m
 
 
 def test_new_labels_get_distinct_colours(phantom):
-    from medseg.labels import LabelTable, default_color
+    from medseg.core.labels import LabelTable, default_color
 
     cmap = L.label_colormap(LabelTable.from_names(["liver"]))
     colours = {tuple(np.round(cmap.map(v), 3)) for v in range(1, 8)}

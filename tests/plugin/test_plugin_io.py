@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from medseg.io import read_segmentation, read_volume, sidecar_path, write_segmentation, write_volume
-from medseg.labels import LabelTable
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.core.labels import LabelTable
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 
 from medseg_napari import _layers as L
 from medseg_napari._reader import get_reader, read_image_file
@@ -73,7 +73,7 @@ def test_open_label_file_and_write_back_roundtrip(make_napari_viewer, phantom, t
 
 
 def test_write_labels_for_a_layer_drawn_on_an_oblique_image(make_napari_viewer, tmp_path):
-    from medseg.geometry import make_affine
+    from medseg.core.geometry import make_affine
 
     c, s_ = np.cos(0.4), np.sin(0.4)
     affine = make_affine((2.0, 1.1, 0.9), (10.0, 5.0, -7.0), np.array([[0, -s_, c], [0, c, s_], [1, 0, 0]], float))
@@ -98,7 +98,7 @@ def test_dicom_seg_writer_needs_a_dicom_source(make_napari_viewer, phantom, tmp_
     viewer = make_napari_viewer()
     layer = L.add_layer_data(viewer, L.labels_layer_data(seg))
     data, meta, _ = layer.as_layer_data_tuple()
-    from medseg.errors import InputError
+    from medseg.core.errors import InputError
 
     with pytest.raises(InputError, match="no DICOM source"):
         write_dicom_seg_layer(str(tmp_path / "seg.dcm"), data, meta)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medseg.errors import GeometryError, PromptError
-from medseg.geometry import make_affine
-from medseg.labels import LabelTable
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.core.errors import GeometryError, PromptError
+from medseg.core.geometry import make_affine
+from medseg.core.labels import LabelTable
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 
 from medseg_napari import _layers as L
 

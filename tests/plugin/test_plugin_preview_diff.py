@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medseg.interactive import Session
-from medseg.volume import Volume
+from medseg.core.volume import Volume
 
 from medseg_napari import _interactive as I
 

@@ -12,9 +12,9 @@ from medseg.parallel import main_is_guarded
 
 SCRIPT = """
 import numpy as np
-from medseg.labels import LabelTable
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.core.labels import LabelTable
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 from medseg_napari._export import label_statistics_rows
 from medseg.parallel import run_in_process
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medseg import editing
-from medseg.segmentation import Segmentation
+from medseg.core import editing
+from medseg.core.segmentation import Segmentation
 
 from medseg_napari import _layers as L
 

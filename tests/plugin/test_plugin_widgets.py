@@ -85,8 +85,8 @@ def test_autoseg_cancel_and_errors_reach_the_status(qtbot, viewer_with_phantom):
 def test_task_runner_cancel(qtbot, make_napari_viewer):
     import time
 
-    from medseg.errors import CancelledError
-    from medseg.progress import StepProgress
+    from medseg.core.errors import CancelledError
+    from medseg.core.progress import StepProgress
 
     from medseg_napari._worker import TaskRunner
 
@@ -124,7 +124,7 @@ def _helper_pid(*, progress=None, cancel=None):
 def test_task_runner_cancel_stops_helper_process_work(qtbot, make_napari_viewer):
     """Cancel stops work in the helper process even when it ignores the cancel flag (the helper is
     killed), and the next helper task runs in a fresh helper."""
-    from medseg.errors import CancelledError
+    from medseg.core.errors import CancelledError
 
     from medseg_napari._worker import TaskRunner
 
@@ -274,7 +274,7 @@ def test_editor_operations_with_undo(qtbot, viewer_with_phantom):
     grown = (lab.data == 2).sum()
     assert grown > (original == 2).sum()
     # with 6 mm z spacing, 6 mm reaches one slice in z; 5.4 mm in-plane reaches one voxel
-    from medseg import editing
+    from medseg.core import editing
 
     expected = editing.apply_mask(original, 2, editing.grow(original == 2, 6.0, spacing=image.spacing))
     assert np.array_equal(lab.data, expected)
@@ -311,7 +311,7 @@ def test_editor_interpolate_between_slices(qtbot, make_napari_viewer, phantom):
     keep = ks[:: 3]
     sparse[keep] = np.where(liver[keep], 1, 0)
     viewer = make_napari_viewer()
-    from medseg.segmentation import Segmentation
+    from medseg.core.segmentation import Segmentation
 
     lab = L.add_layer_data(viewer, L.labels_layer_data(Segmentation(seg.label_map.with_array(sparse), seg.labels)))
     w = EditorWidget(viewer)
@@ -364,7 +364,7 @@ def test_export_widget_nifti_nrrd_and_statistics(qtbot, viewer_with_phantom, tmp
 @pytest.mark.real_data
 def test_dicom_series_widget_and_seg_export(qtbot, make_napari_viewer, real_data, tmp_path):
     pytest.importorskip("medseg.io.dicom")
-    from medseg.segmentation import Segmentation
+    from medseg.core.segmentation import Segmentation
 
     from medseg_napari._autoseg import source_metadata
     from medseg_napari._export import ExportWidget
@@ -386,7 +386,7 @@ def test_dicom_series_widget_and_seg_export(qtbot, make_napari_viewer, real_data
     vol = L.volume_from_layer(img)
     arr = np.zeros(vol.shape, np.uint8)
     arr[8:12, 200:260, 200:260] = 1
-    from medseg.labels import LabelTable
+    from medseg.core.labels import LabelTable
 
     data, kw, kind = L.labels_layer_data(Segmentation(vol.with_array(arr), LabelTable.from_names(["lesion"])))
     kw["metadata"][L.METADATA_KEY]["source"] = source_metadata(img)
@@ -475,7 +475,7 @@ def _answer_modal(qtbot, yes: bool) -> None:
 
 
 def test_export_defaults_confirm_overwrite_full_path_and_sortable_table(qtbot, viewer_with_phantom, tmp_path):
-    from medseg.segmentation import Segmentation
+    from medseg.core.segmentation import Segmentation
 
     from medseg_napari._export import ExportWidget
     from medseg_napari._interactive import PREVIEW_NAME

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medseg import consensus as cs
-from medseg.errors import CancelledError, GeometryError, InputError
-from medseg.labels import LabelTable
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.analysis import consensus as cs
+from medseg.core.errors import CancelledError, GeometryError, InputError
+from medseg.core.labels import LabelTable
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 
 SENS = np.array([0.95, 0.85, 0.70, 0.90, 0.60])
 SPEC = np.array([0.99, 0.97, 0.995, 0.93, 0.98])

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medseg import metrics
+from medseg.analysis import metrics
 from medseg.cli import main
-from medseg.errors import GeometryError, InputError
-from medseg.evaluate import default_lesion_labels, evaluate, write_report
+from medseg.core.errors import GeometryError, InputError
+from medseg.analysis.evaluate import default_lesion_labels, evaluate, write_report
 from medseg.io import read_segmentation, write_segmentation, write_volume
-from medseg.labels import LabelTable
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.core.labels import LabelTable
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 
 
 def _perturbed(seg):

@@ -1,4 +1,4 @@
-"""medseg.metrics against MONAI's reference implementations (anisotropic spacing, empty masks)."""
+"""medseg.analysis.metrics against MONAI's reference implementations (anisotropic spacing, empty masks)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from medseg import metrics
-from medseg.errors import InputError
+from medseg.analysis import metrics
+from medseg.core.errors import InputError
 
 torch = pytest.importorskip("torch")
 monai_metrics = pytest.importorskip("monai.metrics")
@@ -172,7 +172,7 @@ def test_import_metrics_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys, medseg.metrics, medseg.consensus, medseg.evaluate, medseg.qa_plots, medseg.uncertainty\n"
+    code = ("import sys, medseg.analysis.metrics, medseg.analysis.consensus, medseg.analysis.evaluate, medseg.analysis.qa_plots, medseg.analysis.uncertainty\n"
             "print(','.join(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
@@ -183,9 +183,9 @@ def test_real_labels_match_monai_and_report(real_data):
     """Real anisotropic label maps (brain tumour, 0.78 x 0.78 x 6.5 mm; abdominal MR organs)."""
     from scipy import ndimage
 
-    from medseg.evaluate import evaluate
+    from medseg.analysis.evaluate import evaluate
     from medseg.io import read_segmentation
-    from medseg.segmentation import Segmentation
+    from medseg.core.segmentation import Segmentation
 
     tumour = read_segmentation(real_data / "tumors" / "brain2_mr_label.nrrd")
     ref = tumour.array == 1

@@ -13,11 +13,11 @@ import math
 import numpy as np
 import pytest
 
-from medseg import metrics
-from medseg.errors import CancelledError, InputError
+from medseg.analysis import metrics
+from medseg.core.errors import CancelledError, InputError
 from medseg.inference import uncertainty_predictors
-from medseg.labels import LabelTable
-from medseg.uncertainty import (
+from medseg.core.labels import LabelTable
+from medseg.analysis.uncertainty import (
     Augmentation,
     SampleAccumulator,
     ensemble_uncertainty,
@@ -29,7 +29,7 @@ from medseg.uncertainty import (
     uncertainty_from_samples,
     write_uncertainty,
 )
-from medseg.volume import Volume
+from medseg.core.volume import Volume
 
 from . import tiny_model as tm
 

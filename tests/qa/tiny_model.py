@@ -1,6 +1,6 @@
 """A tiny MONAI UNet with dropout, trained in seconds on generated phantoms (for uncertainty tests).
 
-Also used by ``benchmarks/uncertainty.py``. The predictor follows medseg.uncertainty's protocol:
+Also used by ``benchmarks/uncertainty.py``. The predictor follows medseg.analysis.uncertainty's protocol:
 ``Volume -> (C, Z, Y, X)`` probabilities on the input grid.
 """
 
@@ -10,7 +10,7 @@ import contextlib
 
 import numpy as np
 
-from medseg.phantom import PHANTOM_LABELS, default_phantom_affine, make_phantom
+from medseg.samples.phantom import PHANTOM_LABELS, default_phantom_affine, make_phantom
 
 SHAPE = (16, 32, 32)
 SPACING = (12.6, 10.8, 10.8)

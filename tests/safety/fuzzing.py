@@ -91,7 +91,7 @@ def _tiny_model(folder: Path) -> Path:
     from monai.networks.nets import UNet
 
     from medseg.models.checkpoint import save_weights
-    from medseg.phantom import PHANTOM_LABELS
+    from medseg.samples.phantom import PHANTOM_LABELS
 
     torch.manual_seed(0)
     net = UNet(spatial_dims=3, in_channels=1, out_channels=len(PHANTOM_LABELS) + 1, channels=(4, 8), strides=(2,),
@@ -116,7 +116,7 @@ def build_seeds(root: Path, real_data: Optional[Path]) -> dict:
     from pydicom.data import get_testdata_file
 
     from medseg.io import write_segmentation, write_volume
-    from medseg.phantom import default_phantom_affine, make_phantom
+    from medseg.samples.phantom import default_phantom_affine, make_phantom
 
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -548,7 +548,7 @@ class Fuzzer:
 
     def _api(self, fn: Callable[[], object]) -> Callable[[], tuple[str, str]]:
         def call():
-            from medseg.errors import MedsegError, ResourceLimitError
+            from medseg.core.errors import MedsegError, ResourceLimitError
 
             try:
                 fn()
@@ -576,7 +576,7 @@ class Fuzzer:
                 summary = run_batch(study, out / "batch", config=BatchConfig(formats=("nifti", "stats"),
                                                                              segmenter=SegmenterSpec("threshold")))
             except Exception as exc:
-                from medseg.errors import MedsegError
+                from medseg.core.errors import MedsegError
 
                 if isinstance(exc, MedsegError):
                     return "named", ""
@@ -596,7 +596,7 @@ def _named_error_text(text: str) -> bool:
     """True when a batch record's ``"Type: message"`` names one of medseg's errors."""
     global _MEDSEG_ERRORS
     if _MEDSEG_ERRORS is None:
-        import medseg.errors as errors
+        import medseg.core.errors as errors
 
         _MEDSEG_ERRORS = {n for n in dir(errors) if isinstance(getattr(errors, n), type)
                           and issubclass(getattr(errors, n), errors.MedsegError)} | {"FileNotFoundError"}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from medseg.cli import main, run_command
-from medseg.errors import ModelError
+from medseg.core.errors import ModelError
 
 
 def _args(verbose=0, **kw):

@@ -8,8 +8,8 @@ import numpy as np
 
 from medseg.export import export_segmentation
 from medseg.io.csvsafe import escape_cell
-from medseg.labels import LabelTable
-from medseg.segmentation import Segmentation
+from medseg.core.labels import LabelTable
+from medseg.core.segmentation import Segmentation
 
 EVIL = ["=cmd|' /C calc'!A0", "+SUM(1,2)", "-2+3", "@HYPERLINK(\"x\")", "liver"]
 
@@ -48,7 +48,7 @@ def _number(text):
 
 
 def test_evaluate_csvs_escape_label_names(tmp_path, phantom):
-    from medseg.evaluate import evaluate, write_report
+    from medseg.analysis.evaluate import evaluate, write_report
 
     _, seg = phantom
     table = LabelTable.from_names({i: EVIL[(i - 1) % 5] + str(i) for i in range(1, seg.labels.max_index + 1)})

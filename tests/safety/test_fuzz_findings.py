@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from medseg.errors import FileFormatError, ModelError
+from medseg.core.errors import FileFormatError, ModelError
 
 
 def _mha(tmp_path, **replace):
@@ -37,7 +37,7 @@ def test_metaimage_ndims_99_is_a_named_error_not_a_heap_corruption(tmp_path):
 
 
 def test_label_table_with_malformed_entries_is_a_named_error(tmp_path):
-    from medseg.labels import LabelTable
+    from medseg.core.labels import LabelTable
 
     for content in (["liver"], {"labels": ["x"]}, {"labels": [{"index": 1, "name": "a", "code": "str"}]},
                     {"labels": [{"index": 2**70, "name": "a"}]}):
@@ -63,7 +63,7 @@ def test_model_yaml_with_an_impossible_weights_name_is_a_named_error(tmp_path):
 def test_model_config_with_a_zero_stride_is_a_config_error(tmp_path):
     import yaml
 
-    from medseg.errors import ConfigError
+    from medseg.core.errors import ConfigError
     from medseg.models import load_model
 
     cfg = {"name": "m", "network": {"name": "unet", "spatial_dims": 3, "channels": [4, 8], "strides": [0]},
@@ -75,9 +75,9 @@ def test_model_config_with_a_zero_stride_is_a_config_error(tmp_path):
 
 
 def test_segment_refuses_an_affine_with_parallel_axes(tmp_path):
-    from medseg.errors import GeometryError
-    from medseg.inference.preprocess import check_orientable
-    from medseg.volume import Volume
+    from medseg.core.errors import GeometryError
+    from medseg.inference.mapping import check_orientable
+    from medseg.core.volume import Volume
 
     affine = np.array([[-1e30, 0.0, 8.0, -60.0], [0.0, 8.0, 0.0, -60.0], [8.0, 0.0, 0.0, -28.0], [0, 0, 0, 1.0]])
     vol = Volume(np.zeros((8, 16, 16), np.int16), affine)
@@ -89,7 +89,7 @@ def test_a_panicking_native_decoder_is_a_named_error(tmp_path):
     """pylibjpeg-rle panics (pyo3 PanicException, a BaseException) on this corrupt RLE frame; the
     fuzzer's 4-minute run died of it. It must be a DicomError, in the API and on the command line."""
     from medseg.cli import main
-    from medseg.errors import DicomError
+    from medseg.core.errors import DicomError
     from medseg.io import read_volume
 
     (tmp_path / "s").mkdir()
@@ -153,7 +153,7 @@ def test_bundle_asking_for_unbounded_modules_is_refused_before_building(tmp_path
     """A bundle whose UNet asked for 1e308 residual units grew the 20-minute fuzz run to 24 GB
     (the OOM killer) inside the constructor itself, before any parameter count could refuse it;
     the fuzzer's out-of-process watchdog named it (kind=bundle seed=905316078)."""
-    from medseg.errors import ConfigError
+    from medseg.core.errors import ConfigError
     from medseg.models import load_model
     from medseg.models.bundle import export_bundle
 
@@ -183,7 +183,7 @@ def test_learned_interactive_config_obeys_the_network_bounds(tmp_path):
     """An interactive_*.yaml is a network config too: the same structural bounds apply."""
     import yaml
 
-    from medseg.errors import ConfigError
+    from medseg.core.errors import ConfigError
     from medseg.interactive.learned import load_config
 
     path = tmp_path / "interactive_x.yaml"

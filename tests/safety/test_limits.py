@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from medseg.cli import main
-from medseg.errors import FileFormatError, ResourceLimitError
+from medseg.core.errors import FileFormatError, ResourceLimitError
 from medseg.io import read_header, read_volume
 from medseg.io.dicom import scan_dicom
 from medseg.io.limits import ENV_VAR, check_declared_size, max_volume_bytes, max_volume_bytes_limit

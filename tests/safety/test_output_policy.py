@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from medseg.cli import main
-from medseg.errors import OutputError, OutputExistsError
+from medseg.core.errors import OutputError, OutputExistsError
 from medseg.io import read_segmentation, read_volume, sidecar_path, write_segmentation, write_volume
 from medseg.io.atomic import atomic_path
 from medseg.io.output_policy import check_output_dir, check_output_file, protect_inputs, same_path
@@ -162,7 +162,7 @@ def test_output_that_is_a_folder_named_like_a_file(small_files, tmp_path, caplog
 
 def test_convert_into_a_dicom_folder_is_refused(tmp_path):
     from medseg.io.dicom_write import write_dicom_series
-    from medseg.phantom import default_phantom_affine, make_phantom
+    from medseg.samples.phantom import default_phantom_affine, make_phantom
 
     image, _ = make_phantom(shape=(4, 16, 16), affine=default_phantom_affine((4, 16, 16), (3.0, 2.0, 2.0)), seed=1)
     folder = tmp_path / "dicom"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.errors import FileFormatError, InputError
+from medseg.core.errors import FileFormatError, InputError
 from medseg.io import read_segmentation, read_volume
 from medseg.training import case_fold, find_cases, split_cases
 from medseg.training.data import Case, dataset_labels, load_case

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.errors import CheckpointError, ConfigError, InputError
+from medseg.core.errors import CheckpointError, ConfigError, InputError
 from medseg.inference import segment
-from medseg.metrics import dice
+from medseg.analysis.metrics import dice
 from medseg.models import config_from_mapping, load_model
 from medseg.models.checkpoint import load_weights
-from medseg.phantom import make_phantom
+from medseg.samples.phantom import make_phantom
 from medseg.training import TrainingConfig, train
 from medseg.training.phantom_dataset import write_phantom_dataset
 

@@ -1,4 +1,4 @@
-"""DICOM series: scan a folder, pick a series, load it as a :class:`~medseg.volume.Volume`.
+"""DICOM series: scan a folder, pick a series, load it as a :class:`~medseg.core.volume.Volume`.
 
 >>> scan = scan_dicom("study/")                     # headers only, nested folders
 >>> [(s.series_uid, s.modality, s.n_images) for s in scan.series]
@@ -23,8 +23,12 @@ What the reader guarantees (the geometry rules are detailed in
   while segmentation works on modality values;
 * colour images and objects without patient geometry are refused with a named reason.
 
-Every failure is a :class:`~medseg.errors.DicomError` (file, problem, fix) or a
-:class:`~medseg.errors.SeriesSelectionError`; never a raw pydicom traceback.
+The returned Volume carries its :class:`DicomSource` (``volume.dicom_source``, see
+:mod:`medseg.io.dicom.source`): the files, UIDs and per-slice positions that DICOM SEG and
+RTSTRUCT exports reference; :func:`read_dicom_source` gives the same record from headers only.
+
+Every failure is a :class:`~medseg.core.errors.DicomError` (file, problem, fix) or a
+:class:`~medseg.core.errors.SeriesSelectionError`; never a raw pydicom traceback.
 """
 
 from __future__ import annotations
@@ -39,16 +43,18 @@ from typing import Any, Optional
 
 import numpy as np
 
-from medseg import geometry
-from medseg.errors import DicomError, SeriesSelectionError
+from medseg.core import geometry
+from medseg.core.errors import DicomError, GeometryError, SeriesSelectionError
 from medseg.io.dicom._geometry import StackPlan, plan_stack
-from medseg.io.dicom._headers import HeaderInfo, ImageRecord, Skip, read_header
+from medseg.io.dicom._headers import HeaderInfo, ImageRecord, SeriesTags, Skip, read_header
 from medseg.io.dicom._pixels import read_pixels
 from medseg.io.dicom._tilt import orthogonalize
-from medseg.progress import CancelCallback, ProgressCallback, StepProgress
-from medseg.volume import Volume
+from medseg.io.dicom.source import DicomSource, SourceSlice, dicom_source_from_files, source_from_images
+from medseg.core.progress import CancelCallback, ProgressCallback, StepProgress
+from medseg.core.volume import Volume
 
-__all__ = ["DicomScan", "SeriesInfo", "SkippedFile", "scan_dicom", "select_series", "read_dicom", "orthogonalize"]
+__all__ = ["DicomScan", "SeriesInfo", "SkippedFile", "DicomSource", "SourceSlice", "scan_dicom", "select_series",
+           "read_dicom", "read_dicom_source", "dicom_source_from_files", "orthogonalize"]
 
 log = logging.getLogger(__name__)
 _WORKERS = max(1, min(4, (os.cpu_count() or 1)))
@@ -63,7 +69,7 @@ class SkippedFile:
 
 
 @dataclass
-class SeriesInfo:
+class SeriesInfo(SeriesTags):
     """One image series found by :func:`scan_dicom` (headers only; no pixels read).
 
     Attributes
@@ -82,21 +88,13 @@ class SeriesInfo:
     origin : (3,) floats or None
         LPS mm of voxel ``(0, 0, 0)``.
     orientation : str
-        Three letters, e.g. ``'SPL'`` (see :func:`medseg.geometry.orientation_code`).
+        Three letters, e.g. ``'SPL'`` (see :func:`medseg.core.geometry.orientation_code`).
     warnings : list of str
         Geometry findings (tilt, missing slices, uneven spacing, duplicate copies).
     problem : str or None
         Why the series cannot be loaded, or None.
     """
 
-    series_uid: str
-    study_uid: str
-    frame_of_reference_uid: str
-    modality: str
-    description: str
-    series_number: Optional[int]
-    patient_id: str
-    patient_name: str
     files: list[str] = field(default_factory=list)
     n_images: int = 0
     shape: Optional[tuple[int, int, int]] = None
@@ -194,7 +192,7 @@ def scan_dicom(
     folder : str or Path
         A folder (nested and mixed content allowed) or one DICOM file.
     progress, cancel : callables, optional
-        See :mod:`medseg.progress`; one step per file.
+        See :mod:`medseg.core.progress`; one step per file.
 
     Returns
     -------
@@ -317,13 +315,16 @@ def read_dicom(
     strict : bool
         Refuse (DicomError) irregular slice spacing instead of resampling it.
     progress, cancel : callables, optional
-        See :mod:`medseg.progress`.
+        See :mod:`medseg.core.progress`.
 
     Returns
     -------
     Volume
         ``array``: modality values (CT in HU), dtype int16/int32 when the rescale is exact in
-        integers, else float32 (stored dtype when there is no rescale). ``meta``: ``source``,
+        integers, else float32 (stored dtype when there is no rescale). ``dicom_source``: the
+        :class:`DicomSource` record (files, UIDs, per-slice SOP instances and
+        ImagePositionPatient in array z order) that DICOM SEG/RTSTRUCT exports reference; None
+        for an image without patient geometry. ``meta`` (provenance): ``source``,
         ``format`` ('dicom'), ``Modality``, ``StudyInstanceUID``, ``SeriesInstanceUID``,
         ``FrameOfReferenceUID``, ``PatientID``, ``PatientName``, ``SeriesDescription``,
         ``series_key`` (what ``series_uid=`` selects this series by),
@@ -339,56 +340,121 @@ def read_dicom(
     DicomError
         The series is inconsistent, lacks geometry, is colour, or its pixels cannot be decoded.
     """
+    from medseg.io.limits import check_declared_size
+
     root = Path(path)
     scan = scan_dicom(root, progress=progress, cancel=cancel)
     series = select_series(scan, series_uid)
+    _note_other_series(scan, series, series_uid, root)
+    where = series.files[0] if len(series.files) == 1 else str(root)
+    plan = _loadable_plan(series, where, strict=strict)
+    _refuse_colour(plan, where)
+    notes = _notes(series, plan)
+    for w in notes:
+        log.warning("%s: %s", where, w)
+    # raw stored slices plus the float32 result may be held at once
+    check_declared_size(where, (len(plan.images) + int(np.prod(plan.shape[:1])), *plan.shape[1:]), 4,
+                        fields=f"{len(plan.images)} images x Rows x Columns (stored and rescaled)")
+    array = read_pixels(plan, progress=progress, cancel=cancel)
+    return Volume(array, plan.affine, _provenance(root, series, plan, notes),  # type: ignore[arg-type]
+                  dicom_source=_source_record(series, plan))
+
+
+def read_dicom_source(path: str | Path, *, series_uid: Optional[str] = None, strict: bool = False) -> DicomSource:
+    """The :class:`DicomSource` record of a series from its headers only (no pixel is read).
+
+    What an export needs when it has only the series' folder: the same scan, series selection
+    and slice ordering as :func:`read_dicom`, without decoding pixels.
+
+    Raises
+    ------
+    SeriesSelectionError
+        No image series, or ``series_uid`` not found.
+    DicomError
+        The series cannot be loaded, or its images carry no patient geometry.
+    """
+    root = Path(path)
+    series = select_series(scan_dicom(root), series_uid)
+    where = series.files[0] if len(series.files) == 1 else str(root)
+    plan = _loadable_plan(series, where, strict=strict)
+    record = _source_record(series, plan)
+    if record is None:
+        raise DicomError(where, "no patient geometry (ImagePositionPatient/ImageOrientationPatient) on a "
+                                "regular grid: no source record", "use a series read as a 3D volume")
+    return record
+
+
+def _note_other_series(scan: DicomScan, series: SeriesInfo, series_uid: Optional[str], root: Path) -> None:
+    """Warn when the default rule picked one of several loadable series."""
     loadable = [s for s in scan.series if s.loadable]
     if series_uid is None and len(loadable) > 1:
         log.warning("%s holds %d image series; loading %s (%s, %d images, the most); pass series_uid= to choose",
                     root, len(loadable), series.series_uid, series.description or series.modality, series.n_images)
+
+
+def _loadable_plan(series: SeriesInfo, where: str, *, strict: bool) -> StackPlan:
+    """The series' stack plan; DicomError (naming the problem and the fix) when it cannot load."""
     plan = series._plan(strict=strict)
-    where = series.files[0] if len(series.files) == 1 else str(root)
     if plan.problem is not None:
         raise DicomError(where, f"series {series.series_uid}: {plan.problem}", plan.fix)
+    return plan
+
+
+def _refuse_colour(plan: StackPlan, where: str) -> None:
+    """DicomError for colour images: medseg segments greyscale modality values."""
     f0 = plan.images[0].file
     photometric = {im.file.photometric for im in plan.images}
     if f0.samples != 1 or not photometric <= {"MONOCHROME1", "MONOCHROME2"}:
         raise DicomError(where, f"colour image (PhotometricInterpretation {'/'.join(sorted(photometric))}, "
                          f"{f0.samples} samples per pixel)",
                          "medseg segments greyscale CT/MR/PET volumes; convert the series to greyscale")
-    notes = ([series.warnings[0]] if series.uid_missing else []) + list(plan.warnings)
-    if "MONOCHROME1" in photometric:
-        notes.append("MONOCHROME1: values kept as stored modality values (not inverted); only the display "
-                        "convention differs (SimpleITK inverts them)")
-    for w in notes:
-        log.warning("%s: %s", where, w)
-    from medseg.io.limits import check_declared_size
 
-    # raw stored slices plus the float32 result may be held at once
-    check_declared_size(where, (len(plan.images) + int(np.prod(plan.shape[:1])), *plan.shape[1:]), 4,
-                        fields=f"{len(plan.images)} images x Rows x Columns (stored and rescaled)")
-    array = read_pixels(plan, progress=progress, cancel=cancel)
-    files: list[Optional[str]] = []
-    uids: list[Optional[str]] = []
-    frames: list[Optional[int]] = []
-    for srcs in plan.sources:
-        if len(srcs) == 1:
-            im = plan.images[srcs[0][0]]
-            files.append(im.file.path)
-            uids.append(im.sop_uid)
-            frames.append(im.frame)
-        else:
-            files.append(None)
-            uids.append(None)
-            frames.append(None)
-    meta = {
+
+def _notes(series: SeriesInfo, plan: StackPlan) -> list[str]:
+    """Warnings of the read: missing UID, the plan's geometry findings, MONOCHROME1."""
+    notes = ([series.warnings[0]] if series.uid_missing else []) + list(plan.warnings)
+    if any(im.file.photometric == "MONOCHROME1" for im in plan.images):
+        notes.append("MONOCHROME1: values kept as stored modality values (not inverted); only the display "
+                     "convention differs (SimpleITK inverts them)")
+    return notes
+
+
+def _acquired_images(plan: StackPlan) -> list[Optional[ImageRecord]]:
+    """The source image of each array slice in z order; None for interpolated slices."""
+    return [plan.images[srcs[0][0]] if len(srcs) == 1 else None for srcs in plan.sources]
+
+
+def _source_record(series: SeriesInfo, plan: StackPlan) -> Optional[DicomSource]:
+    """The series' :class:`DicomSource`, or None (with a warning) when its slices do not lie
+    within the export tolerance of the planned grid."""
+    record = source_from_images(
+        _acquired_images(plan), study_uid=series.study_uid,
+        series_uid="" if series.uid_missing else series.series_uid,
+        frame_of_reference_uid=series.frame_of_reference_uid, modality=series.modality)
+    if record is None or plan.affine is None:
+        return None
+    try:
+        record.check_grid(plan.shape, plan.affine, what="volume")
+    except GeometryError as exc:  # the reader accepts up to 0.5 mm off the stacking line
+        log.warning("series %s: no DICOM source record for SEG/RTSTRUCT export: %s", series.series_uid, exc)
+        return None
+    return record
+
+
+def _provenance(root: Path, series: SeriesInfo, plan: StackPlan, notes: list[str]) -> dict[str, Any]:
+    """``Volume.meta`` of a DICOM read (see :func:`read_dicom`)."""
+    images = _acquired_images(plan)
+    return {
         "source": str(root), "format": "dicom", "Modality": series.modality,
         "StudyInstanceUID": series.study_uid,
         "SeriesInstanceUID": "" if series.uid_missing else series.series_uid, "series_key": series.series_uid,
         "FrameOfReferenceUID": series.frame_of_reference_uid, "PatientID": series.patient_id,
         "PatientName": series.patient_name, "SeriesDescription": series.description,
-        "SeriesNumber": series.series_number, "files": files, "sop_instance_uids": uids, "frames": frames,
+        "SeriesNumber": series.series_number,
+        "files": [im.file.path if im else None for im in images],
+        "sop_instance_uids": [im.sop_uid if im else None for im in images],
+        "frames": [im.frame if im else None for im in images],
         "warnings": notes, "interpolated_slices": list(plan.interpolated),
-        "gantry_tilt_deg": round(plan.tilt_deg, 4), "PhotometricInterpretation": sorted(photometric)[0],
+        "gantry_tilt_deg": round(plan.tilt_deg, 4),
+        "PhotometricInterpretation": sorted({im.file.photometric for im in plan.images})[0],
     }
-    return Volume(array, plan.affine, meta)  # type: ignore[arg-type]

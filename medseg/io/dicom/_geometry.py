@@ -35,7 +35,7 @@ import numpy as np
 
 from medseg.io.dicom._headers import ImageRecord
 
-__all__ = ["StackPlan", "plan_stack"]
+__all__ = ["StackPlan", "plan_stack", "affine_from_dicom"]
 
 _IOP_TOL = 1e-3  # max abs difference between orientation cosines within one series
 _DUP_TOL = 1e-3  # mm: two images closer than this are at the same position
@@ -105,11 +105,8 @@ def _single_2d(im: ImageRecord, warnings: list[str]) -> StackPlan:
         spacing, source = (1.0, 1.0), "none in the header: 1 mm assumed"
     thick = im.slice_thickness if im.slice_thickness and np.isfinite(im.slice_thickness) and im.slice_thickness > 0 \
         else 1.0
-    a = np.zeros((4, 4))
-    a[3, 3] = 1.0
-    a[0, 2] = spacing[1]  # i (columns of the pixel grid) along +x
-    a[1, 1] = spacing[0]  # j (rows) along +y
-    a[2, 0] = thick
+    # rows along +x (i), columns along +y (j), slices along +z
+    a = affine_from_dicom((1.0, 0.0, 0.0, 0.0, 1.0, 0.0), spacing, (0.0, 0.0, 0.0), (0.0, 0.0, thick))
     warnings.append(
         f"a 2D image without patient geometry (no ImagePositionPatient/ImageOrientationPatient), loaded as "
         f"one slice on an assumed grid: pixel rows along +x (patient left), columns along +y (posterior), "
@@ -119,8 +116,51 @@ def _single_2d(im: ImageRecord, warnings: list[str]) -> StackPlan:
                      warnings=warnings)
 
 
+def affine_from_dicom(
+    orientation: Sequence[float],
+    pixel_spacing: Sequence[float],
+    position: Sequence[float],
+    step: Sequence[float],
+) -> np.ndarray:
+    """The one voxel ``(k, j, i)`` → LPS affine built from DICOM attributes.
+
+    Parameters
+    ----------
+    orientation : (6,) floats
+        ``ImageOrientationPatient``: row cosines (direction of increasing column index ``i``)
+        then column cosines (increasing row index ``j``); normalised here.
+    pixel_spacing : (2,) floats
+        ``PixelSpacing`` in mm: ``(between rows = y, between columns = x)``.
+    position : (3,) floats
+        ``ImagePositionPatient`` of array slice 0, LPS mm.
+    step : (3,) floats
+        LPS mm from the centre of slice ``k`` to that of slice ``k + 1`` (the slice normal
+        times the spacing; a gantry-tilted stack steps off the normal).
+
+    Returns
+    -------
+    (4, 4) ndarray
+        Columns ``(step, column * PixelSpacing[0], row * PixelSpacing[1], position)``.
+    """
+    iop = np.asarray(orientation, dtype=float)
+    row = iop[:3] / np.linalg.norm(iop[:3])
+    col = iop[3:] / np.linalg.norm(iop[3:])
+    a = np.eye(4)
+    a[:3, 0] = np.asarray(step, dtype=float)
+    a[:3, 1] = col * float(pixel_spacing[0])
+    a[:3, 2] = row * float(pixel_spacing[1])
+    a[:3, 3] = np.asarray(position, dtype=float)
+    return a
+
+
 def plan_stack(images: Sequence[ImageRecord], *, strict: bool = False, tilt_tag: Optional[float] = None) -> StackPlan:
-    """Order a series' images and derive its grid; see the module docstring for the rules."""
+    """Order a series' images and derive its grid; see the module docstring for the rules.
+
+    Steps: drop duplicate copies, check that the images form one stack (:func:`_check_layout`),
+    order them along the slice normal, refuse shared positions, then place them on a line
+    (:func:`_stack_line`) and either accept the regular spacing or fill the gaps
+    (:func:`_regularize`).
+    """
     warnings: list[str] = []
     images = _dedupe(images, warnings)
     if not images:
@@ -128,6 +168,47 @@ def plan_stack(images: Sequence[ImageRecord], *, strict: bool = False, tilt_tag:
     if len(images) == 1 and images[0].frame is None and (images[0].position is None
                                                            or images[0].orientation is None):
         return _single_2d(images[0], warnings)
+    failed = _check_layout(images)
+    if failed is not None:
+        return failed
+    iop = np.asarray(images[0].orientation, dtype=float)
+    row, col = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
+    normal = np.cross(row, col)
+    pos = np.array([im.position for im in images], dtype=float)
+    order = np.lexsort((np.arange(len(images)), pos @ normal))
+    images, pos = [images[i] for i in order], pos[order]
+    failed = _check_distinct_positions(images, pos)
+    if failed is not None:
+        return failed
+    rows, cols = images[0].file.rows, images[0].file.columns
+    if len(images) == 1:
+        step = _single_slice_step(images[0], warnings)
+        return StackPlan(images=images, sources=[[(0, 1.0)]], shape=(1, rows, cols), warnings=warnings,
+                         affine=affine_from_dicom(iop, images[0].pixel_spacing, pos[0], normal * step))
+    line = _stack_line(pos, normal, tilt_tag, warnings)
+    if isinstance(line, StackPlan):
+        return line
+    t, step_dir, tilt_deg = line
+    plan = StackPlan(images=images, warnings=warnings, tilt_deg=tilt_deg)
+    n = len(images)
+    length = float(np.linalg.norm(pos[-1] - pos[0]))
+    mean_step = length / (n - 1)
+    if np.abs(t - np.arange(n) * mean_step).max() <= _grid_tol(mean_step):
+        plan.sources = [[(i, 1.0)] for i in range(n)]
+        plan.affine = affine_from_dicom(iop, images[0].pixel_spacing, pos[0], step_dir * mean_step)
+        plan.shape = (n, rows, cols)
+        return plan
+    return _regularize(plan, t, step_dir, length, strict=strict)
+
+
+def _grid_tol(step: float) -> float:
+    """mm: how far a slice may lie from a regular grid and still count as on it."""
+    return max(0.01, 0.01 * step)
+
+
+def _check_layout(images: Sequence[ImageRecord]) -> Optional[StackPlan]:
+    """A failed plan unless every image has patient geometry, one size, one orientation and
+    one PixelSpacing, with orthogonal row and column cosines; None when they form one stack."""
     if any(im.position is None or im.orientation is None for im in images):
         multi = images[0].file.frames > 1
         what = ("a multi-frame file without per-frame positions (PlanePositionSequence)" if multi
@@ -156,71 +237,70 @@ def plan_stack(images: Sequence[ImageRecord], *, strict: bool = False, tilt_tag:
     if abs(float(row @ col)) > 1e-3:
         return _fail(f"ImageOrientationPatient row and column vectors are not orthogonal ({iop[0].tolist()})",
                      "the header is corrupt; re-export the series")
-    normal = np.cross(row, col)
-    pos = np.array([im.position for im in images], dtype=float)
-    proj = pos @ normal
-    order = np.lexsort((np.arange(len(images)), proj))
-    images = [images[i] for i in order]
-    pos, proj = pos[order], proj[order]
-    rows, cols = images[0].file.rows, images[0].file.columns
-    ps0 = ps[0]
-    a = np.eye(4)
-    a[:3, 1] = col * ps0[0]
-    a[:3, 2] = row * ps0[1]
-    a[:3, 3] = pos[0]
+    return None
 
+
+def _check_distinct_positions(images: Sequence[ImageRecord], pos: np.ndarray) -> Optional[StackPlan]:
+    """A failed plan naming the differing tag when two ordered images share a position."""
     n = len(images)
-    if n > 1:
-        gaps = np.linalg.norm(np.diff(pos, axis=0), axis=1)
-        same = np.nonzero(gaps < _DUP_TOL)[0]
-        if same.size:
-            i = int(same[0])
-            n_pos = n - same.size
-            return _fail(
-                f"{n} images at only {n_pos} distinct positions: several images share a position "
-                f"(first at {np.round(pos[i], 3).tolist()} mm; they differ in {_differing_tag(images[i], images[i + 1])}). "
-                "Two acquisitions (echoes, phases, interleaved series) share one SeriesInstanceUID",
-                "separate the images by the tag named above (e.g. into sub-folders) and load each")
-    if n == 1:
-        im = images[0]
-        step = im.spacing_between_slices or im.slice_thickness
-        if not step or step <= 0:
-            step = 1.0
-            warnings.append("single slice without SliceThickness/SpacingBetweenSlices: z spacing set to 1 mm")
-        a[:3, 0] = normal * step
-        return StackPlan(images=images, sources=[[(0, 1.0)]], affine=a, shape=(1, rows, cols), warnings=warnings)
+    if n < 2:
+        return None
+    gaps = np.linalg.norm(np.diff(pos, axis=0), axis=1)
+    same = np.nonzero(gaps < _DUP_TOL)[0]
+    if not same.size:
+        return None
+    i = int(same[0])
+    return _fail(
+        f"{n} images at only {n - same.size} distinct positions: several images share a position "
+        f"(first at {np.round(pos[i], 3).tolist()} mm; they differ in {_differing_tag(images[i], images[i + 1])}). "
+        "Two acquisitions (echoes, phases, interleaved series) share one SeriesInstanceUID",
+        "separate the images by the tag named above (e.g. into sub-folders) and load each")
 
+
+def _single_slice_step(im: ImageRecord, warnings: list[str]) -> float:
+    """Slice spacing of a one-slice series: SpacingBetweenSlices, else SliceThickness, else 1 mm."""
+    step = im.spacing_between_slices or im.slice_thickness
+    if not step or step <= 0:
+        warnings.append("single slice without SliceThickness/SpacingBetweenSlices: z spacing set to 1 mm")
+        return 1.0
+    return float(step)
+
+
+def _stack_line(pos: np.ndarray, normal: np.ndarray, tilt_tag: Optional[float],
+                warnings: list[str]) -> StackPlan | tuple[np.ndarray, np.ndarray, float]:
+    """Place ordered slice centres on the line from the first to the last.
+
+    Returns
+    -------
+    StackPlan or (t, direction, tilt_deg)
+        A failed plan when the centres stray more than 0.5 mm from one line; else ``t``
+        (``(N,)`` mm of each slice along the line from the first), the unit step direction
+        (exactly the slice normal unless the gantry is tilted) and the tilt in degrees.
+    """
     span = pos[-1] - pos[0]
-    length = float(np.linalg.norm(span))
-    u = span / length
+    u = span / float(np.linalg.norm(span))
     off_line = np.linalg.norm(np.cross(pos - pos[0], u), axis=1)
     if off_line.max() > _LINE_TOL:
         return _fail(f"slice positions do not lie on one line (up to {off_line.max():.2f} mm off)",
                      "the series mixes stacks; split it (e.g. by AcquisitionNumber) and load each")
     t = (pos - pos[0]) @ u
-    steps = np.diff(t)
-    mean_step = length / (n - 1)
-    tol = max(0.01, 0.01 * mean_step)
     tilt_deg = float(np.degrees(np.arccos(np.clip(abs(u @ normal), 0.0, 1.0))))
-    if tilt_deg > _TILT_TOL_DEG:
-        step_vec = u
-        tag = f", GantryDetectorTilt {tilt_tag:g}°" if tilt_tag else ""
-        warnings.append(
-            f"gantry tilt: slices step {tilt_deg:.2f}° off the slice normal{tag}; voxels kept as acquired with a "
-            "sheared affine (exact positions). NIfTI stores it; NRRD/MHA (ITK) cannot: use "
-            "medseg.io.dicom.orthogonalize(volume) first for those")
-    else:
-        tilt_deg = 0.0
-        step_vec = normal * float(u @ normal)  # remove rounding shear: exactly orthogonal
-    plan = StackPlan(images=images, warnings=warnings, tilt_deg=tilt_deg)
-    deviation = np.abs(t - np.arange(n) * mean_step)
-    if deviation.max() <= tol:
-        a[:3, 0] = step_vec * mean_step
-        plan.sources = [[(i, 1.0)] for i in range(n)]
-        plan.affine, plan.shape = a, (n, rows, cols)
-        return plan
+    if tilt_deg <= _TILT_TOL_DEG:
+        return t, normal * float(u @ normal), 0.0  # remove rounding shear: exactly orthogonal
+    tag = f", GantryDetectorTilt {tilt_tag:g}°" if tilt_tag else ""
+    warnings.append(
+        f"gantry tilt: slices step {tilt_deg:.2f}° off the slice normal{tag}; voxels kept as acquired with a "
+        "sheared affine (exact positions). NIfTI stores it; NRRD/MHA (ITK) cannot: use "
+        "medseg.io.dicom.orthogonalize(volume) first for those")
+    return t, u, tilt_deg
 
+
+def _regularize(plan: StackPlan, t: np.ndarray, step_dir: np.ndarray, length: float, *, strict: bool) -> StackPlan:
+    """Irregular spacing: report missing slices and uneven steps, then (unless ``strict`` or too
+    sparse) resample onto a regular grid at the median step (see the module docstring)."""
     plan.irregular = True
+    images, warnings, n = plan.images, plan.warnings, len(plan.images)
+    steps = np.diff(t)
     h = float(np.median(steps))
     ratio = steps / h
     missing = [(i, int(round(r)) - 1) for i, r in enumerate(ratio) if r > 1.5 and abs(r - round(r)) < 0.1]
@@ -244,7 +324,19 @@ def plan_stack(images: Sequence[ImageRecord], *, strict: bool = False, tilt_tag:
         return plan
     m = int(round(length / h)) + 1
     grid_step = length / (m - 1)
-    grid = np.arange(m) * grid_step
+    plan.sources, plan.interpolated = _grid_sources(t, np.arange(m) * grid_step, _grid_tol(length / (n - 1)))
+    warnings.append(f"resampled to a regular grid of {m} slices at {grid_step:.3f} mm: "
+                    f"{len(plan.interpolated)} slice(s) interpolated, {m - len(plan.interpolated)} copied as acquired")
+    im0 = images[0]
+    plan.affine = affine_from_dicom(im0.orientation, im0.pixel_spacing, im0.position, step_dir * grid_step)
+    plan.shape = (m, im0.file.rows, im0.file.columns)
+    return plan
+
+
+def _grid_sources(t: np.ndarray, grid: np.ndarray, tol: float) -> tuple[list[list[tuple[int, float]]], list[int]]:
+    """For each grid position, the acquired slice on it (within ``tol`` mm) or the two around it
+    with linear weights; also the indices of the interpolated grid slices."""
+    n = len(t)
     sources: list[list[tuple[int, float]]] = []
     interpolated: list[int] = []
     for g, tg in enumerate(grid):
@@ -259,9 +351,4 @@ def plan_stack(images: Sequence[ImageRecord], *, strict: bool = False, tilt_tag:
         w = 0.0 if hi == lo else float((tg - t[lo]) / (t[hi] - t[lo]))
         sources.append([(lo, 1.0 - w), (hi, w)])
         interpolated.append(g)
-    warnings.append(f"resampled to a regular grid of {m} slices at {grid_step:.3f} mm: "
-                    f"{len(interpolated)} slice(s) interpolated, {m - len(interpolated)} copied as acquired")
-    a[:3, 0] = (u if tilt_deg else normal * float(u @ normal)) * grid_step
-    plan.sources, plan.interpolated = sources, interpolated
-    plan.affine, plan.shape = a, (m, rows, cols)
-    return plan
+    return sources, interpolated

@@ -71,6 +71,8 @@ class FileRecord:
     pixel_offset: Optional[int] = None
     pixel_length: Optional[int] = None
     modality_lut: bool = False
+    #: SOPClassUID (from the file meta when the data set lacks it)
+    sop_class: str = ""
 
     @property
     def fast(self) -> bool:
@@ -106,8 +108,8 @@ class ImageRecord:
 
 
 @dataclass
-class HeaderInfo:
-    """Series-level tags of a file plus its images."""
+class SeriesTags:
+    """The series-level tags medseg groups and describes series by."""
 
     series_uid: str
     study_uid: str
@@ -117,6 +119,12 @@ class HeaderInfo:
     series_number: Optional[int]
     patient_id: str
     patient_name: str
+
+
+@dataclass
+class HeaderInfo(SeriesTags):
+    """Series-level tags of a file plus its images."""
+
     sop_class: str
     gantry_tilt: Optional[float]
     images: list[ImageRecord]
@@ -332,7 +340,7 @@ _DISTINGUISH = {"AcquisitionNumber": 0x00200012, "EchoNumbers": 0x00180086, "Tem
 def _check_pixel_header(rec: FileRecord, native_length: Optional[int]) -> None:
     """Rows, Columns, NumberOfFrames, SamplesPerPixel and BitsAllocated: sane, consistent with the
     length of native pixel data, and within the memory limit (:mod:`medseg.io.limits`); else Skip."""
-    from medseg.errors import ResourceLimitError
+    from medseg.core.errors import ResourceLimitError
     from medseg.io.limits import check_declared_size
 
     if rec.rows <= 0 or rec.columns <= 0:
@@ -363,8 +371,39 @@ def _check_pixel_header(rec: FileRecord, native_length: Optional[int]) -> None:
 
 def _records(path: str, ds: Dataset, ts: str, sop_class: str, offset: Optional[int],
              length: Optional[int]) -> HeaderInfo:
+    """The file's :class:`FileRecord`, its images (per frame for enhanced multi-frame files)
+    and its series-level tags."""
+    rec = _file_record(path, ds, ts, sop_class, offset, length)
+    meta = getattr(ds, "file_meta", None)
+    sop_uid = _text(ds, _T["SOPInstanceUID"]) or (str(meta.get("MediaStorageSOPInstanceUID", "")) if meta else "")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") if ds.get_item(_T["PerFrameFunctionalGroupsSequence"]) \
+        else None
+    if per_frame is not None and len(per_frame) > 0:
+        images = _enhanced_images(ds, rec, sop_uid, per_frame)
+    else:
+        images = _classic_images(ds, rec, sop_uid)
+    sn = _num(ds, _T["SeriesNumber"])
+    return HeaderInfo(
+        series_uid=_text(ds, _T["SeriesInstanceUID"]) or "",
+        study_uid=_text(ds, _T["StudyInstanceUID"]) or "",
+        frame_of_reference_uid=_text(ds, _T["FrameOfReferenceUID"]) or "",
+        modality=_text(ds, _T["Modality"]) or "",
+        description=str(ds.get("SeriesDescription", "") or ""),  # charset-aware
+        series_number=int(sn) if sn is not None else None,
+        patient_id=str(ds.get("PatientID", "") or ""),
+        patient_name=str(ds.get("PatientName", "") or ""),
+        sop_class=sop_class,
+        gantry_tilt=_num(ds, _T["GantryDetectorTilt"]),
+        images=images,
+        file=rec,
+    )
+
+
+def _file_record(path: str, ds: Dataset, ts: str, sop_class: str, offset: Optional[int],
+                 length: Optional[int]) -> FileRecord:
+    """Pixel layout of the file, checked (:func:`_check_pixel_header`); the direct pixel read is
+    switched off where the native pixel data is shorter than the header says."""
     T = _T
-    series_uid = _text(ds, T["SeriesInstanceUID"]) or ""
     _, little = ds.original_encoding
     frames = int(_num(ds, T["NumberOfFrames"], 1) or 1)
     bits_allocated = _ushort(ds, T["BitsAllocated"], 16)
@@ -383,76 +422,73 @@ def _records(path: str, ds: Dataset, ts: str, sop_class: str, offset: Optional[i
         pixel_offset=offset if ts in _NATIVE else None,
         pixel_length=length if ts in _NATIVE else None,
         modality_lut=ds.get_item(T["ModalityLUTSequence"]) is not None,
+        sop_class=sop_class,
     )
     _check_pixel_header(rec, length if ts in _NATIVE else None)
     if rec.pixel_length is not None:
         expected = rec.rows * rec.columns * rec.samples * frames * rec.bits_allocated // 8
         if rec.bits_allocated % 8 or rec.pixel_length < expected:
             rec.pixel_offset = rec.pixel_length = None  # let pydicom decide (and explain)
-    meta = getattr(ds, "file_meta", None)
-    sop_uid = _text(ds, T["SOPInstanceUID"]) or (str(meta.get("MediaStorageSOPInstanceUID", "")) if meta else "")
-    common_dist = {k: v for k, tag in _DISTINGUISH.items() if (v := _text(ds, tag))}
-    slope = _num(ds, T["RescaleSlope"], 1.0) or 1.0
-    intercept = _num(ds, T["RescaleIntercept"], 0.0) or 0.0
+    return rec
+
+
+def _common_distinguish(ds: Dataset) -> dict[str, Any]:
+    """The tags (present in the file) that tell apart images sharing a position."""
+    return {k: v for k, tag in _DISTINGUISH.items() if (v := _text(ds, tag))}
+
+
+def _enhanced_images(ds: Dataset, rec: FileRecord, sop_uid: str, per_frame: Any) -> list[ImageRecord]:
+    """One image per frame of an enhanced multi-frame file, per-frame functional groups first,
+    then the shared ones."""
+    slope = _num(ds, _T["RescaleSlope"], 1.0) or 1.0
+    intercept = _num(ds, _T["RescaleIntercept"], 0.0) or 0.0
+    common_dist = _common_distinguish(ds)
+    shared = _first(ds, "SharedFunctionalGroupsSequence")
     images: list[ImageRecord] = []
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") if ds.get_item(T["PerFrameFunctionalGroupsSequence"]) else None
-    if per_frame is not None and len(per_frame) > 0:
-        shared = _first(ds, "SharedFunctionalGroupsSequence")
-        for f in range(frames):
-            pf = per_frame[f] if f < len(per_frame) else None
+    for f in range(rec.frames):
+        pf = per_frame[f] if f < len(per_frame) else None
 
-            def group(name: str) -> Optional[Dataset]:
-                return _first(pf, name) or _first(shared, name)
+        def group(name: str) -> Optional[Dataset]:
+            return _first(pf, name) or _first(shared, name)
 
-            pos = group("PlanePositionSequence")
-            ori = group("PlaneOrientationSequence")
-            meas = group("PixelMeasuresSequence")
-            pvt = group("PixelValueTransformationSequence")
-            content = _first(pf, "FrameContentSequence")
-            dist = dict(common_dist)
-            if content is not None:
-                for k in ("StackID", "TemporalPositionIndex", "DimensionIndexValues"):
-                    if content.get(k) not in (None, ""):
-                        dist[k] = str(content.get(k))
-            images.append(ImageRecord(
-                file=rec, frame=f, sop_uid=sop_uid,
-                position=_floats(pos.get("ImagePositionPatient") if pos else None, 3),  # type: ignore[arg-type]
-                orientation=_floats(ori.get("ImageOrientationPatient") if ori else None, 6),  # type: ignore[arg-type]
-                pixel_spacing=_floats(meas.get("PixelSpacing") if meas else None, 2),  # type: ignore[arg-type]
-                slope=_float(pvt.get("RescaleSlope"), 1.0) or 1.0 if pvt else slope,
-                intercept=_float(pvt.get("RescaleIntercept"), 0.0) or 0.0 if pvt else intercept,
-                slice_thickness=_float(meas.get("SliceThickness") if meas else None),
-                spacing_between_slices=_float(meas.get("SpacingBetweenSlices") if meas else None)
-                or _num(ds, T["SpacingBetweenSlices"]),
-                distinguish=dist,
-            ))
-    else:
-        position = _nums(ds, T["ImagePositionPatient"], 3)
-        orientation = _nums(ds, T["ImageOrientationPatient"], 6)
-        spacing = _nums(ds, T["PixelSpacing"], 2)
-        thickness = _num(ds, T["SliceThickness"])
-        between = _num(ds, T["SpacingBetweenSlices"])
-        for f in range(frames):
-            images.append(ImageRecord(
-                file=rec, frame=f if frames > 1 else None, sop_uid=sop_uid,
-                # a legacy multi-frame file has one position for all frames: no per-frame geometry
-                position=position if frames == 1 else None,  # type: ignore[arg-type]
-                orientation=orientation, pixel_spacing=spacing,  # type: ignore[arg-type]
-                slope=slope, intercept=intercept, slice_thickness=thickness, spacing_between_slices=between,
-                distinguish=dict(common_dist), imager_pixel_spacing=_nums(ds, T["ImagerPixelSpacing"], 2),
-            ))
-    sn = _num(ds, T["SeriesNumber"])
-    return HeaderInfo(
-        series_uid=series_uid,
-        study_uid=_text(ds, T["StudyInstanceUID"]) or "",
-        frame_of_reference_uid=_text(ds, T["FrameOfReferenceUID"]) or "",
-        modality=_text(ds, T["Modality"]) or "",
-        description=str(ds.get("SeriesDescription", "") or ""),  # charset-aware
-        series_number=int(sn) if sn is not None else None,
-        patient_id=str(ds.get("PatientID", "") or ""),
-        patient_name=str(ds.get("PatientName", "") or ""),
-        sop_class=sop_class,
-        gantry_tilt=_num(ds, T["GantryDetectorTilt"]),
-        images=images,
-        file=rec,
+        pos = group("PlanePositionSequence")
+        ori = group("PlaneOrientationSequence")
+        meas = group("PixelMeasuresSequence")
+        pvt = group("PixelValueTransformationSequence")
+        content = _first(pf, "FrameContentSequence")
+        dist = dict(common_dist)
+        if content is not None:
+            for k in ("StackID", "TemporalPositionIndex", "DimensionIndexValues"):
+                if content.get(k) not in (None, ""):
+                    dist[k] = str(content.get(k))
+        images.append(ImageRecord(
+            file=rec, frame=f, sop_uid=sop_uid,
+            position=_floats(pos.get("ImagePositionPatient") if pos else None, 3),  # type: ignore[arg-type]
+            orientation=_floats(ori.get("ImageOrientationPatient") if ori else None, 6),  # type: ignore[arg-type]
+            pixel_spacing=_floats(meas.get("PixelSpacing") if meas else None, 2),  # type: ignore[arg-type]
+            slope=_float(pvt.get("RescaleSlope"), 1.0) or 1.0 if pvt else slope,
+            intercept=_float(pvt.get("RescaleIntercept"), 0.0) or 0.0 if pvt else intercept,
+            slice_thickness=_float(meas.get("SliceThickness") if meas else None),
+            spacing_between_slices=_float(meas.get("SpacingBetweenSlices") if meas else None)
+            or _num(ds, _T["SpacingBetweenSlices"]),
+            distinguish=dist,
+        ))
+    return images
+
+
+def _classic_images(ds: Dataset, rec: FileRecord, sop_uid: str) -> list[ImageRecord]:
+    """The image(s) of a classic file: one, or one per frame without per-frame geometry (a
+    legacy multi-frame file has one position for all frames)."""
+    T = _T
+    position = _nums(ds, T["ImagePositionPatient"], 3)
+    common = dict(
+        orientation=_nums(ds, T["ImageOrientationPatient"], 6), pixel_spacing=_nums(ds, T["PixelSpacing"], 2),
+        slope=_num(ds, T["RescaleSlope"], 1.0) or 1.0, intercept=_num(ds, T["RescaleIntercept"], 0.0) or 0.0,
+        slice_thickness=_num(ds, T["SliceThickness"]), spacing_between_slices=_num(ds, T["SpacingBetweenSlices"]),
+        imager_pixel_spacing=_nums(ds, T["ImagerPixelSpacing"], 2),
     )
+    common_dist = _common_distinguish(ds)
+    multi = rec.frames > 1
+    return [ImageRecord(file=rec, frame=f if multi else None, sop_uid=sop_uid,  # type: ignore[arg-type]
+                        position=None if multi else position, distinguish=dict(common_dist), **common)
+            for f in range(rec.frames)]

@@ -22,10 +22,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from medseg.errors import DicomError
+from medseg.core.errors import DicomError
 from medseg.io.dicom._geometry import StackPlan
 from medseg.io.dicom._headers import FileRecord, ImageRecord
-from medseg.progress import StepProgress
+from medseg.core.progress import StepProgress
 
 __all__ = ["read_pixels", "DECODER_FIX"]
 

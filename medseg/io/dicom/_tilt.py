@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from medseg.errors import GeometryError
-from medseg.volume import Volume
+from medseg.core.errors import GeometryError
+from medseg.core.volume import Volume
 
 __all__ = ["orthogonalize"]
 

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 
-from medseg import geometry
-from medseg.errors import GeometryError, InputError
+from medseg.core import geometry
+from medseg.core.errors import GeometryError, InputError
 
-__all__ = ["Volume"]
+__all__ = ["Volume", "SourceRecord"]
+
+
+class SourceRecord(Protocol):
+    """A record of the acquired images behind a grid (:class:`medseg.io.dicom.DicomSource`)."""
+
+    def check_grid(self, shape: Sequence[int], affine: np.ndarray, *, what: str = ...) -> None:
+        """Raise :class:`~medseg.core.errors.GeometryError` unless ``(shape, affine)`` is the record's grid."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -26,6 +33,11 @@ class Volume:
         Required: there is no identity default.
     meta : mapping, optional
         Provenance only (source path, Modality, UIDs, warnings); never geometry.
+    dicom_source : DicomSource, optional
+        The DICOM series the array was read from (:class:`medseg.io.dicom.DicomSource`:
+        files, UIDs and per-slice positions), set by the DICOM reader. It must describe this
+        grid (checked here). :meth:`with_array` keeps it; a new grid (crop, resample,
+        reorient) is a new Volume without it, so exports never see stale slice positions.
 
     Notes
     -----
@@ -36,6 +48,7 @@ class Volume:
     array: np.ndarray
     affine: np.ndarray
     meta: Mapping[str, Any] = field(default_factory=dict)
+    dicom_source: Optional[SourceRecord] = None
 
     def __post_init__(self) -> None:
         arr = np.asarray(self.array)
@@ -49,6 +62,8 @@ class Volume:
         object.__setattr__(self, "array", arr)
         object.__setattr__(self, "affine", geometry.check_affine(self.affine))
         object.__setattr__(self, "meta", dict(self.meta))
+        if self.dicom_source is not None:
+            self.dicom_source.check_grid(self.shape, self.affine, what="volume")
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -63,18 +78,18 @@ class Volume:
     ) -> "Volume":
         """Build a Volume from spacing ``(z, y, x)`` mm, LPS origin and direction columns.
 
-        See :func:`medseg.geometry.make_affine` for the default (axial) direction.
+        See :func:`medseg.core.geometry.make_affine` for the default (axial) direction.
         """
         return cls(array, geometry.make_affine(spacing, origin, direction), meta or {})
 
     def with_array(self, array: np.ndarray, **meta: Any) -> "Volume":
-        """A new Volume with ``array`` on this grid (spatial shape must match)."""
+        """A new Volume with ``array`` on this grid (spatial shape must match); keeps ``dicom_source``."""
         arr = np.asarray(array)
         if arr.shape[-3:] != self.shape:
             raise GeometryError(
                 f"array spatial shape {arr.shape[-3:]} must match the volume's {self.shape}"
             )
-        return Volume(arr, self.affine, {**self.meta, **meta})
+        return Volume(arr, self.affine, {**self.meta, **meta}, self.dicom_source)
 
     # -- derived geometry ---------------------------------------------------------------
     @property

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Literal, Optional, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 
 __all__ = [
     "smooth",
@@ -132,12 +132,19 @@ def keep_largest(mask: np.ndarray) -> np.ndarray:
     return lab == int(np.argmax(counts))
 
 
-def grow(mask: np.ndarray, margin_mm: float, *, spacing: Spacing) -> np.ndarray:
-    """Add every voxel within ``margin_mm`` (Euclidean, in mm) of the mask."""
+def _margin_args(mask: np.ndarray, margin_mm: float, spacing: Spacing, op: str,
+                 other: str) -> tuple[np.ndarray, np.ndarray]:
+    """The checked mask and spacing of a margin operation; ``margin_mm`` must not be negative."""
     m = _check_mask(mask)
     sp = _check_spacing(spacing)
     if margin_mm < 0:
-        raise InputError(f"margin_mm must be >= 0 for grow, got {margin_mm}; use shrink")
+        raise InputError(f"margin_mm must be >= 0 for {op}, got {margin_mm}; use {other}")
+    return m, sp
+
+
+def grow(mask: np.ndarray, margin_mm: float, *, spacing: Spacing) -> np.ndarray:
+    """Add every voxel within ``margin_mm`` (Euclidean, in mm) of the mask."""
+    m, sp = _margin_args(mask, margin_mm, spacing, "grow", "shrink")
     if margin_mm == 0 or not m.any():
         return m.copy()
     return ndi.distance_transform_edt(~m, sampling=sp) <= margin_mm + 1e-6
@@ -145,10 +152,7 @@ def grow(mask: np.ndarray, margin_mm: float, *, spacing: Spacing) -> np.ndarray:
 
 def shrink(mask: np.ndarray, margin_mm: float, *, spacing: Spacing) -> np.ndarray:
     """Remove every voxel within ``margin_mm`` (mm) of the background."""
-    m = _check_mask(mask)
-    sp = _check_spacing(spacing)
-    if margin_mm < 0:
-        raise InputError(f"margin_mm must be >= 0 for shrink, got {margin_mm}; use grow")
+    m, sp = _margin_args(mask, margin_mm, spacing, "shrink", "grow")
     if margin_mm == 0 or not m.any():
         return m.copy()
     padded = np.pad(m, 1, constant_values=False)  # outside the array is background

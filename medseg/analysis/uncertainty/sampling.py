@@ -16,11 +16,11 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from medseg.errors import InputError
-from medseg.labels import LabelTable
-from medseg.progress import CancelCallback, ProgressCallback, check_cancel, report
-from medseg.uncertainty.maps import SampleAccumulator, UncertaintyResult
-from medseg.volume import Volume
+from medseg.core.errors import InputError
+from medseg.core.labels import LabelTable
+from medseg.core.progress import CancelCallback, ProgressCallback, check_cancel, report
+from medseg.analysis.uncertainty.maps import SampleAccumulator, UncertaintyResult
+from medseg.core.volume import Volume
 
 __all__ = [
     "Predictor",

@@ -1,6 +1,6 @@
 """PNG plots of QA reports with matplotlib's Agg backend (no display, no pyplot state).
 
-Used by :func:`medseg.evaluate.write_report`; each function writes one PNG atomically and
+Used by :func:`medseg.analysis.evaluate.write_report`; each function writes one PNG atomically and
 returns its path. matplotlib is imported on use.
 """
 
@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from medseg.errors import DependencyError
+from medseg.core.errors import DependencyError
 from medseg.io.atomic import atomic_path
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 
 if TYPE_CHECKING:  # pragma: no cover
-    from medseg.evaluate import EvaluationReport
+    from medseg.analysis.evaluate import EvaluationReport
 
 __all__ = ["plot_confusion", "plot_per_class", "plot_error_overlay", "error_slices"]
 

@@ -18,10 +18,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from medseg.geometry import make_affine
-from medseg.labels import ANATOMY, MORPHOLOGY, Code, Label, LabelTable
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.core.geometry import make_affine
+from medseg.core.labels import ANATOMY, MORPHOLOGY, Code, Label, LabelTable
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 
 __all__ = ["PHANTOM_LABELS", "make_phantom", "default_phantom_affine"]
 

@@ -5,7 +5,7 @@ voxel confusion matrix, volume differences and lesion-level detection (hits, mis
 positives) for lesion classes. :func:`write_report` writes ``report.json``,
 ``per_class.csv``, ``confusion_matrix.csv``, ``lesions.csv`` and PNG plots (confusion matrix,
 per-class bars, error-overlay slices; matplotlib with the Agg backend, see
-:mod:`medseg.qa_plots`). Empty-mask conventions are those of :mod:`medseg.metrics`; in JSON
+:mod:`medseg.analysis.qa_plots`). Empty-mask conventions are those of :mod:`medseg.analysis.metrics`; in JSON
 and CSV, nan and inf are written as empty values/``null`` with the reason in ``empty``.
 """
 
@@ -20,14 +20,14 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from medseg import metrics
-from medseg.errors import InputError
+from medseg.analysis import metrics
+from medseg.core.errors import InputError
 from medseg.io import csvsafe
 from medseg.io.atomic import atomic_path
-from medseg.labels import MORPHOLOGY, LabelTable
-from medseg.progress import CancelCallback, ProgressCallback, StepProgress
-from medseg.segmentation import Segmentation
-from medseg.volume import Volume
+from medseg.core.labels import MORPHOLOGY, LabelTable
+from medseg.core.progress import CancelCallback, ProgressCallback, StepProgress
+from medseg.core.segmentation import Segmentation
+from medseg.core.volume import Volume
 
 __all__ = ["EvaluationReport", "evaluate", "write_report", "default_lesion_labels", "json_ready"]
 
@@ -56,7 +56,7 @@ class EvaluationReport:
     ----------
     per_class : list of dict
         One row per label: ``index``, ``name``, ``empty`` (``""``, ``"both"``, ``"reference"``
-        or ``"prediction"``) and the keys of :func:`medseg.metrics.label_metrics`.
+        or ``"prediction"``) and the keys of :func:`medseg.analysis.metrics.label_metrics`.
     mean_dice, mean_iou : float
         Means over labels not empty in both maps (background excluded).
     confusion : (L, L) int64 ndarray
@@ -268,7 +268,7 @@ def _write_report(report, out, paths, *, reference, prediction, image, plots, n_
     _write_csv(paths["lesions_csv"], lesion_rows,
                ["label", "name", "source", "id", "voxels", "volume_ml", "centroid_kji", "detected", "matches", "dice"])
     if plots:
-        from medseg import qa_plots
+        from medseg.analysis import qa_plots
 
         paths["confusion_png"] = qa_plots.plot_confusion(report, out / "confusion_matrix.png")
         paths["per_class_png"] = qa_plots.plot_per_class(report, out / "per_class.png")

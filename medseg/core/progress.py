@@ -7,14 +7,14 @@ Long functions take two optional keyword arguments:
     description. The CLI maps it to a tqdm bar, the napari plugin to a napari progress bar.
 ``cancel()``
     returns ``True`` when the user asked to stop; the function then raises
-    :class:`medseg.errors.CancelledError` at the next safe point and leaves no partial output.
+    :class:`medseg.core.errors.CancelledError` at the next safe point and leaves no partial output.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Optional, Protocol
 
-from medseg.errors import CancelledError
+from medseg.core.errors import CancelledError
 
 __all__ = ["ProgressCallback", "CancelCallback", "check_cancel", "report", "StepProgress"]
 

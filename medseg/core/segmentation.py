@@ -7,9 +7,9 @@ from typing import Optional
 
 import numpy as np
 
-from medseg.errors import InputError
-from medseg.labels import LabelTable
-from medseg.volume import Volume
+from medseg.core.errors import InputError
+from medseg.core.labels import LabelTable
+from medseg.core.volume import Volume
 
 __all__ = ["Segmentation", "smallest_label_dtype"]
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 
 __all__ = ["Code", "Label", "LabelTable", "default_color", "known_codes"]
 
@@ -158,7 +158,7 @@ class LabelTable:
     @classmethod
     def read(cls, path: str | Path) -> "LabelTable":
         """Read a label-table JSON file."""
-        from medseg.errors import FileFormatError
+        from medseg.core.errors import FileFormatError
 
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))

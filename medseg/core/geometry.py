@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from medseg.errors import GeometryError
+from medseg.core.errors import GeometryError
 
 __all__ = [
     "LPS_TO_RAS",

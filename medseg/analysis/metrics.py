@@ -27,7 +27,7 @@ For exactly one empty mask MONAI returns inf for the plain Hausdorff distance bu
 its percentile version (``torch.quantile`` of an all-inf array); medseg returns inf for both,
 so that a missed or hallucinated structure is never mistaken for an undefined one.
 
-JSON writers (:mod:`medseg.evaluate`) store nan and inf as ``null`` with an ``empty`` flag.
+JSON writers (:mod:`medseg.analysis.evaluate`) store nan and inf as ``null`` with an ``empty`` flag.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from medseg.editing import bounding_slices
-from medseg.errors import InputError
+from medseg.core.editing import bounding_slices
+from medseg.core.errors import InputError
 
 __all__ = [
     "dice",

@@ -3,7 +3,7 @@
 Prompts are always voxel indices in array order ``(k, j, i)`` = ``(z, y, x)`` of the image
 the session holds, never LPS millimetres. Converting a world click (napari, a viewer) into an
 index is the caller's job (``Volume.world_to_index`` then rounding). Validation catches the two
-usual mistakes with clear :class:`~medseg.errors.PromptError` messages:
+usual mistakes with clear :class:`~medseg.core.errors.PromptError` messages:
 
 * a point outside the volume (negative or past the last voxel);
 * a point in the wrong space: a non-integral float (a world coordinate or a continuous index
@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from medseg.errors import PromptError
+from medseg.core.errors import PromptError
 
 __all__ = ["Point", "Box", "Scribble", "Prompt", "ObjectPrompts", "to_index", "PROMPT_TYPES"]
 

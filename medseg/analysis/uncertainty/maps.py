@@ -14,11 +14,11 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from medseg.errors import InputError
-from medseg.labels import LabelTable
-from medseg.progress import CancelCallback, ProgressCallback, check_cancel, report
-from medseg.segmentation import Segmentation, smallest_label_dtype
-from medseg.volume import Volume
+from medseg.core.errors import InputError
+from medseg.core.labels import LabelTable
+from medseg.core.progress import CancelCallback, ProgressCallback, check_cancel, report
+from medseg.core.segmentation import Segmentation, smallest_label_dtype
+from medseg.core.volume import Volume
 
 __all__ = ["UncertaintyResult", "SampleAccumulator", "uncertainty_from_samples"]
 

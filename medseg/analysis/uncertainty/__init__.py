@@ -1,7 +1,7 @@
 """Uncertainty of automatic segmentations: TTA, MC dropout, ensembles → maps, scores, review list.
 
 >>> from medseg.inference import uncertainty_predictors
->>> from medseg.uncertainty import estimate_uncertainty, review_list
+>>> from medseg.analysis.uncertainty import estimate_uncertainty, review_list
 >>> result = estimate_uncertainty(volume, uncertainty_predictors("tta"), method="tta")  # default model
 >>> result.entropy.array            # (Z, Y, X) normalised predictive entropy on the input grid
 >>> review_list(result)[0]          # the structure and slice most worth a look
@@ -9,7 +9,7 @@
 Importing this package does not import torch, and it never imports medseg's models or
 inference: it receives *predictors*, callables ``Volume → (C, Z, Y, X)`` probabilities
 (:func:`medseg.inference.model_predictor` makes one from a model; see
-:mod:`medseg.uncertainty.sampling`).
+:mod:`medseg.analysis.uncertainty.sampling`).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import logging
 from pathlib import Path
 from typing import Literal, Optional, Sequence, Union
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 from medseg.io import csvsafe
-from medseg.progress import CancelCallback, ProgressCallback
-from medseg.uncertainty.maps import SampleAccumulator, UncertaintyResult, uncertainty_from_samples
-from medseg.uncertainty.review import ReviewItem, StructureScore, review_list, structure_scores
-from medseg.uncertainty.sampling import (
+from medseg.core.progress import CancelCallback, ProgressCallback
+from medseg.analysis.uncertainty.maps import SampleAccumulator, UncertaintyResult, uncertainty_from_samples
+from medseg.analysis.uncertainty.review import ReviewItem, StructureScore, review_list, structure_scores
+from medseg.analysis.uncertainty.sampling import (
     DEFAULT_TTA,
     Augmentation,
     Predictor,
@@ -33,7 +33,7 @@ from medseg.uncertainty.sampling import (
     tta_samples,
     tta_uncertainty,
 )
-from medseg.volume import Volume
+from medseg.core.volume import Volume
 
 __all__ = [
     "UncertaintyResult",
@@ -123,7 +123,7 @@ def write_uncertainty(
     already holds any of them is refused before anything is written
     (:mod:`medseg.io.output_policy`).
     """
-    from medseg.evaluate import json_ready
+    from medseg.analysis.evaluate import json_ready
     from medseg.io import write_segmentation, write_volume
     from medseg.io.atomic import atomic_path
 

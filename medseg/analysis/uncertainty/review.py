@@ -1,6 +1,6 @@
 """Per-structure uncertainty scores and a ranked list of what a human should look at.
 
-No torch here: everything works on an :class:`~medseg.uncertainty.maps.UncertaintyResult`.
+No torch here: everything works on an :class:`~medseg.analysis.uncertainty.maps.UncertaintyResult`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from medseg.errors import InputError
-from medseg.uncertainty.maps import UncertaintyResult
+from medseg.core.errors import InputError
+from medseg.analysis.uncertainty.maps import UncertaintyResult
 
 __all__ = ["StructureScore", "ReviewItem", "structure_scores", "review_list"]
 

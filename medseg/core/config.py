@@ -2,7 +2,7 @@
 
 YAML here is data: it is parsed with ``yaml.safe_load`` and validated into frozen dataclasses.
 An unknown key, a missing required key or a value of the wrong type raises
-:class:`medseg.errors.ConfigError` naming the file and the key path (``network.channels[2]``).
+:class:`medseg.core.errors.ConfigError` naming the file and the key path (``network.channels[2]``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Mapping, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
-from medseg.errors import ConfigError
+from medseg.core.errors import ConfigError
 
 __all__ = ["load_yaml", "from_mapping"]
 

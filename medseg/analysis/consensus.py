@@ -1,10 +1,10 @@
 """Consensus of several label maps on one grid: STAPLE, majority vote, soft labels, agreement.
 
 Inputs are N label maps of one grid — raters, models, or both — given as (Z, Y, X) integer
-arrays, :class:`~medseg.volume.Volume` or :class:`~medseg.segmentation.Segmentation`
+arrays, :class:`~medseg.core.volume.Volume` or :class:`~medseg.core.segmentation.Segmentation`
 objects. STAPLE and voting run SimpleITK's filters (``STAPLEImageFilter``,
 ``MultiLabelSTAPLEImageFilter``, ``LabelVotingImageFilter``); agreement uses
-:mod:`medseg.metrics`. No torch.
+:mod:`medseg.analysis.metrics`. No torch.
 
 One call for applications (CLI, napari): :func:`consensus`.
 """
@@ -18,12 +18,12 @@ from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 
-from medseg import metrics
-from medseg.errors import CancelledError, InputError
-from medseg.labels import LabelTable
-from medseg.progress import CancelCallback, ProgressCallback, StepProgress, check_cancel, report
-from medseg.segmentation import Segmentation, smallest_label_dtype
-from medseg.volume import Volume
+from medseg.analysis import metrics
+from medseg.core.errors import CancelledError, InputError
+from medseg.core.labels import LabelTable
+from medseg.core.progress import CancelCallback, ProgressCallback, StepProgress, check_cancel, report
+from medseg.core.segmentation import Segmentation, smallest_label_dtype
+from medseg.core.volume import Volume
 
 __all__ = [
     "StapleResult",
