@@ -229,7 +229,7 @@ class SegmentListWidget(QWidget):
         label table that exports write (SEG's display colour, RTSTRUCT's ROI colour, sidecars)."""
         from dataclasses import replace
 
-        from medseg.labels import LabelTable
+        from medseg.core.labels import LabelTable
 
         table = self.table_of_layer()
         rgb = tuple(int(c) for c in color)

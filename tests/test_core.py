@@ -203,9 +203,9 @@ def test_read_segmentation_takes_a_folder_labels_json_when_the_map_has_no_sideca
     import json
 
     from medseg.io import read_segmentation, write_segmentation
-    from medseg.labels import LabelTable
-    from medseg.segmentation import Segmentation
-    from medseg.volume import Volume
+    from medseg.core.labels import LabelTable
+    from medseg.core.segmentation import Segmentation
+    from medseg.core.volume import Volume
 
     arr = np.zeros((4, 5, 6), np.uint8)
     arr[1, 1:3, 1:3], arr[2, 3, 4] = 1, 5

@@ -398,7 +398,7 @@ class Session:
         if index not in self._present:
             raise PromptError(f"reopen({index}): no voxel has label {index}; the labels present are "
                               f"{sorted(self._present)}")
-        from medseg.editing import bounding_slices
+        from medseg.core.editing import bounding_slices
 
         hit = self._labels == index
         sl = tuple(bounding_slices(hit))

@@ -283,8 +283,8 @@ def test_brush_limited_to_an_intensity_range_paints_only_in_range_voxels_in_one_
         qtbot, make_napari_viewer, real_ct):
     """Segment list: 'paint only within' 0..250 HU; a real brush drag across the liver's edge
     into fat and air paints only the voxels in range, and one Ctrl-Z undoes the whole stroke."""
-    from medseg.labels import LabelTable
-    from medseg.segmentation import Segmentation
+    from medseg.core.labels import LabelTable
+    from medseg.core.segmentation import Segmentation
 
     from medseg_napari._segments import SegmentListWidget
 
