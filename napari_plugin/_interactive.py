@@ -241,6 +241,22 @@ def _accept(session: Session, name: Optional[str], preview: np.ndarray, objects:
     return index, _preview_patch(session, preview, before), diff_indices(objects, seg.array, within=before), seg.labels
 
 
+def _reopen(session: Session, index: int, preview: np.ndarray, objects: np.ndarray, table: Any = None, *,
+            progress: Any = None, cancel: Any = None) -> Any:
+    """Worker thread: label ``index`` becomes the current object; its voxels leave the objects layer.
+
+    Returns the preview's patch and the objects layer's edit (the label's voxels set to 0,
+    written through napari's undo history).
+    """
+    _sync(session, (objects, table))
+    before = session.mask_box
+    session.reopen(index)
+    box = session.mask_box
+    hit = np.nonzero(np.asarray(objects[box]) == index)
+    indices = tuple(h + s.start for h, s in zip(hit, box))
+    return _preview_patch(session, preview, before), (indices, np.zeros(len(hit[0]), objects.dtype))
+
+
 class InteractiveWidget(QWidget):
     """Point, box and scribble prompts → one label map of accepted, locked objects."""
 
@@ -285,6 +301,8 @@ class InteractiveWidget(QWidget):
         self.undo_button.clicked.connect(self.undo)
         self.reset_button = QPushButton("Reset (Alt-R)")
         self.reset_button.clicked.connect(self.reset)
+        self.reopen_button = QPushButton("Correct with clicks")
+        self.reopen_button.clicked.connect(lambda: self.reopen())
         self.locked_label = QLabel("locked: –")
         self.locked_label.setWordWrap(True)
         self.runner = TaskRunner()
@@ -305,6 +323,7 @@ class InteractiveWidget(QWidget):
         for b in (self.accept_button, self.undo_button, self.reset_button):
             row.addWidget(b)
         lay.addLayout(row)
+        lay.addWidget(self.reopen_button)
         lay.addWidget(self.locked_label)
         lay.addWidget(self.runner)
         lay.addStretch(1)
@@ -325,7 +344,11 @@ class InteractiveWidget(QWidget):
             'name_edit': 'Name of the object to accept, e.g. liver (medseg knows SNOMED codes for common organs)',
             'accept_button': 'Lock the current object into the objects layer under the name (Alt-A)',
             'undo_button': "Undo the last prompt; with none left, napari's undo of the objects layer (Alt-Z)",
-            'reset_button': "Drop the current object's prompts and mask (Alt-R)",
+            'reset_button': "Drop the current object's prompts and mask; a segment opened with Correct with "
+                            "clicks goes back to how it was (Alt-R)",
+            'reopen_button': "Make the objects layer's selected label (pick it in the segment list) the current "
+                             "object: clicks then correct it near where you click, and Accept writes it back "
+                             "under the same number and name",
             'locked_label': 'Labels that new objects never overwrite',
         })
 
@@ -580,6 +603,37 @@ class InteractiveWidget(QWidget):
             self.points_layer.data = np.zeros((0, 3))
         self.name_edit.clear()
         self.runner.status.setText(f"accepted label {index} ({labels[index].name})")
+
+    def reopen(self, index: Optional[int] = None) -> bool:
+        """Reopen an accepted or loaded label for correction with clicks (queued like a prompt).
+
+        Parameters
+        ----------
+        index : int, optional
+            The label value; default the objects layer's selected label (the segment list's
+            selected row). Its voxels move from the objects layer (one step of napari's undo
+            history) to the current object, whose name box shows its name; prompts then
+            correct it within ``medseg.interactive.session.REOPEN_RADIUS_MM`` of each prompt.
+        """
+        if self.session is None or self.objects_layer is None or self.runner.busy or self._pending:
+            self.runner.status.setText("start a session (with the labels to correct kept) and wait for it first")
+            return False
+        objects, table = self._layer_labels()
+        index = int(self.objects_layer.selected_label if index is None else index)
+        name = table[index].name if index in table else f"label_{index}"
+
+        def done(result: Any) -> Iterator[None]:
+            preview_patch, edit = result
+            apply_edit(self.objects_layer, edit)
+            yield
+            self._show_mask(preview_patch)
+            self.name_edit.setText(name)
+            self._update_locked(LabelTable(tuple(l for l in table if l.index != index)))
+            self.runner.status.setText(f"correcting {name} ({index}): click to remove or add near its edge, "
+                                       f"then Accept")
+
+        return self.runner.start(_reopen, self.session, index, self.preview_layer.data, objects, table,
+                                 label=f"reopening label {index}", on_done=done)
 
     def undo(self) -> bool:
         """Undo the current object's last prompt; with none, napari's undo of the objects layer.

@@ -17,7 +17,11 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
+    QColorDialog,
     QDoubleSpinBox,
+    QHBoxLayout,
+    QPushButton,
     QFormLayout,
     QTableWidget,
     QTableWidgetItem,
@@ -49,6 +53,7 @@ class SegmentListWidget(QWidget):
         self.viewer = napari_viewer
         self._layer: Any = None
         self._filling = False
+        self.color_dialog: Optional[QColorDialog] = None  # the colour dialog last opened
         self.labels_combo = LayerCombo(napari_viewer, "labels")
         self.labels_combo.currentTextChanged.connect(self.refresh)
         self.table = QTableWidget(0, len(_COLS))
@@ -61,19 +66,44 @@ class SegmentListWidget(QWidget):
         self.brush_mm = QDoubleSpinBox(suffix=" mm", minimum=0.5, maximum=100.0, value=5.0, singleStep=0.5)
         self.brush_mm.valueChanged.connect(self._set_brush)
         self.runner = TaskRunner()
+        from medseg_napari._paint_range import IntensityLimit
+
+        self.limit = IntensityLimit(on_change=self.runner.status.setText)
+        self.limit_check = QCheckBox("paint only within")
+        self.limit_low = QDoubleSpinBox(minimum=-5000.0, maximum=50000.0, value=-100.0, singleStep=10.0)
+        self.limit_high = QDoubleSpinBox(minimum=-5000.0, maximum=50000.0, value=300.0, singleStep=10.0)
+        self.limit_image = LayerCombo(napari_viewer, "image")
+        for w in (self.limit_check,):
+            w.toggled.connect(self._set_limit)
+        for w in (self.limit_low, self.limit_high):
+            w.valueChanged.connect(self._set_limit)
+        self.limit_image.currentTextChanged.connect(self._set_limit)
+        self.labels_combo.currentTextChanged.connect(self._set_limit)
+        limit_row = QHBoxLayout()
+        for w in (self.limit_check, self.limit_low, self.limit_high):
+            limit_row.addWidget(w)
         form = QFormLayout()
         form.addRow("labels layer", self.labels_combo)
         form.addRow("brush size", self.brush_mm)
+        form.addRow("intensity", limit_row)
+        form.addRow("of image", self.limit_image)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(self.table, 1)
         lay.addWidget(self.runner)
         guide(self, "Choose a labels layer: its segments are listed with their colour. Untick 'show' to hide "
                     "a segment, tick 'lock' to protect it from corrections and new objects, double-click a "
-                    "name to rename it. Selecting a row makes napari's brush paint that segment.", {
+                    "name to rename it, click a colour to change it. Selecting a row makes napari's brush "
+                    "paint that segment.", {
                         "labels_combo": "Labels layer whose segments are listed",
-                        "table": "Segments: colour, show, lock, index, name (double-click the name to rename)",
+                        "table": "Segments: colour (click to change), show, lock, index, name (double-click "
+                                 "the name to rename)",
                         "brush_mm": "napari's paint/erase brush diameter in millimetres",
+                        "limit_check": "When on, a brush stroke paints only voxels whose image value (HU on CT) "
+                                       "lies between the two values; erasing is not limited",
+                        "limit_low": "Lowest intensity painted (HU on CT)",
+                        "limit_high": "Highest intensity painted (HU on CT)",
+                        "limit_image": "The image whose intensities limit painting (on the labels layer's grid)",
                     })
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             ev.connect(self.refresh)
@@ -104,6 +134,7 @@ class SegmentListWidget(QWidget):
                 self.table.setRowCount(0)
                 return
             layer.events.paint.connect(self.refresh)
+            self._set_limit()
             table = self.table_of_layer()
             hidden = set(self._md().get("hidden", ()))
             locked = set(locked_of(layer))
@@ -113,6 +144,7 @@ class SegmentListWidget(QWidget):
                 swatch.setBackground(QColor(*lab.color))
                 swatch.setFlags(Qt.ItemFlag.ItemIsEnabled)
                 self.table.setItem(r, 0, swatch)
+                self.table.setCellWidget(r, 0, self._color_button(lab.index, lab.color))
                 for c, on in ((1, lab.index not in hidden), (2, lab.index in locked)):
                     box = QTableWidgetItem("")
                     box.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsSelectable)
@@ -175,6 +207,36 @@ class SegmentListWidget(QWidget):
         self.runner.status.setText(f"segment {index} renamed to {name}")
         return True
 
+    def _color_button(self, index: int, color: tuple) -> QPushButton:
+        button = QPushButton("")
+        button.setToolTip(f"Change the colour of segment {index} (used on screen and in exports)")
+        button.setStyleSheet("background-color: rgb(%d, %d, %d)" % tuple(color))
+        button.clicked.connect(lambda *_: self.choose_color(index))
+        return button
+
+    def choose_color(self, index: int) -> QColorDialog:
+        """Open Qt's colour dialog for segment ``index``; choosing a colour applies it."""
+        table = self.table_of_layer()
+        current = QColor(*table[index].color) if index in table else QColor(255, 255, 255)
+        self.color_dialog = QColorDialog(current, self)
+        self.color_dialog.colorSelected.connect(
+            lambda c: self.set_color(index, (c.red(), c.green(), c.blue())))
+        self.color_dialog.open()
+        return self.color_dialog
+
+    def set_color(self, index: int, color: tuple) -> None:
+        """Colour segment ``index`` with ``color`` (3 ints 0-255): the layer's colormap and the
+        label table that exports write (SEG's display colour, RTSTRUCT's ROI colour, sidecars)."""
+        from dataclasses import replace
+
+        from medseg.core.labels import LabelTable
+
+        table = self.table_of_layer()
+        rgb = tuple(int(c) for c in color)
+        self._write_table(LabelTable(tuple(replace(l, color=rgb) if l.index == index else l for l in table)))
+        self.refresh()
+        self.runner.status.setText(f"segment {index} coloured {rgb}")
+
     def set_visible(self, index: int, visible: bool) -> None:
         """Show or hide segment ``index`` (hidden: drawn transparent; its voxels are kept)."""
         hidden = set(self._md().get("hidden", ()))
@@ -192,6 +254,12 @@ class SegmentListWidget(QWidget):
         index = self._index_of_row(row) if row >= 0 else None
         if index is not None and self.layer() is not None:
             self.layer().selected_label = index
+
+    def _set_limit(self, *_: Any) -> None:
+        """Apply the intensity-limit controls to the watched labels layer and image."""
+        self.limit.enabled = self.limit_check.isChecked()
+        self.limit.low, self.limit.high = sorted((self.limit_low.value(), self.limit_high.value()))
+        self.limit.attach(self.layer(), self.limit_image.layer())
 
     def _set_brush(self, mm: float) -> None:
         layer = self.layer()

@@ -34,11 +34,32 @@ from medseg_napari._worker import LayerCombo, TaskRunner
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ViewWidget", "apply_view", "anatomical_axes", "surface_layers"]
+__all__ = ["ViewWidget", "apply_view", "anatomical_axes", "surface_layers", "with_patient_mm"]
 
 HOWTO = ("Pick a plane (axial, coronal, sagittal) and a CT window. With 'cursor in mm' on, the "
          "canvas shows where the mouse points in patient millimetres (R/L, A/P, S/I). "
          "'3D surfaces' draws the accepted segments of the chosen labels layer as surfaces.")
+
+
+def with_patient_mm(status: Any, world_point: Any, previous: Optional[str] = None) -> Any:
+    """``status`` (napari's status: a text or, napari >= 0.5, a dict of parts) with the patient mm
+    of ``world_point`` in its coordinates, in place of ``previous`` (the mm text added before);
+    ``None`` when it already shows them or there is no 3D point."""
+    if len(world_point) < 3:
+        return None
+    mm = patient_position_text(world_point)
+
+    def join(text: str) -> str:
+        if previous:
+            text = text.replace(f"  |  {previous}", "").replace(previous, "")
+        text = "" if text.strip() in ("", "Ready") else text
+        return f"{text}  |  {mm}" if text else mm
+
+    if isinstance(status, dict):
+        coords = str(status.get("coordinates", ""))
+        return None if coords.endswith(mm) else {**status, "coordinates": join(coords)}
+    text = str(status or "")
+    return None if text.endswith(mm) else join(text)
 
 
 def anatomical_axes(viewer: Any) -> None:
@@ -125,8 +146,10 @@ class ViewWidget(QWidget):
             b.clicked.connect(lambda _=False, p=preset: self.set_window(p))
             self.window_buttons[preset] = b
             wgrid.addWidget(b, n // 3, n % 3)
+        self._status_mm: Optional[str] = None  # the patient-mm text last added to viewer.status
         self.cursor_mm = QCheckBox("cursor in mm")
-        self.cursor_mm.setToolTip("Show the mouse position in patient millimetres (LPS: R/L, A/P, S/I) on the canvas")
+        self.cursor_mm.setToolTip("Show the mouse position in patient millimetres (LPS: R/L, A/P, S/I) on the "
+                                  "canvas and in the status bar")
         self.cursor_mm.toggled.connect(self._set_cursor_overlay)
         self.labels_combo = LayerCombo(napari_viewer, "labels")
         self.labels_combo.setToolTip("Labels layer whose segments are drawn as 3D surfaces")
@@ -174,16 +197,30 @@ class ViewWidget(QWidget):
         overlay = self.viewer.text_overlay
         if on:
             self.viewer.cursor.events.position.connect(self._on_cursor)
+            self.viewer.events.status.connect(self._on_status)
             overlay.visible = True
             self._on_cursor()
         else:
             self.viewer.cursor.events.position.disconnect(self._on_cursor)
+            self.viewer.events.status.disconnect(self._on_status)
             overlay.visible = False
+            if self._status_mm is not None:
+                self.viewer.status = "Ready"  # napari's next update shows its own status only
+                self._status_mm = None
+
+    def _on_status(self, event: Any = None) -> None:
+        """napari's status bar (``viewer.status``) gets the cursor in patient mm beside its own."""
+        pos = self.viewer.cursor.position
+        status = with_patient_mm(self.viewer.status, pos, self._status_mm)
+        if status is not None:
+            self._status_mm = patient_position_text(pos)
+            self.viewer.status = status
 
     def _on_cursor(self, event: Any = None) -> None:
         pos = self.viewer.cursor.position
         if len(pos) >= 3:
             self.viewer.text_overlay.text = patient_position_text(pos)
+            self._on_status()
 
     def show_surfaces(self) -> bool:
         """Build the chosen labels layer's surfaces in a worker thread, then show them in 3D."""

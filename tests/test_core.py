@@ -196,3 +196,24 @@ def test_label_table_from_names_carries_snomed_codes():
     assert table[2].code.meaning == "Left kidney"
     assert table[3].category.meaning == "Morphologically Altered Structure"
     assert table[4].code is None and table[4].category is None
+
+
+def test_read_segmentation_takes_a_folder_labels_json_when_the_map_has_no_sidecar(tmp_path):
+    """A dataset's one ``labels.json`` names its maps; a sidecar, when present, wins."""
+    import json
+
+    from medseg.io import read_segmentation, write_segmentation
+    from medseg.core.labels import LabelTable
+    from medseg.core.segmentation import Segmentation
+    from medseg.core.volume import Volume
+
+    arr = np.zeros((4, 5, 6), np.uint8)
+    arr[1, 1:3, 1:3], arr[2, 3, 4] = 1, 5
+    write_segmentation(Segmentation(Volume(arr, np.eye(4)), LabelTable.from_names({1: "a", 5: "b"})),
+                       tmp_path / "seg.nii.gz")
+    (tmp_path / "seg.labels.json").unlink()
+    assert read_segmentation(tmp_path / "seg.nii.gz").labels.names == ["label_1", "label_5"]
+    (tmp_path / "labels.json").write_text(json.dumps({"1": "spleen", "5": "liver"}))
+    assert read_segmentation(tmp_path / "seg.nii.gz").labels.names == ["spleen", "liver"]
+    LabelTable.from_names({1: "own", 5: "names"}).write(tmp_path / "seg.labels.json")
+    assert read_segmentation(tmp_path / "seg.nii.gz").labels.names == ["own", "names"]

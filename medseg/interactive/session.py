@@ -64,6 +64,66 @@ class _Patch:
 _EMPTY = _Patch((slice(0, 0),) * 3, (0, 0, 0), zlib.compress(b""))
 
 
+def _deepest(sl: _Slices, roi: np.ndarray) -> tuple[int, int, int]:
+    """Voxel ``(k, j, i)`` of ``roi`` (a mask within box ``sl``) farthest from its boundary."""
+    from scipy import ndimage as ndi
+
+    depth = ndi.distance_transform_edt(np.pad(roi, 1))[1:-1, 1:-1, 1:-1]
+    at = np.unravel_index(int(np.argmax(depth)), roi.shape)
+    return tuple(int(s.start + a) for s, a in zip(sl, at))  # type: ignore[return-value]
+
+
+#: A correction of a reopened segment changes it only within this distance (mm) of the prompt.
+REOPEN_RADIUS_MM = 12.0
+
+
+def _prompt_zone(prompt: Prompt, box: _Slices, spacing: Sequence[float], radius_mm: float) -> np.ndarray:
+    """Bool mask over ``box``: voxels within ``radius_mm`` of ``prompt`` (a box prompt: its box)."""
+    shape = tuple(s.stop - s.start for s in box)
+    zone = np.zeros(shape, bool)
+    if isinstance(prompt, Box):
+        lo = np.minimum(prompt.corner_a, prompt.corner_b)
+        hi = np.maximum(prompt.corner_a, prompt.corner_b) + 1
+        zone[tuple(slice(max(0, int(l) - s.start), max(0, int(h) - s.start)) for l, h, s in zip(lo, hi, box))] = True
+        return zone
+    pts = np.asarray([prompt.index] if isinstance(prompt, Point) else prompt.voxels(), int).reshape(-1, 3)
+    pts = pts[:: max(1, len(pts) // 200)]
+    sp = np.asarray(spacing, float)
+    reach = np.ceil(radius_mm / sp).astype(int)
+    origin = np.array([s.start for s in box])
+    for p in pts - origin:
+        lo = np.maximum(p - reach, 0)
+        hi = np.minimum(p + reach + 1, shape)
+        if np.any(hi <= lo):
+            continue
+        grids = np.ogrid[tuple(slice(int(l), int(h)) for l, h in zip(lo, hi))]
+        d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, p, sp))
+        zone[tuple(slice(int(l), int(h)) for l, h in zip(lo, hi))] |= d2 <= radius_mm ** 2
+    return zone
+
+
+def _local_correction(before: _Patch, sl: _Slices, roi: np.ndarray, prompt: Prompt, spacing: Sequence[float],
+                      radius_mm: float = REOPEN_RADIUS_MM) -> tuple[_Slices, np.ndarray]:
+    """A reopened segment's mask after a prompt: the engine's ``roi`` (within ``sl``) within
+    ``radius_mm`` of ``prompt``, the mask as it was (``before``) everywhere else.
+
+    A clinician's correction of a clinical contour must not redraw the parts of it that were
+    not touched (the engine alone re-segments the whole object from its prompts).
+    """
+    if before.shape == (0, 0, 0):
+        return sl, roi
+    bsl = before.slices
+    box = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(sl, bsl))
+    shape = tuple(s.stop - s.start for s in box)
+    out = np.zeros(shape, bool)
+    out[tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(bsl, box))] = before.unpack()
+    engine = np.zeros(shape, bool)
+    engine[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(sl, box))] = roi
+    zone = _prompt_zone(prompt, box, spacing, radius_mm)
+    out[zone] = engine[zone]
+    return box, out
+
+
 @dataclass
 class _Object:
     prompts: list[Prompt] = field(default_factory=list)
@@ -71,6 +131,10 @@ class _Object:
     patch: _Patch = field(default_factory=lambda: _EMPTY)
     name: Optional[str] = None
     index: Optional[int] = None
+    #: a reopened segment (:meth:`Session.reopen`): its mask, label (colour, codes) and an inner anchor voxel
+    base: Optional[_Patch] = None
+    label: Optional[Label] = None
+    anchor: Optional[tuple[int, int, int]] = None
 
 
 class Session:
@@ -225,6 +289,8 @@ class Session:
 
     def _gather(self):
         pos, neg, box = [], [], None
+        if self._obj.anchor is not None:  # a reopened segment: its deepest voxel is inside it
+            pos.append(self._obj.anchor)
         for p in self._obj.prompts:
             if isinstance(p, Point):
                 (pos if p.positive else neg).append(p.index)
@@ -233,7 +299,8 @@ class Session:
             elif isinstance(p, Box):
                 box = (p.corner_a, p.corner_b)
         last, last_pos = None, True
-        if len(self._obj.prompts) > 1:
+        # every prompt on a reopened segment corrects its mask (the engine keeps it away from the click)
+        if len(self._obj.prompts) > (0 if self._obj.base is not None else 1):
             p = self._obj.prompts[-1]
             if isinstance(p, Point):
                 last, last_pos = np.asarray([p.index]), p.positive
@@ -255,6 +322,8 @@ class Session:
             blocked = self._labels if self._present else None
             sl, roi = self.engine.predict(prompts, blocked=blocked, previous=previous)
             roi = np.asarray(roi, bool)
+            if self._obj.base is not None:
+                sl, roi = _local_correction(prev, sl, roi, self._obj.prompts[-1], self._volume.spacing)
             if self._present:
                 roi &= self._labels[sl] == 0  # in place: the engine may recognise its own array next time
         self._set_patch(_Patch.pack(sl, roi), roi)
@@ -290,15 +359,73 @@ class Session:
             sub[sub == last.index] = 0
             self._present.discard(last.index)  # accept never reuses a value already present
             self._table = LabelTable(tuple(l for l in self._table if l.index != last.index))
-            self._obj = _Object(last.prompts, last.history, _EMPTY, last.name, last.index)
+            self._obj = replace(last, patch=_EMPTY)  # a reopened segment stays one (base, label)
             self._set_patch(last.patch)
             self.engine.reset()
             return True
         return False
 
-    def reset(self) -> None:
-        """Drop the current object's prompts and mask (accepted objects stay)."""
+    def reopen(self, index: int) -> np.ndarray:
+        """Make the locked label ``index`` the current object, so that prompts correct it.
+
+        The label's voxels leave the locked map and become the current mask; each later prompt
+        is a local correction of that mask (a negative click removes a part, a positive one
+        adds): the engine's result is taken within :data:`REOPEN_RADIUS_MM` of the prompt (a
+        box prompt: within its box), and the mask stays as it was everywhere else.
+        :meth:`accept` writes it back under the same index, name, colour and codes.
+        :meth:`undo` walks the corrections back to the mask as reopened.
+
+        Parameters
+        ----------
+        index : int
+            A label value present in the label map (e.g. ``GTV-1`` of a clinical RTSTRUCT).
+
+        Returns
+        -------
+        (Z, Y, X) bool ndarray
+            The current mask: the label's voxels.
+
+        Raises
+        ------
+        PromptError
+            When the current object has prompts or a mask (accept or reset it first), or when
+            ``index`` is not in the label map.
+        """
         self._need_image()
+        if self._obj.prompts or self._obj.patch.shape != (0, 0, 0):
+            raise PromptError(f"reopen({index}): the current object is not empty; accept or reset it first")
+        index = int(index)
+        if index not in self._present:
+            raise PromptError(f"reopen({index}): no voxel has label {index}; the labels present are "
+                              f"{sorted(self._present)}")
+        from medseg.core.editing import bounding_slices
+
+        hit = self._labels == index
+        sl = tuple(bounding_slices(hit))
+        roi = np.array(hit[sl], copy=True)
+        label = self._table[index] if index in self._table else None
+        self._labels[sl][roi] = 0
+        self._present.discard(index)
+        self._table = LabelTable(tuple(l for l in self._table if l.index != index))
+        base = _Patch.pack(sl, roi)  # type: ignore[arg-type]
+        self._obj = _Object(name=label.name if label else None, index=index, base=base,
+                            label=label, anchor=_deepest(sl, roi))
+        self._set_patch(base, roi)
+        self.engine.reset()
+        return self.mask
+
+    def reset(self) -> None:
+        """Drop the current object's prompts and mask (accepted objects stay).
+
+        A reopened segment (:meth:`reopen`) keeps its mask as reopened: only its corrections go.
+        """
+        self._need_image()
+        obj = self._obj
+        if obj.base is not None:
+            obj.prompts, obj.history = [], []
+            self._set_patch(obj.base)
+            self.engine.reset()
+            return
         self._set_patch(_EMPTY)
         self._obj = _Object()
         self.engine.reset()
@@ -371,7 +498,9 @@ class Session:
         name = name or self._obj.name or f"object_{index}"
         if name in self._table.names:
             raise PromptError(f"accept: name {name!r} is already used; choose another name")
-        label = Label(int(index), name, default_color(int(index)))
+        old = self._obj.label
+        label = replace(old, index=int(index)) if old is not None and old.name == name \
+            else Label(int(index), name, old.color if old is not None else default_color(int(index)))
         dt = smallest_label_dtype(int(index))
         if np.iinfo(dt).max > np.iinfo(self._labels.dtype).max:
             self._labels = self._labels.astype(dt)

@@ -37,6 +37,7 @@ __all__ = [
     "read_segmentation",
     "write_segmentation",
     "sidecar_path",
+    "FOLDER_LABEL_TABLE",
     "image_format",
     "read_header",
     "validate_text_header",
@@ -68,6 +69,10 @@ def image_format(path: str | Path) -> str:
         p, f"unknown image format {suffix!r}",
         f"use a DICOM folder or one of {sorted(IMAGE_SUFFIXES)}",
     )
+
+
+#: A dataset folder's one label table for all its label maps (used when a map has no sidecar).
+FOLDER_LABEL_TABLE = "labels.json"
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -363,7 +368,12 @@ def write_segmentation(segmentation: Segmentation, path: str | Path, *, overwrit
 
 
 def read_segmentation(path: str | Path, *, labels: LabelTable | None = None) -> Segmentation:
-    """Read a label map and its label table (sidecar, or ``labels``, or named by index)."""
+    """Read a label map and its label table.
+
+    The table is ``labels`` when given, else the map's sidecar (``seg.nii.gz`` →
+    ``seg.labels.json``), else a folder-level ``labels.json`` beside it (a dataset's one table
+    for all its maps, e.g. ``{"1": "spleen", ...}``), else the values named ``label_<n>``.
+    """
     vol = read_volume(path)
     arr = vol.array
     if arr.ndim != 3:
@@ -374,8 +384,11 @@ def read_segmentation(path: str | Path, *, labels: LabelTable | None = None) -> 
         arr = arr.astype(np.int64)
     if labels is None:
         side = sidecar_path(path)
+        folder_table = Path(path).parent / FOLDER_LABEL_TABLE
         if side.exists():
             labels = LabelTable.read(side)
+        elif folder_table.is_file():
+            labels = LabelTable.read(folder_table)
         else:
             labels = LabelTable.from_names({int(v): f"label_{int(v)}" for v in np.unique(arr) if v != 0})
     return Segmentation(vol.with_array(arr), labels)

@@ -262,3 +262,43 @@ def test_sync_labels_keeps_outside_edits_and_never_reuses_a_painted_value():
     s.sync_labels(out)
     assert 3 not in s.segmentation.labels.indices
     assert not s.sync_labels(out), "nothing changed: no copy, no change reported"
+
+
+def test_reopen_corrects_a_loaded_segment_locally_and_accepts_it_back_under_its_index_and_name():
+    """A loaded segment (not made by clicks) reopened: a negative click removes only a part
+    near it, undo restores the mask as loaded, accept keeps the index, name and colour."""
+    from medseg.interactive.session import REOPEN_RADIUS_MM
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(0.0, 5.0, (20, 90, 90)).astype(np.float32)
+    img[3:17, 5:70, 5:70] += 200.0                 # a large bright block (28 x 65 x 65 mm)
+    img[3:17, 75:88, 75:88] += 200.0
+    vol = Volume.from_spacing(img, (2.0, 1.0, 1.0), meta={"Modality": "CT"})
+    arr = np.zeros(vol.shape, np.uint8)
+    arr[3:17, 5:70, 5:70] = 3                      # drawn elsewhere, as label 3
+    arr[3:17, 75:88, 75:88] = 1
+    table = LabelTable((Label(1, "other", (0, 255, 0)), Label(3, "GTV-1", (10, 20, 250))))
+    s = Session()
+    s.set_image(vol, segmentation=Segmentation(vol.with_array(arr), table))
+    original = arr == 3
+    with pytest.raises(PromptError, match="no voxel has label 7"):
+        s.reopen(7)
+    assert np.array_equal(s.reopen(3), original)
+    assert 3 not in s.locked and s.segmentation.labels.names == ["other"]
+    with pytest.raises(PromptError, match="not empty"):
+        s.reopen(1)
+    click = (10, 8, 60)                            # near the block's edge
+    mask = s.add_point(click, positive=False).copy()
+    removed = original & ~mask
+    assert removed.sum() > 0 and not (mask & ~original).any()
+    d = np.sqrt((((np.argwhere(removed) - click) * np.asarray(vol.spacing)) ** 2).sum(axis=1))
+    assert d.max() <= REOPEN_RADIUS_MM, "a correction changed the segment far from the click"
+    assert s.undo() and np.array_equal(s.mask, original)
+    s.add_point(click, positive=False)
+    s.reset()  # drops the corrections, not the segment
+    assert np.array_equal(s.mask, original) and not s.prompts
+    s.add_point(click, positive=False)
+    assert s.accept() == 3
+    seg = s.segmentation
+    assert seg.labels[3] == table[3]
+    assert np.array_equal(seg.array == 3, original & ~removed) and np.array_equal(seg.array == 1, arr == 1)

@@ -58,6 +58,21 @@ def click(viewer: Any, canvas: Any, world: Sequence[float], *, shift: bool = Fal
     _send(canvas, "release", xy, mods)
 
 
+def hover(viewer: Any, canvas: Any, world: Sequence[float]) -> None:
+    """The mouse enters the canvas and moves (no button) to a world point."""
+    from qtpy.QtCore import QEvent, QPointF, Qt
+    from qtpy.QtGui import QEnterEvent, QMouseEvent
+    from qtpy.QtWidgets import QApplication
+
+    p = QPointF(*world_to_pixel(viewer, canvas, world))
+    g = QPointF(canvas.mapToGlobal(p))
+    QApplication.sendEvent(canvas, QEnterEvent(p, p, g))
+    none = Qt.MouseButton.NoButton
+    QApplication.sendEvent(canvas, QMouseEvent(QEvent.Type.MouseMove, p, g, none, none,
+                                               Qt.KeyboardModifier.NoModifier))
+    QApplication.processEvents()
+
+
 def drag(viewer: Any, canvas: Any, worlds: Sequence[Sequence[float]]) -> None:
     """A left-button drag through world points (press on the first, release on the last)."""
     pts = [world_to_pixel(viewer, canvas, w) for w in worlds]

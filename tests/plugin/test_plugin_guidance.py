@@ -75,6 +75,41 @@ def test_axes_planes_patient_mm_and_contrast_range(viewer_ct):
     assert w.set_window("lung") == pytest.approx(L.window_limits("lung"))
 
 
+def test_status_bar_shows_the_cursor_in_patient_mm_on_a_real_mouse_move(qtbot, make_napari_viewer, phantom):
+    """napari's own status bar (public ``viewer.status``) shows L/P/S mm of the cursor beside
+    napari's coordinates when the mouse moves over the canvas; off with 'cursor in mm' off."""
+    from medseg_napari._view import ViewWidget
+
+    from .mouse import canvas_of, hover
+
+    image, _ = phantom
+    viewer = make_napari_viewer(show=True)
+    L.add_layer_data(viewer, L.image_layer_data(image.with_array(image.array, Modality="CT"), name="ct"))
+    w = ViewWidget(viewer)
+    viewer.window.add_dock_widget(w, name="View")
+    canvas = canvas_of(viewer, w)
+    qtbot.wait(100)
+
+    def shown() -> str:
+        s = viewer.status
+        return str(s.get("coordinates", "")) if isinstance(s, dict) else str(s)
+
+    k = image.shape[0] // 2
+    viewer.dims.set_point(0, L.index_to_world(image.affine, (k, 0, 0))[0])
+    for j, i in ((10, 20), (30, 12)):
+        world = L.index_to_world(image.affine, (k, j, i))
+        hover(viewer, canvas, world)
+        mm = L.patient_position_text(viewer.cursor.position)
+        qtbot.waitUntil(lambda: mm in shown(), timeout=10_000)
+        x, y, z = image.affine[:3, :3] @ np.array([k, j, i]) + image.affine[:3, 3]
+        assert abs(abs(x) - float(mm.split()[1])) < 1.0 and abs(abs(y) - float(mm.split()[3])) < 1.0
+        assert abs(abs(z) - float(mm.split()[5])) < 1e-3
+    w.cursor_mm.setChecked(False)
+    hover(viewer, canvas, L.index_to_world(image.affine, (k, 20, 20)))
+    qtbot.wait(200)
+    assert " mm" not in shown()
+
+
 def test_new_labels_get_distinct_colours(phantom):
     from medseg.core.labels import LabelTable, default_color
 
@@ -134,6 +169,39 @@ def test_segment_list_rename_hide_lock_select_and_brush_mm(qtbot, viewer_ct):
     assert lab.selected_label == int(w.table.item(2, 3).text())
     w.brush_mm.setValue(12.0)
     assert lab.brush_size == 12
+
+
+def test_segment_list_colour_button_recolours_the_layer_and_the_exported_table(qtbot, viewer_ct, tmp_path):
+    """Clicking a segment's colour button opens Qt's colour dialog; the colour chosen goes to
+    the layer's colormap and to the label table an export writes (read back from the sidecar)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtGui import QColor
+
+    from medseg.io import read_segmentation
+
+    from medseg_napari._segments import SegmentListWidget
+    from medseg_napari._writer import write_labels
+
+    viewer, img, lab, image, seg = viewer_ct
+    w = SegmentListWidget(viewer)
+    w.labels_combo.set_layer(lab)
+    row = 1
+    index = int(w.table.item(row, 3).text())
+    assert L.labels_from_layer(lab)[index].color != (12, 200, 34)
+    qtbot.mouseClick(w.table.cellWidget(row, 0), Qt.MouseButton.LeftButton)
+    dialog = w.color_dialog
+    assert dialog is not None and dialog.isVisible()
+    dialog.setCurrentColor(QColor(12, 200, 34))
+    dialog.accept()
+    assert L.labels_from_layer(lab)[index].color == (12, 200, 34)
+    assert np.allclose(lab.colormap.map(index)[:3], np.array([12, 200, 34]) / 255.0, atol=1 / 255)
+    others = [l for l in seg.labels if l.index != index]
+    assert all(L.labels_from_layer(lab)[l.index].color == l.color for l in others)
+    assert w.table.item(row, 0).background().color().getRgb()[:3] == (12, 200, 34)
+    out = tmp_path / "recoloured.nii.gz"
+    data, meta, _ = lab.as_layer_data_tuple()
+    write_labels(str(out), data, meta)
+    assert read_segmentation(out).labels[index].color == (12, 200, 34)
 
 
 def test_3d_surfaces_of_accepted_segments(qtbot, viewer_ct):

@@ -112,3 +112,38 @@ def test_uncertainty_widget_review_list_jumps_to_slice(qtbot, make_napari_viewer
         # the slider counts world steps along (-z): step 0 is the most superior slice
         assert viewer.dims.current_step[0] == image.shape[0] - 1 - item.slice_index
         assert np.allclose(L.viewer_camera(viewer).center[-2:], L.index_to_world(image.affine, item.centre_kji)[1:])
+
+
+def test_consensus_widget_names_labels_from_a_sidecar_and_from_a_folder_labels_json(
+        qtbot, make_napari_viewer, real_data, tmp_path):
+    """Two raters opened from files: the real MR's TotalSegmentator map (names in the folder's
+    ``labels.json``) and an edited copy (names in its ``.labels.json`` sidecar). The consensus
+    layer and the rater table use the organ names, not label_1, label_5."""
+    from medseg.io import read_segmentation, write_segmentation
+
+    from medseg_napari._review import ConsensusWidget
+
+    src = real_data / "mr_abdomen" / "labels.nii.gz"
+    assert not (real_data / "mr_abdomen" / "labels.labels.json").exists()
+    seg = read_segmentation(src)
+    assert seg.labels[1].name == "spleen" and seg.labels[5].name == "liver"  # from the folder's labels.json
+    arr = seg.array.copy()
+    arr[editing.margin(arr == 1, -3.0, spacing=seg.label_map.spacing) != (arr == 1)] = 0  # spleen shrunk 3 mm
+    other = tmp_path / "rater_b_labels.nii.gz"
+    write_segmentation(Segmentation(seg.label_map.with_array(arr), seg.labels), other)
+    assert (tmp_path / "rater_b_labels.labels.json").is_file()
+    viewer = make_napari_viewer()
+    a = viewer.open(str(src), plugin="medseg")[0]
+    b = viewer.open(str(other), plugin="medseg")[0]
+    for layer in (a, b):
+        names = L.labels_from_layer(layer).names
+        assert "spleen" in names and "liver" in names and not any(n.startswith("label_") for n in names)
+    w = ConsensusWidget(viewer)
+    w.set_checked([a.name, b.name])
+    w.method.setCurrentText("staple")  # per-label sensitivity and specificity per rater
+    assert w.run()
+    _wait(qtbot, w)
+    cons = L.segmentation_from_layer(w.consensus_layer)
+    assert cons.labels[1].name == "spleen" and cons.labels[5].name == "liver"
+    headers = [w.table.horizontalHeaderItem(c).text() for c in range(w.table.columnCount())]
+    assert "spleen sens" in headers and "liver spec" in headers

@@ -181,15 +181,18 @@ def test_ctrl_z_and_ctrl_shift_z_walk_through_accept_paint_and_smoothing(qtbot, 
     assert np.array_equal(objects.data, states[2])
 
 
-def test_open_nsclc_with_its_rtstruct_correct_gtv_and_export_rtstruct(qtbot, make_napari_viewer, real_data,
-                                                                     tmp_path):
-    """Open the clinical CT folder (its RTSTRUCT comes with it), correct GTV-1 with the brush
-    (one stroke adds, one erases), export RTSTRUCT: read back, GTV-1 differs only where edited."""
+def test_open_nsclc_with_its_rtstruct_correct_gtv_with_clicks_and_brush_and_export_rtstruct(
+        qtbot, make_napari_viewer, real_data, tmp_path):
+    """Open the clinical CT folder (its RTSTRUCT comes with it), reopen GTV-1 in the click
+    widget, correct it with a negative and a positive click, accept, extend it with one brush
+    stroke, export RTSTRUCT: read back, GTV-1 differs from the original only where edited."""
     import pydicom
 
     from medseg.export import rasterize_rtstruct
+    from medseg.interactive.session import REOPEN_RADIUS_MM
 
     from medseg_napari._export import ExportWidget
+    from medseg_napari._interactive import InteractiveWidget
 
     folder = real_data / "nsclc_lung1_001" / "dicom"
     viewer = make_napari_viewer(show=True)
@@ -200,20 +203,66 @@ def test_open_nsclc_with_its_rtstruct_correct_gtv_and_export_rtstruct(qtbot, mak
     seg0 = L.segmentation_from_layer(rt)
     gtv = seg0.labels.names.index("GTV-1") + 1
     original = rt.data == gtv
-    ex = ExportWidget(viewer)
-    viewer.window.add_dock_widget(ex, name="Export")
-    canvas = canvas_of(viewer, ex)
     vol = L.volume_from_layer(image)
     k = 74  # a slice through the tumour (GTV-1 spans k 65-85, rows 226-315, columns 290-386)
     viewer.dims.set_point(0, L.index_to_world(vol.affine, (k, 0, 0))[0])
-    viewer.layers.selection.active = rt
-    _brush(viewer, canvas, rt, vol, gtv, k, 240, 270, 300, size=10)   # extend the tumour outline
-    _brush(viewer, canvas, rt, vol, 0, k, 300, 350, 380, size=10)     # erase a part of it
-    edited = rt.data == gtv
-    changed = edited != original
-    assert changed.sum() > 50 and np.array_equal(np.flatnonzero(changed.any(axis=(1, 2))), [k])
-    # export RTSTRUCT: this layer by default, next to the source series' files unless given
-    assert ex.labels_combo.layer() is rt
+    # the click widget, keeping the RTSTRUCT's labels; GTV-1 reopened for correction
+    w = InteractiveWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Click to segment")
+    canvas = canvas_of(viewer, w)
+    w.image_combo.set_layer(image)
+    w.start_labels_combo.setCurrentText(rt.name)
+    assert w.start()
+    _wait(qtbot, w)
+    objects = w.objects_layer
+    assert np.array_equal(objects.data, rt.data)
+    # pick GTV-1 in the segment list, then "Correct with clicks"
+    from qtpy.QtCore import Qt
+
+    from medseg_napari._segments import SegmentListWidget
+
+    segments = SegmentListWidget(viewer)
+    segments.labels_combo.set_layer(objects)
+    row = next(r for r in range(segments.table.rowCount()) if segments.table.item(r, 4).text() == "GTV-1")
+    segments.table.setCurrentCell(row, 4)
+    assert objects.selected_label == gtv
+    qtbot.mouseClick(w.reopen_button, Qt.MouseButton.LeftButton)
+    _wait(qtbot, w)
+    assert not (objects.data == gtv).any() and np.array_equal(w.preview_layer.data > 0, original)
+    assert w.name_edit.text() == "GTV-1"
+    # a negative click (Shift) removes the tumour's lower edge, a positive one takes part back
+    viewer.layers.selection.active = image
+    w.prompt_button.setChecked(True)
+    clicks = [(k, 307, 326), (k, 311, 326)]
+    assert original[clicks[0]] and original[clicks[1]]
+    for kji, negative in zip(clicks, (True, False)):
+        click(viewer, canvas, _world(vol, kji), shift=negative)
+        qtbot.waitUntil(lambda: not w.runner.busy, timeout=WAIT_MS)
+        assert w.runner.last_error is None, w.runner.status.text()
+    assert w.accept()
+    _wait(qtbot, w)
+    w.prompt_button.setChecked(False)
+    after_clicks = objects.data == gtv
+    by_clicks = after_clicks != original
+    assert (original & ~after_clicks).sum() > 100, "the negative click removed nothing"
+    table = L.labels_from_layer(objects)
+    assert gtv in table and table[gtv].name == "GTV-1", "Accept re-numbered or renamed GTV-1"
+    # the clicks changed GTV-1 only near them (not a redraw of the whole tumour)
+    sp = np.asarray(vol.spacing)
+    changed_at = np.argwhere(by_clicks)
+    near = np.min([np.sqrt((((changed_at - c) * sp) ** 2).sum(axis=1)) for c in clicks], axis=0)
+    assert near.max() <= REOPEN_RADIUS_MM + np.linalg.norm(sp)  # a click lands within a voxel of its aim
+    # one brush stroke extends the tumour outline
+    viewer.layers.selection.active = objects
+    _brush(viewer, canvas, objects, vol, gtv, k, 240, 270, 300, size=10)
+    edited = objects.data == gtv
+    by_brush = edited != after_clicks
+    assert by_brush.sum() > 50 and np.array_equal(np.flatnonzero(by_brush.any(axis=(1, 2))), [k])
+    changed = by_clicks | by_brush
+    # export RTSTRUCT: the accepted objects layer by default, referencing the source series
+    ex = ExportWidget(viewer)
+    viewer.window.add_dock_widget(ex, name="Export")
+    ex.labels_combo.set_layer(objects)
     ex.format_combo.setCurrentText("DICOM RTSTRUCT (.dcm)")
     ex.path_edit.setText(str(tmp_path / "corrected.rtstruct.dcm"))
     assert ex.export()
@@ -227,3 +276,79 @@ def test_open_nsclc_with_its_rtstruct_correct_gtv_and_export_rtstruct(qtbot, mak
     back = rasterize_rtstruct(out, seg0)["GTV-1"]
     assert np.array_equal(back, edited), "GTV-1 read back differs from the corrected layer"
     assert np.array_equal(back[~changed], original[~changed]), "GTV-1 changed where it was not edited"
+    assert (back[by_clicks] != original[by_clicks]).all() and (back[by_brush] != original[by_brush]).any()
+
+
+def test_brush_limited_to_an_intensity_range_paints_only_in_range_voxels_in_one_undo_step(
+        qtbot, make_napari_viewer, real_ct):
+    """Segment list: 'paint only within' 0..250 HU; a real brush drag across the liver's edge
+    into fat and air paints only the voxels in range, and one Ctrl-Z undoes the whole stroke."""
+    from medseg.core.labels import LabelTable
+    from medseg.core.segmentation import Segmentation
+
+    from medseg_napari._segments import SegmentListWidget
+
+    viewer = make_napari_viewer(show=True)
+    vol = real_ct
+    img = L.add_layer_data(viewer, L.image_layer_data(vol, name="ct"))
+    empty = Segmentation(vol.with_array(np.zeros(vol.shape, np.uint8)), LabelTable(()))
+    lab = L.add_layer_data(viewer, L.labels_layer_data(empty, name="drawn"))
+    w = SegmentListWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Segments")
+    canvas = canvas_of(viewer, w)
+    w.labels_combo.set_layer(lab)
+    w.limit_image.set_layer(img)
+    k, j = LIVER[0], LIVER[1]
+    viewer.dims.set_point(0, _world(vol, (k, 0, 0))[0])
+    viewer.layers.selection.active = lab
+    sizes = [canvas.size()]
+
+    def settled():  # the dock's layout (the list, the status) settles before each stroke
+        qtbot.wait(150)
+        sizes.append(canvas.size())
+        return sizes[-1] == sizes[-2]
+
+    qtbot.waitUntil(settled, timeout=10_000)
+    # zoomed in on the stroke (about 2 canvas pixels per mm): pixel rounding of the mouse
+    # position stays well under the brush, so the same drag paints the same voxels
+    cam = L.viewer_camera(viewer)
+    centre = _world(vol, (k, j, 100))
+    cam.center = tuple(centre[a] for a in viewer.dims.displayed)
+    cam.zoom = 2.0
+    qtbot.waitUntil(settled, timeout=10_000)
+    # the stroke without the limit: its footprint crosses the body's edge
+    _brush(viewer, canvas, lab, vol, 1, k, j, 62, 138, size=8)
+    footprint = lab.data == 1
+    hu = vol.array
+    in_range = (hu >= 0) & (hu <= 250)
+    assert (footprint & in_range).sum() > 50 and (footprint & ~in_range).sum() > 50
+    lab.undo()
+    assert not lab.data.any()
+    # the same stroke with the limit on
+    w.limit_low.setValue(0.0)
+    w.limit_high.setValue(250.0)
+    w.limit_check.setChecked(True)
+    qtbot.waitUntil(settled, timeout=10_000)
+    _brush(viewer, canvas, lab, vol, 1, k, j, 62, 138, size=8)
+    qtbot.waitUntil(lambda: "left out" in w.runner.status.text(), timeout=10_000)
+    painted = lab.data == 1
+    assert not (painted & ~in_range).any(), "the brush painted outside the intensity range"
+    # the same drag paints the same voxels in range (up to the brush's pixel rounding when the
+    # dock's layout moves the canvas between the two strokes)
+    expected = footprint & in_range
+    assert (painted & expected).sum() / (painted | expected).sum() > 0.95
+    left_out = int(w.runner.status.text().split(": ")[-1].split()[0])
+    assert left_out > 50 and abs(left_out - int((footprint & ~in_range).sum())) <= 0.05 * left_out
+    # one undo step for the limited stroke; erasing is never limited
+    lab.undo()
+    assert not lab.data.any()
+    lab.redo()
+    assert np.array_equal(lab.data == 1, footprint & in_range)
+    _brush(viewer, canvas, lab, vol, 0, k, j, 56, 144, size=16)
+    qtbot.wait(50)
+    assert not lab.data.any()
+    # an edit not made with the brush (the click widget's accept, a correction) is not limited
+    lab.mode = "pan_zoom"
+    lab.data_setitem(np.nonzero(footprint), 2)
+    qtbot.wait(50)
+    assert np.array_equal(lab.data == 2, footprint)
