@@ -98,10 +98,27 @@ def _children(pid: int) -> list:
         return []
 
 
+def _clean_signals() -> None:
+    """In the child before exec: the signal state a terminal gives a command. A child inherits its
+    parent's blocked and ignored signals; pytest's process, after hundreds of tests (Qt, Dask,
+    process pools), is not a terminal, and the full suite saw SIGINT never reach the batch."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _signal_state() -> str:
+    """This process's blocked and ignored signal masks (Linux), for failure messages."""
+    try:
+        return " ".join(line.strip() for line in open("/proc/self/status") if line.startswith(("SigBlk", "SigIgn")))
+    except OSError:
+        return "(no /proc)"
+
+
 def _start_batch(study: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import sys; from medseg.cli import main; sys.exit(main())", "batch", str(study), str(out), "--model", "threshold",
                              "--formats", "nifti,stl", "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_clean_signals)
 
 
 def _wait_for_partial(proc: subprocess.Popen, out: Path, timeout: float = 120.0) -> None:
@@ -127,7 +144,7 @@ def test_signal_stops_the_workers_with_the_parent(study, tmp_path, sig):
             break
         # the whole batch (about a second) finished before the signal arrived: nothing was
         # interrupted, so this attempt says nothing about signals; try again
-    assert proc.returncode == 130, err[-2000:]
+    assert proc.returncode == 130, f"test process signals: {_signal_state()}\n" + err[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] in ("interrupted", "complete")  # a fast machine may have finished the last one
     assert not [p.name for p in out.iterdir() if p.name.startswith(".partial-")]
