@@ -44,7 +44,7 @@ from medseg.inference.mapping import (
 from medseg.inference.merger import Output, RegionSink, WindowSplitter, argmax_channels, sliding_window
 from medseg.inference.postprocess import postprocess_label_map
 from medseg.core.memory import release_free_memory
-from medseg.models.config import model_axes
+from medseg.models.config import model_axes, slice_dim
 from medseg.models.loader import LoadedModel, load_model
 from medseg.core.progress import CancelCallback, ProgressCallback, check_cancel, report
 from medseg.core.segmentation import Segmentation, smallest_label_dtype
@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 
 _ACCUMULATE = {"float32": torch.float32, "float16": torch.float16}
 
-_SLICE_LETTERS = {"axial": "SI", "coronal": "AP", "sagittal": "RL"}
 
 
 def segment(
@@ -295,17 +294,16 @@ def _roi_and_predictor(model: LoadedModel):
     axes = model_axes(cfg.preprocessing)  # model axis -> array axis
     roi = [int(cfg.inference.patch_size[a]) for a in axes]
     net = model.network
-    if cfg.network.spatial_dims == 3:
+    axis = slice_dim(cfg)
+    if axis is None:
         return roi, net, None
-    letters = cfg.preprocessing.orientation.upper()
-    slice_dim = next(d for d, c in enumerate(letters) if c in _SLICE_LETTERS[cfg.inference.slice_axis])
-    roi[slice_dim] = 1
-    dim = 2 + slice_dim
+    roi[axis] = 1
+    dim = 2 + axis
 
     def predictor(x: torch.Tensor) -> torch.Tensor:
         return net(x.squeeze(dim)).unsqueeze(dim)
 
-    return roi, predictor, slice_dim
+    return roi, predictor, axis
 
 
 def _stitch_device(model: LoadedModel, nbytes: int) -> str:

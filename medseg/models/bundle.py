@@ -27,8 +27,10 @@ from medseg.models.config import (
     PreprocessingConfig,
     config_from_mapping,
     config_to_mapping,
+    SLICE_ARRAY_AXIS,
     model_axes,
     monai_pixdim,
+    slice_dim,
 )
 
 __all__ = ["export_bundle", "import_bundle", "BUNDLE_TARGETS", "unread_code"]
@@ -44,17 +46,6 @@ BUNDLE_TARGETS = {
     "medseg.models.networks.DilatedASPPNet": "deeplab",
     "medseg.models.networks.FCN": "fcn",
 }
-
-#: array axis (0=z, 1=y, 2=x) of the slices of a 2D model
-_SLICE_ARRAY_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
-
-
-def _slice_dim(config: ModelConfig) -> Optional[int]:
-    """Model-grid axis a 2D model slides along (None for 3D): as medseg's own slice-wise path."""
-    if config.network.spatial_dims != 2:
-        return None
-    return model_axes(config.preprocessing).index(_SLICE_ARRAY_AXIS[config.inference.slice_axis])
-
 
 def _network_def(config: ModelConfig) -> dict[str, Any]:
     """``network_def``: the class and arguments :func:`~medseg.models.registry.build_network` uses."""
@@ -168,12 +159,12 @@ def _inference_config(config: ModelConfig) -> dict:
                  "output_dtype": "$np.uint8", "resample": False, "separate_folder": False, "print_log": False})
     window = {"sw_batch_size": config.inference.sw_batch_size, "overlap": config.inference.overlap,
               "mode": config.inference.blending, "padding_mode": "replicate"}
-    slice_dim = _slice_dim(config)
-    if slice_dim is None:
+    axis = slice_dim(config)
+    if axis is None:
         inferer = {"_target_": "SlidingWindowInferer", "roi_size": roi, **window}
-    else:  # medseg's 2D path: windows of one slice along slice_dim, the 2D network on the squeezed patch
-        inferer = {"_target_": "SliceInferer", "spatial_dim": slice_dim,
-                   "roi_size": [r for d, r in enumerate(roi) if d != slice_dim], **window}
+    else:  # medseg's 2D path: windows of one slice along that axis, the 2D network on the squeezed patch
+        inferer = {"_target_": "SliceInferer", "spatial_dim": axis,
+                   "roi_size": [r for d, r in enumerate(roi) if d != axis], **window}
     return {
         "imports": ["$import glob", "$import numpy as np", "$import torch"],
         "bundle_root": ".",
@@ -282,14 +273,14 @@ def _bundle_metadata(cfg: ModelConfig, *, roi: list[int], target: str) -> dict:
 
 def _bundle_readme(cfg: ModelConfig, target: str) -> str:
     """``docs/README.md``: how to run the bundle and what it needs."""
-    slice_dim = _slice_dim(cfg)
+    axis = slice_dim(cfg)
     notes = [f"Network: `{target}` ({cfg.network.spatial_dims}D)."]
     if target.startswith("medseg."):
         notes.append(f"`{target}` is medseg's own class: `monai.bundle` imports it, so medseg must be "
                      "installed in the environment that runs this bundle.")
-    if slice_dim is not None:
+    if axis is not None:
         notes.append(f"2D model run slice by slice ({cfg.inference.slice_axis} slices, MONAI `SliceInferer` "
-                     f"along axis {slice_dim} of the {cfg.preprocessing.orientation.upper()} model grid).")
+                     f"along axis {axis} of the {cfg.preprocessing.orientation.upper()} model grid).")
     if cfg.postprocessing:
         notes.append("Postprocessing (largest component, minimum size, hole filling) runs as MONAI transforms.")
     if any(r.min_size_ml > 0 for r in cfg.postprocessing.values()) and _skimage_min_size_inclusive():
@@ -514,7 +505,7 @@ def _inferer(data: Mapping, pre: PreprocessingConfig, allow_code: bool) -> Infer
     if name == "SliceInferer":
         dim = int(inf.get("spatial_dim", 0))
         roi.insert(dim, 1)
-        slice_axis = {a: n for n, a in _SLICE_ARRAY_AXIS.items()}[axes[dim]]
+        slice_axis = {a: n for n, a in SLICE_ARRAY_AXIS.items()}[axes[dim]]
     patch = [0, 0, 0]
     for d, a in enumerate(axes):
         patch[a] = int(roi[d])

@@ -17,6 +17,7 @@ from medseg.core.errors import ConfigError
 from medseg.core.labels import LabelTable
 
 __all__ = [
+    "slice_dim",
     "NetworkConfig",
     "IntensityConfig",
     "PreprocessingConfig",
@@ -291,6 +292,17 @@ class ModelConfig:
             drop = {"axial": 0, "coronal": 1, "sagittal": 2}[self.inference.slice_axis]
             return tuple(v for i, v in enumerate(p) if i != drop)
         return p
+
+
+#: array axis (0=z, 1=y, 2=x) of the slices of a 2D model
+SLICE_ARRAY_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
+
+
+def slice_dim(config: ModelConfig) -> Optional[int]:
+    """Model-grid axis a 2D model slides along (its slices' normal); None for a 3D model."""
+    if config.network.spatial_dims != 2:
+        return None
+    return model_axes(config.preprocessing).index(SLICE_ARRAY_AXIS[config.inference.slice_axis])
 
 
 def config_from_mapping(data: Any, *, source: str = "<config>") -> ModelConfig:

@@ -141,17 +141,14 @@ def _roi(config: ModelConfig, tc: TrainingConfig) -> tuple[list[int], Optional[i
     if tc.patch_size is not None and tuple(tc.patch_size) != tuple(config.inference.patch_size):
         log.warning("training patch %s differs from the inference patch %s; set inference.patch_size to the "
                     "training patch before segmenting with this model", tc.patch_size, config.inference.patch_size)
-    from medseg.models.config import model_axes
+    from medseg.models.config import model_axes, slice_dim
 
     patch = tc.patch_size or config.inference.patch_size
-    axes = model_axes(config.preprocessing)
-    roi = [int(patch[a]) for a in axes]
-    slice_dim = None
-    if config.network.spatial_dims == 2:
-        letters = {"axial": "SI", "coronal": "AP", "sagittal": "RL"}[config.inference.slice_axis]
-        slice_dim = next(d for d, c in enumerate(config.preprocessing.orientation.upper()) if c in letters)
-        roi[slice_dim] = 1
-    return roi, slice_dim
+    roi = [int(patch[a]) for a in model_axes(config.preprocessing)]
+    axis = slice_dim(config)
+    if axis is not None:
+        roi[axis] = 1
+    return roi, axis
 
 
 def evaluate_cases(network: torch.nn.Module, config: ModelConfig, items: list[dict], *,

@@ -91,3 +91,24 @@ def test_two_d_patch_ignores_the_slice_axis():
     data = _with("network.spatial_dims", 2)
     data["inference"] = {"patch_size": [1, 16, 16], "slice_axis": "axial"}
     assert config_from_mapping(data).network.spatial_dims == 2
+
+
+@pytest.mark.parametrize("orientation, plane, expected", [
+    ("RAS", "axial", 2), ("SPL", "axial", 0), ("RAS", "coronal", 1), ("PSL", "coronal", 0),
+    ("RAS", "sagittal", 0), ("ILA", "sagittal", 1),
+])
+def test_slice_dim_is_the_model_grid_axis_normal_to_the_slices(orientation, plane, expected):
+    """One answer for inference, training and bundle export: which model-grid axis a 2D model
+    slides along (the axis whose orientation letter is S/I, A/P or R/L for axial, coronal,
+    sagittal slices); None for a 3D model."""
+    from dataclasses import replace
+
+    from medseg.models.config import slice_dim
+
+    cfg = config_from_mapping({"name": "m", "network": {"name": "unet", "spatial_dims": 2, "channels": [4, 8],
+                                                        "strides": [2]}, "labels": {1: "a"}})
+    cfg = replace(cfg, preprocessing=replace(cfg.preprocessing, orientation=orientation),
+                  inference=replace(cfg.inference, slice_axis=plane))
+    assert slice_dim(cfg) == expected
+    assert orientation[expected] in {"axial": "SI", "coronal": "AP", "sagittal": "RL"}[plane]
+    assert slice_dim(replace(cfg, network=replace(cfg.network, spatial_dims=3))) is None
