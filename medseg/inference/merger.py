@@ -399,7 +399,9 @@ def sliding_window(
     home = torch.device(getattr(inputs, "device", "cpu"))
     splitter = WindowSplitter(roi, overlap=overlap, order=order, pad_mode=padding_mode,
                               device=sw_device if sw_device is not None else home)
-    locations = splitter.locations(splitter.get_input_shape(inputs))
+    shape = splitter.get_input_shape(inputs)
+    splitter.order = splitter.visit_order(shape)  # tile_order weighs every window order: once per run
+    locations = splitter.locations(shape)
     inferer = PatchInferer(splitter, merger_cls=RegionMerger, batch_size=sw_batch_size,
                            device=device if device is not None else home, patch_size=splitter.patch_size,
                            locations=locations, mode=mode, output=output, sink=sink,

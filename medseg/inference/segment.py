@@ -241,8 +241,9 @@ def _run_windows(data: Any, model: LoadedModel, *, output: Output, stitch_bytes:
     roi, predictor, _ = _roi_and_predictor(model)
     shape = tuple(int(s) for s in data.shape[2:])
     # the order worked out once (tile_order weighs every window order), then given to the splitters
-    order = WindowSplitter(roi, overlap=cfg.inference.overlap, order=order).visit_order(shape)
-    windows = WindowSplitter(roi, overlap=cfg.inference.overlap, order=order).locations(shape)
+    splitter = WindowSplitter(roi, overlap=cfg.inference.overlap, order=order)
+    order = splitter.order = splitter.visit_order(shape)
+    windows = splitter.locations(shape)
     total = math.ceil(len(windows) / cfg.inference.sw_batch_size)
     done = [0]
 
