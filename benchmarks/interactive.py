@@ -331,26 +331,37 @@ def shared(engines: list[str], robots: list[str], n: int = 5, store=None, only=N
 
 
 def medsam_latency(store=None, organ_slices: int = 60) -> None:
-    """Encoder ORT vs eager, box-slice mask, cached correction, 60-slice organ on a 512x512x300 CT."""
+    """Encoder runtimes vs eager, box-slice mask, cached correction, 60-slice organ on a 512x512x300 CT."""
     import torch
 
     from medseg.interactive import Session
     from medseg.interactive.medsam import MedSAMEngine
-    from medseg.interactive.medsam_runtime import EagerEncoder
+    from medseg.interactive.medsam_runtime import EagerEncoder, make_encoder
     from medseg.interactive.robot import box_prompt, next_click
 
     vol, lab, table = big_phantom()
     eng = MedSAMEngine(background=False, cache_bytes=512 * 2**20)
-    eager = EagerEncoder(eng.model)
+    runtimes = {"PyTorch eager": EagerEncoder(eng.model)}
+    for label, rt, prec in (("ONNX Runtime", "onnx", "auto"), ("OpenVINO float32", "openvino", "f32"),
+                            ("OpenVINO default", "openvino", "auto")):
+        try:
+            runtimes[label] = make_encoder(eng.model, rt, precision=prec)
+        except Exception as exc:  # noqa: BLE001 - a runtime that is not installed is reported, not fatal
+            print(f"{label}: not available ({exc})")
     eng.set_image(vol)
-    t_ort, t_eager = [], []
-    for k in (120, 180):
+    times = {label: [] for label in runtimes}
+    for enc in runtimes.values():
+        enc(eng._slice_input(90)[0])  # warm-up (OpenVINO and ONNX Runtime plan on the first call)
+    for k in (100, 120, 150, 180, 200):
         x, _ = eng._slice_input(k)
-        t0 = time.perf_counter(); eng.encoder(x); t_ort.append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); eager(x); t_eager.append(time.perf_counter() - t0)
-    print(f"\n== medsam latency on {vol.shape}, {torch.get_num_threads()} torch threads, ORT 2 intra-op threads ==")
-    print(f"encoder per slice: {eng.encoder.name} median {np.median(t_ort):.2f} s, PyTorch eager median "
-          f"{np.median(t_eager):.2f} s (ratio {np.median(t_eager) / np.median(t_ort):.1f}x)")
+        for label, enc in runtimes.items():
+            t0 = time.perf_counter(); enc(x); times[label].append(time.perf_counter() - t0)
+    print(f"\n== medsam latency on {vol.shape}, {torch.get_num_threads()} torch threads, 2 encoder threads ==")
+    base = np.median(times["PyTorch eager"])
+    for label, ts in times.items():
+        print(f"encoder per slice, {label:17s} ({runtimes[label].name:14s}): median {np.median(ts):.3f} s "
+              f"(min {min(ts):.3f}; {base / np.median(ts):.1f}x eager)")
+    print(f"the engine's runtime: {eng.encoder.name}")
     # the organ spanning ~60 slices: the box slice's mask, the whole object, a cached correction
     idx = min(table, key=lambda l: abs(int((lab == l.index).any(axis=(1, 2)).sum()) - organ_slices)).index
     target = lab == idx

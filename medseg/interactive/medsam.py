@@ -105,8 +105,11 @@ class MedSAMEngine:
     Parameters
     ----------
     config : MedSAMConfig, optional
-    runtime : {"auto", "onnx", "eager"}
-        Image-encoder runtime (``auto``: ONNX Runtime when installed, else PyTorch eager).
+    runtime : {"auto", "openvino", "onnx", "eager"}
+        Image-encoder runtime (``auto``: OpenVINO when installed, else ONNX Runtime, else
+        PyTorch eager; CUDA eager on a GPU).
+    precision : {"auto", "f32", "bf16"}
+        OpenVINO's precision (``auto``: bfloat16 where the CPU has bfloat16 units).
     cache_bytes : int
         Bound of the embedding cache (bytes; one slice takes 2 MiB).
     background : bool
@@ -126,20 +129,21 @@ class MedSAMEngine:
     supports_undo = True
     background_preparation = True  # slice embeddings: prefetch / cancel
 
-    def __init__(self, config: Optional[MedSAMConfig] = None, *, runtime: str = "auto",
+    def __init__(self, config: Optional[MedSAMConfig] = None, *, runtime: str = "auto", precision: str = "auto",
                  cache_bytes: int = 512 * 2**20, background: bool = True, threads: int = 2,
                  device: Optional[str] = None, store=None) -> None:
         import torch
 
         from medseg.interactive.classical import ClassicalEngine
-        from medseg.interactive.medsam_runtime import load_model, make_encoder
+        from medseg.interactive.medsam_runtime import load_model, make_decoder, make_encoder
 
         self.config = config or MedSAMConfig()
         dev = device or "cpu"
         if dev == "cuda" and not torch.cuda.is_available():
             dev = "cpu"
         self.model = load_model(device=dev)
-        self.encoder = make_encoder(self.model, runtime, threads)
+        self.encoder = make_encoder(self.model, runtime, threads, precision)
+        self.decoder = make_decoder(self.model, self.encoder, threads)
         self.cache = EmbeddingCache(cache_bytes)
         self.background = background
         self.classical = ClassicalEngine()
@@ -195,7 +199,7 @@ class MedSAMEngine:
         from pathlib import Path
 
         h = hashlib.sha1(np.ascontiguousarray(arr).tobytes())
-        h.update(repr((arr.shape, str(arr.dtype), self._norm)).encode())
+        h.update(repr((arr.shape, str(arr.dtype), self._norm, self.encoder.name)).encode())
         d = Path(self.store) / h.hexdigest()[:20]
         d.mkdir(parents=True, exist_ok=True)
         return d
@@ -311,17 +315,11 @@ class MedSAMEngine:
         b = np.asarray(boxes_ji, np.float32).reshape(-1, 4)
         xyxy = np.stack([b[:, 1], b[:, 0], b[:, 3], b[:, 2]], 1) * s
         xyxy = np.clip(xyxy, 0, _S - 1)
-        with torch.inference_mode():
-            e = torch.from_numpy(emb.astype(np.float32))[None].to(self.encoder_device)
-            logits, iou = self.model.decode(e, torch.from_numpy(xyxy).to(self.encoder_device))
-            lg = logits[:, :1, :nh, :nw].float().cpu()
-            lg = F.interpolate(lg, size=(h, w), mode="bilinear", align_corners=False)
+        logits, iou = self.decoder(emb, xyxy)
+        lg = torch.from_numpy(np.ascontiguousarray(logits[:, None, :nh, :nw]))
+        lg = F.interpolate(lg, size=(h, w), mode="bilinear", align_corners=False)
         self.timings["decode"] = self.timings.get("decode", 0.0) + time.perf_counter() - t0
-        return lg[:, 0].numpy() > 0, iou[:, 0].float().cpu().numpy()
-
-    @property
-    def encoder_device(self):
-        return next(self.model.parameters()).device
+        return lg[:, 0].numpy() > 0, np.asarray(iou, np.float32)
 
     def _box_around(self, m: np.ndarray, pad_native: float) -> np.ndarray:
         j0, i0, j1, i1 = _bbox2d(m)
@@ -330,9 +328,12 @@ class MedSAMEngine:
                          min(h - 1, j1 + pad_native), min(w - 1, i1 + pad_native)], np.float32)
 
     # -- propagation ------------------------------------------------------------------------
-    def _propagate(self, masks: dict, k0: int, d: int, *, lo: int, hi: int, mode: str = "replace",
+    def _propagate(self, masks: dict, k0: int, d: int, ious: list, *, lo: int, hi: int, mode: str = "replace",
                    frozen: frozenset = frozenset(), clip: Optional[np.ndarray] = None) -> None:
         """Propagate from slice ``k0`` (in ``masks``) in direction ``d`` within ``[lo, hi)``.
+
+        ``ious``: predicted IoUs of the slices accepted so far (the stop rule's reference; the
+        start slice's own, from :meth:`_both_ways`); the accepted slices' are appended.
 
         ``mode``: ``"replace"`` (fill slices), ``"extend"`` (only slices without a mask; stop at
         the first covered one), ``"union"`` / ``"intersect"`` (combine with the slice's mask;
@@ -341,7 +342,6 @@ class MedSAMEngine:
         cfg = self.config
         pad = cfg.box_pad / self.slice_scale()
         prev = masks[k0]
-        ious = [float(self.decode_slice(k0, self._box_around(prev, pad)[None])[1][0])] if prev.any() else []
         k = k0 + d
         while lo <= k < hi and prev.any() and k not in frozen:
             old = masks.get(k)
@@ -379,8 +379,12 @@ class MedSAMEngine:
     def _both_ways(self, masks: dict, k: int, **kw) -> None:
         n = self._image.shape[0]
         lo, hi = kw.pop("lo", 0), kw.pop("hi", n)
+        start = masks[k]
+        pad = self.config.box_pad / self.slice_scale()
+        # the start slice's predicted IoU (for its own box), decoded once for both directions
+        iou0 = [float(self.decode_slice(k, self._box_around(start, pad)[None])[1][0])] if start.any() else []
         for d in (1, -1):
-            self._propagate(masks, k, d, lo=lo, hi=hi, **kw)
+            self._propagate(masks, k, d, list(iou0), lo=lo, hi=hi, **kw)
 
     # -- prompts ----------------------------------------------------------------------------
     def _classical_slice(self, p, prompts_pos: np.ndarray, prompts_neg: np.ndarray) -> Optional[np.ndarray]:

@@ -443,6 +443,24 @@ class LiteMedSAM(nn.Module):
         return self.mask_decoder(embedding, self.prompt_encoder.get_dense_pe(), sparse, dense)
 
 
+class BoxDecoder(nn.Module):
+    """Prompt encoder + mask decoder as one module for export: the single-mask output only.
+
+    ``forward(embedding (1, 256, 64, 64), boxes (B, 4) x0 y0 x1 y1 in model pixels)`` returns
+    ``logits (B, 1, 256, 256)`` and ``iou (B, 1)``.
+    """
+
+    def __init__(self, model: LiteMedSAM) -> None:
+        super().__init__()
+        self.prompt_encoder = model.prompt_encoder
+        self.mask_decoder = model.mask_decoder
+
+    def forward(self, embedding: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sparse, dense = self.prompt_encoder(boxes)
+        logits, iou = self.mask_decoder(embedding, self.prompt_encoder.get_dense_pe(), sparse, dense)
+        return logits[:, :1], iou[:, :1]
+
+
 def build_lite_medsam() -> LiteMedSAM:
     """A LiteMedSAM with random weights (load the checkpoint with :func:`medsam_runtime.load_model`)."""
     return LiteMedSAM().eval()
