@@ -15,12 +15,13 @@ Run:  nice .venv/bin/python benchmarks/interactive.py [--part accuracy|latency|m
    used to choose the engine's parameters, same robot and metrics.
 3. memory: 500 clicks in one session on that volume (an object accepted every 10 clicks);
    RSS growth after the first object and over all 500 clicks.
-4. shared (``--part shared``): every labelled target of the shared real scans (29: 20 MR
+4. shared (``--part shared``): every labelled target of the shared real scans (33: 20 MR
    abdomen structures, the CTA aorta, the cervical MR spinal cord, 2 MR tumours, 5 CT lesion
-   crops) with **both robots** (click-first, and box-first: the 2D box of the target on its
+   crops; and the thoracic CT's clinical RTSTRUCT: both lungs, spinal cord, GTV) with **both robots** (click-first, and box-first: the 2D box of the target on its
    largest axial slice padded by 1 voxel, then clicks), 5 interactions, for the engines in
    ``--engines`` (``medsam``, ``fused``, ``classical``, ``rw`` = skimage's random walker on the
-   volumes under 1 M voxels, click robot only). Targets are split into a TUNING half and a
+   volumes under 1 M voxels, click robot only; ``medsam-f32`` / ``fused-f32``: LiteMedSAM in
+   OpenVINO float32, to compare with the default bfloat16). Targets are split into a TUNING half and a
    HELD-OUT half by a rule fixed before any tuning: ``zlib.crc32(name) % 2`` (0: tuning, 1:
    held-out); the held-out figures are the ones that count.
 5. medsam latency (``--part medsam-latency``): the LiteMedSAM encoder per slice, ONNX Runtime
@@ -270,6 +271,15 @@ def shared_targets():
     for d in sorted((REAL / "deeplesion_windowed").glob("CT_Lesion_*")):
         img = read_volume(d / "image_uint8_windowed.nii.gz")
         yield img, [(read_volume(d / "label.nii.gz").array > 0, f"lesion:{d.name}", "tumor")]
+    # the thoracic CT with its clinical RTSTRUCT: each ROI's own contours (a lung's contour holds
+    # the tumour inside it, as the clinicians drew it). The 3-slice SEG CT is too thin for
+    # accuracy figures (see the data README) and is left out.
+    from medseg.export.rtstruct import rasterize_rtstruct
+
+    ct = read_volume(REAL / "nsclc_lung1_001" / "dicom")
+    rois = rasterize_rtstruct(REAL / "nsclc_lung1_001" / "dicom" / "2.dcm", ct, off_plane="skip")
+    yield ct, [(rois["GTV-1"], "ct_thorax:GTV-1", "tumor")] + [
+        (rois[n], f"ct_thorax:{n.replace(' ', '_')}", "organ") for n in ("Lung L", "Lung R", "Spinal cord")]
 
 
 def make_bench_engine(name: str, store=None):
@@ -282,8 +292,10 @@ def make_bench_engine(name: str, store=None):
     from medseg.interactive.fused import FusedEngine
     from medseg.interactive.medsam import MedSAMEngine
 
-    eng = MedSAMEngine(background=False, store=store)
-    return FusedEngine(eng) if name == "fused" else eng
+    base, _, precision = name.partition("-")  # "medsam-f32": OpenVINO float32
+    eng = MedSAMEngine(background=False, store=store, runtime="openvino" if precision else "auto",
+                       precision=precision or "auto")
+    return FusedEngine(eng) if base == "fused" else eng
 
 
 def shared(engines: list[str], robots: list[str], n: int = 5, store=None, only=None, halves=None) -> None:
