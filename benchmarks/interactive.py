@@ -379,7 +379,7 @@ def medsam_latency(store=None, organ_slices: int = 60) -> None:
     target = lab == idx
     nsl = int(target.any(axis=(1, 2)).sum())
     first_slice = []
-    eng.listener = lambda k, m: first_slice.append(time.perf_counter()) if not first_slice else None
+    eng.set_observer(lambda k, m: first_slice.append(time.perf_counter()) if not first_slice else None)
     s = Session(eng)
     s.set_image(vol)
     a, b = box_prompt(target)

@@ -34,6 +34,11 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._d)
 
+    def keys(self) -> list[int]:
+        """The cached slices, least recently used first."""
+        with self._lock:
+            return list(self._d)
+
     def get(self, k: int) -> Optional[np.ndarray]:
         with self._lock:
             v = self._d.get(k)

@@ -9,12 +9,13 @@ that callers ask instead of probing with ``hasattr``:
   the previous mask passed in, so :meth:`Session.undo` followed by a new prompt gives what that
   prompt would have given without the undone one;
 * ``background_preparation``: the engine prepares work in a background thread (LiteMedSAM's
-  slice embeddings) and also has the :class:`BackgroundPreparation` methods.
+  slice embeddings) and also has the :class:`BackgroundPreparation` methods (prefetch around
+  the slice in view, progress, cancel, and slice-by-slice reports of a prediction).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Protocol, runtime_checkable
+from typing import Callable, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -85,3 +86,12 @@ class BackgroundPreparation(Protocol):
 
     def cancel(self) -> None:
         """Stop background work (the image changes or the session closes)."""
+
+    def preparation_progress(self) -> tuple[int, int]:
+        """``(units prepared, units it prepares at most)`` for a progress indicator."""
+
+    def set_observer(self, on_slice: Optional[Callable[[int, np.ndarray], None]] = None,
+                     should_stop: Optional[Callable[[], bool]] = None) -> None:
+        """Watch the next predictions: ``on_slice(k, mask2d)`` as each axial slice of the object
+        is ready, ``should_stop()`` asked between slices (True: the prediction raises
+        :class:`~medseg.core.errors.CancelledError`). ``None`` turns either off."""

@@ -66,6 +66,14 @@ class FusedEngine:
     def cancel(self) -> None:
         self.medsam.cancel()
 
+    def set_observer(self, on_slice=None, should_stop=None) -> None:
+        """See :meth:`MedSAMEngine.set_observer` (objects given to the training-free engine come
+        out whole, with no slices reported on the way)."""
+        self.medsam.set_observer(on_slice, should_stop)
+
+    def preparation_progress(self) -> tuple[int, int]:
+        return self.medsam.preparation_progress()
+
     def _decide(self, prompts) -> tuple[str, Optional[tuple[int, int, int]]]:
         eng = self.medsam
         small_slices = eng.slice_scale() > self.max_upsample

@@ -62,6 +62,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from medseg.core.editing import bounding_slices
+from medseg.core.errors import CancelledError
 from medseg.interactive.embedding_cache import EmbeddingCache
 from medseg.core.prompts import ObjectPrompts
 from medseg.core.volume import Volume
@@ -148,8 +149,11 @@ class MedSAMEngine:
         self.background = background
         self.classical = ClassicalEngine()
         self.listener: Optional[Callable[[int, np.ndarray], None]] = None  # (k, 2D mask) as slices finish
+        self.should_stop: Optional[Callable[[], bool]] = None  # asked between propagated slices
+        self._blocked: Optional[np.ndarray] = None
+        self._foreground = 0  # predictions running: the background thread waits meanwhile
         self._enc_lock = threading.Lock()
-        self._bg: Optional[threading.Thread] = None
+        self._bg: list[threading.Thread] = []  # background threads (told to stop, or running)
         self._bg_stop = threading.Event()
         self._image: Optional[np.ndarray] = None
         self._image_key = None
@@ -257,11 +261,32 @@ class MedSAMEngine:
             self.cache.put(k, e)
         return e
 
+    def set_observer(self, on_slice: Optional[Callable[[int, np.ndarray], None]] = None,
+                     should_stop: Optional[Callable[[], bool]] = None) -> None:
+        """Watch the next predictions: ``on_slice(k, mask2d)`` as each slice of the object is
+        ready (the first one within a second of a box; locked voxels already removed), and
+        ``should_stop()`` asked between slices (True: the prediction raises
+        :class:`~medseg.core.errors.CancelledError` and the session keeps the object as it
+        was). ``None`` turns either off."""
+        self.listener, self.should_stop = on_slice, should_stop
+
+    def preparation_progress(self) -> tuple[int, int]:
+        """``(slices embedded, slices the background thread embeds at most)`` of this image."""
+        if self._image is None:
+            return 0, 0
+        per_slice = _S * 64 * 64 * 2
+        return len(self.cache), min(self._image.shape[0], max(1, self.cache.max_bytes // per_slice))
+
     def prefetch(self, center: int) -> None:
-        """Embed slices from ``center`` outwards in a background thread (until the cache is full)."""
+        """Embed slices from ``center`` outwards in a background thread (until the cache is full).
+
+        Returns at once (safe on a GUI thread): a previous background thread is told to stop
+        and ends after its current slice. The thread waits while a prediction runs, so that
+        the slices a prompt needs come first.
+        """
         if self._image is None:
             return
-        self.cancel()
+        self._bg_stop.set()
         n = self._image.shape[0]
         order = [center]
         for d in range(1, n):
@@ -270,6 +295,8 @@ class MedSAMEngine:
 
         def work() -> None:
             for k in order:
+                while self._foreground and not stop.is_set():
+                    time.sleep(0.05)
                 if stop.is_set():
                     return
                 if k in self.cache:
@@ -282,20 +309,20 @@ class MedSAMEngine:
                     log.exception("background embedding of slice %d failed", k)
                     return
 
-        self._bg = threading.Thread(target=work, name="medsam-embed", daemon=True)
-        self._bg.start()
+        self._bg = [t for t in self._bg if t.is_alive()]
+        self._bg.append(threading.Thread(target=work, name="medsam-embed", daemon=True))
+        self._bg[-1].start()
 
     def cancel(self) -> None:
         """Stop the background embedding (returns after the slice being encoded)."""
         self._bg_stop.set()
-        if self._bg is not None:
-            self._bg.join()
-            self._bg = None
+        while self._bg:
+            self._bg.pop().join()
 
     @property
     def busy(self) -> bool:
         """True while the background thread is embedding."""
-        return self._bg is not None and self._bg.is_alive()
+        return any(t.is_alive() for t in self._bg)
 
     # -- one slice --------------------------------------------------------------------------
     def slice_scale(self) -> float:
@@ -344,6 +371,8 @@ class MedSAMEngine:
         prev = masks[k0]
         k = k0 + d
         while lo <= k < hi and prev.any() and k not in frozen:
+            if self.should_stop is not None and self.should_stop():
+                raise CancelledError("LiteMedSAM propagation cancelled; the object is as it was before this prompt")
             old = masks.get(k)
             if mode == "extend" and old is not None and old.any():
                 break
@@ -371,8 +400,7 @@ class MedSAMEngine:
                 m = new
             masks[k] = m
             ious.append(iou)
-            if self.listener is not None:
-                self.listener(k, m)
+            self._emit(k, m)
             prev = m
             k += d
 
@@ -380,6 +408,7 @@ class MedSAMEngine:
         n = self._image.shape[0]
         lo, hi = kw.pop("lo", 0), kw.pop("hi", n)
         start = masks[k]
+        self._emit(k, start)
         pad = self.config.box_pad / self.slice_scale()
         # the start slice's predicted IoU (for its own box), decoded once for both directions
         iou0 = [float(self.decode_slice(k, self._box_around(start, pad)[None])[1][0])] if start.any() else []
@@ -450,6 +479,19 @@ class MedSAMEngine:
             raise RuntimeError("set_image first")
         self.timings = {}
         self.trace = []
+        self._blocked = blocked
+        self._foreground += 1
+        try:
+            return self._predict(prompts, previous)
+        finally:
+            self._foreground -= 1
+            self._blocked = None
+
+    def _emit(self, k: int, m: np.ndarray) -> None:
+        if self.listener is not None:
+            self.listener(k, m & (self._blocked[k] == 0) if self._blocked is not None else m)
+
+    def _predict(self, prompts, previous) -> tuple[tuple[slice, slice, slice], np.ndarray]:
         masks = self._previous_slices(previous)
         pos = np.asarray(prompts.positive, int).reshape(-1, 3)
         neg = np.asarray(prompts.negative, int).reshape(-1, 3)

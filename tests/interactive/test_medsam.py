@@ -260,3 +260,62 @@ def test_box_mask_lands_where_the_object_is_on_a_non_square_slice(engine):
     mask = s.add_box((1, 5, 7), (1, 18, 38))
     assert dice(mask[1], target[1]) >= 0.8
     assert not mask[1, 20:, :].any() and not mask[1, :, 45:].any()  # nothing in the mirrored places
+
+
+def test_slices_reported_as_they_are_ready_and_cancel_keeps_the_object(engine, sphere):
+    """set_observer: the box slice first, then each propagated slice once, all of them the final
+    mask's slices; a stop request between slices raises CancelledError and the session keeps
+    the object as it was before the prompt."""
+    from medseg.core.errors import CancelledError
+    from medseg.interactive import Session
+
+    vol, target = sphere
+    s = Session(engine)
+    s.set_image(vol)
+    seen = []
+    engine.set_observer(lambda k, m: seen.append((k, m.copy())))
+    try:
+        j, i = np.nonzero(target[8])
+        mask = s.add_box((8, j.min() - 1, i.min() - 1), (8, j.max() + 1, i.max() + 1))
+    finally:
+        engine.set_observer(None, None)
+    ks = [k for k, _ in seen]
+    assert ks[0] == 8 and len(ks) == len(set(ks)) and len(ks) > 4
+    assert set(ks) == set(np.nonzero(mask.any(axis=(1, 2)))[0])
+    for k, m in seen:
+        assert np.array_equal(m, mask[k])
+    s.reset()
+    before = s.mask.copy()
+    calls = []
+    engine.set_observer(lambda k, m: calls.append(k), should_stop=lambda: len(calls) >= 2)
+    try:
+        with pytest.raises(CancelledError, match="cancelled"):
+            s.add_box((8, j.min() - 1, i.min() - 1), (8, j.max() + 1, i.max() + 1))
+    finally:
+        engine.set_observer(None, None)
+    assert np.array_equal(s.mask, before) and not s.prompts  # rolled back: nothing changed
+
+
+def test_prefetch_returns_at_once_and_fills_the_cache_from_the_slice_in_view(sphere, tmp_path, monkeypatch):
+    _need_wheel()
+    import time
+
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
+    from medseg.interactive.medsam import MedSAMEngine
+
+    eng = MedSAMEngine(background=False, cache_bytes=6 * 2 * 2**20)  # room for 6 slices
+    vol, _ = sphere
+    eng.set_image(vol)
+    assert eng.preparation_progress() == (0, 6)
+    t0 = time.perf_counter()
+    eng.prefetch(3)
+    eng.prefetch(12)  # the view moved: the first thread is told to stop
+    assert time.perf_counter() - t0 < 0.2  # no wait for the thread of slice 3
+    for _ in range(600):
+        if not eng.busy:
+            break
+        time.sleep(0.1)
+    eng.cancel()
+    done, total = eng.preparation_progress()
+    assert total == 6 and done <= 6
+    assert {12, 13, 11} <= set(eng.cache.keys())  # from the slice in view outwards
