@@ -49,6 +49,7 @@ from medseg_napari._layers import (
     world_to_index,
 )
 from medseg_napari._shortcuts import install_shortcuts
+from medseg_napari._streaming import PreparationIndicator, show_slice, slice_engine, watched_prompt
 from medseg_napari._worker import LayerCombo, TaskRunner, guide
 
 if TYPE_CHECKING:  # pragma: no cover - the session is imported when one starts
@@ -273,6 +274,7 @@ class InteractiveWidget(QWidget):
         self._prompt_mode = False
         self._camera_state: Optional[tuple[bool, bool]] = None
         self._labels: Any = None
+        self.slices_shown: list[int] = []  # slices of the object shown while the last prompt ran
 
         self.image_combo = LayerCombo(napari_viewer, "image")
         self.start_labels_combo = QComboBox()  # existing labels to keep (locked)
@@ -307,6 +309,8 @@ class InteractiveWidget(QWidget):
         self.locked_label.setWordWrap(True)
         self.runner = TaskRunner()
         self.runner.finished.connect(self._next)
+        # LiteMedSAM: slices embedded in the background, from the slice in view
+        self.preparation = PreparationIndicator(napari_viewer, lambda: self.session, lambda: self.image_layer)
 
         form = QFormLayout()
         form.addRow("image", self.image_combo)
@@ -325,6 +329,7 @@ class InteractiveWidget(QWidget):
         lay.addLayout(row)
         lay.addWidget(self.reopen_button)
         lay.addWidget(self.locked_label)
+        lay.addWidget(self.preparation)
         lay.addWidget(self.runner)
         lay.addStretch(1)
         napari_viewer.layers.events.inserted.connect(self._refresh_labels_combo)
@@ -412,7 +417,10 @@ class InteractiveWidget(QWidget):
         A new session on the same image reuses the previous session's layers (new data in
         place); otherwise they are removed and new ones added.
         """
+        old = slice_engine(self.session)
         self.session, seg, layers = result
+        if old is not None and old is not slice_engine(self.session):
+            old.cancel()  # the previous session's background embedding ends with it
         self._labels = seg.labels
         self.image_layer = image
         for attr, key in (("objects_layer", "objects"), ("preview_layer", "preview"), ("points_layer", "points")):
@@ -432,6 +440,7 @@ class InteractiveWidget(QWidget):
         self.viewer.layers.selection.active = image
         self._refresh_labels_combo()
         self._update_locked(seg.labels)
+        self.preparation.start()
 
     # -- prompt mode and mouse ---------------------------------------------------------------
     def toggle_prompt_mode(self) -> None:
@@ -549,8 +558,22 @@ class InteractiveWidget(QWidget):
         if self.runner.busy or not self._pending or self.session is None or self.preview_layer is None:
             return
         kind, args, positive = self._pending.popleft()
-        self.runner.start(_prompt, self.session, kind, args, positive, self.preview_layer.data, self._layer_labels(),
-                          label=f"{kind} prompt", on_done=self._show_mask)
+        self.slices_shown = []
+        # an engine that works slice by slice shows the object growing, and Cancel stops it
+        self.runner.start(watched_prompt, _prompt, self.session, kind, args, positive, self.preview_layer.data,
+                          self._layer_labels(), label=f"{kind} prompt", on_done=self._prompted,
+                          on_partial=self._show_slice)
+
+    def _show_slice(self, part: Any) -> None:
+        """GUI thread: one slice of the growing object (engines that work slice by slice)."""
+        self.slices_shown.append(int(part[0]))
+        show_slice(self.preview_layer, part)
+
+    def _prompted(self, result: Any) -> None:
+        patch, cancelled = result
+        self._show_mask(patch)
+        if cancelled:
+            self.runner.status.setText("prompt cancelled: the object is as it was before it")
 
     def _show_mask(self, patch: Any) -> None:
         apply_patch(self.preview_layer, patch)

@@ -117,6 +117,7 @@ def guide(widget: QWidget, howto: str, tips: dict[str, str]) -> QLabel:
 
 class _Bridge(QObject):
     progressed = Signal(int, int, str)
+    partial = Signal(int, object)  # (task number, a part of the result)
 
 
 def _gone(alive: list, events: list) -> None:
@@ -138,6 +139,9 @@ class TaskRunner(QWidget):
         super().__init__(parent)
         self._bridge = _Bridge()
         self._bridge.progressed.connect(self._on_progress, Qt.ConnectionType.QueuedConnection)
+        self._bridge.partial.connect(self._on_partial, Qt.ConnectionType.QueuedConnection)
+        self._task = 0  # number of the running task: parts of an older task's result are dropped
+        self._partial_cb: Optional[Callable[[Any], None]] = None
         self._cancel = threading.Event()
         self._worker: Any = None
         self._steps: Optional[Iterator[Any]] = None  # GUI steps of an on_done generator
@@ -195,6 +199,13 @@ class TaskRunner(QWidget):
         self._last_emit = now
         self._bridge.progressed.emit(int(done), int(total or 0), str(message))
 
+    def _on_partial(self, task: int, part: Any) -> None:
+        if task == self._task and self._partial_cb is not None and self._is_alive():
+            try:
+                self._partial_cb(part)
+            except Exception:  # noqa: BLE001 - a display step must not end the task
+                log.exception("showing a partial result failed")
+
     def _on_progress(self, done: int, total: int, message: str) -> None:
         if total > 0:
             self.bar.setRange(0, total)
@@ -212,6 +223,7 @@ class TaskRunner(QWidget):
         on_error: Optional[Callable[[BaseException], None]] = None,
         process: bool = False,
         prepare: Optional[Callable[[Any], Any]] = None,
+        on_partial: Optional[Callable[[Any], None]] = None,
         **kwargs: Any,
     ) -> bool:
         """Run ``fn`` in a worker thread; returns False (and does nothing) while busy.
@@ -224,7 +236,14 @@ class TaskRunner(QWidget):
         ``prepare(result)``, when given, runs in the worker thread (never in the helper process)
         after ``fn``, and ``on_done`` receives what it returns: the place to turn results into
         napari layer data or layer objects, off the GUI thread.
+
+        ``on_partial``, when given, makes ``fn`` receive ``partial=``: each ``partial(part)``
+        call in the worker reaches ``on_partial(part)`` on the GUI thread, in order and before
+        ``on_done`` (the slices of a 3D object as they are ready). Parts a task sends after a
+        newer task started are dropped.
         """
+        if process and on_partial is not None:
+            raise ValueError("on_partial needs a thread task: parts cannot come back from a helper process")
         if self.busy:
             self.status.setText("busy: wait for the running task or cancel it")
             return False
@@ -237,6 +256,10 @@ class TaskRunner(QWidget):
         self._cancel = threading.Event()
         self._live_cancel_events[:] = [self._cancel]
         self.last_error = None
+        self._task += 1
+        self._partial_cb = on_partial
+        if on_partial is not None:
+            kwargs["partial"] = functools.partial(self._bridge.partial.emit, self._task)
         fn, args = _task_body(fn, args, process, prepare)
         worker = FunctionWorker(_OneShot(fn, args, kwargs), progress=self._progress, cancel=self._cancel.is_set)
         self._worker = worker

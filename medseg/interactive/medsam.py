@@ -52,9 +52,11 @@ indices ``(k, j, i)`` as in :class:`~medseg.interactive.Session`.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -98,6 +100,18 @@ def _bbox2d(mask: np.ndarray) -> Optional[tuple[int, int, int, int]]:
     if box is None:
         return None
     return box[0].start, box[1].start, box[0].stop - 1, box[1].stop - 1
+
+
+_ENGINES: "weakref.WeakSet[MedSAMEngine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_background_work() -> None:
+    """At exit, stop every engine's background embedding (each thread ends after its current
+    slice): a daemon thread still inside the encoder's native code when the interpreter ends
+    aborts the process."""
+    for engine in list(_ENGINES):
+        engine.cancel()
 
 
 class MedSAMEngine:
@@ -163,6 +177,7 @@ class MedSAMEngine:
         self.encoded = 0  # slices encoded (foreground + background)
         self.store = store
         self._store_dir = None
+        _ENGINES.add(self)
 
     # -- image ------------------------------------------------------------------------------
     def set_image(self, volume: Volume) -> None:
