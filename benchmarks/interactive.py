@@ -363,9 +363,9 @@ def medsam_latency(store=None, organ_slices: int = 60) -> None:
     eng.set_image(vol)
     times = {label: [] for label in runtimes}
     for enc in runtimes.values():
-        enc(eng._slice_input(90)[0])  # warm-up (OpenVINO and ONNX Runtime plan on the first call)
+        enc(eng.embeddings.slice_input(90)[0])  # warm-up (OpenVINO and ONNX Runtime plan on the first call)
     for k in (100, 120, 150, 180, 200):
-        x, _ = eng._slice_input(k)
+        x, _ = eng.embeddings.slice_input(k)
         for label, enc in runtimes.items():
             t0 = time.perf_counter(); enc(x); times[label].append(time.perf_counter() - t0)
     print(f"\n== medsam latency on {vol.shape}, {torch.get_num_threads()} torch threads, 2 encoder threads ==")

@@ -11,8 +11,13 @@ one 2D slice from a box. This engine turns that into 3D click-to-segment:
   to the slice and thresholded at 0.
 * **Embeddings** (the encoder's 256x64x64 output per slice) live in an LRU cache bounded in
   bytes (``cache_bytes``, stored as float16), and are computed in a background thread from a
-  given slice outwards (:meth:`MedSAMEngine.prefetch`; cancel-able); one encoder run at a
-  time, so a prompt waits at most for the slice being encoded.
+  given slice outwards (:meth:`MedSAMEngine.prefetch`; returns at once; cancel-able); one
+  encoder run at a time, and the background thread waits while a prediction runs, so a prompt
+  waits at most for the slice being encoded. The encoder and the box decoder run in OpenVINO
+  (bfloat16 on CPUs with bfloat16 units) when it is installed (see :mod:`.medsam_runtime`).
+* **Watching** (:meth:`MedSAMEngine.set_observer`): each slice of the object is reported as it
+  is ready (the GUI shows the object growing), and a stop request between slices cancels the
+  prediction (the session keeps the object as it was).
 * **A 2D box** on slice ``k`` gives that slice's mask, then the object is propagated slice by
   slice both ways, each slice prompted by the box of the previous slice's mask (padded by
   ``box_pad`` model pixels). Propagation stops at the first slice whose mask is empty, whose
@@ -52,11 +57,8 @@ indices ``(k, j, i)`` as in :class:`~medseg.interactive.Session`.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import threading
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -65,15 +67,14 @@ from scipy import ndimage as ndi
 
 from medseg.core.editing import bounding_slices
 from medseg.core.errors import CancelledError
-from medseg.interactive.embedding_cache import EmbeddingCache
+from medseg.interactive.medsam_embeddings import MODEL_SIDE as _S
+from medseg.interactive.medsam_embeddings import SliceEmbeddings
 from medseg.core.prompts import ObjectPrompts
 from medseg.core.volume import Volume
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MedSAMConfig", "MedSAMEngine"]
-
-_S = 256  # model input side
 
 
 @dataclass(frozen=True)
@@ -100,18 +101,6 @@ def _bbox2d(mask: np.ndarray) -> Optional[tuple[int, int, int, int]]:
     if box is None:
         return None
     return box[0].start, box[1].start, box[0].stop - 1, box[1].stop - 1
-
-
-_ENGINES: "weakref.WeakSet[MedSAMEngine]" = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_background_work() -> None:
-    """At exit, stop every engine's background embedding (each thread ends after its current
-    slice): a daemon thread still inside the encoder's native code when the interpreter ends
-    aborts the process."""
-    for engine in list(_ENGINES):
-        engine.cancel()
 
 
 class MedSAMEngine:
@@ -159,122 +148,64 @@ class MedSAMEngine:
         self.model = load_model(device=dev)
         self.encoder = make_encoder(self.model, runtime, threads, precision)
         self.decoder = make_decoder(self.model, self.encoder, threads)
-        self.cache = EmbeddingCache(cache_bytes)
+        self.embeddings = SliceEmbeddings(self.encoder, cache_bytes, ct_window=self.config.ct_window,
+                                          mr_percentiles=self.config.mr_percentiles, store=store)
         self.background = background
         self.classical = ClassicalEngine()
         self.listener: Optional[Callable[[int, np.ndarray], None]] = None  # (k, 2D mask) as slices finish
         self.should_stop: Optional[Callable[[], bool]] = None  # asked between propagated slices
         self._blocked: Optional[np.ndarray] = None
-        self._foreground = 0  # predictions running: the background thread waits meanwhile
-        self._enc_lock = threading.Lock()
-        self._bg: list[threading.Thread] = []  # background threads (told to stop, or running)
-        self._bg_stop = threading.Event()
         self._image: Optional[np.ndarray] = None
-        self._image_key = None
-        self._norm: Optional[tuple[float, float, bool]] = None
         self.timings: dict[str, float] = {}
         self.trace: list[tuple] = []  # (slice, predicted IoU, area, previous area) of propagation steps
-        self.encoded = 0  # slices encoded (foreground + background)
-        self.store = store
-        self._store_dir = None
-        _ENGINES.add(self)
 
-    # -- image ------------------------------------------------------------------------------
+    # -- image and embeddings ---------------------------------------------------------------
     def set_image(self, volume: Volume) -> None:
         """Hold the image; embeddings of the same array are kept, others dropped."""
         arr = volume.array
         if arr.ndim == 4:
             arr = arr[0]
         self.classical.set_image(volume)
-        import hashlib
-
-        # the same image keeps its embeddings: identity plus a content sample (an id alone can be
-        # reused by a new array once the old one is freed)
-        sample = hashlib.sha1(np.ascontiguousarray(arr[:, ::7, ::5]).tobytes()).hexdigest()
-        key = (id(volume.array), arr.shape, str(arr.dtype), sample)
-        if key != self._image_key:
-            self.cancel()
-            self.cache.clear()
-            self._image, self._image_key = arr, key
-            self._norm = self._intensity_range(arr, self.classical.is_ct)
-            self._store_dir = self._store_for(arr)
+        self.embeddings.set_image(arr, is_ct=self.classical.is_ct, identity=id(volume.array))
+        self._image = arr
         if self.background:
             self.prefetch(arr.shape[0] // 2)
-
-    def _intensity_range(self, arr: np.ndarray, ct: bool) -> tuple[float, float, bool]:
-        cfg = self.config
-        if ct:
-            lvl, w = cfg.ct_window
-            return lvl - w / 2, lvl + w / 2, False
-        sub = arr.reshape(-1)[:: max(1, arr.size // 2_000_000)].astype(np.float32)
-        nz = sub[sub > 0] if np.any(sub > 0) else sub
-        lo, hi = np.percentile(nz, cfg.mr_percentiles)
-        return float(lo), float(max(hi, lo + 1e-6)), True
-
-    def _store_for(self, arr: np.ndarray):
-        if self.store is None:
-            return None
-        import hashlib
-        from pathlib import Path
-
-        h = hashlib.sha1(np.ascontiguousarray(arr).tobytes())
-        h.update(repr((arr.shape, str(arr.dtype), self._norm, self.encoder.name)).encode())
-        d = Path(self.store) / h.hexdigest()[:20]
-        d.mkdir(parents=True, exist_ok=True)
-        return d
 
     def reset(self) -> None:
         """A new object begins (embeddings stay)."""
         self.classical.reset()
 
-    # -- embeddings -------------------------------------------------------------------------
-    def _slice_input(self, k: int) -> tuple[np.ndarray, tuple[int, int]]:
-        """(3, 256, 256) float32 model input of slice ``k`` and its resized (h, w) before padding."""
-        import torch
-        import torch.nn.functional as F
+    @property
+    def cache(self):
+        """The embedding cache (:class:`~.embedding_cache.EmbeddingCache`)."""
+        return self.embeddings.cache
 
-        lo, hi, keep_zero = self._norm
-        sl = self._image[k].astype(np.float32)
-        x = (np.clip(sl, lo, hi) - lo) / (hi - lo) * 255.0
-        if keep_zero:
-            x[sl == 0] = 0
-        h, w = x.shape
-        s = _S / max(h, w)
-        nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
-        t = torch.from_numpy(x)[None, None]
-        mode = "area" if s < 1 else "bilinear"
-        t = F.interpolate(t, size=(nh, nw), mode=mode, **({} if mode == "area" else {"align_corners": False}))
-        r = t[0, 0].numpy()
-        r = (r - r.min()) / max(float(r.max() - r.min()), 1e-8)
-        out = np.zeros((3, _S, _S), np.float32)
-        out[:, :nh, :nw] = r
-        return out, (nh, nw)
+    @property
+    def encoded(self) -> int:
+        """Slices encoded so far (foreground and background)."""
+        return self.embeddings.encoded
 
     def embedding(self, k: int) -> np.ndarray:
         """(256, 64, 64) float16 embedding of slice ``k`` (cached)."""
-        e = self.cache.get(k)
-        if e is not None:
-            return e
-        with self._enc_lock:
-            e = self.cache.get(k)  # the background thread may have just made it
-            if e is not None:
-                return e
-            f = self._store_dir / f"{k}.npy" if self._store_dir is not None else None
-            if f is not None and f.is_file():
-                e = np.load(f)
-            else:
-                t0 = time.perf_counter()
-                x, _ = self._slice_input(k)
-                e = np.asarray(self.encoder(x), np.float16)
-                self.timings["encode"] = self.timings.get("encode", 0.0) + time.perf_counter() - t0
-                self.encoded += 1
-                if f is not None:
-                    from medseg.io.atomic import atomic_path
+        return self.embeddings.get(k)
 
-                    with atomic_path(f) as tmp:
-                        np.save(tmp, e)
-            self.cache.put(k, e)
-        return e
+    def prefetch(self, center: int) -> None:
+        """Embed slices from ``center`` outwards in the background (returns at once; see
+        :meth:`.SliceEmbeddings.prefetch`); the thread waits while a prediction runs."""
+        self.embeddings.prefetch(center)
+
+    def cancel(self) -> None:
+        """Stop the background embedding (returns after the slice being encoded)."""
+        self.embeddings.cancel()
+
+    @property
+    def busy(self) -> bool:
+        """True while the background thread is embedding."""
+        return self.embeddings.busy
+
+    def preparation_progress(self) -> tuple[int, int]:
+        """``(slices embedded, slices the background thread embeds at most)`` of this image."""
+        return self.embeddings.progress()
 
     def set_observer(self, on_slice: Optional[Callable[[int, np.ndarray], None]] = None,
                      should_stop: Optional[Callable[[], bool]] = None) -> None:
@@ -285,64 +216,10 @@ class MedSAMEngine:
         was). ``None`` turns either off."""
         self.listener, self.should_stop = on_slice, should_stop
 
-    def preparation_progress(self) -> tuple[int, int]:
-        """``(slices embedded, slices the background thread embeds at most)`` of this image."""
-        if self._image is None:
-            return 0, 0
-        per_slice = _S * 64 * 64 * 2
-        return len(self.cache), min(self._image.shape[0], max(1, self.cache.max_bytes // per_slice))
-
-    def prefetch(self, center: int) -> None:
-        """Embed slices from ``center`` outwards in a background thread (until the cache is full).
-
-        Returns at once (safe on a GUI thread): a previous background thread is told to stop
-        and ends after its current slice. The thread waits while a prediction runs, so that
-        the slices a prompt needs come first.
-        """
-        if self._image is None:
-            return
-        self._bg_stop.set()
-        n = self._image.shape[0]
-        order = [center]
-        for d in range(1, n):
-            order += [c for c in (center + d, center - d) if 0 <= c < n]
-        stop = self._bg_stop = threading.Event()
-
-        def work() -> None:
-            for k in order:
-                while self._foreground and not stop.is_set():
-                    time.sleep(0.05)
-                if stop.is_set():
-                    return
-                if k in self.cache:
-                    continue
-                if not self.cache.room_for(_S * 64 * 64 * 2):
-                    return  # never evict to prefetch
-                try:
-                    self.embedding(k)
-                except Exception:  # noqa: BLE001 - a background failure must not kill the session
-                    log.exception("background embedding of slice %d failed", k)
-                    return
-
-        self._bg = [t for t in self._bg if t.is_alive()]
-        self._bg.append(threading.Thread(target=work, name="medsam-embed", daemon=True))
-        self._bg[-1].start()
-
-    def cancel(self) -> None:
-        """Stop the background embedding (returns after the slice being encoded)."""
-        self._bg_stop.set()
-        while self._bg:
-            self._bg.pop().join()
-
-    @property
-    def busy(self) -> bool:
-        """True while the background thread is embedding."""
-        return any(t.is_alive() for t in self._bg)
-
     # -- one slice --------------------------------------------------------------------------
     def slice_scale(self) -> float:
         """Model pixels per native pixel of a slice (256 over its longest side; > 1: enlarged)."""
-        return _S / max(self._image.shape[1:])
+        return self.embeddings.scale()
 
     def decode_slice(self, k: int, boxes_ji: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Masks (B, H, W) bool and predicted IoU (B,) for native boxes ``(j0, i0, j1, i1)`` on slice ``k``."""
@@ -495,12 +372,13 @@ class MedSAMEngine:
         self.timings = {}
         self.trace = []
         self._blocked = blocked
-        self._foreground += 1
+        encoded = self.embeddings.encode_seconds
         try:
-            return self._predict(prompts, previous)
+            with self.embeddings.foreground():
+                return self._predict(prompts, previous)
         finally:
-            self._foreground -= 1
             self._blocked = None
+            self.timings["encode"] = self.embeddings.encode_seconds - encoded
 
     def _emit(self, k: int, m: np.ndarray) -> None:
         if self.listener is not None:
