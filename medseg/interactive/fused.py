@@ -14,6 +14,16 @@ from medseg.core.volume import Volume
 __all__ = ["FusedEngine"]
 
 
+def _box_iou(a: tuple, b: tuple) -> float:
+    """IoU of two inclusive 2D boxes ``(j0, i0, j1, i1)`` (pixel counts)."""
+    inter = [max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])]
+    if inter[2] < inter[0] or inter[3] < inter[1]:
+        return 0.0
+    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
+    n = area(inter)
+    return n / float(area(a) + area(b) - n)
+
+
 class FusedEngine:
     """LiteMedSAM where it is strong, the training-free engine where it is weak, chosen per object.
 
@@ -25,9 +35,10 @@ class FusedEngine:
     when its image's slices are not enlarged by more than ``max_upsample`` (256 / longest
     slice side), and optionally when LiteMedSAM's mask on the first prompt's slice is at
     least ``min_model_px`` model pixels across (square root of its area; 0: off); otherwise
-    to the training-free engine (a box becomes a click at the most interior voxel of
-    the largest part of LiteMedSAM's mask inside the box on its slice, or of the box when that
-    is empty). The choice is a
+    to the training-free engine (a box becomes a click: the most interior voxel of the largest
+    part of LiteMedSAM's mask inside the box on its slice, or of the box itself, whichever
+    gives the training-free object whose 2D box on that slice matches the user's box best).
+    The choice is a
     function of the first prompt only, so undo and later prompts keep it.
 
     Parameters
@@ -96,11 +107,36 @@ class FusedEngine:
         size = float(np.sqrt(m.sum())) * eng.slice_scale()
         small = small_slices or size < self.min_model_px
         seed = None
-        if prompts.box is not None:
-            dist = ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
+        if prompts.box is not None and small:
+            seed = self._box_seed(k, m, lo, hi)
+        return ("classical" if small else "medsam"), seed
+
+    def _box_seed(self, k: int, m: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[int, int, int]:
+        """The training-free engine's click for a box: of two candidates - the most interior
+        voxel of LiteMedSAM's mask in the box, and of the box itself - the one whose object
+        on the box slice has the 2D box closest to the user's (IoU of the two boxes). The box
+        is the user's statement of the object's extent there; no constant is involved."""
+        inbox = np.zeros(m.shape, bool)
+        inbox[lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
+        user = (int(lo[1]), int(lo[2]), int(hi[1]), int(hi[2]))
+        best, best_iou = None, -1.0
+        for region in (m, inbox):
+            dist = ndi.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
             j, i = np.unravel_index(int(np.argmax(dist)), dist.shape)
             seed = (k, int(j), int(i))
-        return ("classical" if small else "medsam"), seed
+            if seed == best:
+                continue
+            self.classical.reset()
+            sl, roi = self.classical.predict(ObjectPrompts(np.asarray([seed]), np.zeros((0, 3), int)))
+            iou = 0.0
+            if sl[0].start <= k < sl[0].stop and roi[k - sl[0].start].any():
+                jj, ii = np.nonzero(roi[k - sl[0].start])
+                got = (jj.min() + sl[1].start, ii.min() + sl[2].start, jj.max() + sl[1].start, ii.max() + sl[2].start)
+                iou = _box_iou(got, user)
+            if iou > best_iou:
+                best, best_iou = seed, iou
+        self.classical.reset()
+        return best
 
     def predict(self, prompts, *, blocked=None, previous=None):
         """As :meth:`MedSAMEngine.predict`, by the engine chosen for this object."""
