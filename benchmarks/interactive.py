@@ -326,6 +326,7 @@ def shared(engines: list[str], robots: list[str], n: int = 5, store=None, only=N
                     print(f"{name:44s} {row['half']:8s} {ename:9s} {robot:5s} "
                           + " ".join(f"{d:.3f}" for d in r.dice) + f"  drop {row['drop']:.3f}  "
                           + "lat " + " ".join(f"{t:.1f}" for t in r.latency_s), flush=True)
+    print_markdown(rows, list(built), robots)
     print("\n== summary: mean Dice after interaction 1 / 5, targets with a drop > 0.01 ==")
     for half in ("tuning", "held-out"):
         for group in ("organ", "tumor"):
@@ -340,6 +341,25 @@ def shared(engines: list[str], robots: list[str], n: int = 5, store=None, only=N
                     drops = sum(r["drop"] > 0.01 for r in sel)
                     print(f"{half:8s} {group:6s} {ename:9s} {robot:5s} n={len(sel):2d}  Dice@1 {d1:.3f}  Dice@5 {d5:.3f}  "
                           f"drops>0.01: {drops}")
+
+
+def print_markdown(rows: list[dict], engines: list[str], robots: list[str]) -> None:
+    """The per-target table (README form): Dice after interaction 1 / after 5, ``*`` for a drop > 0.01."""
+    cols = [(e, r) for e in engines for r in robots if not (e == "rw" and r == "box")]
+    print("\n| target | half | " + " | ".join(f"{e} {r}" for e, r in cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    names = list(dict.fromkeys(r["target"] for r in rows))
+    for name in names:
+        cells = []
+        for e, r in cols:
+            hit = [x for x in rows if x["target"] == name and x["engine"] == e and x["robot"] == r]
+            if not hit:
+                cells.append("-")
+                continue
+            d = hit[0]["dice"]
+            cells.append(f"{d[0]:.2f} / {d[min(4, len(d) - 1)]:.2f}" + ("*" if hit[0]["drop"] > 0.01 else ""))
+        half = next(x["half"] for x in rows if x["target"] == name)
+        print(f"| {name} | {half} | " + " | ".join(cells) + " |")
 
 
 def medsam_latency(store=None, organ_slices: int = 60) -> None:

@@ -24,6 +24,25 @@ def _box_iou(a: tuple, b: tuple) -> float:
     return n / float(area(a) + area(b) - n)
 
 
+def _one_click_per_slice(prompts: ObjectPrompts) -> ObjectPrompts:
+    """A scribble as LiteMedSAM corrections: one click per slice it crosses (its voxel nearest
+    the slice's scribble centroid). LiteMedSAM corrects slice by slice, and each correction
+    re-propagates; a voxel-by-voxel scribble would repeat that for every voxel."""
+    last = None if prompts.last is None else np.asarray(prompts.last, int).reshape(-1, 3)
+    if last is None or len(last) <= 1:
+        return prompts
+    keep = []
+    for k in np.unique(last[:, 0]):
+        on = last[last[:, 0] == k]
+        keep.append(on[int(np.argmin(((on - on.mean(0)) ** 2).sum(1)))])
+    keep = np.asarray(keep)
+    drop = {tuple(v) for v in last} - {tuple(v) for v in keep}
+    side = prompts.positive if prompts.last_positive else prompts.negative
+    side = np.asarray([v for v in np.asarray(side, int).reshape(-1, 3) if tuple(v) not in drop], int).reshape(-1, 3)
+    pos, neg = (side, prompts.negative) if prompts.last_positive else (prompts.positive, side)
+    return ObjectPrompts(pos, neg, prompts.box, keep, prompts.last_positive)
+
+
 class FusedEngine:
     """LiteMedSAM where it is strong, the training-free engine where it is weak, chosen per object.
 
@@ -51,7 +70,7 @@ class FusedEngine:
     """
 
     name = "fused"
-    prompt_types = ("point", "box")
+    prompt_types = ("point", "box", "scribble")
     supports_undo = True  # the choice is a function of the first prompt
     background_preparation = True  # LiteMedSAM's slice embeddings: prefetch / cancel
 
@@ -148,7 +167,7 @@ class FusedEngine:
         _, which, seed = self._choice
         self.last_choice = which
         if which == "medsam":
-            return self.medsam.predict(prompts, blocked=blocked, previous=previous)
+            return self.medsam.predict(_one_click_per_slice(prompts), blocked=blocked, previous=previous)
         pos = np.asarray(prompts.positive, int).reshape(-1, 3)
         if seed is not None:
             pos = np.concatenate([np.asarray([seed]), pos])

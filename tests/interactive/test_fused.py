@@ -80,3 +80,42 @@ def test_small_slices_go_to_the_training_free_engine_large_ones_to_litemedsam(fu
     j, i = np.nonzero(a2[k])
     mask = s.add_box((k, j.min() - 1, i.min() - 1), (k, j.max() + 1, i.max() + 1))
     assert fused.last_choice == "medsam" and dice(mask[k], a2[k]) > 0.8
+
+
+def test_a_scribble_reaches_litemedsam_as_one_click_per_slice():
+    from medseg.core.prompts import ObjectPrompts
+    from medseg.interactive.fused import _one_click_per_slice
+
+    first = np.array([[5, 10, 10]])
+    scribble = np.array([[4, 20, 20], [4, 20, 21], [4, 20, 22], [5, 30, 30], [5, 31, 30]])
+    p = ObjectPrompts(np.concatenate([first, scribble]), np.zeros((0, 3), int), None, scribble, True)
+    q = _one_click_per_slice(p)
+    assert q.last.tolist() == [[4, 20, 21], [5, 30, 30]] or q.last.tolist() == [[4, 20, 21], [5, 31, 30]]
+    assert len(q.positive) == 3 and [5, 10, 10] in q.positive.tolist()  # earlier prompts stay
+    neg = ObjectPrompts(first, scribble, None, scribble, False)
+    q = _one_click_per_slice(neg)
+    assert len(q.negative) == 2 and q.positive.tolist() == first.tolist()
+    click = ObjectPrompts(first, np.zeros((0, 3), int), None, first, True)
+    assert _one_click_per_slice(click) is click
+
+
+def test_scribbles_work_on_both_routes(fused):
+    from medseg.interactive import Session
+
+    for shape in ((12, 64, 64), (6, 256, 256)):
+        vol, a, _ = _two_blobs(shape)
+        s = Session(fused)
+        s.set_image(vol)
+        k = shape[0] // 2
+        j, i = np.nonzero(a[k])
+        jm = int(np.median(j))
+        line = [(k, jm, int(x)) for x in range(int(np.percentile(i, 30)), int(np.percentile(i, 70)))]
+        mask = s.add_scribble(line)
+        assert mask[k][jm, line[len(line) // 2][2]] and (mask & a).sum() > 0.5 * mask.sum()
+        before = mask.copy()
+        edge = int(i.min()) + 2  # a negative stroke near the blob's left edge, off the positive line
+        neg = [(k, jm + 2, edge), (k, jm + 3, edge)]
+        after = s.add_scribble(neg, positive=False)
+        assert after.sum() < before.sum() and not after[neg[0]]
+        if fused.last_choice == "medsam":
+            assert not np.any(after & ~before)  # LiteMedSAM's negative corrections only intersect
