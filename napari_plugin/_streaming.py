@@ -153,6 +153,9 @@ class PreparationIndicator(QProgressBar):
             self.setVisible(False)
             return
         done, total = engine.preparation_progress()
-        self.setRange(0, max(1, total))
+        if total <= 0:  # nothing to prepare for this image (the fused engine on small slices)
+            self.setVisible(False)
+            return
+        self.setRange(0, total)
         self.setValue(min(done, total))
         self.setVisible(True)

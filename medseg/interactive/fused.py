@@ -77,6 +77,8 @@ class FusedEngine:
     def __init__(self, medsam: Optional[MedSAMEngine] = None, max_upsample: float = 1.0,
                  min_model_px: float = 0.0) -> None:
         self.medsam = medsam if medsam is not None else MedSAMEngine()
+        # the background embedding starts here, and only for images LiteMedSAM will work on
+        self.background, self.medsam.background = self.medsam.background, False
         self.classical = self.medsam.classical
         self.min_model_px = float(min_model_px)
         self.max_upsample = float(max_upsample)
@@ -86,12 +88,22 @@ class FusedEngine:
     def set_image(self, volume: Volume) -> None:
         self.medsam.set_image(volume)
         self._choice = None
+        if self.background:
+            self.prefetch(self.medsam.embeddings.image.shape[0] // 2)
+
+    @property
+    def small_slices(self) -> bool:
+        """The image's slices are enlarged for LiteMedSAM: its objects go to the training-free engine."""
+        return self.medsam.slice_scale() > self.max_upsample
 
     def reset(self) -> None:
         self.medsam.reset()
 
     def prefetch(self, center: int) -> None:
-        self.medsam.prefetch(center)
+        """Embed around ``center`` in the background - not for small slices, where only a box's
+        own slice is ever embedded (on demand)."""
+        if not self.small_slices:
+            self.medsam.prefetch(center)
 
     def cancel(self) -> None:
         self.medsam.cancel()
@@ -102,11 +114,12 @@ class FusedEngine:
         self.medsam.set_observer(on_slice, should_stop)
 
     def preparation_progress(self) -> tuple[int, int]:
-        return self.medsam.preparation_progress()
+        """As :meth:`MedSAMEngine.preparation_progress`; ``(0, 0)`` for small slices (nothing to prepare)."""
+        return (0, 0) if self.small_slices else self.medsam.preparation_progress()
 
     def _decide(self, prompts) -> tuple[str, Optional[tuple[int, int, int]]]:
         eng = self.medsam
-        small_slices = eng.slice_scale() > self.max_upsample
+        small_slices = self.small_slices
         if prompts.box is None and small_slices:
             return "classical", None
         if prompts.box is not None:

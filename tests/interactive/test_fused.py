@@ -119,3 +119,20 @@ def test_scribbles_work_on_both_routes(fused):
         assert after.sum() < before.sum() and not after[neg[0]]
         if fused.last_choice == "medsam":
             assert not np.any(after & ~before)  # LiteMedSAM's negative corrections only intersect
+
+
+def test_background_embedding_only_where_litemedsam_works(tmp_path, monkeypatch):
+    _need_wheel()
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
+    from medseg.interactive.fused import FusedEngine
+    from medseg.interactive.medsam import MedSAMEngine
+
+    eng = FusedEngine(MedSAMEngine(background=True))
+    assert eng.background and not eng.medsam.background  # the fused engine starts it
+    eng.set_image(_two_blobs()[0])  # 64 px slices: every object goes to the training-free engine
+    assert eng.small_slices and eng.preparation_progress() == (0, 0) and not eng.medsam.busy
+    eng.prefetch(3)
+    assert not eng.medsam.busy
+    eng.set_image(_two_blobs((4, 256, 256))[0])
+    assert not eng.small_slices and eng.preparation_progress()[1] == 4
+    eng.cancel()
