@@ -71,7 +71,7 @@ def test_robot_protocol():
 
 def test_classical_engine_on_phantom_kidney(phantom):
     image, seg = phantom
-    s = Session()
+    s = Session("classical")
     s.set_image(image)
     r = run_robot(s, seg.array == 3, spacing=image.spacing, n_clicks=5)  # right kidney
     assert r.dice_at(5) > 0.7
@@ -84,7 +84,7 @@ def test_real_mr_kidney_smoke(real_data):
 
     image = read_volume(real_data / "mr_abdomen" / "image.nii.gz")
     labels = read_volume(real_data / "mr_abdomen" / "labels.nii.gz").array
-    s = Session()
+    s = Session("classical")
     s.set_image(image)
     r = run_robot(s, labels == 3, spacing=image.spacing, n_clicks=3, metrics_at=3)  # left kidney
     assert r.dice_at(3) > 0.8

@@ -57,7 +57,7 @@ def test_prompt_dataclasses_validate():
 
 
 def test_session_errors():
-    s = Session()
+    s = Session("classical")
     with pytest.raises(PromptError, match="set_image"):
         s.add_point((0, 0, 0))
     with pytest.raises(InputError, match="medseg Volume"):
@@ -77,7 +77,7 @@ def test_segments_cube_and_undo_restores_exactly():
     vol = _blobs()
     truth = np.zeros(vol.shape, bool)
     truth[5:15, 5:18, 5:18] = True
-    s = Session()
+    s = Session("classical")
     s.set_image(vol)
     m1 = s.add_point((10, 11, 11)).copy()
     # one click covers the cube's core and never leaks into the second cube
@@ -94,7 +94,7 @@ def test_segments_cube_and_undo_restores_exactly():
 
 def test_locked_labels_are_never_overwritten_and_act_as_negatives():
     vol = _blobs()
-    s = Session()
+    s = Session("classical")
     s.set_image(vol)
     s.add_point((10, 11, 11))
     first = s.accept("cube_a")
@@ -120,7 +120,7 @@ def test_existing_labels_act_as_negatives():
     lm = np.zeros(vol.shape, np.uint8)
     lm[5:15, 5:18, 5:18] = 3
     existing = Segmentation(Volume(lm, vol.affine), LabelTable((Label(3, "old"),)))
-    s = Session()
+    s = Session("classical")
     s.set_image(vol, segmentation=existing)
     assert s.locked == [3]
     # bridge the two cubes so that intensity alone would join them
@@ -135,7 +135,7 @@ def test_locked_follows_existing_accepted_and_reopened_labels():
     lm[5:15, 5:18, 5:18] = 3
     lm[0, 0, 0] = 7  # a value the table does not name
     existing = Segmentation(Volume(lm, vol.affine), LabelTable((Label(3, "old"), Label(9, "absent"))))
-    s = Session()
+    s = Session("classical")
     s.set_image(vol, segmentation=existing)
     assert s.locked == [3, 7, 9]  # present values and the table's indices
     assert s.segmentation.labels.names == ["old", "label_7", "absent"]
@@ -150,7 +150,7 @@ def test_locked_follows_existing_accepted_and_reopened_labels():
 
 
 def test_undo_reopens_last_accepted_object():
-    s = Session()
+    s = Session("classical")
     s.set_image(_blobs())
     s.add_point((10, 11, 11))
     before = s.mask.copy()
@@ -163,7 +163,7 @@ def test_undo_reopens_last_accepted_object():
 
 
 def test_undo_of_an_accept_restores_the_label_map_exactly():
-    s = Session()
+    s = Session("classical")
     s.set_image(_blobs())
     s.add_point((10, 11, 11))
     s.accept("a")
@@ -179,7 +179,7 @@ def test_undo_of_an_accept_restores_the_label_map_exactly():
 
 def test_box_and_scribble_prompts():
     vol = _blobs()
-    s = Session()
+    s = Session("classical")
     s.set_image(vol)
     m = s.add_box((4, 4, 4), (15, 18, 18))
     assert m[10, 11, 11] and not m[:, 22:, 22:].any()
@@ -241,7 +241,7 @@ def test_sync_labels_keeps_outside_edits_and_never_reuses_a_painted_value():
     img = np.zeros((8, 32, 32), np.float32)
     img[2:6, 4:14, 4:14] = 100.0
     img[2:6, 18:28, 18:28] = 100.0
-    s = Session()
+    s = Session("classical")
     s.set_image(Volume(img, np.eye(4)))
     s.add_point((4, 8, 8))
     assert s.accept("liver") == 1
@@ -278,7 +278,7 @@ def test_reopen_corrects_a_loaded_segment_locally_and_accepts_it_back_under_its_
     arr[3:17, 5:70, 5:70] = 3                      # drawn elsewhere, as label 3
     arr[3:17, 75:88, 75:88] = 1
     table = LabelTable((Label(1, "other", (0, 255, 0)), Label(3, "GTV-1", (10, 20, 250))))
-    s = Session()
+    s = Session("classical")
     s.set_image(vol, segmentation=Segmentation(vol.with_array(arr), table))
     original = arr == 3
     with pytest.raises(PromptError, match="no voxel has label 7"):

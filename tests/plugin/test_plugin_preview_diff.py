@@ -55,7 +55,7 @@ def test_preview_follows_the_session_through_prompts_undo_accept_and_reset():
     a = rng.normal(0.0, 5.0, (24, 48, 48)).astype(np.float32)
     a[4:14, 5:20, 5:20] += 200.0
     a[6:20, 26:44, 24:44] += 200.0
-    s = Session()
+    s = Session("classical")
     s.set_image(Volume.from_spacing(a, (2.0, 1.0, 1.0), meta={"Modality": "CT"}))
     preview = np.zeros(a.shape, np.uint8)
     objects = np.zeros(a.shape, np.uint8)
