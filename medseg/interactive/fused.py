@@ -120,6 +120,8 @@ class FusedEngine:
     def _decide(self, prompts) -> tuple[str, Optional[tuple[int, int, int]]]:
         eng = self.medsam
         small_slices = self.small_slices
+        if not small_slices:
+            eng.choose_window(prompts)  # before the first decode: the object's window
         if prompts.box is None and small_slices:
             return "classical", None
         if prompts.box is not None:

@@ -87,7 +87,9 @@ class MedSAMConfig:
     grow_max: float = 1.6  # stop when a slice's area exceeds this x the previous slice's
     shrink_min: float = 0.0  # stop when a slice's area falls below this x the previous slice's (0: off)
     min_area_px: int = 3  # stop when a slice's mask has fewer native pixels
-    ct_window: tuple[float, float] = (40.0, 400.0)  # level, width (HU)
+    ct_window: tuple[float, float] = (40.0, 400.0)  # level, width (HU): soft tissue
+    lung_window: tuple[float, float] = (-600.0, 1500.0)  # level, width (HU): air-filled structures
+    air_hu: float = -400.0  # a CT object whose first prompt's region has a median below this: lung window
     mr_percentiles: tuple[float, float] = (0.5, 99.5)
     click_box_min_px: int = 3  # the classical slice mask's box must span at least this (native px)
     candidate_half_sizes: tuple[float, ...] = (6.0, 12.0, 24.0, 48.0)  # model px, click candidates
@@ -384,7 +386,29 @@ class MedSAMEngine:
         if self.listener is not None:
             self.listener(k, m & (self._blocked[k] == 0) if self._blocked is not None else m)
 
+    def choose_window(self, prompts) -> None:
+        """CT: view the object in the lung window when its first prompt lies in air-filled
+        tissue (the median HU of a box on its middle slice, or of the 5 x 5 pixels around the
+        first click, below ``air_hu``), else in the soft-tissue window - as a radiologist views
+        lungs and airways. The soft-tissue window shows the lungs as one black area without
+        their borders. A function of the first prompt only (undo and later prompts keep it)."""
+        if not self.classical.is_ct or self._image is None:
+            return
+        if prompts.box is not None:
+            a, b = np.asarray(prompts.box[0]), np.asarray(prompts.box[1])
+            lo, hi = np.minimum(a, b), np.maximum(a, b)
+            region = self._image[(lo[0] + hi[0]) // 2, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1]
+        elif len(prompts.positive):
+            k, j, i = (int(v) for v in np.asarray(prompts.positive, int).reshape(-1, 3)[0])
+            region = self._image[k, max(0, j - 2):j + 3, max(0, i - 2):i + 3]
+        else:
+            return
+        cfg = self.config
+        air = float(np.median(region)) < cfg.air_hu
+        self.embeddings.set_ct_window(cfg.lung_window if air else cfg.ct_window)
+
     def _predict(self, prompts, previous) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+        self.choose_window(prompts)
         masks = self._previous_slices(previous)
         pos = np.asarray(prompts.positive, int).reshape(-1, 3)
         neg = np.asarray(prompts.negative, int).reshape(-1, 3)

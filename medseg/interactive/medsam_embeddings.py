@@ -73,6 +73,7 @@ class SliceEmbeddings:
         self.image: Optional[np.ndarray] = None
         self._key = None
         self._norm: Optional[tuple[float, float, bool]] = None
+        self._is_ct = False
         self._store_dir: Optional[Path] = None
         self._lock = threading.Lock()
         self._busy_fg = 0  # predictions running: the background thread waits meanwhile
@@ -90,9 +91,25 @@ class SliceEmbeddings:
             return
         self.cancel()
         self.cache.clear()
-        self.image, self._key = arr, key
+        self.image, self._key, self._is_ct = arr, key, bool(is_ct)
         self._norm = self._intensity_range(arr, is_ct)
         self._store_dir = self._store_for(arr)
+
+    def set_ct_window(self, window: tuple[float, float]) -> bool:
+        """Embed CT slices in another window ``(level, width)`` HU from now on.
+
+        The cached embeddings were made in the old window and are dropped (the background
+        thread stops). No effect on other images. Returns True when the window changed.
+        """
+        window = (float(window[0]), float(window[1]))
+        if not self._is_ct or self.image is None or window == self.ct_window:
+            return False
+        self.cancel()
+        self.cache.clear()
+        self.ct_window = window
+        self._norm = self._intensity_range(self.image, True)
+        self._store_dir = self._store_for(self.image)
+        return True
 
     def _intensity_range(self, arr: np.ndarray, ct: bool) -> tuple[float, float, bool]:
         if ct:

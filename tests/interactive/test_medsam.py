@@ -319,3 +319,33 @@ def test_prefetch_returns_at_once_and_fills_the_cache_from_the_slice_in_view(sph
     done, total = eng.preparation_progress()
     assert total == 6 and done <= 6
     assert {12, 13, 11} <= set(eng.cache.keys())  # from the slice in view outwards
+
+
+def test_ct_objects_in_air_are_embedded_in_the_lung_window(tmp_path, monkeypatch):
+    """A box on an air-filled structure of a CT (median below -400 HU) switches the embeddings
+    to the lung window (level -600, width 1500): the soft-tissue window maps every voxel below
+    -160 HU to 0 and hides the lung's borders; a box on soft tissue switches back."""
+    _need_wheel()
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
+    from medseg.core.prompts import ObjectPrompts
+    from medseg.core.volume import Volume
+    from medseg.interactive.medsam import MedSAMEngine
+
+    z, y, x = np.mgrid[:4, :64, :64]
+    ct = np.full((4, 64, 64), 40.0, np.float32)  # soft tissue
+    ct[:, 8:56, 4:28] = -850.0  # a lung
+    ct[:, 30:40, 12:20] = -500.0  # a denser region inside it: invisible in the soft-tissue window
+    ct[:, 20:40, 40:56] = 60.0  # an organ
+    ct[:, :, :2] = -1000.0  # air outside the body
+    eng = MedSAMEngine(background=False)
+    eng.set_image(Volume(ct, np.diag([3.0, 1.0, 1.0, 1.0]), {"Modality": "CT"}))
+    soft = eng.embeddings.slice_input(2)[0]
+    assert np.all(soft[0, :64 * 4, :] >= 0) and soft[0, 40:150, 20:100].max() == 0  # the lung: all 0
+    eng.choose_window(ObjectPrompts(np.zeros((0, 3), int), np.zeros((0, 3), int), ((2, 8, 4), (2, 55, 27))))
+    assert eng.embeddings.ct_window == eng.config.lung_window
+    lung = eng.embeddings.slice_input(2)[0]
+    assert lung[0, 32 * 4 + 8, 14 * 4 + 8] > lung[0, 20 * 4, 6 * 4] > 0  # the denser region shows
+    eng.embedding(2)
+    assert 2 in eng.cache
+    eng.choose_window(ObjectPrompts(np.array([[2, 30, 48]]), np.zeros((0, 3), int)))  # a click on the organ
+    assert eng.embeddings.ct_window == eng.config.ct_window and 2 not in eng.cache  # old-window embeddings gone
