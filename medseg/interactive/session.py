@@ -143,8 +143,10 @@ class Session:
     Parameters
     ----------
     engine : Engine, str or path, optional
-        ``None`` or ``"classical"``: the training-free :class:`ClassicalEngine`; ``"medsam"`` or
-        ``"fused"``; a model name or config path (``"interactive_phantom"``): the learned
+        ``None``: :func:`~medseg.interactive.default_engine` (``"fused"`` - LiteMedSAM or the
+        training-free engine per object - when LiteMedSAM's weights are installed, else
+        ``"classical"``); ``"classical"``: the training-free :class:`ClassicalEngine`;
+        ``"medsam"`` or ``"fused"``; a model name or config path (``"interactive_phantom"``): the learned
         click-guided engine; or any object conforming to
         :class:`~medseg.interactive.engine.Engine`.
 

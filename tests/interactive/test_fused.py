@@ -136,3 +136,25 @@ def test_background_embedding_only_where_litemedsam_works(tmp_path, monkeypatch)
     eng.set_image(_two_blobs((4, 256, 256))[0])
     assert not eng.small_slices and eng.preparation_progress()[1] == 4
     eng.cancel()
+
+
+def test_a_reopened_segment_is_corrected_by_the_training_free_engine(fused):
+    """Session.reopen: local corrections of an existing segment go to the training-free engine
+    even on full-size slices (LiteMedSAM's slice-wise corrections are for objects it propagated)."""
+    from medseg.core.labels import Label, LabelTable
+    from medseg.core.segmentation import Segmentation
+    from medseg.interactive import Session
+
+    vol, a, _ = _two_blobs((6, 256, 256))
+    seg = Segmentation(vol.with_array(a.astype(np.uint8)), LabelTable((Label(1, "blob", (255, 0, 0)),)))
+    s = Session(fused)
+    s.set_image(vol, segmentation=seg)
+    s.reopen(1)
+    s.add_point((3, int(np.median(np.nonzero(a[3])[0])), int(np.nonzero(a[3])[1].min()) + 1), positive=False)
+    assert fused.last_choice == "classical"
+    s.accept()
+    s2 = Session(fused)
+    s2.set_image(vol)
+    j, i = np.nonzero(a[3])
+    s2.add_box((3, j.min() - 1, i.min() - 1), (3, j.max() + 1, i.max() + 1))
+    assert fused.last_choice == "medsam"  # a new object on full-size slices: LiteMedSAM
