@@ -254,16 +254,37 @@ class OvDecoder:
             return np.array(out[0][:, 0], copy=True), np.array(out[1][:, 0], copy=True)
 
 
+_OV_LOCK = threading.Lock()
+_OV_CORE = None
+_OV_COMPILED: dict = {}  # (file, size, mtime, threads, precision) -> compiled model, at most 4
+
+
 def _ov_compile(onnx_path: Path, threads: int, precision: str):
+    """The OpenVINO model of ``onnx_path``, compiled once per process and configuration.
+
+    One ``ov.Core`` for the process (OpenVINO's advice: a Core per application; the tests and
+    the napari widget build many engines, and a Core made and dropped per engine aborted the
+    process once, inside ``compile_model``, in the full test suite). Engines share the compiled
+    model and hold their own infer requests.
+    """
     import openvino as ov
 
+    global _OV_CORE
     if precision not in ("auto", "f32", "bf16"):
         raise ValueError(f"OpenVINO precision must be 'auto', 'f32' or 'bf16', not {precision!r}")
-    core = ov.Core()
-    config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY"}
-    if precision != "auto":
-        config["INFERENCE_PRECISION_HINT"] = precision
-    return core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+    st = Path(onnx_path).stat()
+    key = (str(onnx_path), st.st_size, st.st_mtime_ns, int(threads), precision)
+    with _OV_LOCK:
+        if key not in _OV_COMPILED:
+            if _OV_CORE is None:
+                _OV_CORE = ov.Core()
+            config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY"}
+            if precision != "auto":
+                config["INFERENCE_PRECISION_HINT"] = precision
+            while len(_OV_COMPILED) >= 4:  # engines keep their own; the cache holds the newest few
+                _OV_COMPILED.pop(next(iter(_OV_COMPILED)))
+            _OV_COMPILED[key] = _OV_CORE.compile_model(_OV_CORE.read_model(str(onnx_path)), "CPU", config)
+        return _OV_COMPILED[key]
 
 
 _EXPORT_LOCK = threading.Lock()
