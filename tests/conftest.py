@@ -51,6 +51,19 @@ def medsam_weights() -> None:
 
 
 @pytest.fixture(scope="session")
+def openvino_ready(medsam_weights) -> None:
+    """OpenVINO installed with its telemetry declined (``./bootstrap.sh`` runs OpenVINO's
+    ``opt_in_out --opt_out``): skip with the reason where not, FAIL in CI."""
+    from medseg.interactive.medsam_runtime import OPENVINO_OPT_OUT, openvino_usable
+
+    if not openvino_usable():
+        msg = f"OpenVINO is not installed or its telemetry is on (./bootstrap.sh runs: {OPENVINO_OPT_OUT})"
+        if os.environ.get("MEDSEG_REQUIRE_REAL_DATA") == "1":
+            pytest.fail(msg + "; CI (MEDSEG_REQUIRE_REAL_DATA=1) needs it")
+        pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
 def phantom():
     """One small generated CT phantom ``(image, segmentation)``, seed 0, 32x64x64."""
     from medseg.samples.phantom import default_phantom_affine, make_phantom

@@ -32,8 +32,8 @@ from medseg.core.errors import CheckpointError, DependencyError
 log = logging.getLogger(__name__)
 
 __all__ = ["WEIGHTS_SHA256", "WEIGHTS_BYTES", "REINSTALL", "weights_path", "verify_weights", "load_model",
-           "cache_dir", "make_encoder", "make_decoder", "onnx_path_for", "EagerEncoder", "OrtEncoder",
-           "OvEncoder", "EagerDecoder", "OvDecoder", "RUNTIMES"]
+           "cache_dir", "make_encoder", "make_decoder", "openvino_usable", "OPENVINO_OPT_OUT", "onnx_path_for",
+           "EagerEncoder", "OrtEncoder", "OvEncoder", "EagerDecoder", "OvDecoder", "RUNTIMES"]
 
 #: Image-encoder runtimes :func:`make_encoder` accepts.
 RUNTIMES = ("auto", "openvino", "onnx", "eager")
@@ -333,16 +333,41 @@ def make_decoder(model, encoder, threads: int = 2):
     return EagerDecoder(model)
 
 
+#: OpenVINO's documented telemetry opt-out (``./bootstrap.sh`` runs it).
+OPENVINO_OPT_OUT = "opt_in_out --opt_out"
+
+
+def openvino_usable() -> bool:
+    """OpenVINO is installed and its telemetry is declined (or absent).
+
+    ``import openvino`` sends a usage event to the internet from a forked process unless the
+    user opted out (openvino-telemetry's default without a consent file). medseg never sends
+    data anywhere, and that fork - from a process running Qt and OpenVINO's thread pools -
+    crashed the test process inside ``compile_model``. So OpenVINO is used only once the user
+    ran ``opt_in_out --opt_out`` (OpenVINO's switch; ``./bootstrap.sh`` does) or without the
+    telemetry package. The check reads the consent file without importing openvino.
+    """
+    if importlib.util.find_spec("openvino") is None:
+        return False
+    if importlib.util.find_spec("openvino_telemetry") is None:
+        return True  # openvino's converter falls back to its telemetry stub
+    from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+
+    return OptInChecker().check(enable_opt_in_dialog=False, disable_in_ci=True) == ConsentCheckResult.DECLINED
+
+
 def make_encoder(model, runtime: str = "auto", threads: int = 2, precision: str = "auto"):
     """An encoder callable for ``runtime`` in :data:`RUNTIMES`.
 
-    ``"auto"``: CUDA eager on a GPU; else OpenVINO when installed, else ONNX Runtime, else
-    PyTorch eager. ``precision`` applies to OpenVINO (see :class:`OvEncoder`).
+    ``"auto"``: CUDA eager on a GPU; else OpenVINO when installed and its telemetry declined
+    (:func:`openvino_usable`), else ONNX Runtime, else PyTorch eager. ``precision`` applies to
+    OpenVINO (see :class:`OvEncoder`).
 
     Raises
     ------
     DependencyError
-        ``runtime="onnx"`` or ``"openvino"`` without its package installed.
+        ``runtime="onnx"`` or ``"openvino"`` without its package installed, or ``"openvino"``
+        while its telemetry is on (the message gives the opt-out command).
     ValueError
         An unknown runtime.
     """
@@ -353,6 +378,13 @@ def make_encoder(model, runtime: str = "auto", threads: int = 2, precision: str 
         return EagerEncoder(model, threads)
     wanted = {"openvino": ["openvino"], "onnx": ["onnxruntime"]}.get(runtime, ["openvino", "onnxruntime"])
     installed = [w for w in wanted if importlib.util.find_spec(w) is not None]
+    if "openvino" in installed and not openvino_usable():
+        msg = (f"OpenVINO is installed but its telemetry is on (it would send a usage event from a forked "
+               f"process at import); turn it off with: {OPENVINO_OPT_OUT}")
+        if runtime == "openvino":
+            raise DependencyError(msg)
+        log.warning("%s. Using ONNX Runtime meanwhile (about 3x slower per slice).", msg)
+        installed.remove("openvino")
     if not installed:
         if runtime != "auto":
             raise DependencyError(f"the {runtime} runtime of the medsam engine needs {wanted[0]}: "

@@ -33,8 +33,10 @@ def model(medsam_weights):
 def engine(medsam_weights, request, tmp_path_factory):
     """The engine with each encoder runtime (OpenVINO in its default precision: bfloat16 on a CPU
     with bfloat16 units), so the 3D prompt tests hold for the embeddings each one gives."""
-    pytest.importorskip({"onnx": "onnxruntime"}.get(request.param, request.param),
-                        reason=f"the {request.param} runtime is not installed")
+    if request.param == "openvino":
+        request.getfixturevalue("openvino_ready")
+    else:
+        pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     os.environ["MEDSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
     from medseg.interactive.medsam import MedSAMEngine
 
@@ -113,12 +115,11 @@ def _test_image() -> np.ndarray:
     return x
 
 
-def test_openvino_and_eager_agree(model, tmp_path, monkeypatch):
+def test_openvino_and_eager_agree(model, openvino_ready, tmp_path, monkeypatch):
     """OpenVINO float32 matches PyTorch eager within 1e-4; OpenVINO's default precision (bfloat16
     on CPUs with bfloat16 units) within a relative RMS error of 0.15 (measured 0.085 in bfloat16),
     correlation > 0.99 (measured 0.996), and the same mask from the decoder (Dice > 0.98,
     measured 0.997)."""
-    pytest.importorskip("openvino", reason="openvino not installed")
     import torch
 
     monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
@@ -143,10 +144,9 @@ def test_openvino_and_eager_agree(model, tmp_path, monkeypatch):
         make_encoder(model, "tensorrt")
 
 
-def test_openvino_box_decoder_agrees_with_eager(model, tmp_path, monkeypatch):
+def test_openvino_box_decoder_agrees_with_eager(model, openvino_ready, tmp_path, monkeypatch):
     """The exported box decoder takes any number of boxes; float32 logits and IoUs match eager
     within 1e-3 (logits span about ±20), each box's own mask in its own row."""
-    pytest.importorskip("openvino", reason="openvino not installed")
     monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
     from medseg.interactive.medsam_runtime import EagerDecoder, EagerEncoder, OvDecoder, make_decoder, make_encoder
 
@@ -337,3 +337,25 @@ def test_ct_objects_in_air_are_embedded_in_the_lung_window(medsam_weights, tmp_p
     assert 2 in eng.cache
     eng.choose_window(ObjectPrompts(np.array([[2, 30, 48]]), np.zeros((0, 3), int)))  # a click on the organ
     assert eng.embeddings.ct_window == eng.config.ct_window and 2 not in eng.cache  # old-window embeddings gone
+
+
+def test_openvino_is_used_only_once_its_telemetry_is_declined(model, tmp_path, monkeypatch):
+    """Without OpenVINO's consent file (its telemetry on by default), the automatic runtime is
+    ONNX Runtime and an explicit OpenVINO request names the opt-out command; with the file
+    saying "0" (``opt_in_out --opt_out``), OpenVINO is used."""
+    pytest.importorskip("openvino_telemetry", reason="OpenVINO's telemetry package is not installed")
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    from medseg.core.errors import DependencyError
+    from medseg.interactive.medsam_runtime import OPENVINO_OPT_OUT, OrtEncoder, make_encoder, openvino_usable
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # a user who never answered: no consent file
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path / "cache"))
+    for var in ("CI", "TF_BUILD", "JENKINS_URL"):
+        monkeypatch.delenv(var, raising=False)
+    assert not openvino_usable()
+    assert isinstance(make_encoder(model, "auto"), OrtEncoder)
+    with pytest.raises(DependencyError, match=OPENVINO_OPT_OUT):
+        make_encoder(model, "openvino")
+    (tmp_path / "intel").mkdir()
+    (tmp_path / "intel" / "openvino_telemetry").write_text("0")  # what opt_in_out --opt_out writes
+    assert openvino_usable()
