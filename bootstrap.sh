@@ -48,7 +48,9 @@ install_python() {
 }
 
 run_env() {
-  # the allocator settings ENVIRONMENT.md measured (tcmalloc ~2x faster CNN inference on CPU)
+  # the allocator settings ENVIRONMENT.md measured (tcmalloc ~2x faster CNN inference on CPU),
+  # for the demo only: OpenVINO (the LiteMedSAM runtime) aborts inside compile_model under a
+  # preloaded tcmalloc (reproduced in the test suite), and users start napari without it
   local tc
   tc=$(ls /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 2>/dev/null | head -n1 || true)
   if [ -n "$tc" ]; then export LD_PRELOAD="$tc${LD_PRELOAD:+:$LD_PRELOAD}"; fi
@@ -56,10 +58,10 @@ run_env() {
 
 install_system
 install_python
-run_env
 
 case "$what" in
   demo)
+    run_env
     exec .venv/bin/medseg demo --out out/demo
     ;;
   test)

@@ -338,7 +338,8 @@ OPENVINO_OPT_OUT = "opt_in_out --opt_out"
 
 
 def openvino_usable() -> bool:
-    """OpenVINO is installed and its telemetry is declined (or absent).
+    """OpenVINO is installed, its telemetry is declined (or absent), and tcmalloc is not
+    preloaded (OpenVINO aborted inside ``compile_model`` under ``LD_PRELOAD`` tcmalloc).
 
     ``import openvino`` sends a usage event to the internet from a forked process unless the
     user opted out (openvino-telemetry's default without a consent file). medseg never sends
@@ -349,6 +350,8 @@ def openvino_usable() -> bool:
     """
     if importlib.util.find_spec("openvino") is None:
         return False
+    if "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
+        return False  # OpenVINO aborted inside compile_model under a preloaded tcmalloc (test suite)
     if importlib.util.find_spec("openvino_telemetry") is None:
         return True  # openvino's converter falls back to its telemetry stub
     from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
@@ -379,8 +382,9 @@ def make_encoder(model, runtime: str = "auto", threads: int = 2, precision: str 
     wanted = {"openvino": ["openvino"], "onnx": ["onnxruntime"]}.get(runtime, ["openvino", "onnxruntime"])
     installed = [w for w in wanted if importlib.util.find_spec(w) is not None]
     if "openvino" in installed and not openvino_usable():
-        msg = (f"OpenVINO is installed but its telemetry is on (it would send a usage event from a forked "
-               f"process at import); turn it off with: {OPENVINO_OPT_OUT}")
+        msg = (f"OpenVINO is installed but not used: tcmalloc is preloaded (LD_PRELOAD; OpenVINO aborts "
+               f"under it), or its telemetry is on (it would send a usage event from a forked process at "
+               f"import; turn it off with: {OPENVINO_OPT_OUT})")
         if runtime == "openvino":
             raise DependencyError(msg)
         log.warning("%s. Using ONNX Runtime meanwhile (about 3x slower per slice).", msg)

@@ -342,7 +342,7 @@ def test_ct_objects_in_air_are_embedded_in_the_lung_window(medsam_weights, tmp_p
 def test_openvino_is_used_only_once_its_telemetry_is_declined(model, tmp_path, monkeypatch):
     """Without OpenVINO's consent file (its telemetry on by default), the automatic runtime is
     ONNX Runtime and an explicit OpenVINO request names the opt-out command; with the file
-    saying "0" (``opt_in_out --opt_out``), OpenVINO is used."""
+    saying "0" (``opt_in_out --opt_out``), OpenVINO is used - unless tcmalloc is preloaded."""
     pytest.importorskip("openvino_telemetry", reason="OpenVINO's telemetry package is not installed")
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     from medseg.core.errors import DependencyError
@@ -358,4 +358,7 @@ def test_openvino_is_used_only_once_its_telemetry_is_declined(model, tmp_path, m
         make_encoder(model, "openvino")
     (tmp_path / "intel").mkdir()
     (tmp_path / "intel" / "openvino_telemetry").write_text("0")  # what opt_in_out --opt_out writes
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
     assert openvino_usable()
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+    assert not openvino_usable()  # OpenVINO aborted in compile_model under a preloaded tcmalloc
