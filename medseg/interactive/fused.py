@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
-from medseg.interactive.medsam import MedSAMEngine
+from medseg.interactive.medsam import MedSAMEngine, _bbox2d
 from medseg.core.prompts import ObjectPrompts
 from medseg.core.volume import Volume
 
@@ -163,10 +163,10 @@ class FusedEngine:
             self.classical.reset()
             sl, roi = self.classical.predict(ObjectPrompts(np.asarray([seed]), np.zeros((0, 3), int)))
             iou = 0.0
-            if sl[0].start <= k < sl[0].stop and roi[k - sl[0].start].any():
-                jj, ii = np.nonzero(roi[k - sl[0].start])
-                got = (jj.min() + sl[1].start, ii.min() + sl[2].start, jj.max() + sl[1].start, ii.max() + sl[2].start)
-                iou = _box_iou(got, user)
+            got = _bbox2d(roi[k - sl[0].start]) if sl[0].start <= k < sl[0].stop else None
+            if got is not None:
+                j0, i0 = sl[1].start, sl[2].start
+                iou = _box_iou((got[0] + j0, got[1] + i0, got[2] + j0, got[3] + i0), user)
             if iou > best_iou:
                 best, best_iou = seed, iou
         self.classical.reset()

@@ -157,7 +157,6 @@ class MedSAMEngine:
         self.listener: Optional[Callable[[int, np.ndarray], None]] = None  # (k, 2D mask) as slices finish
         self.should_stop: Optional[Callable[[], bool]] = None  # asked between propagated slices
         self._blocked: Optional[np.ndarray] = None
-        self._image: Optional[np.ndarray] = None
         self.timings: dict[str, float] = {}
         self.trace: list[tuple] = []  # (slice, predicted IoU, area, previous area) of propagation steps
 
@@ -169,9 +168,13 @@ class MedSAMEngine:
             arr = arr[0]
         self.classical.set_image(volume)
         self.embeddings.set_image(arr, is_ct=self.classical.is_ct, identity=id(volume.array))
-        self._image = arr
         if self.background:
             self.prefetch(arr.shape[0] // 2)
+
+    @property
+    def _image(self) -> Optional[np.ndarray]:
+        """The image's (Z, Y, X) array (held by the embeddings)."""
+        return self.embeddings.image
 
     def reset(self) -> None:
         """A new object begins (embeddings stay)."""
