@@ -91,6 +91,7 @@ class MedSAMConfig:
     lung_window: tuple[float, float] = (-600.0, 1500.0)  # level, width (HU): air-filled structures
     air_hu: float = -400.0  # a CT object whose first prompt's region has a median below this: lung window
     mr_percentiles: tuple[float, float] = (0.5, 99.5)
+    max_enlarge: float = float("inf")  # a small slice fills the 256-px input (the protocol); 1: padded, native size
     click_box_min_px: int = 3  # the classical slice mask's box must span at least this (native px)
     candidate_half_sizes: tuple[float, ...] = (6.0, 12.0, 24.0, 48.0)  # model px, click candidates
     classical_box: bool = True  # first click: box from the training-free engine's slice mask
@@ -151,7 +152,8 @@ class MedSAMEngine:
         self.encoder = make_encoder(self.model, runtime, threads, precision)
         self.decoder = make_decoder(self.model, self.encoder, threads)
         self.embeddings = SliceEmbeddings(self.encoder, cache_bytes, ct_window=self.config.ct_window,
-                                          mr_percentiles=self.config.mr_percentiles, store=store)
+                                          mr_percentiles=self.config.mr_percentiles, store=store,
+                                          max_enlarge=self.config.max_enlarge)
         self.background = background
         self.classical = ClassicalEngine()
         self.listener: Optional[Callable[[int, np.ndarray], None]] = None  # (k, 2D mask) as slices finish

@@ -59,12 +59,17 @@ class SliceEmbeddings:
         Intensity percentiles of other images.
     store : path, optional
         A folder where embeddings are also kept (per image content and encoder).
+    max_enlarge : float
+        Largest enlargement of a slice to the model's input (``inf``: the longest side always
+        fills the 256 pixels, the published protocol; 1: small slices are zero-padded at their
+        native size instead of enlarged).
     """
 
     def __init__(self, encoder: Callable[[np.ndarray], np.ndarray], cache_bytes: int, *,
                  ct_window: tuple[float, float] = (40.0, 400.0), mr_percentiles: tuple[float, float] = (0.5, 99.5),
-                 store=None) -> None:
+                 store=None, max_enlarge: float = float("inf")) -> None:
         self.encoder = encoder
+        self.max_enlarge = float(max_enlarge)
         self.cache = EmbeddingCache(cache_bytes)
         self.ct_window, self.mr_percentiles = ct_window, mr_percentiles
         self.store = store
@@ -124,14 +129,18 @@ class SliceEmbeddings:
         if self.store is None:
             return None
         h = hashlib.sha1(np.ascontiguousarray(arr).tobytes())
+        scale = MODEL_SIDE / max(arr.shape[1:])
         h.update(repr((arr.shape, str(arr.dtype), self._norm, getattr(self.encoder, "name", ""))).encode())
+        if scale > self.max_enlarge:  # (the key of fill-the-input embeddings is unchanged)
+            h.update(repr(("scale", self.max_enlarge)).encode())
         d = Path(self.store) / h.hexdigest()[:20]
         d.mkdir(parents=True, exist_ok=True)
         return d
 
     def scale(self) -> float:
-        """Model pixels per native pixel of a slice (256 over its longest side; > 1: enlarged)."""
-        return MODEL_SIDE / max(self.image.shape[1:])
+        """Model pixels per native pixel of a slice (256 over its longest side, at most
+        ``max_enlarge``; > 1: enlarged)."""
+        return min(MODEL_SIDE / max(self.image.shape[1:]), self.max_enlarge)
 
     # -- one slice --------------------------------------------------------------------------
     def slice_input(self, k: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -145,7 +154,7 @@ class SliceEmbeddings:
         if keep_zero:
             x[sl == 0] = 0
         h, w = x.shape
-        s = MODEL_SIDE / max(h, w)
+        s = self.scale()
         nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
         t = torch.from_numpy(x)[None, None]
         mode = "area" if s < 1 else "bilinear"

@@ -236,6 +236,21 @@ def test_box_mask_lands_where_the_object_is_on_a_non_square_slice(engine):
     """Native (j, i) ⇄ the model's 256² frame (resize of the longest side, bottom/right padding,
     x/y box order): an off-centre, elongated object on a 40 x 72 slice is found in place. A j/i
     swap, a flip or a wrong scale of either mapping puts the mask elsewhere (Dice near 0)."""
+    _check_box_lands_in_place(engine)
+
+
+def test_box_mask_lands_in_place_when_small_slices_stay_at_native_size(medsam_weights, tmp_path, monkeypatch):
+    """The same with ``max_enlarge=1`` (scale 1: the mappings' other branch)."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
+    from medseg.interactive.medsam import MedSAMConfig, MedSAMEngine
+
+    eng = MedSAMEngine(MedSAMConfig(max_enlarge=1.0), background=False, runtime="onnx")
+    _check_box_lands_in_place(eng)
+    assert eng.slice_scale() == 1.0
+
+
+def _check_box_lands_in_place(engine):
     from medseg.interactive import Session
     from medseg.analysis.metrics import dice
     from medseg.core.volume import Volume
@@ -249,6 +264,30 @@ def test_box_mask_lands_where_the_object_is_on_a_non_square_slice(engine):
     mask = s.add_box((1, 5, 7), (1, 18, 38))
     assert dice(mask[1], target[1]) >= 0.8
     assert not mask[1, 20:, :].any() and not mask[1, :, 45:].any()  # nothing in the mirrored places
+
+
+def test_small_slices_fill_the_input_or_stay_at_native_size():
+    """``max_enlarge``: by default a 40 x 72 slice is enlarged to fill the 256 px input (the
+    published protocol: 72 -> 256); with ``max_enlarge=1`` it is zero-padded at its native size
+    (measured worse on the MR organs, README), its pixels in place, not flipped or scaled."""
+    from medseg.interactive.medsam_embeddings import SliceEmbeddings
+
+    img = np.zeros((2, 40, 72), np.float32)
+    img[:, 5:9, 10:30] = 100.0  # off-centre, not symmetric under any flip or swap
+    img[:, 0, 0] = 1.0
+    fill = SliceEmbeddings(lambda x: x, 2**20)
+    fill.set_image(img, is_ct=False, identity=1)
+    assert fill.scale() == pytest.approx(256 / 72)
+    x, (nh, nw) = fill.slice_input(1)
+    assert (nh, nw) == (142, 256) and not x[:, nh:].any()
+    native = SliceEmbeddings(lambda x: x, 2**20, max_enlarge=1.0)
+    native.set_image(img, is_ct=False, identity=1)
+    assert native.scale() == 1.0
+    x, (nh, nw) = native.slice_input(1)
+    assert (nh, nw) == (40, 72) and x.shape == (3, 256, 256)
+    assert not x[:, 40:].any() and not x[:, :, 72:].any()
+    hot = x[0] > 0.5
+    assert hot[5:9, 10:30].all() and hot.sum() == 4 * 20
 
 
 def test_slices_reported_as_they_are_ready_and_cancel_keeps_the_object(engine, sphere):
