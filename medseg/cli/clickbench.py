@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("labels", help="label map file or folder (same file names as the images)")
     p.add_argument("--targets", nargs="*", default=None, help="label names or indices to test (default: all)")
     p.add_argument("--engine", default="classical",
-                   help="'classical' (training-free, default), 'medsam' (LiteMedSAM) or a learned model name/config path")
+                   help="'classical' (training-free, default), 'medsam' (LiteMedSAM), 'fused' (either, chosen per object; "
+                        "Session's default when LiteMedSAM's weights are installed) or a learned model name/config path")
     p.add_argument("--robot", choices=["click", "box"], default="click",
                    help="first prompt: a click at the most interior voxel (default) or a 2D box")
     p.add_argument("--max-clicks", type=int, default=10, help="clicks per target (default 10; ≥ 5)")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Optional
+from typing import Hashable, Optional
 
 import numpy as np
 
-__all__ = ["EmbeddingCache"]
+__all__ = ["EmbeddingCache", "CacheView"]
 
 
 class EmbeddingCache:
@@ -22,7 +22,7 @@ class EmbeddingCache:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = int(max_bytes)
-        self._d: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._d: OrderedDict[Hashable, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self.nbytes = 0
         self.peak_bytes = 0
@@ -34,8 +34,8 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._d)
 
-    def keys(self) -> list[int]:
-        """The cached slices, least recently used first."""
+    def keys(self) -> list:
+        """The cached keys, least recently used first."""
         with self._lock:
             return list(self._d)
 
@@ -67,3 +67,64 @@ class EmbeddingCache:
         with self._lock:
             self._d.clear()
             self.nbytes = 0
+
+    def discard(self, keys) -> None:
+        """Drop ``keys`` (those not cached are ignored)."""
+        with self._lock:
+            for k in keys:
+                v = self._d.pop(k, None)
+                if v is not None:
+                    self.nbytes -= v.nbytes
+
+    def view(self, namespace: Hashable) -> "CacheView":
+        """The entries of one ``namespace`` (keys ``(namespace, k)``), sharing this cache's bound and LRU order."""
+        return CacheView(self, namespace)
+
+
+class CacheView:
+    """One namespace of an :class:`EmbeddingCache` with the cache's own API on plain keys.
+
+    The slices of one image embedded in one CT window are a namespace; the windows share the
+    byte bound and the LRU order, so switching windows keeps the other window's embeddings
+    until they are the least recently used.
+    """
+
+    def __init__(self, cache: EmbeddingCache, namespace: Hashable) -> None:
+        self.store, self.namespace = cache, namespace
+
+    def __contains__(self, k) -> bool:
+        return (self.namespace, k) in self.store
+
+    def keys(self) -> list:
+        """This namespace's keys, least recently used first."""
+        return [k for ns, k in self.store.keys() if ns == self.namespace]
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def get(self, k) -> Optional[np.ndarray]:
+        return self.store.get((self.namespace, k))
+
+    def put(self, k, value: np.ndarray) -> None:
+        self.store.put((self.namespace, k), value)
+
+    def room_for(self, nbytes: int) -> bool:
+        """Room under the shared bound without evicting."""
+        return self.store.room_for(nbytes)
+
+    def clear(self) -> None:
+        """Drop this namespace's entries (the others stay)."""
+        self.store.discard([(self.namespace, k) for k in self.keys()])
+
+    @property
+    def max_bytes(self) -> int:
+        return self.store.max_bytes
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the whole cache (every namespace: the bound is shared)."""
+        return self.store.nbytes
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.store.peak_bytes

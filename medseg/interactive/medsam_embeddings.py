@@ -70,7 +70,9 @@ class SliceEmbeddings:
                  store=None, max_enlarge: float = float("inf")) -> None:
         self.encoder = encoder
         self.max_enlarge = float(max_enlarge)
-        self.cache = EmbeddingCache(cache_bytes)
+        self._all = EmbeddingCache(cache_bytes)  # every CT window's slices, one bound, one LRU order
+        #: the current window's slices (a view of the shared cache; see :meth:`set_ct_window`)
+        self.cache = self._all.view(None)
         self.ct_window, self.mr_percentiles = ct_window, mr_percentiles
         self.store = store
         self.encoded = 0  # slices encoded (foreground + background)
@@ -95,25 +97,29 @@ class SliceEmbeddings:
         if key == self._key:
             return
         self.cancel()
-        self.cache.clear()
+        self._all.clear()
         self.image, self._key, self._is_ct = arr, key, bool(is_ct)
         self._norm = self._intensity_range(arr, is_ct)
+        self.cache = self._all.view(self._norm)
         self._store_dir = self._store_for(arr)
 
     def set_ct_window(self, window: tuple[float, float]) -> bool:
         """Embed CT slices in another window ``(level, width)`` HU from now on.
 
-        The cached embeddings were made in the old window and are dropped (the background
-        thread stops). No effect on other images. Returns True when the window changed.
+        The background thread stops. The old window's embeddings stay cached (under the same
+        byte bound and LRU order) and serve again when an object brings that window back (a
+        lung, then a liver, then the other lung: no slice is encoded twice while the bound
+        holds them). No effect on other images. Returns True when the window changed.
         """
         window = (float(window[0]), float(window[1]))
         if not self._is_ct or self.image is None or window == self.ct_window:
             return False
         self.cancel()
-        self.cache.clear()
-        self.ct_window = window
-        self._norm = self._intensity_range(self.image, True)
-        self._store_dir = self._store_for(self.image)
+        with self._lock:  # an encoding in flight finishes in the window it started in
+            self.ct_window = window
+            self._norm = self._intensity_range(self.image, True)
+            self.cache = self._all.view(self._norm)
+            self._store_dir = self._store_for(self.image)
         return True
 
     def _intensity_range(self, arr: np.ndarray, ct: bool) -> tuple[float, float, bool]:
@@ -171,7 +177,8 @@ class SliceEmbeddings:
         if e is not None:
             return e
         with self._lock:
-            e = self.cache.get(k)  # the background thread may have just made it
+            cache = self.cache
+            e = cache.get(k)  # the background thread may have just made it
             if e is not None:
                 return e
             f = self._store_dir / f"{k}.npy" if self._store_dir is not None else None
@@ -187,7 +194,7 @@ class SliceEmbeddings:
 
                     with atomic_path(f) as tmp:
                         np.save(tmp, e)
-            self.cache.put(k, e)
+            cache.put(k, e)
         return e
 
     # -- background -------------------------------------------------------------------------

@@ -375,7 +375,47 @@ def test_ct_objects_in_air_are_embedded_in_the_lung_window(medsam_weights, tmp_p
     eng.embedding(2)
     assert 2 in eng.cache
     eng.choose_window(ObjectPrompts(np.array([[2, 30, 48]]), np.zeros((0, 3), int)))  # a click on the organ
-    assert eng.embeddings.ct_window == eng.config.ct_window and 2 not in eng.cache  # old-window embeddings gone
+    assert eng.embeddings.ct_window == eng.config.ct_window and 2 not in eng.cache  # a lung-window embedding is not served
+    soft_emb = eng.embedding(2)
+    n = eng.encoded
+    eng.choose_window(ObjectPrompts(np.array([[2, 20, 10]]), np.zeros((0, 3), int)))  # the lung again
+    assert 2 in eng.cache and eng.encoded == n  # its embedding was kept: not encoded again
+    assert not np.array_equal(eng.embedding(2), soft_emb) and eng.encoded == n
+    eng.choose_window(ObjectPrompts(np.array([[2, 30, 48]]), np.zeros((0, 3), int)))
+    assert np.array_equal(eng.embedding(2), soft_emb) and eng.encoded == n
+
+
+def test_the_windows_of_one_image_share_the_cache_bound():
+    """Embeddings of two CT windows are two namespaces of one LRU cache: switching keeps the
+    other window's slices until they are the least recently used; the byte bound holds for all."""
+    from medseg.interactive.medsam_embeddings import EMBEDDING_BYTES, SliceEmbeddings
+
+    calls = []
+
+    def encoder(x):
+        calls.append(float(x.mean()))
+        return np.full((256, 64, 64), x.mean(), np.float32)
+
+    ct = np.broadcast_to(np.linspace(-1000, 1000, 32, dtype=np.float32), (6, 32, 32)).copy()  # a ramp in i
+    ct += np.arange(6, dtype=np.float32)[:, None, None]
+    emb = SliceEmbeddings(encoder, 3 * EMBEDDING_BYTES, ct_window=(40.0, 400.0))
+    emb.set_image(ct, is_ct=True, identity=1)
+    soft = [emb.get(k) for k in (0, 5)]
+    assert emb.set_ct_window((-600.0, 1500.0)) and len(emb.cache) == 0
+    lung = emb.get(5)
+    assert not np.array_equal(lung, soft[1])  # another window: another input
+    assert emb.set_ct_window((40.0, 400.0)) and set(emb.cache.keys()) == {0, 5}
+    assert np.array_equal(emb.get(5), soft[1]) and len(calls) == 3  # served, not encoded again
+    emb.get(2)  # a fourth embedding: the least recently used of either window (soft slice 0) goes
+    assert emb.cache.nbytes <= 3 * EMBEDDING_BYTES and set(emb.cache.keys()) == {5, 2}
+    emb.set_ct_window((-600.0, 1500.0))
+    assert set(emb.cache.keys()) == {5}
+    emb.get(1)  # the lung window's second slice: its slice 5 was the least recently used
+    assert set(emb.cache.keys()) == {1}
+    emb.set_ct_window((40.0, 400.0))
+    assert set(emb.cache.keys()) == {5, 2} and emb.cache.nbytes == 3 * EMBEDDING_BYTES
+    emb.set_image(ct + 1.0, is_ct=True, identity=2)  # another image: nothing of the old one is served
+    assert emb.cache.nbytes == 0 and len(emb.cache) == 0
 
 
 def test_openvino_is_used_only_once_its_telemetry_is_declined(model, tmp_path, monkeypatch):
