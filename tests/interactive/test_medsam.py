@@ -414,6 +414,10 @@ def test_the_windows_of_one_image_share_the_cache_bound():
     assert set(emb.cache.keys()) == {1}
     emb.set_ct_window((40.0, 400.0))
     assert set(emb.cache.keys()) == {5, 2} and emb.cache.nbytes == 3 * EMBEDDING_BYTES
+    emb.cache.clear()  # this window's slices only
+    assert len(emb.cache) == 0 and emb.cache.nbytes == EMBEDDING_BYTES
+    emb.set_ct_window((-600.0, 1500.0))
+    assert set(emb.cache.keys()) == {1}
     emb.set_image(ct + 1.0, is_ct=True, identity=2)  # another image: nothing of the old one is served
     assert emb.cache.nbytes == 0 and len(emb.cache) == 0
 
