@@ -161,6 +161,7 @@ class MedSAMEngine:
         self._blocked: Optional[np.ndarray] = None
         self.timings: dict[str, float] = {}
         self.trace: list[tuple] = []  # (slice, predicted IoU, area, previous area) of propagation steps
+        self.last_seed_source = ""  # see seed_slice
 
     # -- image and embeddings ---------------------------------------------------------------
     def set_image(self, volume: Volume) -> None:
@@ -348,6 +349,9 @@ class MedSAMEngine:
             boxes.append(np.array([max(0, j - r), max(0, i - r), min(h - 1, j + r), min(w - 1, i + r)], np.float32))
         masks, iou = self.decode_slice(k, np.stack(boxes))
         hold = masks[:, j, i]
+        #: where the last seed mask came from: the training-free engine's box ("classical-box",
+        #: when LiteMedSAM's mask for it holds the click) or the square candidates ("candidates")
+        self.last_seed_source = "classical-box" if n_classical and hold[0] else "candidates"
         if n_classical and hold[0]:
             return masks[0]
         ok = np.nonzero(hold)[0]

@@ -74,6 +74,43 @@ def test_small_slices_go_to_the_training_free_engine_large_ones_to_litemedsam(fu
     assert fused.last_choice == "medsam" and dice(mask[k], a2[k]) > 0.8
 
 
+def test_a_click_litemedsam_leaves_out_goes_to_the_training_free_engine(medsam_weights, tmp_path, monkeypatch):
+    """On large slices a first click goes to LiteMedSAM when its mask for the training-free
+    engine's box holds the clicked pixel; when that mask leaves the pixel out (as LiteMedSAM did
+    in the thoracic CT's left lung: an empty mask), the object is the training-free engine's."""
+    from medseg.analysis.metrics import dice
+    from medseg.interactive import Session
+    from medseg.interactive.fused import FusedEngine
+    from medseg.interactive.medsam import MedSAMEngine
+
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
+
+    class HoleAtTheClick(MedSAMEngine):
+        """LiteMedSAM whose every mask misses a 5 x 5 square around ``hole`` (a model failure)."""
+
+        hole = None
+
+        def decode_slice(self, k, boxes_ji):
+            masks, iou = super().decode_slice(k, boxes_ji)
+            if self.hole is not None:
+                j, i = self.hole
+                masks[:, j - 2:j + 3, i - 2:i + 3] = False
+            return masks, iou
+
+    big, a, _ = _two_blobs((6, 256, 256))
+    k = 3
+    click = (k, int(np.mean(np.nonzero(a[k])[0])), int(np.mean(np.nonzero(a[k])[1])))
+    for hole, route in ((None, "medsam"), (click[1:], "classical")):
+        eng = HoleAtTheClick(background=False)
+        eng.hole = hole
+        fused = FusedEngine(eng)
+        s = Session(fused)
+        s.set_image(big)
+        mask = s.add_point(click)
+        assert fused.last_choice == route
+        assert mask[click] and dice(mask, a) > 0.8
+
+
 def test_a_scribble_reaches_litemedsam_as_one_click_per_slice():
     from medseg.core.prompts import ObjectPrompts
     from medseg.interactive.fused import _one_click_per_slice
