@@ -208,10 +208,14 @@ class SliceEmbeddings:
             self._busy_fg -= 1
 
     def progress(self) -> tuple[int, int]:
-        """``(slices embedded, slices the background thread embeds at most)``."""
+        """``(slices embedded in the current window, slices the background thread embeds at most)``:
+        at most the image's slices, and those that fit beside the other CT windows' embeddings
+        (the background thread never evicts)."""
         if self.image is None:
             return 0, 0
-        return len(self.cache), min(self.image.shape[0], max(1, self.cache.max_bytes // EMBEDDING_BYTES))
+        done = len(self.cache)
+        room = (self.cache.max_bytes - self.cache.nbytes) // EMBEDDING_BYTES
+        return done, min(self.image.shape[0], max(1, done + room))
 
     def prefetch(self, center: int) -> None:
         """Embed slices from ``center`` outwards in a background thread (until the cache is full).

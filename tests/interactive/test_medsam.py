@@ -412,6 +412,7 @@ def test_the_windows_of_one_image_share_the_cache_bound():
     assert set(emb.cache.keys()) == {5}
     emb.get(1)  # the lung window's second slice: its slice 5 was the least recently used
     assert set(emb.cache.keys()) == {1}
+    assert emb.progress() == (1, 1)  # the soft window's 2 slices fill the rest: the background stops here
     emb.set_ct_window((40.0, 400.0))
     assert set(emb.cache.keys()) == {5, 2} and emb.cache.nbytes == 3 * EMBEDDING_BYTES
     emb.cache.clear()  # this window's slices only
