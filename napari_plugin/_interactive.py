@@ -81,6 +81,8 @@ def _start(volume: Volume, engine: Union[str, Engine], labels_state: Any, *, pro
 
 
 PREVIEW_NAME = "current object"
+#: the fused engine's per-object choice (``FusedEngine.last_choice``) as the status line names it
+ANSWERED_BY = {"medsam": "LiteMedSAM", "classical": "the training-free engine"}
 PROMPTS_NAME = "prompts"
 
 
@@ -574,6 +576,11 @@ class InteractiveWidget(QWidget):
         self._show_mask(patch)
         if cancelled:
             self.runner.status.setText("prompt cancelled: the object is as it was before it")
+            return
+        # the fused engine answers each object with one of two engines: say which one
+        by = ANSWERED_BY.get(getattr(self.session.engine, "last_choice", ""), "")
+        if by:
+            self.runner.status.setText(f"{self.runner.status.text()} (by {by})")
 
     def _show_mask(self, patch: Any) -> None:
         apply_patch(self.preview_layer, patch)

@@ -82,3 +82,31 @@ def test_cancel_stops_the_propagation_and_puts_the_object_back(qtbot, medsam_wid
     assert "cancelled" in w.runner.status.text()
     assert not w.session.prompts and not w.session.mask.any()  # as before the box
     assert not w.preview_layer.data.any()  # and so is the screen
+
+
+def test_the_status_line_names_the_engine_that_answered(qtbot, medsam_weights, make_napari_viewer, phantom,
+                                                        tmp_path, monkeypatch):
+    """The fused engine (the default with the weights installed) gives each object to LiteMedSAM
+    or to the training-free engine; the status line says which one answered the prompt. The
+    phantom's small slices go to the training-free engine."""
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
+    from medseg_napari._interactive import InteractiveWidget
+
+    image, seg = phantom
+    viewer = make_napari_viewer()
+    img = L.add_layer_data(viewer, L.image_layer_data(image.with_array(image.array, Modality="CT"), name="ct"))
+    w = InteractiveWidget(viewer)
+    w.image_combo.set_layer(img)
+    w.engine_combo.setCurrentText("fused")
+    w.start()
+    qtbot.waitUntil(lambda: not w.runner.busy, timeout=WAIT_MS)
+    a, b = _liver_box(seg)
+    w.set_mode("box")
+    w.add_world_box(L.index_to_world(image.affine, a), L.index_to_world(image.affine, b))
+    qtbot.waitUntil(lambda: not w.runner.busy and not w._pending, timeout=WAIT_MS)
+    assert w.runner.last_error is None, w.runner.last_error
+    assert w.session.engine.last_choice == "classical" and w.session.mask[a[0]].any()
+    assert w.runner.status.text().endswith("(by the training-free engine)"), w.runner.status.text()
+    w.preparation.stop()
+    w.session.engine.cancel()
+
