@@ -399,8 +399,9 @@ def medsam_latency(store=None, organ_slices: int = 60, view_s: float = 10.0) -> 
     eng = MedSAMEngine(background=False, cache_bytes=512 * 2**20)
     print(f"\n== medsam latency on {vol.shape}, {torch.get_num_threads()} torch threads, 2 encoder threads; "
           f"the engine's runtime: {eng.encoder.name} ==")
-    # 1. the engine as a user has it (its one runtime in the process; measured first: other
-    #    runtimes' thread pools made it 15-20 % slower when they were loaded before it)
+    # 1. the engine as a user has it (its one runtime in the process), measured first: with the
+    #    other runtimes loaded before it, it once ran 15-20 % slower (within this VM's own
+    #    variation, but kept apart)
     idx = min(table, key=lambda l: abs(int((lab == l.index).any(axis=(1, 2)).sum()) - organ_slices)).index
     target = lab == idx
     nsl = int(target.any(axis=(1, 2)).sum())
