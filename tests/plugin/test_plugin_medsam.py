@@ -21,9 +21,8 @@ WAIT_MS = 180_000
 
 
 
-@pytest.fixture
-def medsam_widget(medsam_weights, qtbot, make_napari_viewer, phantom, tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
+def _started_widget(qtbot, make_napari_viewer, phantom, engine: str):
+    """The interactive widget on the phantom CT with a session of ``engine`` started."""
     from medseg_napari._interactive import InteractiveWidget
 
     image, seg = phantom
@@ -31,11 +30,19 @@ def medsam_widget(medsam_weights, qtbot, make_napari_viewer, phantom, tmp_path, 
     img = L.add_layer_data(viewer, L.image_layer_data(image.with_array(image.array, Modality="CT"), name="ct"))
     w = InteractiveWidget(viewer)
     w.image_combo.set_layer(img)
-    assert "medsam" in [w.engine_combo.itemText(i) for i in range(w.engine_combo.count())]
-    w.engine_combo.setCurrentText("medsam")
+    assert engine in [w.engine_combo.itemText(i) for i in range(w.engine_combo.count())]
+    w.engine_combo.setCurrentText(engine)
     w.start()
     qtbot.waitUntil(lambda: not w.runner.busy, timeout=WAIT_MS)
     assert w.runner.last_error is None, w.runner.last_error
+    return w, viewer
+
+
+@pytest.fixture
+def medsam_widget(medsam_weights, qtbot, make_napari_viewer, phantom, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
+    w, viewer = _started_widget(qtbot, make_napari_viewer, phantom, "medsam")
+    image, seg = phantom
     yield w, viewer, image, seg
     w.preparation.stop()
     w.session.engine.cancel()
@@ -90,16 +97,8 @@ def test_the_status_line_names_the_engine_that_answered(qtbot, medsam_weights, m
     or to the training-free engine; the status line says which one answered the prompt. The
     phantom's small slices go to the training-free engine."""
     monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path))
-    from medseg_napari._interactive import InteractiveWidget
-
+    w, viewer = _started_widget(qtbot, make_napari_viewer, phantom, "fused")
     image, seg = phantom
-    viewer = make_napari_viewer()
-    img = L.add_layer_data(viewer, L.image_layer_data(image.with_array(image.array, Modality="CT"), name="ct"))
-    w = InteractiveWidget(viewer)
-    w.image_combo.set_layer(img)
-    w.engine_combo.setCurrentText("fused")
-    w.start()
-    qtbot.waitUntil(lambda: not w.runner.busy, timeout=WAIT_MS)
     a, b = _liver_box(seg)
     w.set_mode("box")
     w.add_world_box(L.index_to_world(image.affine, a), L.index_to_world(image.affine, b))
