@@ -276,14 +276,19 @@ def shared_targets():
     for d in sorted((REAL / "deeplesion_windowed").glob("CT_Lesion_*")):
         img = read_volume(d / "image_uint8_windowed.nii.gz")
         yield img, [(read_volume(d / "label.nii.gz").array > 0, f"lesion:{d.name}", "tumor")]
-    # the thoracic CT with its clinical RTSTRUCT: each ROI's own contours (a lung's contour holds
-    # the tumour inside it, as the clinicians drew it). The 3-slice SEG CT is too thin for
-    # accuracy figures (see the data README) and is left out.
+    # The 3-slice SEG CT is too thin for accuracy figures (see the data README) and is left out.
+    yield thoracic_ct_targets()
+
+
+def thoracic_ct_targets():
+    """``(image volume, targets)`` of the thoracic CT with its clinical RTSTRUCT: each ROI's own
+    contours (a lung's contour holds the tumour inside it, as the clinicians drew it)."""
     from medseg.export.rtstruct import rasterize_rtstruct
+    from medseg.io import read_volume
 
     ct = read_volume(REAL / "nsclc_lung1_001" / "dicom")
     rois = rasterize_rtstruct(REAL / "nsclc_lung1_001" / "dicom" / "2.dcm", ct, off_plane="skip")
-    yield ct, [(rois["GTV-1"], "ct_thorax:GTV-1", "tumor")] + [
+    return ct, [(rois["GTV-1"], "ct_thorax:GTV-1", "tumor")] + [
         (rois[n], f"ct_thorax:{n.replace(' ', '_')}", "organ") for n in ("Lung L", "Lung R", "Spinal cord")]
 
 
@@ -481,7 +486,7 @@ def medsam_windows() -> None:
     from medseg.interactive.medsam import MedSAMEngine
     from medseg.interactive.robot import box_prompt
 
-    vol, targets = list(shared_targets())[-1]
+    vol, targets = thoracic_ct_targets()
     by_name = {name: t for t, name, _ in targets}
     eng = MedSAMEngine(background=False)
     s = Session(eng)

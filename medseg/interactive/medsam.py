@@ -352,7 +352,7 @@ class MedSAMEngine:
         #: where the last seed mask came from: the training-free engine's box ("classical-box",
         #: when LiteMedSAM's mask for it holds the click) or the square candidates ("candidates")
         self.last_seed_source = "classical-box" if n_classical and hold[0] else "candidates"
-        if n_classical and hold[0]:
+        if self.last_seed_source == "classical-box":
             return masks[0]
         ok = np.nonzero(hold)[0]
         if len(ok) == 0:

@@ -82,6 +82,7 @@ class SliceEmbeddings:
         self._norm: Optional[tuple[float, float, bool]] = None
         self._is_ct = False
         self._store_dir: Optional[Path] = None
+        self._content = None  # sha1 of the image's bytes (only with a store)
         self._lock = threading.Lock()
         self._busy_fg = 0  # predictions running: the background thread waits meanwhile
         self._bg: list[threading.Thread] = []  # background threads (told to stop, or running)
@@ -101,6 +102,8 @@ class SliceEmbeddings:
         self.image, self._key, self._is_ct = arr, key, bool(is_ct)
         self._norm = self._intensity_range(arr, is_ct)
         self.cache = self._all.view(self._norm)
+        # the array's content digest (for the store's folder name), hashed once per image
+        self._content = hashlib.sha1(np.ascontiguousarray(arr).tobytes()) if self.store is not None else None
         self._store_dir = self._store_for(arr)
 
     def set_ct_window(self, window: tuple[float, float]) -> bool:
@@ -134,7 +137,7 @@ class SliceEmbeddings:
     def _store_for(self, arr: np.ndarray) -> Optional[Path]:
         if self.store is None:
             return None
-        h = hashlib.sha1(np.ascontiguousarray(arr).tobytes())
+        h = self._content.copy()
         scale = MODEL_SIDE / max(arr.shape[1:])
         h.update(repr((arr.shape, str(arr.dtype), self._norm, getattr(self.encoder, "name", ""))).encode())
         if scale > self.max_enlarge:  # (the key of fill-the-input embeddings is unchanged)
