@@ -20,6 +20,7 @@ from scipy import ndimage as ndi
 from medseg.core.editing import bounding_slices
 from medseg.interactive import classical_stages as st
 from medseg.interactive._grid import paste_overlap, pool_any, pool_fraction
+from medseg.interactive.box_prompt import as_click_prompts, box_click, is_planar_box, limit_to_box_plane
 from medseg.interactive.classical_stages import WorkGrid
 from medseg.interactive.engine import Slices
 from medseg.core.prompts import ObjectPrompts
@@ -191,7 +192,10 @@ class ClassicalEngine:
         Parameters
         ----------
         prompts : ObjectPrompts
-            The object's prompts, voxel indices.
+            The object's prompts, voxel indices. A box on one axial slice stands for a click
+            at its most interior voxel and limits the object to its in-plane extent on every
+            slice (:meth:`predict_from_box_click`); a box over several slices is a hard 3D
+            limit (everything outside it is background).
         blocked : (Z, Y, X) bool ndarray, optional
             Voxels that must stay background (locked labels, existing objects).
         previous : (slices, mask), optional
@@ -206,6 +210,27 @@ class ClassicalEngine:
         """
         if self._image is None:
             raise RuntimeError("set_image first")
+        if is_planar_box(prompts.box):
+            # a box on one slice is not a 3D limit: it stands for a click, and limits the object
+            # in-plane only (see medseg.interactive.box_prompt)
+            click = box_click(prompts.box, self._image.shape[1:])
+            return self.predict_from_box_click(prompts, click, blocked=blocked, previous=previous)
+        return self._predict_prompts(prompts, blocked, previous)
+
+    def predict_from_box_click(self, prompts: ObjectPrompts, click, *, blocked: Optional[np.ndarray] = None,
+                               previous: Optional[tuple[Slices, np.ndarray]] = None) -> tuple[Slices, np.ndarray]:
+        """Segment an object prompted by a box on one slice, the box standing for ``click``.
+
+        ``click`` ``(k, j, i)`` joins the positive prompts in place of the box; the result is
+        limited on every slice to the in-plane extent of the box and of the positive clicks
+        (:func:`~medseg.interactive.box_prompt.limit_to_box_plane`). Parameters and returns as
+        :meth:`predict`.
+        """
+        sl, roi = self._predict_prompts(as_click_prompts(prompts, click), blocked, previous)
+        return sl, limit_to_box_plane(sl, roi, prompts)
+
+    def _predict_prompts(self, prompts: ObjectPrompts, blocked: Optional[np.ndarray],
+                         previous: Optional[tuple[Slices, np.ndarray]]) -> tuple[Slices, np.ndarray]:
         cfg = self.config
         self.timings = {}
         self._t_last = time.perf_counter()

@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
+from medseg.interactive.box_prompt import box_click
 from medseg.interactive.medsam import MedSAMEngine, _bbox2d
 from medseg.core.prompts import ObjectPrompts
 from medseg.core.volume import Volume
@@ -159,14 +160,10 @@ class FusedEngine:
         voxel of LiteMedSAM's mask in the box, and of the box itself - the one whose object
         on the box slice has the 2D box closest to the user's (IoU of the two boxes). The box
         is the user's statement of the object's extent there; no constant is involved."""
-        inbox = np.zeros(m.shape, bool)
-        inbox[lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
         user = (int(lo[1]), int(lo[2]), int(hi[1]), int(hi[2]))
         best, best_iou = None, -1.0
-        for region in (m, inbox):
-            dist = ndi.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
-            j, i = np.unravel_index(int(np.argmax(dist)), dist.shape)
-            seed = (k, int(j), int(i))
+        for within in (m, None):
+            seed = box_click((lo, hi), m.shape, within)
             if seed == best:
                 continue
             self.classical.reset()
@@ -196,20 +193,8 @@ class FusedEngine:
         self.last_choice = which
         if which == "medsam":
             return self.medsam.predict(_one_click_per_slice(prompts), blocked=blocked, previous=previous)
-        pos = np.asarray(prompts.positive, int).reshape(-1, 3)
         if seed is not None:
-            pos = np.concatenate([np.asarray([seed]), pos])
-        cp = ObjectPrompts(pos, np.asarray(prompts.negative, int).reshape(-1, 3), None, prompts.last,
-                           prompts.last_positive)
-        sl, roi = self.classical.predict(cp, blocked=blocked, previous=previous)
-        if prompts.box is not None:
             # the in-plane extent of the box and of the positive clicks limits the object on every
             # slice (a click outside the box widens it); the box's slice range does not
-            corners = np.concatenate([np.asarray(prompts.box, int).reshape(-1, 3),
-                                      np.asarray(prompts.positive, int).reshape(-1, 3)])
-            lo, hi = corners.min(0), corners.max(0)
-            roi = roi.copy()
-            jj = np.arange(sl[1].start, sl[1].stop)[None, :, None]
-            ii = np.arange(sl[2].start, sl[2].stop)[None, None, :]
-            roi &= (jj >= lo[1]) & (jj <= hi[1]) & (ii >= lo[2]) & (ii <= hi[2])
-        return sl, roi
+            return self.classical.predict_from_box_click(prompts, seed, blocked=blocked, previous=previous)
+        return self.classical.predict(prompts, blocked=blocked, previous=previous)
