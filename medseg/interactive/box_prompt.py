@@ -2,12 +2,17 @@
 
 The training-free engine is a random walker: given a box as seeds (background outside it), a
 box drawn on one slice is a hard 3D limit, and the object can never leave that slice (Dice
-near 0 on every real target). A 2D box says two things instead: the object is inside it on
+0.00-0.01 on every real organ). A 2D box says two things instead: the object is inside it on
 its slice, and the object's in-plane extent is about the box's. So a 2D box becomes a click
-(:func:`box_click`: the box's most interior voxel, or the most interior voxel of a candidate
-mask inside it), and the object is then limited to the in-plane extent of the box and of the
-positive clicks on every slice (:func:`limit_to_box_plane`) - not to the box's slice range.
-Decided on the tuning half of the shared real targets (see the README's interactive table).
+and the object is then limited to the in-plane extent of the box and of the positive clicks on
+every slice (:func:`limit_to_box_plane`) - not to the box's slice range.
+
+The click: of candidates on the box's slice (:func:`ridge_clicks`: the ends and centre of the
+box's most interior row or column; the fused engine adds the interior of LiteMedSAM's mask),
+the one whose training-free object has the 2D box on that slice closest to the user's box
+(:func:`choose_box_click`). No constant is involved. Measured on the tuning half of the shared
+real targets (box robot, organs, Dice after the box / after 5): 0.484 / 0.729 with the
+box's first most interior pixel alone, 0.569 / 0.762 with the choice among the three.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from medseg.core.prompts import ObjectPrompts
 from medseg.interactive.engine import Slices
 
 __all__ = ["is_planar_box", "box_click", "most_interior_pixel", "box_corners", "limit_to_box_plane",
-           "as_click_prompts"]
+           "as_click_prompts", "ridge_pixels", "box_iou", "choose_box_click", "ridge_clicks"]
 
 
 def box_corners(box) -> tuple[np.ndarray, np.ndarray]:
@@ -80,3 +85,68 @@ def limit_to_box_plane(sl: Slices, roi: np.ndarray, prompts: ObjectPrompts) -> n
     jj = np.arange(sl[1].start, sl[1].stop)[None, :, None]
     ii = np.arange(sl[2].start, sl[2].stop)[None, None, :]
     return roi & (jj >= lo[1]) & (jj <= hi[1]) & (ii >= lo[2]) & (ii <= hi[2])
+
+
+def ridge_pixels(region: np.ndarray) -> list[tuple[int, int]]:
+    """The first, middle and last (raster order) of the 2D ``region``'s pixels farthest from its
+    outline, without repeats: the ends and centre of a rectangle's middle row."""
+    dist = ndi.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    top = np.argwhere(dist == dist.max())
+    out = []
+    for t in (top[0], top[len(top) // 2], top[-1]):
+        p = (int(t[0]), int(t[1]))
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def box_iou(a: Sequence[int], b: Sequence[int]) -> float:
+    """IoU of two inclusive 2D boxes ``(j0, i0, j1, i1)`` (pixel counts)."""
+    inter = [max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])]
+    if inter[2] < inter[0] or inter[3] < inter[1]:
+        return 0.0
+    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
+    n = area(inter)
+    return n / float(area(a) + area(b) - n)
+
+
+def choose_box_click(engine, box, candidates: Sequence[Sequence[int]]) -> tuple[int, int, int]:
+    """Of candidate clicks ``(k, j, i)`` on the box's slice, the one whose object (the
+    training-free ``engine`` clicked there alone) has the 2D box on that slice closest to the
+    user's (IoU of the two boxes; the first on ties). The box is the user's statement of the
+    object's extent on its slice; no constant is involved. ``engine`` is reset before each
+    candidate and after."""
+    lo, hi = box_corners(box)
+    user = (int(lo[1]), int(lo[2]), int(hi[1]), int(hi[2]))
+    cands = []
+    for c in candidates:
+        c = tuple(int(v) for v in c)
+        if c not in cands:
+            cands.append(c)
+    if len(cands) == 1:
+        return cands[0]
+    best, best_iou = cands[0], -1.0
+    for c in cands:
+        engine.reset()
+        sl, roi = engine.predict(ObjectPrompts(np.asarray([c]), np.zeros((0, 3), int)))
+        k = c[0]
+        iou = 0.0
+        if sl[0].start <= k < sl[0].stop and roi[k - sl[0].start].any():
+            j, i = np.nonzero(roi[k - sl[0].start])
+            got = (int(j.min()) + sl[1].start, int(i.min()) + sl[2].start,
+                   int(j.max()) + sl[1].start, int(i.max()) + sl[2].start)
+            iou = box_iou(got, user)
+        if iou > best_iou:
+            best, best_iou = c, iou
+    engine.reset()
+    return best
+
+
+def ridge_clicks(box, slice_shape: Sequence[int]) -> list[tuple[int, int, int]]:
+    """The candidate clicks ``(k, j, i)`` of a box on its middle slice: :func:`ridge_pixels` of
+    the box (``slice_shape``: the slice's (Y, X))."""
+    lo, hi = box_corners(box)
+    inbox = np.zeros(tuple(slice_shape), bool)
+    inbox[lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
+    k = int((lo[0] + hi[0]) // 2)
+    return [(k,) + p for p in ridge_pixels(inbox)]

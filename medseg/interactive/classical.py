@@ -20,7 +20,8 @@ from scipy import ndimage as ndi
 from medseg.core.editing import bounding_slices
 from medseg.interactive import classical_stages as st
 from medseg.interactive._grid import paste_overlap, pool_any, pool_fraction
-from medseg.interactive.box_prompt import as_click_prompts, box_click, is_planar_box, limit_to_box_plane
+from medseg.interactive.box_prompt import (as_click_prompts, box_corners, choose_box_click, is_planar_box,
+                                           limit_to_box_plane, ridge_clicks)
 from medseg.interactive.classical_stages import WorkGrid
 from medseg.interactive.engine import Slices
 from medseg.core.prompts import ObjectPrompts
@@ -154,6 +155,7 @@ class ClassicalEngine:
         self._cache = RoiCache()
         self.timings: dict[str, float] = {}  # seconds per stage of the last predict (profiling)
         self._ell: dict[tuple, Optional[np.ndarray]] = {}  # elongated priors, per grid and click
+        self._box_clicks: dict = {}
 
     def _tick(self, stage: str) -> None:
         now = time.perf_counter()
@@ -174,6 +176,7 @@ class ClassicalEngine:
         self._image = arr
         self._spacing = tuple(float(s) for s in volume.spacing)
         self._ct = str(volume.meta.get("Modality", "")).upper() == "CT"
+        self._box_clicks: dict = {}  # a 2D box's click, per box (chosen once per image)
         if not volume.meta.get("Modality"):
             lo, hi = float(arr.flat[:: max(1, arr.size // 20000)].min()), float(arr.max())
             self._ct = lo <= -900 and hi >= 300 and np.issubdtype(arr.dtype, np.integer)
@@ -193,9 +196,10 @@ class ClassicalEngine:
         ----------
         prompts : ObjectPrompts
             The object's prompts, voxel indices. A box on one axial slice stands for a click
-            at its most interior voxel and limits the object to its in-plane extent on every
-            slice (:meth:`predict_from_box_click`); a box over several slices is a hard 3D
-            limit (everything outside it is background).
+            (of the box's most interior voxels, the one whose object's 2D box matches the box
+            best; :mod:`~medseg.interactive.box_prompt`) and limits the object to its in-plane
+            extent on every slice (:meth:`predict_from_box_click`); a box over several slices
+            is a hard 3D limit (everything outside it is background).
         blocked : (Z, Y, X) bool ndarray, optional
             Voxels that must stay background (locked labels, existing objects).
         previous : (slices, mask), optional
@@ -213,7 +217,10 @@ class ClassicalEngine:
         if is_planar_box(prompts.box):
             # a box on one slice is not a 3D limit: it stands for a click, and limits the object
             # in-plane only (see medseg.interactive.box_prompt)
-            click = box_click(prompts.box, self._image.shape[1:])
+            key = tuple(map(tuple, box_corners(prompts.box)))
+            if key not in self._box_clicks:  # chosen at the box's first prediction, kept after
+                self._box_clicks[key] = choose_box_click(self, prompts.box, ridge_clicks(prompts.box, self._image.shape[1:]))
+            click = self._box_clicks[key]
             return self.predict_from_box_click(prompts, click, blocked=blocked, previous=previous)
         return self._predict_prompts(prompts, blocked, previous)
 

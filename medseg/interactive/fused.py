@@ -7,22 +7,12 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
-from medseg.interactive.box_prompt import box_click
-from medseg.interactive.medsam import MedSAMEngine, _bbox2d
+from medseg.interactive.box_prompt import box_click, box_corners, choose_box_click
+from medseg.interactive.medsam import MedSAMEngine
 from medseg.core.prompts import ObjectPrompts
 from medseg.core.volume import Volume
 
 __all__ = ["FusedEngine"]
-
-
-def _box_iou(a: tuple, b: tuple) -> float:
-    """IoU of two inclusive 2D boxes ``(j0, i0, j1, i1)`` (pixel counts)."""
-    inter = [max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])]
-    if inter[2] < inter[0] or inter[3] < inter[1]:
-        return 0.0
-    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
-    n = area(inter)
-    return n / float(area(a) + area(b) - n)
 
 
 def _one_click_per_slice(prompts: ObjectPrompts) -> ObjectPrompts:
@@ -130,8 +120,7 @@ class FusedEngine:
         if prompts.box is None and small_slices:
             return "classical", None
         if prompts.box is not None:
-            a, b = np.asarray(prompts.box[0]), np.asarray(prompts.box[1])
-            lo, hi = np.minimum(a, b), np.maximum(a, b)
+            lo, hi = box_corners(prompts.box)
             k = int((lo[0] + hi[0]) // 2)
             m = eng.decode_slice(k, np.array([[lo[1], lo[2], hi[1], hi[2]]], np.float32))[0][0]
             inbox = np.zeros(m.shape, bool)
@@ -152,31 +141,18 @@ class FusedEngine:
         small = small_slices or size < self.min_model_px
         seed = None
         if prompts.box is not None and small:
-            seed = self._box_seed(k, m, lo, hi)
+            seed = self._box_seed(m, lo, hi)
         return ("classical" if small else "medsam"), seed
 
-    def _box_seed(self, k: int, m: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[int, int, int]:
+    def _box_seed(self, m: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[int, int, int]:
         """The training-free engine's click for a box: of two candidates - the most interior
         voxel of LiteMedSAM's mask in the box, and of the box itself - the one whose object
         on the box slice has the 2D box closest to the user's (IoU of the two boxes). The box
         is the user's statement of the object's extent there; no constant is involved."""
-        user = (int(lo[1]), int(lo[2]), int(hi[1]), int(hi[2]))
-        best, best_iou = None, -1.0
-        for within in (m, None):
-            seed = box_click((lo, hi), m.shape, within)
-            if seed == best:
-                continue
-            self.classical.reset()
-            sl, roi = self.classical.predict(ObjectPrompts(np.asarray([seed]), np.zeros((0, 3), int)))
-            iou = 0.0
-            got = _bbox2d(roi[k - sl[0].start]) if sl[0].start <= k < sl[0].stop else None
-            if got is not None:
-                j0, i0 = sl[1].start, sl[2].start
-                iou = _box_iou((got[0] + j0, got[1] + i0, got[2] + j0, got[3] + i0), user)
-            if iou > best_iou:
-                best, best_iou = seed, iou
-        self.classical.reset()
-        return best
+        # the box's three ridge points as more candidates (the classical engine's own box rule)
+        # measured on the tuning half: organs after the box / after 5 0.637 / 0.798 -> 0.626 /
+        # 0.800 - no gain, not adopted here
+        return choose_box_click(self.classical, (lo, hi), [box_click((lo, hi), m.shape, m), box_click((lo, hi), m.shape)])
 
     def predict(self, prompts, *, blocked=None, previous=None):
         """As :meth:`MedSAMEngine.predict`, by the engine chosen for this object."""

@@ -8,8 +8,9 @@ from medseg.analysis.metrics import dice
 from medseg.core.prompts import ObjectPrompts
 from medseg.core.volume import Volume
 from medseg.interactive import Session
-from medseg.interactive.box_prompt import (as_click_prompts, box_click, box_corners, is_planar_box,
-                                           limit_to_box_plane, most_interior_pixel)
+from medseg.interactive.box_prompt import (as_click_prompts, box_click, box_corners, choose_box_click,
+                                           is_planar_box, limit_to_box_plane, most_interior_pixel,
+                                           ridge_clicks, ridge_pixels)
 
 
 def _ellipsoid(shape=(24, 48, 56), centre=(12, 22, 30), radii_mm=(18.0, 12.0, 15.0), spacing=(2.0, 1.0, 1.0)):
@@ -94,3 +95,42 @@ def test_classical_3d_box_stays_a_hard_limit():
     s.set_image(vol)
     m = s.add_box((8, 6, 10), (16, 38, 50))  # a slab of the object: slices 8-16 of 2-22
     assert m[12, 22, 30] and not m[:8].any() and not m[17:].any()
+
+
+def test_ridge_pixels_are_the_ends_and_centre_of_the_middle_row():
+    region = np.zeros((40, 40), bool)
+    region[10:15, 20:31] = True  # 5 x 11: most interior row 12, columns 22-28
+    assert ridge_pixels(region) == [(12, 22), (12, 25), (12, 28)]
+    square = np.zeros((9, 9), bool)
+    square[2:7, 2:7] = True
+    assert ridge_pixels(square) == [(4, 4)]
+
+
+def test_the_box_click_is_the_ridge_point_whose_object_fills_the_box():
+    """The box's first ridge point lies in a distinct brighter structure held by the object
+    (as a kidney's renal sinus): clicked there, the training-free engine segments that structure
+    (a 2D box far smaller than the user's); another ridge point gives the object, whose box
+    matches the user's."""
+    shape, k = (12, 48, 64), 6
+    z, y, x = np.mgrid[:shape[0], :shape[1], :shape[2]]
+    outer = ((z - k) * 2.0 / 9) ** 2 + ((y - 24) / 10.0) ** 2 + ((x - 36) / 14.0) ** 2 < 1.0
+    hole = ((z - k) * 2.0 / 6) ** 2 + (y - 24) ** 2 + (x - 30) ** 2 < 4.5 ** 2
+    obj = outer & ~hole
+    rng = np.random.default_rng(1)
+    img = (30.0 + 120.0 * obj + 250.0 * hole + rng.normal(0, 5, shape)).astype(np.float32)
+    vol = Volume.from_spacing(img, (2.0, 1.0, 1.0), meta={"Modality": "MR"})
+    j, i = np.nonzero(outer[k])
+    box = ((k, j.min() - 1, i.min() - 1), (k, j.max() + 1, i.max() + 1))
+    cands = ridge_clicks(box, shape[1:])
+    assert len(cands) == 3 and hole[cands[0]] and obj[cands[1]] and obj[cands[2]]
+    from medseg.interactive import ClassicalEngine
+
+    eng = ClassicalEngine()
+    eng.set_image(vol)
+    click = choose_box_click(eng, box, cands)
+    assert click != cands[0] and obj[click]
+    assert choose_box_click(eng, box, cands[:1] * 2) == cands[0]  # one candidate: no choice to make
+    s = Session("classical")  # the engine's own box route makes the same choice
+    s.set_image(vol)
+    m = s.add_box(*box)
+    assert dice(m, obj) > 0.8 and (m & hole).sum() < 0.5 * hole.sum()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from medseg.core.volume import Volume
-from medseg.interactive.fused import _box_iou
+from medseg.interactive.box_prompt import box_iou
 
 
 
@@ -35,9 +35,9 @@ def _two_blobs(shape=(12, 64, 64)):
 
 
 def test_box_iou():
-    assert _box_iou((0, 0, 9, 9), (0, 0, 9, 9)) == 1.0
-    assert _box_iou((0, 0, 9, 9), (10, 10, 19, 19)) == 0.0
-    assert _box_iou((0, 0, 9, 9), (0, 5, 9, 14)) == pytest.approx(50 / 150)
+    assert box_iou((0, 0, 9, 9), (0, 0, 9, 9)) == 1.0
+    assert box_iou((0, 0, 9, 9), (10, 10, 19, 19)) == 0.0
+    assert box_iou((0, 0, 9, 9), (0, 5, 9, 14)) == pytest.approx(50 / 150)
 
 
 def test_box_on_small_slices_takes_the_click_that_agrees_with_the_box(fused):
@@ -48,9 +48,9 @@ def test_box_on_small_slices_takes_the_click_that_agrees_with_the_box(fused):
     k = a.shape[0] // 2
     j, i = np.nonzero(a[k])
     lo, hi = np.array([k, j.min(), i.min()]), np.array([k, j.max(), i.max()])
-    seed = fused._box_seed(k, b[k], lo, hi)  # a wrong 2D mask in, as LiteMedSAM gives on small slices
+    seed = fused._box_seed(b[k], lo, hi)  # a wrong 2D mask in, as LiteMedSAM gives on small slices
     assert a[seed] and not b[seed]
-    seed = fused._box_seed(k, a[k], lo, hi)  # a right one: its interior is kept
+    seed = fused._box_seed(a[k], lo, hi)  # a right one: its interior is kept
     assert a[seed]
 
 
