@@ -71,6 +71,7 @@ MODULES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...] | None]] = {
                      # the output-path part of the runner (the model/pool/Dask set-up is covered elsewhere)
                      ("_clean_stale", "_is_done", "run_batch", "found_one", "finished", "crashed", "_summary",
                       "_write_summary", "_crash_record")),
+    "box_prompt": ("medseg/interactive/box_prompt.py", ("tests/interactive/test_box_prompt.py",), None),
 }
 
 
@@ -160,6 +161,30 @@ NAMED: tuple[Named, ...] = (
 
 #: identity hash (first 10 hex) -> reason: mutants no test can distinguish from the original
 EQUIVALENT: dict[str, str] = {
+    "01555c9f5b": "box_prompt.limit_to_box_plane `roi & (jj >= ...)` -> `roi * (jj >= ...)`: the product of two "
+                  "bool arrays is their logical and, a bool array",
+    "016e7410f4": "box_prompt.limit_to_box_plane `reshape(-1, 3)` -> `reshape(~1, 3)`: numpy takes any negative "
+                  "size as the one inferred axis",
+    "0c57bf8498": "box_prompt.limit_to_box_plane `reshape(-1, 3)` -> `reshape(-2, 3)`: as above",
+    "bbea33082f": "box_prompt.limit_to_box_plane `reshape(-1, 3)` -> `reshape(~1, 3)` (positive clicks): as above",
+    "9b687753dd": "box_prompt.as_click_prompts `reshape(-1, 3)` -> `reshape(~1, 3)` (negatives): as above",
+    "be9c12c75a": "box_prompt.as_click_prompts `reshape(-1, 3)` -> `reshape(~1, 3)` (positives): as above",
+    "0f973b46d1": "box_prompt.limit_to_box_plane `&` -> `//` between two bool arrays: 1 // 1 = 1, 0 // 1 = 0, "
+                  "x // 0 = 0 (numpy's integer rule): their logical and",
+    "10e5d69be6": "box_prompt.limit_to_box_plane `&` -> `*` between two bool arrays: their logical and",
+    "176ecce0e9": "box_prompt.limit_to_box_plane `&` -> `*` between two bool arrays: their logical and",
+    "4ad4312978": "box_prompt.as_click_prompts `reshape(-1, 3)` -> `reshape(-2, 3)` (negatives): any negative size "
+                  "is numpy's inferred axis",
+    "46e66e82a6": "box_prompt.limit_to_box_plane `&` -> `//` between two bool arrays: their logical and (as above)",
+    "b0a9748f36": "box_prompt.choose_box_click `len(cands) == 1` -> `<= 1`: there is always a candidate (an empty "
+                  "list fails at cands[0] either way)",
+    "a7e136a16a": "box_prompt.choose_box_click `return cands[0]` -> `cands[-1]` under `len(cands) == 1`: the same "
+                  "element",
+    "31b681f059": "box_prompt.ridge_clicks `(lo + hi) // 2` -> `int((lo + hi) / 2)`: the same for slice indices >= 0",
+    "6b5a4cd324": "box_prompt.clicked_object_box no negatives as `zeros((0, 3))` -> `zeros((0, 4))`: empty either way",
+    "16d7a88497": "box_prompt.ridge_pixels `dist == dist.max()` -> `>=`: nothing exceeds the maximum",
+    "194fb1b172": "box_prompt.clicked_object_box no negatives as `zeros((0, 3))` -> `zeros((0, 2))`: an empty array "
+                  "either way (the engine reshapes it to (0, 3))",
     "9085f5d143": "geometry.direction_of `keepdims=True` -> False: the column norms of a (3, 3) matrix, shape (3,), "
                   "broadcast over the columns exactly as shape (1, 3) does",
     "0d2b553fae": "nifti.volume_from_nibabel `data.shape[3] == 1` -> `<= 1`: differs only for a 4th axis of length 0, "

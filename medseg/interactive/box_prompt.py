@@ -26,7 +26,8 @@ from medseg.core.prompts import ObjectPrompts
 from medseg.interactive.engine import Slices
 
 __all__ = ["is_planar_box", "box_click", "most_interior_pixel", "box_corners", "limit_to_box_plane",
-           "as_click_prompts", "ridge_pixels", "box_iou", "choose_box_click", "ridge_clicks"]
+           "as_click_prompts", "ridge_pixels", "box_iou", "choose_box_click", "ridge_clicks",
+           "clicked_object_box"]
 
 
 def box_corners(box) -> tuple[np.ndarray, np.ndarray]:
@@ -110,6 +111,19 @@ def box_iou(a: Sequence[int], b: Sequence[int]) -> float:
     return n / float(area(a) + area(b) - n)
 
 
+def clicked_object_box(engine, click: Sequence[int]) -> Optional[tuple[int, int, int, int]]:
+    """``(j0, i0, j1, i1)`` (inclusive, volume indices) of the object the training-free
+    ``engine`` gives for ``click`` ``(k, j, i)`` alone, on the click's slice; None when empty
+    there. The engine's ROI always holds the click."""
+    sl, roi = engine.predict(ObjectPrompts(np.asarray([click], int), np.zeros((0, 3), int)))
+    on = roi[int(click[0]) - sl[0].start]
+    if not on.any():
+        return None
+    j, i = np.nonzero(on)
+    return (int(j.min()) + sl[1].start, int(i.min()) + sl[2].start,
+            int(j.max()) + sl[1].start, int(i.max()) + sl[2].start)
+
+
 def choose_box_click(engine, box, candidates: Sequence[Sequence[int]]) -> tuple[int, int, int]:
     """Of candidate clicks ``(k, j, i)`` on the box's slice, the one whose object (the
     training-free ``engine`` clicked there alone) has the 2D box on that slice closest to the
@@ -125,21 +139,13 @@ def choose_box_click(engine, box, candidates: Sequence[Sequence[int]]) -> tuple[
             cands.append(c)
     if len(cands) == 1:
         return cands[0]
-    best, best_iou = cands[0], -1.0
+    ious = []
     for c in cands:
         engine.reset()
-        sl, roi = engine.predict(ObjectPrompts(np.asarray([c]), np.zeros((0, 3), int)))
-        k = c[0]
-        iou = 0.0
-        if sl[0].start <= k < sl[0].stop and roi[k - sl[0].start].any():
-            j, i = np.nonzero(roi[k - sl[0].start])
-            got = (int(j.min()) + sl[1].start, int(i.min()) + sl[2].start,
-                   int(j.max()) + sl[1].start, int(i.max()) + sl[2].start)
-            iou = box_iou(got, user)
-        if iou > best_iou:
-            best, best_iou = c, iou
+        got = clicked_object_box(engine, c)
+        ious.append(0.0 if got is None else box_iou(got, user))
     engine.reset()
-    return best
+    return cands[int(np.argmax(ious))]  # the first of the best
 
 
 def ridge_clicks(box, slice_shape: Sequence[int]) -> list[tuple[int, int, int]]:

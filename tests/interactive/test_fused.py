@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from medseg.core.volume import Volume
-from medseg.interactive.box_prompt import box_iou
 
 
 
@@ -32,12 +31,6 @@ def _two_blobs(shape=(12, 64, 64)):
     rng = np.random.default_rng(3)
     img = 40.0 + 120.0 * a + 200.0 * b + rng.normal(0, 8, a.shape)
     return Volume(img.astype(np.float32), np.diag([3.0, 1.0, 1.0, 1.0]), {"Modality": "MR"}), a, b
-
-
-def test_box_iou():
-    assert box_iou((0, 0, 9, 9), (0, 0, 9, 9)) == 1.0
-    assert box_iou((0, 0, 9, 9), (10, 10, 19, 19)) == 0.0
-    assert box_iou((0, 0, 9, 9), (0, 5, 9, 14)) == pytest.approx(50 / 150)
 
 
 def test_box_on_small_slices_takes_the_click_that_agrees_with_the_box(fused):
