@@ -243,6 +243,36 @@ def test_interactive_widget_box_and_scribble_drag(qtbot, viewer_with_phantom):
     assert w.preview_layer.data.any()
 
 
+def test_classical_box_on_one_slice_gives_a_3d_object(qtbot, viewer_with_phantom):
+    """The training-free engine given a box drawn on the current slice: a 3D object beyond that
+    slice, within the box in-plane (it once took the box as a hard 3D limit: near-empty)."""
+    from medseg_napari._interactive import InteractiveWidget
+
+    viewer, img, lab, image, seg = viewer_with_phantom
+    w = InteractiveWidget(viewer)
+    w.image_combo.set_layer(img)
+    w.engine_combo.setCurrentText("classical")
+    w.start()
+    _wait(qtbot, w)
+    assert w.session.engine.name == "classical"
+    spleen = seg.array == 2
+    k = int(np.argmax(spleen.sum(axis=(1, 2))))
+    j, i = np.nonzero(spleen[k])
+    a, b = (k, int(j.min()) - 1, int(i.min()) - 1), (k, int(j.max()) + 1, int(i.max()) + 1)
+    w.set_mode("box")
+    w.add_world_box(L.index_to_world(image.affine, a), L.index_to_world(image.affine, b))
+    _wait(qtbot, w)
+    assert w.runner.last_error is None, w.runner.last_error
+    mask = w.preview_layer.data.astype(bool)
+    slices = np.nonzero(mask.any(axis=(1, 2)))[0]
+    assert len(slices) > 3 and slices.min() < k < slices.max()  # beyond the box's slice, both ways
+    from medseg.analysis.metrics import dice
+    assert dice(mask, spleen) > 0.6
+    inside = np.zeros_like(mask)
+    inside[:, a[1]:b[1] + 1, a[2]:b[2] + 1] = True
+    assert not (mask & ~inside).any()
+
+
 def test_interactive_keeps_existing_labels_locked(qtbot, viewer_with_phantom):
     from medseg_napari._interactive import InteractiveWidget
 
