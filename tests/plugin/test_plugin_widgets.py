@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from medseg.analysis.metrics import dice
 from medseg.io import read_segmentation
 
 from medseg_napari import _layers as L
@@ -18,6 +19,22 @@ WAIT_MS = 120_000
 
 def _wait(qtbot, widget):
     qtbot.waitUntil(lambda: not widget.runner.busy, timeout=WAIT_MS)
+
+
+def _started(qtbot, viewer, img, *, engine=None, start_labels=None):
+    """The interactive widget on ``img`` with its session started (``engine`` and the locked
+    ``start_labels`` chosen in their combos when given)."""
+    from medseg_napari._interactive import InteractiveWidget
+
+    w = InteractiveWidget(viewer)
+    w.image_combo.set_layer(img)
+    if engine is not None:
+        w.engine_combo.setCurrentText(engine)
+    if start_labels is not None:
+        w.start_labels_combo.setCurrentText(start_labels)
+    w.start()
+    _wait(qtbot, w)
+    return w
 
 
 @pytest.fixture
@@ -246,14 +263,8 @@ def test_interactive_widget_box_and_scribble_drag(qtbot, viewer_with_phantom):
 def test_classical_box_on_one_slice_gives_a_3d_object(qtbot, viewer_with_phantom):
     """The training-free engine given a box drawn on the current slice: a 3D object beyond that
     slice, within the box in-plane (it once took the box as a hard 3D limit: near-empty)."""
-    from medseg_napari._interactive import InteractiveWidget
-
     viewer, img, lab, image, seg = viewer_with_phantom
-    w = InteractiveWidget(viewer)
-    w.image_combo.set_layer(img)
-    w.engine_combo.setCurrentText("classical")
-    w.start()
-    _wait(qtbot, w)
+    w = _started(qtbot, viewer, img, engine="classical")
     assert w.session.engine.name == "classical"
     spleen = seg.array == 2
     k = int(np.argmax(spleen.sum(axis=(1, 2))))
@@ -266,7 +277,6 @@ def test_classical_box_on_one_slice_gives_a_3d_object(qtbot, viewer_with_phantom
     mask = w.preview_layer.data.astype(bool)
     slices = np.nonzero(mask.any(axis=(1, 2)))[0]
     assert len(slices) > 3 and slices.min() < k < slices.max()  # beyond the box's slice, both ways
-    from medseg.analysis.metrics import dice
     assert dice(mask, spleen) > 0.6
     inside = np.zeros_like(mask)
     inside[:, a[1]:b[1] + 1, a[2]:b[2] + 1] = True
@@ -274,14 +284,8 @@ def test_classical_box_on_one_slice_gives_a_3d_object(qtbot, viewer_with_phantom
 
 
 def test_interactive_keeps_existing_labels_locked(qtbot, viewer_with_phantom):
-    from medseg_napari._interactive import InteractiveWidget
-
     viewer, img, lab, image, seg = viewer_with_phantom
-    w = InteractiveWidget(viewer)
-    w.image_combo.set_layer(img)
-    w.start_labels_combo.setCurrentText("reference")
-    w.start()
-    _wait(qtbot, w)
+    w = _started(qtbot, viewer, img, start_labels="reference")
     assert "liver (1)" in w.locked_label.text()
     w.add_world_point(L.index_to_world(image.affine, _liver_voxel(seg)))
     _wait(qtbot, w)
