@@ -6,6 +6,11 @@ the current mask is stored as that ROI patch, so a click's cost and the undo his
 memory do not grow with the volume. Accepted objects are locked: later objects never
 overwrite them, and they act as background (negative) for the next object.
 
+A correction never works against itself: after a positive correction prompt the mask is the
+union of the mask before and the engine's answer, after a negative one their intersection
+(whatever the engine; a reopened segment's corrections are local instead, see
+:meth:`Session.reopen`).
+
 Undo is per object: :meth:`Session.undo` removes the last prompt of the current object and
 restores its previous mask exactly; with no prompt left it re-opens the last accepted object
 (unlocking it) with all its prompts.
@@ -121,6 +126,31 @@ def _local_correction(before: _Patch, sl: _Slices, roi: np.ndarray, prompt: Prom
     engine[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(sl, box))] = roi
     zone = _prompt_zone(prompt, box, spacing, radius_mm)
     out[zone] = engine[zone]
+    return box, out
+
+
+def _monotone_correction(before: _Patch, sl: _Slices, roi: np.ndarray,
+                         prompts: ObjectPrompts) -> tuple[_Slices, np.ndarray]:
+    """The mask after a correction prompt: after a positive one, the union of the mask before
+    (``before``) and the engine's (``roi`` within ``sl``); after a negative one, their
+    intersection. The training-free engine re-solves the whole object at every prompt, and its
+    changes that go against the prompt (a positive click that removes voxels elsewhere, a
+    negative one that adds) were among the corrections after which Dice fell. LiteMedSAM's
+    corrections keep the same rule by themselves. The engine's own arrays come back unchanged
+    when the rule changes nothing (an engine may recognise its result when it comes back as
+    ``previous``)."""
+    if before.shape == (0, 0, 0) or prompts.last is None or not len(prompts.last):
+        return sl, roi
+    bsl = before.slices
+    box = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(sl, bsl))
+    shape = tuple(s.stop - s.start for s in box)
+    old = np.zeros(shape, bool)
+    old[tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(bsl, box))] = before.unpack()
+    new = np.zeros(shape, bool)
+    new[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(sl, box))] = roi
+    out = (old | new) if prompts.last_positive else (old & new)
+    if np.array_equal(out, new):
+        return sl, roi
     return box, out
 
 
@@ -326,6 +356,8 @@ class Session:
             roi = np.asarray(roi, bool)
             if self._obj.base is not None:
                 sl, roi = _local_correction(prev, sl, roi, self._obj.prompts[-1], self._volume.spacing)
+            else:  # a correction never works against itself
+                sl, roi = _monotone_correction(prev, sl, roi, prompts)
             if self._present:
                 roi &= self._labels[sl] == 0  # in place: the engine may recognise its own array next time
         self._set_patch(_Patch.pack(sl, roi), roi)

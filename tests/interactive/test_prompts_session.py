@@ -302,3 +302,42 @@ def test_reopen_corrects_a_loaded_segment_locally_and_accepts_it_back_under_its_
     seg = s.segmentation
     assert seg.labels[3] == table[3]
     assert np.array_equal(seg.array == 3, original & ~removed) and np.array_equal(seg.array == 1, arr == 1)
+
+
+def test_a_correction_never_works_against_itself():
+    """After a positive correction the mask is the union of the mask before and the engine's
+    answer, after a negative one their intersection (the training-free engine re-solves the
+    whole object, and may remove voxels after a positive click elsewhere)."""
+    from medseg.core.prompts import ObjectPrompts
+    from medseg.interactive.session import _Patch, _monotone_correction
+
+    whole = (slice(0, 10), slice(0, 20), slice(0, 20))
+    old = np.zeros((10, 20, 20), bool)
+    old[2:6, 2:8, 2:8] = True
+    old[2:6, 14:18, 14:18] = True
+    before = _Patch.pack(whole, old)
+    new = old.copy()
+    new[2:6, 8:11, 2:8] = True  # added at the click
+    new[2:6, 14:18, 14:18] = False  # removed far away
+    sl = (slice(1, 10), slice(0, 19), slice(1, 20))  # the engine's ROI: not the mask's box
+    pos = ObjectPrompts(np.array([[3, 4, 4], [3, 9, 4]]), np.zeros((0, 3), int), None, np.array([[3, 9, 4]]), True)
+    box, out = _monotone_correction(before, sl, new[sl], pos)
+    full = np.zeros_like(old)
+    full[box] = out
+    np.testing.assert_array_equal(full, old | new)
+    neg = ObjectPrompts(pos.positive[:1], np.array([[3, 4, 7]]), None, np.array([[3, 4, 7]]), False)
+    new2 = old.copy()
+    new2[2:6, 2:8, 6:8] = False  # removed at the click
+    new2[8, 0:3, 0:3] = True  # added far away
+    box, out = _monotone_correction(before, whole, new2, neg)
+    full = np.zeros_like(old)
+    full[box] = out
+    np.testing.assert_array_equal(full, old & new2)
+    # nothing to change: the engine's own arrays come back (it recognises them as `previous`)
+    grown = old | new
+    box, out = _monotone_correction(before, whole, grown, pos)
+    assert box == whole and out is grown
+    # an object's first prompt: the engine's answer
+    first = ObjectPrompts(pos.positive[:1], np.zeros((0, 3), int))
+    box, out = _monotone_correction(before, sl, new[sl], first)
+    assert box == sl and np.array_equal(out, new[sl])
