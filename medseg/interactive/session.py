@@ -354,6 +354,8 @@ class Session:
             blocked = self._labels if self._present else None
             sl, roi = self.engine.predict(prompts, blocked=blocked, previous=previous)
             roi = np.asarray(roi, bool)
+            # an engine may answer with open slices (slice(None): the whole axis)
+            sl = tuple(slice(*s.indices(n)[:2]) for s, n in zip(sl, self._volume.shape[-3:]))
             if self._obj.base is not None:
                 sl, roi = _local_correction(prev, sl, roi, self._obj.prompts[-1], self._volume.spacing)
             else:  # a correction never works against itself

@@ -341,3 +341,41 @@ def test_a_correction_never_works_against_itself():
     first = ObjectPrompts(pos.positive[:1], np.zeros((0, 3), int))
     box, out = _monotone_correction(before, sl, new[sl], first)
     assert box == sl and np.array_equal(out, new[sl])
+
+
+class _WholeVolumeEngine:
+    """An engine that answers on the whole volume with open slices (``slice(None)``), as the
+    random-walker baseline does: a threshold region grown from the positive clicks."""
+
+    name = "whole"
+    prompt_types = ("point",)
+    supports_undo = True
+    background_preparation = False
+
+    def set_image(self, volume):
+        self.image = volume.array
+
+    def reset(self):
+        pass
+
+    def predict(self, prompts, *, blocked=None, previous=None):
+        from scipy import ndimage as ndi
+
+        lab, _ = ndi.label(self.image > 100)
+        keep = {int(lab[tuple(p)]) for p in prompts.positive} - {0}
+        mask = np.isin(lab, list(keep))
+        for p in prompts.negative:
+            mask &= lab != lab[tuple(p)]
+        return (slice(None),) * 3, mask
+
+
+def test_corrections_with_an_engine_that_answers_with_open_slices():
+    s = Session(_WholeVolumeEngine())
+    s.set_image(_blobs())
+    m = s.add_point((10, 10, 10))
+    assert m[10, 10, 10] and not m[10, 28, 28]
+    m = s.add_point((10, 28, 28))  # a positive correction: the union
+    assert m[10, 10, 10] and m[10, 28, 28]
+    m = s.add_point((10, 10, 10), positive=False)  # a negative one: the intersection
+    assert not m[10, 10, 10] and m[10, 28, 28]
+    assert s.undo() and s.mask[10, 10, 10]
