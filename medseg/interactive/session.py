@@ -129,23 +129,23 @@ def _local_correction(before: _Patch, sl: _Slices, roi: np.ndarray, prompt: Prom
     return box, out
 
 
-def _monotone_correction(before: _Patch, sl: _Slices, roi: np.ndarray,
+def _monotone_correction(previous: Optional[tuple[_Slices, np.ndarray]], sl: _Slices, roi: np.ndarray,
                          prompts: ObjectPrompts) -> tuple[_Slices, np.ndarray]:
     """The mask after a correction prompt: after a positive one, the union of the mask before
-    (``before``) and the engine's (``roi`` within ``sl``); after a negative one, their
+    (``previous``: its slices and mask) and the engine's (``roi`` within ``sl``); after a negative one, their
     intersection. The training-free engine re-solves the whole object at every prompt, and its
     changes that go against the prompt (a positive click that removes voxels elsewhere, a
     negative one that adds) were among the corrections after which Dice fell. LiteMedSAM's
     corrections keep the same rule by themselves. The engine's own arrays come back unchanged
     when the rule changes nothing (an engine may recognise its result when it comes back as
     ``previous``)."""
-    if before.shape == (0, 0, 0) or prompts.last is None or not len(prompts.last):
+    if previous is None or prompts.last is None or not len(prompts.last):
         return sl, roi
-    bsl = before.slices
+    bsl, before = previous
     box = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(sl, bsl))
     shape = tuple(s.stop - s.start for s in box)
     old = np.zeros(shape, bool)
-    old[tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(bsl, box))] = before.unpack()
+    old[tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(bsl, box))] = before
     new = np.zeros(shape, bool)
     new[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(sl, box))] = roi
     out = (old | new) if prompts.last_positive else (old & new)
@@ -359,7 +359,7 @@ class Session:
             if self._obj.base is not None:
                 sl, roi = _local_correction(prev, sl, roi, self._obj.prompts[-1], self._volume.spacing)
             else:  # a correction never works against itself
-                sl, roi = _monotone_correction(prev, sl, roi, prompts)
+                sl, roi = _monotone_correction(previous, sl, roi, prompts)
             if self._present:
                 roi &= self._labels[sl] == 0  # in place: the engine may recognise its own array next time
         self._set_patch(_Patch.pack(sl, roi), roi)

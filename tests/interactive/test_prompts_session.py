@@ -309,13 +309,13 @@ def test_a_correction_never_works_against_itself():
     answer, after a negative one their intersection (the training-free engine re-solves the
     whole object, and may remove voxels after a positive click elsewhere)."""
     from medseg.core.prompts import ObjectPrompts
-    from medseg.interactive.session import _Patch, _monotone_correction
+    from medseg.interactive.session import _monotone_correction
 
     whole = (slice(0, 10), slice(0, 20), slice(0, 20))
     old = np.zeros((10, 20, 20), bool)
     old[2:6, 2:8, 2:8] = True
     old[2:6, 14:18, 14:18] = True
-    before = _Patch.pack(whole, old)
+    before = (whole, old)
     new = old.copy()
     new[2:6, 8:11, 2:8] = True  # added at the click
     new[2:6, 14:18, 14:18] = False  # removed far away
@@ -339,8 +339,9 @@ def test_a_correction_never_works_against_itself():
     assert box == whole and out is grown
     # an object's first prompt: the engine's answer
     first = ObjectPrompts(pos.positive[:1], np.zeros((0, 3), int))
-    box, out = _monotone_correction(before, sl, new[sl], first)
-    assert box == sl and np.array_equal(out, new[sl])
+    for prev in (before, None):
+        box, out = _monotone_correction(prev, sl, new[sl], first)
+        assert box == sl and np.array_equal(out, new[sl])
 
 
 class _WholeVolumeEngine:
