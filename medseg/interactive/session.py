@@ -6,10 +6,10 @@ the current mask is stored as that ROI patch, so a click's cost and the undo his
 memory do not grow with the volume. Accepted objects are locked: later objects never
 overwrite them, and they act as background (negative) for the next object.
 
-A correction never works against itself: after a positive correction prompt the mask is the
-union of the mask before and the engine's answer, after a negative one their intersection
-(whatever the engine; a reopened segment's corrections are local instead, see
-:meth:`Session.reopen`).
+A correction never works against itself: after a positive correction prompt (on voxels outside
+the mask) the mask is the union of the mask before and the engine's answer, after a negative
+one (on voxels inside it) their intersection (whatever the engine; a reopened segment's
+corrections are local instead, see :meth:`Session.reopen`).
 
 Undo is per object: :meth:`Session.undo` removes the last prompt of the current object and
 restores its previous mask exactly; with no prompt left it re-opens the last accepted object
@@ -131,10 +131,13 @@ def _local_correction(before: _Patch, sl: _Slices, roi: np.ndarray, prompt: Prom
 
 def _monotone_correction(previous: Optional[tuple[_Slices, np.ndarray]], sl: _Slices, roi: np.ndarray,
                          prompts: ObjectPrompts) -> tuple[_Slices, np.ndarray]:
-    """The mask after a correction prompt: after a positive one, the union of the mask before
-    (``previous``: its slices and mask) and the engine's (``roi`` within ``sl``); after a negative one, their
-    intersection. The training-free engine re-solves the whole object at every prompt, and its
-    changes that go against the prompt (a positive click that removes voxels elsewhere, a
+    """The mask after a correction prompt: after a positive one that marks voxels outside the
+    mask before (``previous``: its slices and mask), the union of that mask and the engine's
+    (``roi`` within ``sl``); after a negative one that marks voxels inside it, their
+    intersection. A prompt that contradicts nothing (a positive click inside the mask: a hint,
+    not a correction) leaves the engine's answer as it is - its re-solve may trim a leak. The
+    training-free engine re-solves the whole object at every prompt, and its changes that go
+    against the prompt (a positive click that removes voxels elsewhere, a
     negative one that adds) were among the corrections after which Dice fell. LiteMedSAM's
     corrections keep the same rule by themselves. The engine's own arrays come back unchanged
     when the rule changes nothing (an engine may recognise its result when it comes back as
@@ -148,6 +151,12 @@ def _monotone_correction(previous: Optional[tuple[_Slices, np.ndarray]], sl: _Sl
     old[tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(bsl, box))] = before
     new = np.zeros(shape, bool)
     new[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(sl, box))] = roi
+    pts = np.asarray(prompts.last, int).reshape(-1, 3) - np.array([b.start for b in box])
+    pts = pts[np.all((pts >= 0) & (pts < np.array(shape)), axis=1)]
+    hit = old[tuple(pts.T)]
+    contradicts = bool((~hit).any()) if prompts.last_positive else bool(hit.any())
+    if not contradicts:  # a hint, not a correction (a positive prompt inside the mask)
+        return sl, roi
     out = (old | new) if prompts.last_positive else (old & new)
     if np.array_equal(out, new):
         return sl, roi

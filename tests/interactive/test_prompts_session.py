@@ -333,6 +333,14 @@ def test_a_correction_never_works_against_itself():
     full = np.zeros_like(old)
     full[box] = out
     np.testing.assert_array_equal(full, old & new2)
+    # a positive click inside the mask is a hint, not a correction: the engine's answer stands
+    # (its re-solve may trim a leak)
+    hint = ObjectPrompts(pos.positive, np.zeros((0, 3), int), None, np.array([[3, 4, 4]]), True)
+    box, out = _monotone_correction(before, sl, new[sl], hint)
+    assert box == sl and out is not None and np.array_equal(out, new[sl])
+    outside_neg = ObjectPrompts(pos.positive[:1], np.array([[8, 1, 1]]), None, np.array([[8, 1, 1]]), False)
+    box, out = _monotone_correction(before, whole, new2, outside_neg)  # a negative click outside the mask
+    assert box == whole and np.array_equal(out, new2)
     # nothing to change: the engine's own arrays come back (it recognises them as `previous`)
     grown = old | new
     box, out = _monotone_correction(before, whole, grown, pos)
