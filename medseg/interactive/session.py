@@ -367,8 +367,10 @@ class Session:
             sl = tuple(slice(*s.indices(n)[:2]) for s, n in zip(sl, self._volume.shape[-3:]))
             if self._obj.base is not None:
                 sl, roi = _local_correction(prev, sl, roi, self._obj.prompts[-1], self._volume.spacing)
-            else:  # a correction never works against itself
-                sl, roi = _monotone_correction(previous, sl, roi, prompts)
+            elif previous is not None:  # a correction never works against itself
+                # the mask before from its packed patch: the engine may have updated the array it
+                # was given as `previous` in place (its incremental path)
+                sl, roi = _monotone_correction((prev.slices, prev.unpack()), sl, roi, prompts)
             if self._present:
                 roi &= self._labels[sl] == 0  # in place: the engine may recognise its own array next time
         self._set_patch(_Patch.pack(sl, roi), roi)

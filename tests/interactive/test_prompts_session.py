@@ -388,3 +388,24 @@ def test_corrections_with_an_engine_that_answers_with_open_slices():
     m = s.add_point((10, 10, 10), positive=False)  # a negative one: the intersection
     assert not m[10, 10, 10] and m[10, 28, 28]
     assert s.undo() and s.mask[10, 10, 10]
+
+
+class _InPlaceEngine(_WholeVolumeEngine):
+    """Answers with the region of the newest positive click only, after updating the array it
+    was given as ``previous`` in place (as an engine's incremental path may)."""
+
+    def predict(self, prompts, *, blocked=None, previous=None):
+        from scipy import ndimage as ndi
+
+        if previous is not None:
+            previous[1][...] = False
+        lab, _ = ndi.label(self.image > 100)
+        return (slice(None),) * 3, lab == lab[tuple(prompts.positive[-1])]
+
+
+def test_the_correction_rule_reads_the_mask_before_not_the_array_the_engine_was_given():
+    s = Session(_InPlaceEngine())
+    s.set_image(_blobs())
+    s.add_point((10, 10, 10))
+    m = s.add_point((10, 28, 28))  # the engine answers cube b only: the union keeps cube a
+    assert m[10, 10, 10] and m[10, 28, 28]
