@@ -107,6 +107,20 @@ def _prompt_zone(prompt: Prompt, box: _Slices, spacing: Sequence[float], radius_
     return zone
 
 
+def _on_common_box(a: tuple[_Slices, np.ndarray], b: tuple[_Slices, np.ndarray]
+                   ) -> tuple[_Slices, np.ndarray, np.ndarray]:
+    """Two ROI masks ``(slices, mask)`` pasted into the smallest box holding both:
+    ``(box, a's mask, b's mask)``, each a new (box-shaped) bool array."""
+    box = tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a[0], b[0]))
+    shape = tuple(s.stop - s.start for s in box)
+    out = []
+    for sl, mask in (a, b):
+        m = np.zeros(shape, bool)
+        m[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(sl, box))] = mask
+        out.append(m)
+    return box, out[0], out[1]
+
+
 def _local_correction(before: _Patch, sl: _Slices, roi: np.ndarray, prompt: Prompt, spacing: Sequence[float],
                       radius_mm: float = REOPEN_RADIUS_MM) -> tuple[_Slices, np.ndarray]:
     """A reopened segment's mask after a prompt: the engine's ``roi`` (within ``sl``) within
@@ -117,13 +131,7 @@ def _local_correction(before: _Patch, sl: _Slices, roi: np.ndarray, prompt: Prom
     """
     if before.shape == (0, 0, 0):
         return sl, roi
-    bsl = before.slices
-    box = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(sl, bsl))
-    shape = tuple(s.stop - s.start for s in box)
-    out = np.zeros(shape, bool)
-    out[tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(bsl, box))] = before.unpack()
-    engine = np.zeros(shape, bool)
-    engine[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(sl, box))] = roi
+    box, out, engine = _on_common_box((before.slices, before.unpack()), (sl, roi))
     zone = _prompt_zone(prompt, box, spacing, radius_mm)
     out[zone] = engine[zone]
     return box, out
@@ -144,15 +152,9 @@ def _monotone_correction(previous: Optional[tuple[_Slices, np.ndarray]], sl: _Sl
     ``previous``)."""
     if previous is None or prompts.last is None or not len(prompts.last):
         return sl, roi
-    bsl, before = previous
-    box = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(sl, bsl))
-    shape = tuple(s.stop - s.start for s in box)
-    old = np.zeros(shape, bool)
-    old[tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(bsl, box))] = before
-    new = np.zeros(shape, bool)
-    new[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(sl, box))] = roi
+    box, old, new = _on_common_box(previous, (sl, roi))
     pts = np.asarray(prompts.last, int).reshape(-1, 3) - np.array([b.start for b in box])
-    pts = pts[np.all((pts >= 0) & (pts < np.array(shape)), axis=1)]
+    pts = pts[np.all((pts >= 0) & (pts < np.array(old.shape)), axis=1)]
     hit = old[tuple(pts.T)]
     contradicts = bool((~hit).any()) if prompts.last_positive else bool(hit.any())
     if not contradicts:  # a hint, not a correction (a positive prompt inside the mask)
