@@ -183,7 +183,7 @@ def run_batch(
             pool = LocalPool(config.workers, _pool_spec(config), str(out), run.options,
                              threads=max(1, available_cores() // config.workers))
         try:
-            run.discover(pool, cancel)
+            _discover(run, pool, series_progress, cancel)
             _execute(run, pool, segmenter, series_progress, cancel)
         except BaseException as exc:
             if pool is not None:
@@ -192,7 +192,8 @@ def run_batch(
                 # Ctrl-C, SIGTERM (the CLI turns it into KeyboardInterrupt) or cancel: the workers are
                 # stopped; no unfinished folder stays; the summary says what was done
                 _clean_stale(out)
-                summary = _summary(study, out, config, run.found or Discovery(), run.records, time.perf_counter() - t0)
+                found = run.found or Discovery(tasks=sorted(run.known, key=lambda t: t.id))  # cancelled in discovery
+                summary = _summary(study, out, config, found, run.records, time.perf_counter() - t0)
                 summary["status"] = "interrupted"
                 summary["not_run"] = sorted(t.id for t in run.todo if t.id not in run.records)
                 _write_summary(out, summary)
@@ -231,6 +232,7 @@ class _Run:
     config: BatchConfig
     progress: Optional[ProgressCallback]
     todo: list = field(default_factory=list)
+    known: list = field(default_factory=list)  # every selected series found so far (resumed or to do)
     records: dict = field(default_factory=dict)
     found: Optional[Discovery] = None
     total: int = 0
@@ -242,6 +244,7 @@ class _Run:
     def discover(self, pool: Optional[LocalPool], cancel: Optional[CancelCallback]) -> None:
         """Find the series; finished ones are resumed, the others queued (and sent to ``pool`` at once)."""
         def found_one(task: SeriesTask) -> None:
+            self.known.append(task)
             done = _is_done(self.out, task, self.config)
             if done is not None:
                 self.records[task.id] = {**done, "resumed": True}
@@ -264,6 +267,19 @@ class _Run:
 
     def crashed(self, task: SeriesTask, why: str) -> None:
         self.finished(_crash_record(task, self.out, self.options, why))
+
+
+def _discover(run: _Run, pool: Optional[LocalPool], series_progress: Optional[SeriesProgress],
+              cancel: Optional[CancelCallback]) -> None:
+    """Discovery of a batch run. A cancel during it is a batch cancel: series the pool already took
+    (they start while the DICOM headers are read) finish, stay published and are recorded."""
+    try:
+        run.discover(pool, cancel)
+    except CancelledError:
+        if pool is not None:
+            pool.stop()
+            run_pool(pool, run.finished, run.crashed, series_progress, None)
+        raise CancelledError("batch cancelled by the user while the study folder was scanned") from None
 
 
 def _execute(run: _Run, pool: Optional[LocalPool], segmenter: Optional[Segmenter],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -216,6 +217,33 @@ def test_cancelled_multi_worker_batch_raises_cancelled(study, tmp_path):
     reported = {r["id"] for r in summary["series"]}
     assert reported  # the series published before the cancel (on a fast run, possibly all three)
     assert reported.isdisjoint(summary["not_run"]) and len(reported | set(summary["not_run"])) == 3
+
+
+def test_cancel_while_the_study_is_scanned_still_records_published_series(study, tmp_path):
+    """Series start in the pool while the DICOM headers are still read (NIfTI files first). A cancel
+    that comes during that scan is a batch cancel: the series already published are recorded in
+    summary.json (not listed as not run), and nothing unfinished stays."""
+    from medseg.core.errors import CancelledError
+
+    out = tmp_path / "out"
+
+    def published():
+        return [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")] if out.exists() else []
+
+    def cancel():  # first called by the DICOM header scan: wait there until the NIfTI series is out
+        deadline = time.monotonic() + 120
+        while not published() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return True
+
+    with pytest.raises(CancelledError, match="batch cancelled"):
+        run_batch(study, out, config=BatchConfig(formats=("nifti",), segmenter=THRESHOLD, workers=2), cancel=cancel)
+    done = {p.name for p in published()}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and len(done) == 1
+    assert {r["id"] for r in summary["series"]} == done and all(r["status"] == "ok" for r in summary["series"])
+    assert done.isdisjoint(summary["not_run"])
+    assert not any(p.name.startswith(".partial") for p in out.iterdir())
 
 
 def test_summary_names_the_study_and_output_folders(study, tmp_path):
