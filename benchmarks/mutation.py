@@ -67,10 +67,10 @@ MODULES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...] | None]] = {
     "consensus": ("medseg/analysis/consensus.py", ("tests/qa/test_consensus.py",), None),
     "atomic": ("medseg/io/atomic.py", ("tests/io/test_atomic.py", "tests/batch/test_batch.py"), None),
     "batch_runner": ("medseg/batch/runner.py",
-                     ("tests/batch/test_batch.py", "tests/batch/test_crash_and_parallel.py"),
+                     ("tests/batch/test_batch.py", "tests/batch/test_crash_and_parallel.py", "tests/batch/test_pool.py"),
                      # the output-path part of the runner (the model/pool/Dask set-up is covered elsewhere)
-                     ("_clean_stale", "_is_done", "run_batch", "found_one", "finished", "crashed", "_summary",
-                      "_write_summary", "_crash_record")),
+                     ("_clean_stale", "_is_done", "run_batch", "_discover", "found_one", "finished", "crashed",
+                      "_summary", "_write_summary", "_crash_record")),
     "box_prompt": ("medseg/interactive/box_prompt.py", ("tests/interactive/test_box_prompt.py",), None),
 }
 
@@ -154,6 +154,14 @@ NAMED: tuple[Named, ...] = (
     Named("batch_runner", "summary.json swaps the study and output folders",
           "\"study_dir\": str(study), \"out_dir\": str(out)", "\"study_dir\": str(out), \"out_dir\": str(study)",
           "tests/batch/test_batch.py::test_summary_names_the_study_and_output_folders"),
+    Named("batch_runner", "a cancel during discovery lists published series as not run",
+          "found = run.found or Discovery(tasks=sorted(run.known, key=lambda t: t.id))",
+          "found = run.found or Discovery()",
+          "tests/batch/test_batch.py::test_cancel_while_the_study_is_scanned_still_records_published_series"),
+    Named("batch_runner", "a cancel during discovery kills the series the pool already took",
+          "            pool.stop()\n            run_pool(pool, run.finished, run.crashed, series_progress, None)\n",
+          "            pass\n",
+          "tests/batch/test_batch.py::test_cancel_while_the_study_is_scanned_still_records_published_series"),
     Named("batch_runner", "stale .partial files no longer removed",
           "p.name.startswith(\".\") and \".partial\" in p.name", "p.name.startswith(\".\") and \".partial\" not in p.name",
           "tests/batch/test_batch.py::test_stale_partial_files_are_removed"),
@@ -201,6 +209,9 @@ EQUIVALENT: dict[str, str] = {
                   "on_progress is attached, and SimpleITK's STAPLE filters never call it (progress is reported "
                   "around the call instead)",
     "0194109f66": "batch.runner.run_batch `config.workers > 1` -> `!= 1`: BatchConfig refuses workers < 1",
+    "1730e931d3": "batch.runner.run_batch `config.workers > 1` -> `!= 1` (the line as it reads "
+                  "now, `... and not config.scheduler`): BatchConfig refuses workers < 1",
+    "294d875125": "batch.runner._write_summary `json.dumps(indent=2)` -> `indent=3`: whitespace only, the same JSON",
     "0f22a5570e": "batch.runner._summary `round(wall, 3)` -> another number of decimals: only the printed precision "
                   "of the run's wall time changes, nothing reads it",
     "4289bd8a80": "batch.runner._write_summary `r.get(\"resumed\", False)` -> default True: every record has "
