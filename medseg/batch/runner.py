@@ -160,7 +160,9 @@ def run_batch(
     series_progress : callable, optional
         ``progress(series_id, done, total, message)`` within each series (local runs).
     cancel : callable, optional
-        Checked between series; finished series stay published.
+        Checked while the study folder is scanned and between series. In the local pool, series
+        already started (it starts them during the scan) finish; finished series stay published
+        and are listed in the interrupted ``summary.json``, the others under ``not_run``.
     segmenter : callable, optional
         A ready ``segment(volume) -> Segmentation`` to use in this process instead of
         ``config.segmenter`` (``workers=1`` without Dask only).
