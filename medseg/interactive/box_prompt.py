@@ -25,8 +25,8 @@ from scipy import ndimage as ndi
 from medseg.core.prompts import ObjectPrompts
 from medseg.interactive.engine import Slices
 
-__all__ = ["is_planar_box", "box_click", "most_interior_pixel", "box_corners", "limit_to_box_plane",
-           "as_click_prompts", "ridge_pixels", "box_iou", "choose_box_click", "ridge_clicks",
+__all__ = ["is_planar_box", "box_region", "box_click", "most_interior_pixel", "box_corners",
+           "limit_to_box_plane", "as_click_prompts", "ridge_pixels", "box_iou", "choose_box_click", "ridge_clicks",
            "clicked_object_box"]
 
 
@@ -39,6 +39,14 @@ def box_corners(box) -> tuple[np.ndarray, np.ndarray]:
 def is_planar_box(box) -> bool:
     """Whether ``box`` (two opposite corners ``(k, j, i)``) lies on one axial slice."""
     return box is not None and int(box[0][0]) == int(box[1][0])
+
+
+def box_region(box, slice_shape: Sequence[int]) -> np.ndarray:
+    """The box's in-plane extent as a (Y, X) bool mask of a slice of ``slice_shape`` (inclusive corners)."""
+    lo, hi = box_corners(box)
+    region = np.zeros(tuple(slice_shape), bool)
+    region[lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
+    return region
 
 
 def most_interior_pixel(region: np.ndarray) -> tuple[int, int]:
@@ -62,11 +70,9 @@ def box_click(box, slice_shape: Sequence[int], within: Optional[np.ndarray] = No
     the box) or, when ``within`` is None or empty, of the box itself."""
     lo, hi = box_corners(box)
     k = int((lo[0] + hi[0]) // 2)
-    region = np.zeros(tuple(slice_shape), bool)
-    region[lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
     if within is not None and np.asarray(within).any():
-        region = np.asarray(within, bool)
-    return (k,) + most_interior_pixel(region)
+        return (k,) + most_interior_pixel(np.asarray(within, bool))
+    return (k,) + most_interior_pixel(box_region(box, slice_shape))
 
 
 def as_click_prompts(prompts: ObjectPrompts, click: Sequence[int]) -> ObjectPrompts:
@@ -152,7 +158,5 @@ def ridge_clicks(box, slice_shape: Sequence[int]) -> list[tuple[int, int, int]]:
     """The candidate clicks ``(k, j, i)`` of a box on its middle slice: :func:`ridge_pixels` of
     the box (``slice_shape``: the slice's (Y, X))."""
     lo, hi = box_corners(box)
-    inbox = np.zeros(tuple(slice_shape), bool)
-    inbox[lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
     k = int((lo[0] + hi[0]) // 2)
-    return [(k,) + p for p in ridge_pixels(inbox)]
+    return [(k,) + p for p in ridge_pixels(box_region(box, slice_shape))]

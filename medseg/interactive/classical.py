@@ -155,7 +155,7 @@ class ClassicalEngine:
         self._cache = RoiCache()
         self.timings: dict[str, float] = {}  # seconds per stage of the last predict (profiling)
         self._ell: dict[tuple, Optional[np.ndarray]] = {}  # elongated priors, per grid and click
-        self._box_clicks: dict = {}
+        self._box_clicks: dict = {}  # a 2D box's click, per box (chosen once per image)
 
     def _tick(self, stage: str) -> None:
         now = time.perf_counter()
@@ -176,7 +176,7 @@ class ClassicalEngine:
         self._image = arr
         self._spacing = tuple(float(s) for s in volume.spacing)
         self._ct = str(volume.meta.get("Modality", "")).upper() == "CT"
-        self._box_clicks: dict = {}  # a 2D box's click, per box (chosen once per image)
+        self._box_clicks = {}
         if not volume.meta.get("Modality"):
             lo, hi = float(arr.flat[:: max(1, arr.size // 20000)].min()), float(arr.max())
             self._ct = lo <= -900 and hi >= 300 and np.issubdtype(arr.dtype, np.integer)

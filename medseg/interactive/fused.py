@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
-from medseg.interactive.box_prompt import box_click, box_corners, choose_box_click
+from medseg.interactive.box_prompt import box_click, box_corners, box_region, choose_box_click
 from medseg.interactive.medsam import MedSAMEngine
 from medseg.core.prompts import ObjectPrompts
 from medseg.core.volume import Volume
@@ -123,8 +123,7 @@ class FusedEngine:
             lo, hi = box_corners(prompts.box)
             k = int((lo[0] + hi[0]) // 2)
             m = eng.decode_slice(k, np.array([[lo[1], lo[2], hi[1], hi[2]]], np.float32))[0][0]
-            inbox = np.zeros(m.shape, bool)
-            inbox[lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
+            inbox = box_region(prompts.box, m.shape)
             lab, n = ndi.label(m & inbox)
             # the largest part of the mask inside the box; the box itself when there is none
             m = lab == (1 + int(np.argmax(np.bincount(lab.ravel())[1:]))) if n else inbox

@@ -9,7 +9,8 @@ from medseg.analysis.metrics import dice
 from medseg.core.prompts import ObjectPrompts
 from medseg.core.volume import Volume
 from medseg.interactive import Session
-from medseg.interactive.box_prompt import (as_click_prompts, box_click, box_corners, box_iou, choose_box_click,
+from medseg.interactive.box_prompt import (as_click_prompts, box_click, box_corners, box_iou, box_region,
+                                           choose_box_click,
                                            clicked_object_box, is_planar_box, limit_to_box_plane, most_interior_pixel,
                                            ridge_clicks, ridge_pixels)
 
@@ -30,6 +31,14 @@ def test_planar_box_and_corners():
     assert not is_planar_box(None)
     lo, hi = box_corners(((3, 8, 2), (1, 1, 9)))
     assert tuple(lo) == (1, 1, 2) and tuple(hi) == (3, 8, 9)
+
+
+def test_box_region_is_the_inclusive_in_plane_extent():
+    r = box_region(((4, 6, 2), (4, 1, 9)), (10, 12))  # corners in any order, j before i
+    j, i = np.nonzero(r)
+    assert r.shape == (10, 12) and r.dtype == bool and r.sum() == 6 * 8
+    assert (j.min(), j.max(), i.min(), i.max()) == (1, 6, 2, 9)
+    assert box_region(((0, 3, 3), (0, 3, 3)), (5, 5)).sum() == 1  # one pixel, corners inclusive
 
 
 def test_box_click_is_the_most_interior_voxel_of_the_box_or_of_the_mask_within():
