@@ -49,7 +49,10 @@ one 2D slice from a box. This engine turns that into 3D click-to-segment:
     click lies in the mask. It re-propagates outwards with intersections; it never clears
     other slices wholesale.
   - re-propagation after a correction stops at a slice where the change would not be the
-    same correction (a union more than doubling the slice, an intersection halving it).
+    same correction: a union that more than doubles the slice with most of what it adds
+    outside the object on the slice before (an object that holds only a sliver of the target
+    - a click's small box in a lung - is filled slice after slice; a leak into a neighbour is
+    not), or an intersection that halves it.
 
 Slices are the array's first axis ``k`` (axial for axial acquisitions); all prompts are voxel
 indices ``(k, j, i)`` as in :class:`~medseg.interactive.Session`.
@@ -288,9 +291,13 @@ class MedSAMEngine:
                 break  # a correction never deletes slices it cannot segment again
             if mode == "union" and old is not None:
                 new = old | m
-                added = (new & ~old).sum()
-                if added <= 0.02 * max(1, old.sum()) or added > old.sum():
-                    break  # nothing to add, or not the same miss (it would more than double the slice)
+                add = new & ~old
+                added = int(add.sum())
+                if added <= 0.02 * max(1, old.sum()):
+                    break  # nothing to add
+                if added > old.sum() and (add & prev).sum() < 0.5 * added:
+                    break  # not the same miss: it would more than double the slice, and most of it
+                    # lies outside the object on the last slice
                 m = new
             elif mode == "intersect" and old is not None:
                 new = old & m

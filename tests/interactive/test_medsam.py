@@ -218,6 +218,33 @@ def test_click_and_corrections(engine, sphere):
     assert dice(grown, target) > dice(part, target)
 
 
+def test_positive_correction_of_a_badly_undersegmented_object_carries_to_its_neighbour_slices(engine, sphere):
+    """An object that holds only a sliver of the target on every slice (a click's small box in a
+    lung): a positive click in the missed part fills its slice, and the fill carries on to the
+    next slices while what it adds lies inside the object on the slice before - though it more
+    than doubles each slice. (Before 2026-12-05 any addition that more than doubled a slice
+    stopped the re-propagation at the clicked slice; 4 clicks in a lung left Dice near 0.08.)"""
+    from medseg.analysis.metrics import dice
+    from medseg.core.prompts import ObjectPrompts
+
+    vol, target = sphere
+    engine.set_image(vol)
+    engine.reset()
+    sliver = target.copy()
+    sliver[:, :, :42] = False  # the right cap of the ellipsoid only, on every slice it reaches
+    ks = np.nonzero(sliver.any(axis=(1, 2)))[0]
+    previous = ((slice(int(ks[0]), int(ks[-1]) + 1), slice(0, 64), slice(0, 64)), sliver[ks[0]:ks[-1] + 1])
+    first, click = (12, 31, 45), (8, 31, 20)  # the object's first click; the correction, in the missed part
+    prompts = ObjectPrompts(np.array([first, click]), np.zeros((0, 3), int), None, np.array([click]), True)
+    sl, roi = engine.predict(prompts, previous=previous)
+    after = np.zeros(target.shape, bool)
+    after[sl] = roi
+    assert after[click] and not np.any(sliver & ~after)  # a positive correction only adds
+    for k in (6, 7, 9, 10):  # the neighbour slices: filled too, not only the clicked one
+        assert dice(after[k], target[k]) >= 0.8 > dice(sliver[k], target[k]) + 0.3, k
+    assert np.array_equal(after[12], sliver[12])  # the first click's slice is confirmed: untouched
+
+
 def test_box_robot_first_prompt():
     """The box robot's box: the target's 2D box on its largest axial slice, padded by 1 voxel, clipped."""
     from medseg.interactive.bench import max_drop
