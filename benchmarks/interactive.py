@@ -34,6 +34,8 @@ Run:  nice .venv/bin/python benchmarks/interactive.py [--part accuracy|latency|m
 6. two CT windows (``--part medsam-windows``): on the thoracic CT, the left lung (lung window),
    the spinal cord (soft-tissue window), the right lung and the left lung again, each from the
    box robot's box: seconds and slices encoded per object.
+7. a known limit (``--part tube``): a synthetic cord nested in its canal on a 512x512 CT; the
+   robots and engines of ``--part shared``, reported apart.
 """
 
 from __future__ import annotations
@@ -325,6 +327,33 @@ def phantom_targets():
                 for l in seg.labels]
 
 
+def tube_targets():
+    """A synthetic thin structure nested in a slightly larger one (a known limit, reported apart):
+    a cord of 5 px radius (45 HU) in a canal of 9 px (10 HU) inside a bony ring (700 HU), on
+    100 slices of a 512 x 512 CT (3 x 0.98 x 0.98 mm), curving gently; noise 12 HU."""
+    from medseg.core.volume import Volume
+    from medseg.samples.phantom import default_phantom_affine
+
+    n, hw = 100, 512
+    rng = np.random.default_rng(0)
+    k = np.arange(n)
+    cj, ci = 300 + 15 * np.sin(k / n * np.pi), 256 + 5 * np.cos(k / n * 2 * np.pi)
+    jj, ii = np.ogrid[:hw, :hw]
+    body = (jj - 256) ** 2 / 200 ** 2 + (ii - 256) ** 2 / 240 ** 2 <= 1
+    img = np.full((n, hw, hw), -1000.0, np.float32)
+    cord = np.zeros((n, hw, hw), bool)
+    for z in range(n):
+        d2 = (jj - cj[z]) ** 2 + (ii - ci[z]) ** 2
+        img[z][body] = 40.0
+        img[z][(d2 <= 18 ** 2) & (d2 > 9 ** 2)] = 700.0
+        img[z][d2 <= 9 ** 2] = 10.0
+        cord[z] = d2 <= 5 ** 2
+        img[z][cord[z]] = 45.0
+    img += rng.normal(0, 12, img.shape).astype(np.float32)
+    vol = Volume(img, default_phantom_affine(img.shape, (3.0, 0.98, 0.98)), {"Modality": "CT"})
+    yield vol, [(cord, "tube:cord_in_canal", "organ")]
+
+
 def shared(engines: list[str], robots: list[str], n: int = 5, store=None, only=None, halves=None,
            targets_of=None) -> None:
     from medseg.interactive import Session
@@ -556,7 +585,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--part", default="all", choices=["accuracy", "heldout", "latency", "memory", "all", "shared",
                                                       "phantom", "medsam-latency", "medsam-memory",
-                                                      "medsam-windows"])
+                                                      "medsam-windows", "tube"])
     ap.add_argument("--engines", default="medsam,fused,classical,rw")
     ap.add_argument("--robots", default="click,box")
     ap.add_argument("--store", default=None, help="keep LiteMedSAM embeddings on disk here (re-runs)")
@@ -587,6 +616,9 @@ def main() -> None:
     if args.part == "phantom":  # the shared robots and engines on the synthetic phantom, reported apart
         shared(args.engines.split(","), args.robots.split(","), args.interactions, args.store, args.only,
                targets_of=phantom_targets)
+    if args.part == "tube":  # a known limit: a thin structure nested in a slightly larger one
+        shared(args.engines.split(","), args.robots.split(","), args.interactions, args.store, args.only,
+               targets_of=tube_targets)
     if args.part == "medsam-latency":
         medsam_latency(organ_slices=args.organ_slices)
     if args.part == "medsam-memory":
